@@ -1,0 +1,146 @@
+//! The JSON shapes of the HTTP API. Function shapes follow OpenFaaS's
+//! `FunctionDeployment` and `FunctionStatus`, with wisp's own fields added in
+//! the same camelCase; each is the API twin of a `wisp.toml` key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ByteSize, FunctionKind, HumanDuration};
+
+/// A deploy or update request: `POST` / `PUT /system/functions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionDeployment {
+    /// The function's name.
+    pub service: String,
+    /// Its namespace; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The artifact digest (`sha256:...`) from `PUT /system/artifacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// How the artifact runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FunctionKind>,
+    /// The command line of a process function (OpenFaaS's `fprocess`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_process: Option<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// OpenFaaS's resource limits; `memory` here is the same as the top-level `memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// A top-level route such as `/hello` or `/api/...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Bound on a whole invocation, such as `"10s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Bound on the function's memory, such as `"128MiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Bound on concurrent invocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Bound on a request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<ByteSize>,
+    /// Outbound HTTP destinations a wasm function may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// OpenFaaS's `limits` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory limit, such as `"128Mi"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+}
+
+/// A deployed function: `GET /system/functions` and `/system/function/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// The deployment with every default filled in.
+    #[serde(flatten)]
+    pub deployment: FunctionDeployment,
+    /// Invocations since the node started.
+    pub invocation_count: u64,
+    /// Always 1 for wasm and process functions: every request gets a fresh instance.
+    pub replicas: u64,
+    /// 1 when the function is ready to serve.
+    pub available_replicas: u64,
+}
+
+/// `DELETE /system/functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteFunction {
+    /// The function to remove.
+    pub function_name: String,
+    /// Its namespace; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `PUT /system/artifacts` and `GET /system/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Every error the API answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, in one sentence.
+    pub error: String,
+}
+
+/// `GET /system/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemInfo {
+    /// Who serves the API, in OpenFaaS's shape.
+    pub provider: ProviderInfo,
+    /// wisp's version.
+    pub version: VersionInfo,
+    /// How many functions are deployed.
+    pub function_count: u64,
+    /// Invocations running now, across functions.
+    pub active_invocations: u64,
+    /// Invocations since the node started.
+    pub invocation_count: u64,
+    /// Precompiled components loaded from the disk cache.
+    pub compile_cache_hits: u64,
+    /// Components compiled because no precompiled copy was cached.
+    pub compile_cache_misses: u64,
+}
+
+/// OpenFaaS's `provider` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// Always `wisp`.
+    pub provider: String,
+    /// Where state lives: `embedded` (SQLite).
+    pub orchestration: String,
+}
+
+/// OpenFaaS's `version` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The release, from the crate version.
+    pub release: String,
+}

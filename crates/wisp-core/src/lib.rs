@@ -1,0 +1,16 @@
+//! wisp's shared vocabulary: the `wisp.toml` manifest, the JSON shapes of the
+//! HTTP API, function names, human-readable durations and sizes, and the
+//! validation that turns what a user wrote into a [`FunctionSpec`].
+//!
+//! Nothing here does I/O, so the server, the store and the CLI agree on one
+//! set of rules and every rule is unit-tested in isolation.
+
+pub mod api;
+pub mod manifest;
+pub mod name;
+pub mod spec;
+pub mod units;
+
+pub use name::{NameError, validate_name};
+pub use spec::{FunctionKind, FunctionSpec, Route, SpecError};
+pub use units::{ByteSize, HumanDuration};

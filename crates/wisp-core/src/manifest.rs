@@ -1,0 +1,214 @@
+//! `wisp.toml`: the functions of a project, how to build them and how to run
+//! them. Unknown keys are errors that name the key and its line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{ByteSize, FunctionKind, HumanDuration, api::FunctionDeployment, validate_name};
+
+/// A parsed `wisp.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The `[[function]]` tables.
+    #[serde(default)]
+    pub function: Vec<FunctionManifest>,
+}
+
+/// One `[[function]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionManifest {
+    /// A DNS label.
+    #[serde(deserialize_with = "dns_label")]
+    pub name: String,
+    /// Its namespace; `default` when absent.
+    #[serde(default, deserialize_with = "optional_dns_label")]
+    pub namespace: Option<String>,
+    /// How the artifact runs.
+    pub kind: FunctionKind,
+    /// A shell command that builds the artifact, run in the manifest's directory.
+    pub build: Option<String>,
+    /// The artifact: a `.wasm` file, or for a process a directory (uploaded as a tar archive).
+    pub artifact: Option<String>,
+    /// A process function's command line, run in its artifact directory.
+    pub command: Option<String>,
+    /// A top-level route.
+    pub route: Option<String>,
+    /// Bound on a whole invocation.
+    pub timeout: Option<HumanDuration>,
+    /// Bound on memory.
+    pub memory: Option<ByteSize>,
+    /// Bound on concurrent invocations.
+    pub max_concurrency: Option<u32>,
+    /// Bound on a request body.
+    pub max_body_size: Option<ByteSize>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Outbound HTTP destinations a wasm function may call.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// A manifest that does not parse, with the line it went wrong on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct ManifestError {
+    /// 1-based line of the offending key or value, when known.
+    pub line: Option<usize>,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl Manifest {
+    /// Parses the text of a `wisp.toml`.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Self = toml::from_str(text).map_err(|error| ManifestError {
+            line: error
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1),
+            message: error.message().trim().replace("field", "key"),
+        })?;
+        let mut seen = std::collections::BTreeSet::new();
+        for function in &manifest.function {
+            let key = (function.namespace.clone(), function.name.clone());
+            if !seen.insert(key) {
+                return Err(ManifestError {
+                    line: None,
+                    message: format!("function `{}` is declared twice", function.name),
+                });
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+impl FunctionManifest {
+    /// The API deployment for this function, given its uploaded artifact's digest.
+    pub fn deployment(&self, image: Option<String>) -> FunctionDeployment {
+        FunctionDeployment {
+            service: self.name.clone(),
+            namespace: self.namespace.clone(),
+            image,
+            kind: Some(self.kind),
+            env_process: self.command.clone(),
+            env_vars: self.env.clone(),
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            limits: None,
+            route: self.route.clone(),
+            timeout: self.timeout,
+            memory: self.memory,
+            max_concurrency: self.max_concurrency,
+            max_body_size: self.max_body_size,
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
+}
+
+fn dns_label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    validate_name(&name).map_err(serde::de::Error::custom)?;
+    Ok(name)
+}
+
+fn optional_dns_label<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    dns_label(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_function() {
+        let manifest = Manifest::parse(
+            r#"
+[[function]]
+name = "hello"
+kind = "wasm-http"
+build = "cargo build --release --target wasm32-wasip2"
+artifact = "target/wasm32-wasip2/release/hello.wasm"
+route = "/hello"
+timeout = "10s"
+memory = "128MiB"
+max_concurrency = 100
+env = { GREETING = "hi" }
+allowed_outbound_hosts = ["https://api.example.com"]
+"#,
+        )
+        .unwrap();
+        let function = &manifest.function[0];
+        assert_eq!(function.kind, FunctionKind::WasmHttp);
+        assert_eq!(function.memory, Some(ByteSize(128 << 20)));
+        let deployment = function.deployment(Some("sha256:00".into()));
+        assert_eq!(deployment.env_vars["GREETING"], "hi");
+        assert_eq!(deployment.max_concurrency, Some(100));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let error = Manifest::parse(
+            "[[function]]\nname = \"hello\"\nkind = \"wasm-http\"\ntimout = \"10s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(4));
+        assert!(
+            error
+                .to_string()
+                .starts_with("line 4: unknown key `timout`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        for (text, line, expected) in [
+            (
+                "[[function]]\nname = \"../x\"\nkind = \"process\"\n",
+                2,
+                "not a DNS label",
+            ),
+            (
+                "[[function]]\nname = \"a\"\nkind = \"wasm\"\n",
+                3,
+                "unknown variant `wasm`",
+            ),
+            (
+                "[[function]]\nname = \"a\"\nkind = \"process\"\ntimeout = \"soon\"\n",
+                4,
+                "not a valid duration",
+            ),
+            (
+                "[[function]]\nname = \"a\"\nkind = \"process\"\nmemory = \"lots\"\n",
+                4,
+                "not a valid size",
+            ),
+        ] {
+            let error = Manifest::parse(text).unwrap_err();
+            assert_eq!(error.line, Some(line), "{error}");
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_function_declared_twice_is_refused() {
+        let text = "[[function]]\nname = \"a\"\nkind = \"process\"\n[[function]]\nname = \"a\"\nkind = \"process\"\n";
+        assert!(
+            Manifest::parse(text)
+                .unwrap_err()
+                .to_string()
+                .contains("declared twice")
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! wisp's executors: how one invocation of a function runs. WebAssembly
+//! components run on wasmtime ([`wasm`], the only user of wasmtime in wisp)
+//! with a fresh instance per request; executables run as a fresh process per
+//! request ([`process`]). Both take an [`Invocation`] with its deadline and
+//! answer a response or an [`InvokeError`], which the server turns into a
+//! status in one place.
+
+pub mod process;
+pub mod wasm;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+
+/// The error type of a response body stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A function's response body, streamed.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+/// A function's response.
+pub type Response = http::Response<ResponseBody>;
+
+/// One request to a function, as the function will see it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The call id, echoed in `X-Call-Id`.
+    pub call_id: String,
+    /// The HTTP method.
+    pub method: http::Method,
+    /// The path the function sees, starting with `/`.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: http::HeaderMap,
+    /// The whole request body.
+    pub body: Bytes,
+    /// When the invocation must be over, response body included.
+    pub deadline: tokio::time::Instant,
+}
+
+/// How an invocation failed. Each variant maps to one HTTP status in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The guest trapped or the process crashed (502).
+    #[error("the function failed: {0}")]
+    Failed(String),
+    /// The guest tried to use more memory than its limit (502).
+    #[error("the function exceeded its memory limit of {0} bytes")]
+    OutOfMemory(u64),
+    /// A `wasm-stdio` or `process` function exited with a non-zero status (502).
+    #[error("the function exited with status {0}")]
+    Exit(i32),
+    /// The function ran past its deadline and was stopped (504).
+    #[error("the function timed out after {}ms", .0.as_millis())]
+    Timeout(Duration),
+    /// No instance slot is free right now (429).
+    #[error("too many concurrent invocations: {0}")]
+    Busy(String),
+    /// The host could not start the function (500).
+    #[error("could not start the function: {0}")]
+    Internal(String),
+}
+
+/// Why an artifact cannot be prepared for running.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The artifact is not what the function kind needs (400).
+    #[error("{0}")]
+    InvalidArtifact(String),
+    /// The host failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A prepared function, ready to be invoked many times.
+pub enum Executor {
+    /// A `wasi:http` component.
+    WasmHttp(wasm::HttpFunction),
+    /// A `wasi:cli` command component.
+    WasmStdio(wasm::StdioFunction),
+    /// An executable.
+    Process(process::ProcessFunction),
+}
+
+impl Executor {
+    /// Runs one invocation to completion or to its deadline.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+        match self {
+            Self::WasmHttp(function) => function.invoke(invocation).await,
+            Self::WasmStdio(function) => function.invoke(invocation).await,
+            Self::Process(function) => function.invoke(invocation).await,
+        }
+    }
+}
+
+/// A response with a complete body, as `wasm-stdio` and `process` functions give.
+fn full_response(content_type: &str, body: Bytes) -> Response {
+    let mut response = http::Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The environment the OpenFaaS watchdog gives a function: `Http_Method`,
+/// `Http_Path`, `Http_Query`, `Http_X_Call_Id` and one `Http_<Header>` per
+/// header, the header's name in canonical case with `-` as `_`.
+pub fn watchdog_env(invocation: &Invocation) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("Http_Method".to_owned(), invocation.method.to_string()),
+        ("Http_Path".to_owned(), invocation.path.clone()),
+        (
+            "Http_Query".to_owned(),
+            invocation.query.clone().unwrap_or_default(),
+        ),
+        ("Http_X_Call_Id".to_owned(), invocation.call_id.clone()),
+    ];
+    for (name, value) in &invocation.headers {
+        let Ok(value) = value.to_str() else { continue };
+        let canonical: Vec<String> = name
+            .as_str()
+            .split('-')
+            .map(|part| {
+                let mut chars = part.chars();
+                chars.next().map_or_else(String::new, |first| {
+                    first.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            })
+            .collect();
+        let key = format!("Http_{}", canonical.join("_"));
+        if !env.iter().any(|(existing, _)| *existing == key) {
+            env.push((key, value.to_owned()));
+        }
+    }
+    env
+}
+
+/// The content type of a `wasm-stdio` or `process` response: the function's
+/// `content_type` variable (as the watchdog reads it) or plain text.
+fn stdio_content_type(env: &[(String, String)]) -> String {
+    env.iter()
+        .find(|(key, _)| key == "content_type")
+        .map_or_else(
+            || "text/plain; charset=utf-8".to_owned(),
+            |(_, value)| value.clone(),
+        )
+}
+
+/// Writes a function's STDERR to the log, one line per event, tagged with the call.
+fn log_stderr(function: &str, call_id: &str, stderr: &[u8]) {
+    for line in String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|line| !line.is_empty())
+    {
+        tracing::info!(target: "wisp::function", function, call_id, "stderr: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_env_names_headers_like_openfaas() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let invocation = Invocation {
+            call_id: "abc".into(),
+            method: http::Method::POST,
+            path: "/a/b".into(),
+            query: Some("x=1".into()),
+            headers,
+            body: Bytes::new(),
+            deadline: tokio::time::Instant::now(),
+        };
+        let env = watchdog_env(&invocation);
+        for expected in [
+            ("Http_Method", "POST"),
+            ("Http_Path", "/a/b"),
+            ("Http_Query", "x=1"),
+            ("Http_X_Call_Id", "abc"),
+            ("Http_Content_Type", "text/plain"),
+            ("Http_X_Forwarded_For", "10.0.0.1"),
+        ] {
+            assert!(
+                env.contains(&(expected.0.into(), expected.1.into())),
+                "{expected:?} in {env:?}"
+            );
+        }
+    }
+}

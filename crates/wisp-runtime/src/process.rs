@@ -1,0 +1,225 @@
+//! Executables, one process per request, with the OpenFaaS watchdog's
+//! contract: the body on STDIN, `Http_*` environment variables, STDOUT as the
+//! response, STDERR to the log, a non-zero exit status as a failure.
+//!
+//! Every process leads its own process group, so at the deadline the whole
+//! group is killed, children included. [`ProcessFunction::command`] is the
+//! one place a process is set up, so sandboxing can wrap it.
+
+use std::{path::PathBuf, process::Stdio};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{
+    Invocation, InvokeError, Response, full_response, log_stderr, stdio_content_type, watchdog_env,
+};
+
+/// The most a process may write to STDOUT (its response body).
+pub const MAX_STDOUT: u64 = 64 << 20;
+/// The most of a process's STDERR that is kept for the log, per invocation.
+pub const MAX_STDERR: u64 = 64 << 10;
+/// `PATH` for functions, which inherit nothing from the node's environment.
+const FUNCTION_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A prepared executable.
+#[derive(Debug, Clone)]
+pub struct ProcessFunction {
+    /// The function's name, for the log.
+    pub name: String,
+    /// The working directory: the unpacked artifact, or an empty directory.
+    pub dir: PathBuf,
+    /// The command line, split on whitespace as the watchdog splits `fprocess`.
+    pub argv: Vec<String>,
+    /// Environment variables the function declared.
+    pub env: Vec<(String, String)>,
+}
+
+impl ProcessFunction {
+    /// A process function from its command line.
+    pub fn new(name: String, dir: PathBuf, command: &str, env: Vec<(String, String)>) -> Self {
+        Self {
+            name,
+            dir,
+            argv: command.split_whitespace().map(str::to_owned).collect(),
+            env,
+        }
+    }
+
+    /// The command for one request; every spawn goes through here.
+    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
+        let program = &self.argv[0];
+        // `./handler.sh` means the artifact's file, whatever the node's working directory is.
+        let program = if program.contains('/') && !program.starts_with('/') {
+            self.dir.join(program).into_os_string()
+        } else {
+            program.into()
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&self.argv[1..])
+            .current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", FUNCTION_PATH)
+            .env("HOME", &self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(watchdog_env(invocation))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs one request in a fresh process.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+        let started = tokio::time::Instant::now();
+        let mut child = self
+            .command(&invocation)
+            .spawn()
+            .map_err(|error| InvokeError::Internal(format!("spawn `{}`: {error}", self.argv[0])))?;
+        let group = child.id().map(|pid| pid as libc::pid_t);
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let body = invocation.body.clone();
+
+        let run = async {
+            let feed = async move {
+                // A function may exit without reading its input: that is not an error.
+                let _ = stdin.write_all(&body).await;
+                drop(stdin);
+            };
+            let (_, out, err, status) = tokio::join!(
+                feed,
+                read_bounded(stdout, MAX_STDOUT),
+                read_bounded(stderr, MAX_STDERR),
+                child.wait()
+            );
+            (out, err, status)
+        };
+        let outcome = tokio::time::timeout_at(invocation.deadline, run).await;
+        // Whatever happened, nothing of this request may outlive it.
+        if let Some(group) = group {
+            kill_group(group);
+        }
+        let (stdout, stderr, status) = match outcome {
+            Ok(finished) => finished,
+            Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
+        };
+        log_stderr(
+            &self.name,
+            &invocation.call_id,
+            &stderr.unwrap_or_default().0,
+        );
+        let status = status.map_err(|error| InvokeError::Internal(format!("wait: {error}")))?;
+        let (stdout, truncated) =
+            stdout.map_err(|error| InvokeError::Failed(format!("reading STDOUT: {error}")))?;
+        if truncated {
+            return Err(InvokeError::Failed(format!(
+                "the response is larger than {MAX_STDOUT} bytes"
+            )));
+        }
+        match status.code() {
+            Some(0) => Ok(full_response(&stdio_content_type(&self.env), stdout)),
+            Some(code) => Err(InvokeError::Exit(code)),
+            None => {
+                let signal =
+                    std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
+                Err(InvokeError::Failed(format!(
+                    "the process was killed by signal {signal}"
+                )))
+            }
+        }
+    }
+}
+
+/// Kills a process group; it may already be gone.
+fn kill_group(group: libc::pid_t) {
+    // SAFETY: kill(2) with a negative pid signals that process group; it has
+    // no memory-safety preconditions.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+}
+
+/// Reads up to `limit` bytes; the flag says whether there was more.
+async fn read_bounded(
+    reader: impl AsyncRead + Unpin,
+    limit: u64,
+) -> std::io::Result<(Bytes, bool)> {
+    let mut buffer = Vec::new();
+    let mut reader = reader.take(limit + 1);
+    reader.read_to_end(&mut buffer).await?;
+    let truncated = buffer.len() as u64 > limit;
+    buffer.truncate(limit as usize);
+    Ok((Bytes::from(buffer), truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn invocation(body: &str, timeout: Duration) -> Invocation {
+        Invocation {
+            call_id: "test".into(),
+            method: http::Method::POST,
+            path: "/p".into(),
+            query: None,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+            deadline: tokio::time::Instant::now() + timeout,
+        }
+    }
+
+    fn shell(script: &str) -> ProcessFunction {
+        let dir = std::env::temp_dir();
+        let mut function = ProcessFunction::new("sh".into(), dir, "sh -c", vec![]);
+        function.argv.push(script.into());
+        function
+    }
+
+    #[tokio::test]
+    async fn body_in_response_out() {
+        let response = shell("echo $Http_Method $Http_Path; cat")
+            .invoke(invocation("hi", Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "POST /p\nhi");
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_is_an_error() {
+        let error = shell("echo oops >&2; exit 3")
+            .invoke(invocation("", Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, InvokeError::Exit(3)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_whole_group_is_killed_at_the_deadline() {
+        let marker = tempfile_path();
+        let script = format!("(sleep 2; touch {}) & sleep 10", marker.display());
+        let error = shell(&script)
+            .invoke(invocation("", Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, InvokeError::Timeout(_)), "{error}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            !marker.exists(),
+            "the background child outlived the timeout"
+        );
+    }
+
+    fn tempfile_path() -> PathBuf {
+        std::env::temp_dir().join(format!("wisp-process-test-{}", std::process::id()))
+    }
+}

@@ -1,0 +1,739 @@
+//! WebAssembly components on wasmtime: one engine with the pooling allocator,
+//! components compiled once per artifact digest and engine version and cached
+//! on disk, and a fresh instance per request from an `InstancePre`.
+//!
+//! Guests run on their own async runtime, whose threads run at a lower
+//! priority than the node's: however many guests loop, the node's threads
+//! still accept connections, fire timers and answer 504s on time. Timeouts are
+//! epoch deadlines: a ticker thread advances the epoch every [`EPOCH_TICK`],
+//! and on each tick a running guest yields to its executor (so looping guests
+//! share the guest threads fairly) and traps once its deadline has passed.
+//! Memory is bounded per store by a [`ResourceLimiter`].
+
+use std::{
+    collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt as _, Full};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::{
+    I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    p2::{
+        bindings::CommandPre,
+        pipe::{MemoryInputPipe, MemoryOutputPipe},
+    },
+};
+use wasmtime_wasi_http::{
+    WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+    p2::bindings::{ProxyPre, http::types::Scheme},
+};
+
+use crate::{
+    Invocation, InvokeError, PrepareError, Response, full_response, log_stderr, stdio_content_type,
+    watchdog_env,
+};
+
+/// How often the epoch advances: the granularity of timeouts and of yielding.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// The most a `wasm-stdio` guest may write to STDOUT (its response body).
+pub const MAX_STDOUT: usize = 64 << 20;
+/// The most of a guest's STDERR that is kept for the log, per invocation.
+pub const MAX_STDERR: usize = 64 << 10;
+
+/// Engine-wide settings, chosen by the node.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Where precompiled components are cached.
+    pub cache_dir: PathBuf,
+    /// Instances that may exist at once, across functions (pool slots).
+    pub max_instances: u32,
+    /// The largest memory any function may be given.
+    pub max_memory: u64,
+}
+
+/// Per-function limits and environment.
+#[derive(Debug, Clone)]
+pub struct WasmLimits {
+    /// The function's name, for the log.
+    pub name: String,
+    /// Bound on linear memory, in bytes.
+    pub memory: u64,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+    /// Outbound HTTP destinations the guest may call.
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// Compile-cache counters.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Components loaded precompiled from disk.
+    pub hits: AtomicU64,
+    /// Components compiled because no precompiled copy existed.
+    pub misses: AtomicU64,
+}
+
+/// How much lower than the node's threads guest threads run (a `nice` increment).
+const GUEST_NICENESS: libc::c_int = 5;
+
+/// The runtime guests run on. Dropping a runtime from async code panics, so
+/// this one shuts down in the background.
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    fn new() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("wisp-guest")
+            .enable_all()
+            .on_thread_start(|| {
+                // SAFETY: setpriority(2) on the calling thread (who = 0 is the
+                // caller's tid under Linux's per-thread nice) has no memory-safety
+                // preconditions. Failure only leaves the default priority.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, GUEST_NICENESS);
+                }
+            })
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("present until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The one wasmtime engine of a node.
+pub struct WasmEngine {
+    engine: Engine,
+    guests: GuestRuntime,
+    linker: Linker<GuestState>,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Component>>,
+    stats: CacheStats,
+}
+
+impl WasmEngine {
+    /// Creates the engine and starts its epoch ticker.
+    pub fn new(config: &WasmConfig) -> Result<Self, PrepareError> {
+        let internal =
+            |error: wasmtime::Error| PrepareError::Internal(format!("wasm engine: {error}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            // A Rust or C component has a few core instances, memories and tables.
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory as usize)
+            // Keep the first pages of a reused slot resident: resetting them is
+            // cheaper than faulting them in again on the next request.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(internal)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(internal)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wisp-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|error| PrepareError::Internal(format!("epoch ticker: {error}")))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_dir = config.cache_dir.join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&cache_dir).map_err(|error| {
+            PrepareError::Internal(format!("create {}: {error}", cache_dir.display()))
+        })?;
+        let guests = GuestRuntime::new()
+            .map_err(|error| PrepareError::Internal(format!("guest runtime: {error}")))?;
+        Ok(Self {
+            engine,
+            guests,
+            linker,
+            cache_dir,
+            loaded: Mutex::default(),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// Compile-cache counters.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Loads a component by digest: from memory, from the disk cache, or by
+    /// compiling `wasm` (then cached). Blocking: compilation takes a while.
+    pub fn load(&self, digest: &str, wasm: &Path) -> Result<Component, PrepareError> {
+        if let Some(component) = self.loaded.lock().expect("component map").get(digest) {
+            return Ok(component.clone());
+        }
+        let hex = digest.trim_start_matches("sha256:");
+        let cached = self.cache_dir.join(format!("{hex}.cwasm"));
+        // SAFETY: the file was written by `Component::serialize` of an engine
+        // with the same compatibility hash (it is in the directory name), into
+        // a directory only this node writes, and renamed into place whole.
+        let component = match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            Ok(component) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                component
+            }
+            Err(_) => {
+                let bytes = std::fs::read(wasm).map_err(|error| {
+                    PrepareError::Internal(format!("read {}: {error}", wasm.display()))
+                })?;
+                check_is_component(&bytes)?;
+                let component = Component::new(&self.engine, &bytes).map_err(|error| {
+                    PrepareError::InvalidArtifact(format!(
+                        "the component does not compile: {}",
+                        chain(&error)
+                    ))
+                })?;
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                self.write_cache(&cached, &component);
+                component
+            }
+        };
+        self.loaded
+            .lock()
+            .expect("component map")
+            .insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    /// Forgets the in-memory copy of a component no function uses any more.
+    pub fn unload(&self, digest: &str) {
+        self.loaded.lock().expect("component map").remove(digest);
+    }
+
+    /// Caching is an optimisation: a failure is logged, not returned.
+    fn write_cache(&self, path: &Path, component: &Component) {
+        let write = || -> Result<(), String> {
+            let bytes = component.serialize().map_err(|error| error.to_string())?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).map_err(|error| error.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|error| error.to_string())
+        };
+        if let Err(error) = write() {
+            tracing::warn!(
+                "could not cache compiled component at {}: {error}",
+                path.display()
+            );
+        }
+    }
+
+    /// Prepares a `wasi:http` component.
+    pub fn http_function(
+        &self,
+        component: &Component,
+        limits: WasmLimits,
+    ) -> Result<HttpFunction, PrepareError> {
+        let pre = self.instantiate_pre(component)?;
+        let pre = ProxyPre::new(pre).map_err(|_| {
+            PrepareError::InvalidArtifact(
+                "the component does not export wasi:http/incoming-handler@0.2 (a wasm-http function \
+                 needs the wasi:http/proxy world; is it a wasm-stdio command?)"
+                    .into(),
+            )
+        })?;
+        Ok(HttpFunction {
+            pre,
+            limits: Arc::new(limits),
+            guests: self.guests.handle(),
+        })
+    }
+
+    /// Prepares a `wasi:cli` command component.
+    pub fn stdio_function(
+        &self,
+        component: &Component,
+        limits: WasmLimits,
+    ) -> Result<StdioFunction, PrepareError> {
+        let pre = self.instantiate_pre(component)?;
+        let pre = CommandPre::new(pre).map_err(|_| {
+            PrepareError::InvalidArtifact(
+                "the component does not export wasi:cli/run@0.2 (a wasm-stdio function needs the \
+                 wasi:cli/command world; is it a wasm-http handler?)"
+                    .into(),
+            )
+        })?;
+        Ok(StdioFunction {
+            pre,
+            limits: Arc::new(limits),
+            guests: self.guests.handle(),
+        })
+    }
+
+    fn instantiate_pre(
+        &self,
+        component: &Component,
+    ) -> Result<wasmtime::component::InstancePre<GuestState>, PrepareError> {
+        self.linker.instantiate_pre(component).map_err(|error| {
+            PrepareError::InvalidArtifact(format!(
+                "the component needs imports wisp does not provide: {}",
+                chain(&error)
+            ))
+        })
+    }
+}
+
+/// Refuses bytes that are not a WebAssembly component, saying what they are instead.
+fn check_is_component(bytes: &[u8]) -> Result<(), PrepareError> {
+    const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    const MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    let invalid = |what: &str| Err(PrepareError::InvalidArtifact(what.to_owned()));
+    match bytes {
+        [0x00, b'a', b's', b'm', version @ ..] if version.starts_with(&COMPONENT_VERSION) => Ok(()),
+        [0x00, b'a', b's', b'm', version @ ..] if version.starts_with(&MODULE_VERSION) => invalid(
+            "the artifact is a core WebAssembly module, not a component (build for wasm32-wasip2, \
+             or wrap it with `wasm-tools component new`)",
+        ),
+        _ => invalid("the artifact is not WebAssembly (it does not start with \\0asm)"),
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(error: &wasmtime::Error) -> String {
+    error
+        .chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The per-request state of a store.
+struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    outbound: OutboundPolicy,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Bounds a store's linear memory and remembers whether the guest hit the bound.
+struct MemoryLimiter {
+    limit: u64,
+    denied: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired as u64 <= self.limit;
+        self.denied |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// Outbound HTTP only to the function's `allowed_outbound_hosts`.
+struct OutboundPolicy {
+    function: Arc<WasmLimits>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let host = uri.host().unwrap_or_default();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "http" { 80 } else { 443 });
+        self.function
+            .allowed_outbound_hosts
+            .iter()
+            .any(|allowed| host_matches(allowed, scheme, host, port))
+    }
+}
+
+/// Whether `scheme://host:port` matches an allowlist entry such as
+/// `https://api.example.com`, `http://*.example.com:8080` or `*://localhost:*`.
+fn host_matches(allowed: &str, scheme: &str, host: &str, port: u16) -> bool {
+    let Some((allowed_scheme, rest)) = allowed.split_once("://") else {
+        return false;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (allowed_host, allowed_port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    let default_port = if scheme == "http" { 80 } else { 443 };
+    let scheme_ok = allowed_scheme == "*" || allowed_scheme == scheme;
+    let host_ok = allowed_host == "*"
+        || allowed_host.eq_ignore_ascii_case(host)
+        || allowed_host.strip_prefix("*.").is_some_and(|suffix| {
+            host.len() > suffix.len()
+                && host
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+        });
+    let port_ok = match allowed_port {
+        Some("*") => true,
+        Some(allowed) => allowed.parse::<u16>() == Ok(port),
+        None => port == default_port,
+    };
+    scheme_ok && host_ok && port_ok
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        if self.allows(request.uri()) {
+            return wasmtime_wasi_http::default_hooks().send_request(request, options, fut);
+        }
+        tracing::warn!(
+            target: "wisp::function",
+            function = %self.function.name,
+            "outbound request to {} denied: not in allowed_outbound_hosts",
+            request.uri()
+        );
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+fn new_store(
+    engine: &Engine,
+    limits: &Arc<WasmLimits>,
+    wasi: WasiCtx,
+    deadline: Instant,
+) -> Store<GuestState> {
+    let state = GuestState {
+        wasi,
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            limit: limits.memory,
+            denied: false,
+        },
+        outbound: OutboundPolicy {
+            function: limits.clone(),
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Classifies a guest that ended without a usable answer.
+fn failure(
+    error: wasmtime::Error,
+    memory_denied: bool,
+    limits: &WasmLimits,
+    invocation: &Invocation,
+    started: tokio::time::Instant,
+) -> InvokeError {
+    if tokio::time::Instant::now() >= invocation.deadline {
+        return InvokeError::Timeout(invocation.deadline - started);
+    }
+    if memory_denied {
+        return InvokeError::OutOfMemory(limits.memory);
+    }
+    let message = chain(&error);
+    if message.contains("maximum concurrent") || message.contains("pooling allocator") {
+        return InvokeError::Busy(message);
+    }
+    tracing::info!(target: "wisp::function", function = %limits.name, call_id = %invocation.call_id, "trapped: {message}");
+    InvokeError::Failed(first_line(&message))
+}
+
+/// The guest-facing part of an error: the first line, without the backtrace.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_owned()
+}
+
+/// A prepared `wasi:http` component.
+pub struct HttpFunction {
+    pre: ProxyPre<GuestState>,
+    limits: Arc<WasmLimits>,
+    guests: tokio::runtime::Handle,
+}
+
+impl HttpFunction {
+    /// Handles one request in a fresh instance.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+        let started = tokio::time::Instant::now();
+        let wasi = WasiCtxBuilder::new().envs(&self.limits.env).build();
+        let mut store = new_store(
+            self.pre.engine(),
+            &self.limits,
+            wasi,
+            invocation.deadline.into_std(),
+        );
+
+        let authority = invocation
+            .headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("localhost");
+        let uri = match &invocation.query {
+            Some(query) => format!("http://{authority}{}?{query}", invocation.path),
+            None => format!("http://{authority}{}", invocation.path),
+        };
+        let mut request = http::Request::builder()
+            .method(invocation.method.clone())
+            .uri(uri)
+            .body(Full::new(invocation.body.clone()))
+            .map_err(|error| InvokeError::Internal(format!("request: {error}")))?;
+        *request.headers_mut() = invocation.headers.clone();
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let setup = |store: &mut Store<GuestState>| -> wasmtime::Result<_> {
+            let mut http = store.data_mut().http();
+            Ok((
+                http.new_incoming_request(Scheme::Http, request)?,
+                http.new_response_outparam(sender)?,
+            ))
+        };
+        let (request, outparam) =
+            setup(&mut store).map_err(|error| InvokeError::Internal(chain(&error)))?;
+
+        let pre = self.pre.clone();
+        let deadline = invocation.deadline;
+        // The guest runs in its own task so it can keep streaming the body
+        // after the response head is sent; the whole task is bounded by the deadline.
+        let guest = self.guests.spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            };
+            let result = match tokio::time::timeout_at(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::msg("deadline passed")),
+            };
+            (result, store.data().limiter.denied)
+        });
+
+        match tokio::time::timeout_at(invocation.deadline, receiver).await {
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+            }
+            Ok(Ok(Err(code))) => Err(InvokeError::Failed(format!(
+                "the guest answered with an error: {code:?}"
+            ))),
+            Ok(Err(_)) => {
+                // The guest dropped the response outparam: it returned or trapped without answering.
+                let (result, denied) = guest
+                    .await
+                    .map_err(|error| InvokeError::Internal(error.to_string()))?;
+                Err(match result {
+                    Ok(()) => {
+                        InvokeError::Failed("the guest returned without sending a response".into())
+                    }
+                    Err(error) => failure(error, denied, &self.limits, &invocation, started),
+                })
+            }
+            Err(_) => {
+                guest.abort();
+                Err(InvokeError::Timeout(invocation.deadline - started))
+            }
+        }
+    }
+}
+
+/// A prepared `wasi:cli` command component.
+pub struct StdioFunction {
+    pre: CommandPre<GuestState>,
+    limits: Arc<WasmLimits>,
+    guests: tokio::runtime::Handle,
+}
+
+impl StdioFunction {
+    /// Runs the command once: the body on STDIN, STDOUT as the response.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+        let started = tokio::time::Instant::now();
+        let stdout = MemoryOutputPipe::new(MAX_STDOUT);
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let mut env = self.limits.env.clone();
+        env.extend(watchdog_env(&invocation));
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(invocation.body.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&env)
+            .arg(&self.limits.name)
+            .build();
+        let mut store = new_store(
+            self.pre.engine(),
+            &self.limits,
+            wasi,
+            invocation.deadline.into_std(),
+        );
+        let pre = self.pre.clone();
+        let deadline = invocation.deadline;
+        let guest = self.guests.spawn(async move {
+            let run = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            };
+            let result = tokio::time::timeout_at(deadline, run).await;
+            (result, store.data().limiter.denied)
+        });
+        let abort = guest.abort_handle();
+        let Ok(joined) = tokio::time::timeout_at(deadline, guest).await else {
+            abort.abort();
+            return Err(InvokeError::Timeout(deadline - started));
+        };
+        let (result, denied) = joined.map_err(|error| InvokeError::Internal(error.to_string()))?;
+        log_stderr(&self.limits.name, &invocation.call_id, &stderr.contents());
+        let status = match result {
+            Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
+            Ok(Ok(Ok(()))) => 0,
+            Ok(Ok(Err(()))) => 1,
+            Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {
+                Some(I32Exit(status)) => *status,
+                None => return Err(failure(error, denied, &self.limits, &invocation, started)),
+            },
+        };
+        if status != 0 {
+            return Err(InvokeError::Exit(status));
+        }
+        Ok(full_response(
+            &stdio_content_type(&self.limits.env),
+            stdout.contents(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_hosts_match_scheme_host_and_port() {
+        assert!(host_matches(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            443
+        ));
+        assert!(!host_matches(
+            "https://api.example.com",
+            "http",
+            "api.example.com",
+            80
+        ));
+        assert!(!host_matches(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            8443
+        ));
+        assert!(host_matches(
+            "http://*.example.com:8080",
+            "http",
+            "a.example.com",
+            8080
+        ));
+        assert!(!host_matches(
+            "http://*.example.com:8080",
+            "http",
+            "example.com",
+            8080
+        ));
+        assert!(!host_matches(
+            "http://*.example.com:8080",
+            "http",
+            "evil-example.com",
+            8080
+        ));
+        assert!(host_matches("*://localhost:*", "http", "localhost", 3000));
+        assert!(!host_matches("localhost", "http", "localhost", 80));
+    }
+
+    #[test]
+    fn only_components_are_accepted() {
+        assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
+        let core = check_is_component(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .to_string();
+        assert!(core.contains("core WebAssembly module"), "{core}");
+        let text = check_is_component(b"#!/bin/sh").unwrap_err().to_string();
+        assert!(text.contains("not WebAssembly"), "{text}");
+    }
+}

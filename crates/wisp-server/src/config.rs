@@ -1,0 +1,75 @@
+//! The node's configuration: one typed struct, validated before any port is bound.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+/// The default address: loopback only, like `wasmtime serve` and `spin up`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default bound on a request body (a function may set its own).
+pub const DEFAULT_MAX_BODY: u64 = 32 << 20;
+/// The default bound on an uploaded artifact.
+pub const DEFAULT_MAX_ARTIFACT: u64 = 512 << 20;
+/// The default number of WebAssembly instances that may exist at once.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// The admin token; generated and kept in the data directory when absent.
+    pub admin_token: Option<String>,
+    /// Bound on a request body, unless a function sets its own.
+    pub max_body_size: u64,
+    /// Bound on an uploaded artifact.
+    pub max_artifact_size: u64,
+    /// WebAssembly instances that may exist at once.
+    pub max_instances: u32,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The admin token is too short to be a secret.
+    #[error("the admin token must be at least 16 characters")]
+    WeakToken,
+    /// A limit is zero.
+    #[error("{0} must be more than zero")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+            data_dir,
+            admin_token: None,
+            max_body_size: DEFAULT_MAX_BODY,
+            max_artifact_size: DEFAULT_MAX_ARTIFACT,
+            max_instances: DEFAULT_MAX_INSTANCES,
+        }
+    }
+
+    /// Checks the configuration before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.len() < 16)
+        {
+            return Err(ConfigError::WeakToken);
+        }
+        for (value, name) in [
+            (self.max_body_size, "the body size limit"),
+            (self.max_artifact_size, "the artifact size limit"),
+            (u64::from(self.max_instances), "the instance limit"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}

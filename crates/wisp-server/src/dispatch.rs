@@ -1,0 +1,167 @@
+//! Dispatch: call ids, body limits, concurrency limits, deadlines, and the one
+//! place an invocation's outcome becomes an HTTP status.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http_body_util::BodyExt as _;
+use wisp_runtime::{Invocation, InvokeError};
+
+use crate::{
+    ApiError,
+    node::{Deployed, Node},
+};
+
+/// The header that carries a call's id, both ways.
+pub const CALL_ID: &str = "x-call-id";
+
+/// The id of the call a request belongs to.
+#[derive(Debug, Clone)]
+pub struct CallId(pub String);
+
+/// Takes the caller's `X-Call-Id` when it is sane, or makes one, and sets it on the response.
+pub async fn call_id(mut request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(CALL_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
+    let id = given.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let value = HeaderValue::from_str(&id).expect("call ids are visible ASCII");
+    request.extensions_mut().insert(CallId(id));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(CALL_ID, value);
+    response
+}
+
+/// Counts a running invocation for as long as it lives, even if the client goes away.
+struct Active<'a>(&'a Deployed, &'a Node);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.1.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the function sees of a request.
+pub struct Call {
+    pub call_id: String,
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+/// Runs one call of `function` and answers with its response or the status its failure maps to.
+pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Response {
+    let spec = &function.spec;
+    let limit = spec
+        .max_body_size
+        .map_or(node.config.max_body_size, |size| size.0);
+    let declared = call
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return too_large(limit).into_response();
+    }
+
+    let running = function.active.fetch_add(1, Ordering::Relaxed) + 1;
+    node.active.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(&function, node);
+    if spec
+        .max_concurrency
+        .is_some_and(|max| running > u64::from(max))
+    {
+        return busy(format!(
+            "function {} is at its limit of {} concurrent invocations",
+            spec.name,
+            spec.max_concurrency.unwrap_or_default()
+        ));
+    }
+
+    let body = match http_body_util::Limited::new(call.body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return too_large(limit).into_response();
+        }
+        Err(error) => {
+            return ApiError::bad_request(format!("could not read the request body: {error}"))
+                .into_response();
+        }
+    };
+
+    function.invocations.fetch_add(1, Ordering::Relaxed);
+    node.invocations.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let invocation = Invocation {
+        call_id: call.call_id.clone(),
+        method: call.method,
+        path: call.path,
+        query: call.query,
+        headers: call.headers,
+        body,
+        deadline: tokio::time::Instant::now() + spec.timeout.0,
+    };
+    let outcome = function.executor.invoke(invocation).await;
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(response) => {
+            tracing::debug!(target: "wisp::call", function = %spec.name, call_id = %call.call_id, status = response.status().as_u16(), ?elapsed);
+            response.map(Body::new)
+        }
+        Err(error) => {
+            let status = status_of(&error);
+            tracing::info!(target: "wisp::call", function = %spec.name, call_id = %call.call_id, status = status.as_u16(), ?elapsed, "{error}");
+            match error {
+                InvokeError::Busy(message) => busy(message),
+                InvokeError::Internal(detail) => {
+                    ApiError::internal(format!("function {}: {detail}", spec.name)).into_response()
+                }
+                error => ApiError::new(status, format!("function {}: {error}", spec.name))
+                    .into_response(),
+            }
+        }
+    }
+}
+
+/// The status an invocation failure answers with.
+fn status_of(error: &InvokeError) -> StatusCode {
+    match error {
+        InvokeError::Failed(_) | InvokeError::OutOfMemory(_) | InvokeError::Exit(_) => {
+            StatusCode::BAD_GATEWAY
+        }
+        InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        InvokeError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+        InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than the limit of {}",
+            wisp_core::ByteSize(limit)
+        ),
+    )
+}
+
+fn busy(message: String) -> Response {
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

@@ -1,0 +1,68 @@
+//! API errors: a status and a JSON `{"error": ...}` body.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use wisp_core::api::ErrorBody;
+
+/// An error the API answers with.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The status.
+    pub status: StatusCode,
+    /// What was wrong, in one sentence a user can act on.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404: nothing by that name.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 500: the node failed. The detail goes to the log, not to the client.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {error}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the node's log",
+        )
+    }
+}
+
+impl From<wisp_store::StoreError> for ApiError {
+    fn from(error: wisp_store::StoreError) -> Self {
+        match error {
+            wisp_store::StoreError::UnknownArtifact(_)
+            | wisp_store::StoreError::BadArchive { .. } => Self::bad_request(error.to_string()),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}

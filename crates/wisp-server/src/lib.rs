@@ -1,0 +1,65 @@
+//! The wisp node: one typed [`Config`], the state it serves from
+//! ([`node::Node`]), the HTTP [`router`] for invocation and administration,
+//! and [`dispatch`], the one place an invocation's outcome becomes a status.
+//!
+//! The invocation path reads only memory: deployed functions live in an
+//! in-memory table that every deploy writes through to the store first.
+
+mod admin;
+mod config;
+mod dispatch;
+mod error;
+mod invoke;
+mod node;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use axum::{Router, middleware, routing::get};
+
+pub use config::{Config, ConfigError, DEFAULT_LISTEN, DEFAULT_MAX_INSTANCES};
+pub use error::ApiError;
+pub use node::{Node, StartError};
+
+/// The node's HTTP API: invocation routes, `/system/*` behind the admin token, `/healthz`.
+pub fn router(node: Arc<Node>) -> Router {
+    let system = admin::routes().route_layer(middleware::from_fn_with_state(
+        node.clone(),
+        admin::require_admin,
+    ));
+    Router::new()
+        .nest("/system", system)
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .merge(invoke::routes())
+        .layer(middleware::from_fn(dispatch::call_id))
+        .with_state(node)
+}
+
+/// How many scheduler ticks a worker runs before it looks at timers and
+/// sockets again. Tokio's default (61) assumes short polls; a guest yields only
+/// every epoch tick, so with the default a core full of looping guests would
+/// delay timeouts and new connections by hundreds of milliseconds.
+const EVENT_INTERVAL: u32 = 4;
+
+/// The async runtime a node runs on, tuned so busy guests cannot starve timers and I/O.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .build()
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(node).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

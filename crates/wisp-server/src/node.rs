@@ -1,0 +1,290 @@
+//! The node's state: the store, the wasm engine, and the in-memory table of
+//! deployed functions that the invocation path reads.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use wisp_core::{FunctionKind, FunctionSpec, Route, spec::DEFAULT_NAMESPACE};
+use wisp_runtime::{
+    Executor, PrepareError,
+    process::ProcessFunction,
+    wasm::{WasmConfig, WasmEngine, WasmLimits},
+};
+use wisp_store::{Store, StoreError};
+
+use crate::{Config, ConfigError};
+
+/// Why a node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The admin token file cannot be read or written.
+    #[error("admin token file {}: {source}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The wasm engine cannot start.
+    #[error(transparent)]
+    Engine(#[from] PrepareError),
+}
+
+/// A deployed function, ready to serve.
+pub struct Deployed {
+    /// Its validated spec.
+    pub spec: FunctionSpec,
+    /// How it runs.
+    pub executor: Executor,
+    /// Invocations since the node started.
+    pub invocations: AtomicU64,
+    /// Invocations running now.
+    pub active: AtomicU64,
+}
+
+/// Functions by `(namespace, name)`, and those with a top-level route.
+#[derive(Default)]
+struct FunctionTable {
+    by_name: HashMap<(String, String), Arc<Deployed>>,
+    routed: Vec<(Route, Arc<Deployed>)>,
+}
+
+/// A running node.
+pub struct Node {
+    pub(crate) config: Config,
+    pub(crate) admin_token: String,
+    pub(crate) store: Store,
+    pub(crate) engine: WasmEngine,
+    functions: RwLock<FunctionTable>,
+    /// Deploys and removals run one at a time, so "validate, store, swap" is atomic.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    pub(crate) invocations: AtomicU64,
+    pub(crate) active: AtomicU64,
+    empty_dir: PathBuf,
+}
+
+impl Node {
+    /// Opens the data directory and loads every deployed function; blocking.
+    /// A function that cannot be loaded is logged and left out, so one broken
+    /// artifact cannot keep the node from serving the others.
+    pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        let store = Store::open(&config.data_dir)?;
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => load_or_create_token(&config.data_dir.join("admin-token"))?,
+        };
+        let engine = WasmEngine::new(&WasmConfig {
+            cache_dir: config.data_dir.join("cache"),
+            max_instances: config.max_instances,
+            max_memory: wisp_core::spec::MAX_MEMORY,
+        })?;
+        let empty_dir = config.data_dir.join("empty");
+        std::fs::create_dir_all(&empty_dir).map_err(|source| StoreError::Io {
+            action: "create directory",
+            path: empty_dir.clone(),
+            source,
+        })?;
+        let node = Arc::new(Self {
+            config,
+            admin_token,
+            store,
+            engine,
+            functions: RwLock::default(),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            invocations: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            empty_dir,
+        });
+        for stored in node.store.functions()? {
+            let spec = stored.spec;
+            match node.prepare(&spec) {
+                Ok(executor) => node.install(spec, executor),
+                Err(error) => tracing::error!(
+                    "function {}.{} is not served: {error}",
+                    spec.name,
+                    spec.namespace
+                ),
+            }
+        }
+        Ok(node)
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Turns a spec into something that runs: compiles or loads the
+    /// component, or unpacks the process tree. Blocking.
+    pub(crate) fn prepare(&self, spec: &FunctionSpec) -> Result<Executor, PrepareError> {
+        let env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let store_error = |error: StoreError| match error {
+            StoreError::UnknownArtifact(_) | StoreError::BadArchive { .. } => {
+                PrepareError::InvalidArtifact(error.to_string())
+            }
+            other => PrepareError::Internal(other.to_string()),
+        };
+        if spec.kind == FunctionKind::Process {
+            let dir = match &spec.artifact {
+                Some(digest) => self.store.artifact_tree(digest).map_err(store_error)?,
+                None => self.empty_dir.clone(),
+            };
+            let command = spec.command.as_deref().unwrap_or_default();
+            return Ok(Executor::Process(ProcessFunction::new(
+                spec.name.clone(),
+                dir,
+                command,
+                env,
+            )));
+        }
+        let digest = spec.artifact.as_deref().unwrap_or_default();
+        let path = self.store.artifact_path(digest).map_err(store_error)?;
+        let component = self.engine.load(digest, &path)?;
+        let limits = WasmLimits {
+            name: spec.name.clone(),
+            memory: spec.memory.0,
+            env,
+            allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+        };
+        Ok(match spec.kind {
+            FunctionKind::WasmHttp => {
+                Executor::WasmHttp(self.engine.http_function(&component, limits)?)
+            }
+            _ => Executor::WasmStdio(self.engine.stdio_function(&component, limits)?),
+        })
+    }
+
+    /// Makes a prepared function visible to the invocation path.
+    pub(crate) fn install(&self, spec: FunctionSpec, executor: Executor) {
+        let key = (spec.namespace.clone(), spec.name.clone());
+        let deployed = Arc::new(Deployed {
+            spec,
+            executor,
+            invocations: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        });
+        let mut table = self.functions.write().expect("function table");
+        table.routed.retain(|(_, existing)| {
+            (
+                existing.spec.namespace.as_str(),
+                existing.spec.name.as_str(),
+            ) != (key.0.as_str(), key.1.as_str())
+        });
+        if let Some(route) = deployed.spec.route.clone() {
+            table.routed.push((route, deployed.clone()));
+        }
+        table.by_name.insert(key, deployed);
+    }
+
+    /// Removes a function from the invocation path; running calls finish.
+    pub(crate) fn uninstall(&self, namespace: &str, name: &str) {
+        let mut table = self.functions.write().expect("function table");
+        if let Some(removed) = table
+            .by_name
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        {
+            table
+                .routed
+                .retain(|(_, existing)| !Arc::ptr_eq(existing, &removed));
+        }
+    }
+
+    /// A deployed function by name and namespace.
+    pub(crate) fn function(&self, namespace: &str, name: &str) -> Option<Arc<Deployed>> {
+        let table = self.functions.read().expect("function table");
+        table
+            .by_name
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// A deployed function by `name` or `name.namespace`.
+    pub(crate) fn function_by_reference(&self, reference: &str) -> Option<Arc<Deployed>> {
+        let (name, namespace) = reference
+            .split_once('.')
+            .unwrap_or((reference, DEFAULT_NAMESPACE));
+        self.function(namespace, name)
+    }
+
+    /// The function whose route serves `path`: the longest matching route wins.
+    pub(crate) fn function_by_route(&self, path: &str) -> Option<Arc<Deployed>> {
+        let table = self.functions.read().expect("function table");
+        table
+            .routed
+            .iter()
+            .filter(|(route, _)| route.matches(path))
+            .max_by_key(|(route, _)| route.path.len())
+            .map(|(_, deployed)| deployed.clone())
+    }
+
+    /// Another function that already has this exact route, if any.
+    pub(crate) fn route_owner(&self, route: &Route, except: (&str, &str)) -> Option<String> {
+        let table = self.functions.read().expect("function table");
+        table
+            .routed
+            .iter()
+            .find(|(existing, deployed)| {
+                existing == route
+                    && (
+                        deployed.spec.namespace.as_str(),
+                        deployed.spec.name.as_str(),
+                    ) != except
+            })
+            .map(|(_, deployed)| format!("{}.{}", deployed.spec.name, deployed.spec.namespace))
+    }
+
+    /// Whether a function is loaded and serving.
+    pub(crate) fn is_serving(&self, namespace: &str, name: &str) -> bool {
+        self.function(namespace, name).is_some()
+    }
+
+    /// Per-function invocation count, zero when not loaded.
+    pub(crate) fn invocation_count(&self, namespace: &str, name: &str) -> u64 {
+        self.function(namespace, name)
+            .map_or(0, |f| f.invocations.load(Ordering::Relaxed))
+    }
+}
+
+/// Reads the token kept in the data directory, or creates one (mode 0600).
+fn load_or_create_token(path: &Path) -> Result<String, StartError> {
+    let error = |source| StartError::Token {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => return Err(error(source)),
+        Err(_) => {}
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| error(std::io::Error::other(e.to_string())))?;
+    let token = hex::encode(bytes);
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(error)?;
+    file.write_all(token.as_bytes()).map_err(error)?;
+    Ok(token)
+}

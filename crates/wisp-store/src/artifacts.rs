@@ -1,0 +1,280 @@
+//! Content-addressed artifacts: `artifacts/<sha256 hex>` holds the bytes,
+//! `trees/<sha256 hex>/` a process artifact's unpacked tar archive.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use rusqlite::{OptionalExtension as _, params};
+use sha2::{Digest as _, Sha256};
+use wisp_core::api::ArtifactInfo;
+
+use crate::{Store, StoreError, registry::now};
+
+/// An artifact being uploaded: bytes go to a temporary file while they are
+/// hashed; [`ArtifactUpload::commit`] moves the file under its digest.
+/// Dropping an upload without committing it leaves nothing behind.
+pub struct ArtifactUpload {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl ArtifactUpload {
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        self.file
+            .write_all(bytes)
+            .map_err(StoreError::io("write artifact", self.file.path()))
+    }
+
+    /// Stores the artifact under its digest; a no-op if those bytes are already stored.
+    pub fn commit(self, store: &Store) -> Result<ArtifactInfo, StoreError> {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        let path = store.blob_path(&digest)?;
+        if !path.exists() {
+            self.file
+                .as_file()
+                .sync_all()
+                .map_err(StoreError::io("sync artifact", &path))?;
+            self.file
+                .persist(&path)
+                .map_err(|error| StoreError::io("store artifact", &path)(error.error))?;
+        }
+        store.db().execute(
+            "INSERT OR IGNORE INTO artifacts (digest, size, created_at) VALUES (?1, ?2, ?3)",
+            params![digest, self.size, now()],
+        )?;
+        Ok(ArtifactInfo {
+            digest,
+            size: self.size,
+        })
+    }
+}
+
+/// The hex part of a well-formed digest, so a digest can never name a path outside the store.
+fn digest_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
+}
+
+impl Store {
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let hex =
+            digest_hex(digest).ok_or_else(|| StoreError::UnknownArtifact(digest.to_owned()))?;
+        Ok(self.root.join("artifacts").join(hex))
+    }
+
+    /// Starts an upload.
+    pub fn begin_artifact(&self) -> Result<ArtifactUpload, StoreError> {
+        let tmp = self.root.join("tmp");
+        let file = tempfile::NamedTempFile::new_in(&tmp)
+            .map_err(StoreError::io("create temporary file in", &tmp))?;
+        Ok(ArtifactUpload {
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Stores `bytes` as an artifact.
+    pub fn put_artifact(&self, bytes: &[u8]) -> Result<ArtifactInfo, StoreError> {
+        let mut upload = self.begin_artifact()?;
+        upload.write(bytes)?;
+        upload.commit(self)
+    }
+
+    /// An artifact's size, if it is stored.
+    pub fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+        let size: Option<u64> = self
+            .db()
+            .query_row(
+                "SELECT size FROM artifacts WHERE digest = ?1",
+                params![digest],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(size.map(|size| ArtifactInfo {
+            digest: digest.to_owned(),
+            size,
+        }))
+    }
+
+    /// Every stored artifact.
+    pub fn artifacts(&self) -> Result<Vec<ArtifactInfo>, StoreError> {
+        let db = self.db();
+        let mut statement =
+            db.prepare("SELECT digest, size FROM artifacts ORDER BY created_at, digest")?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(ArtifactInfo {
+                    digest: row.get(0)?,
+                    size: row.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The file holding an artifact's bytes.
+    pub fn artifact_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let path = self.blob_path(digest)?;
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(StoreError::UnknownArtifact(digest.to_owned()))
+        }
+    }
+
+    /// Removes an artifact, its unpacked tree, and its row.
+    pub fn delete_artifact(&self, digest: &str) -> Result<(), StoreError> {
+        let path = self.blob_path(digest)?;
+        self.db()
+            .execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
+        let tree = self.tree_path(digest)?;
+        if tree.exists() {
+            std::fs::remove_dir_all(&tree).map_err(StoreError::io("remove", &tree))?;
+        }
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::io("remove", &path)(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn tree_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let hex =
+            digest_hex(digest).ok_or_else(|| StoreError::UnknownArtifact(digest.to_owned()))?;
+        Ok(self.root.join("trees").join(hex))
+    }
+
+    /// The directory a tar artifact unpacks to, unpacking it on first use.
+    /// Entries that would land outside the directory are refused.
+    pub fn artifact_tree(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let tree = self.tree_path(digest)?;
+        if tree.is_dir() {
+            return Ok(tree);
+        }
+        let archive_path = self.artifact_path(digest)?;
+        let tmp = self.root.join("tmp");
+        let staging =
+            tempfile::tempdir_in(&tmp).map_err(StoreError::io("create directory in", &tmp))?;
+        let bad = |reason: String| StoreError::BadArchive {
+            digest: digest.to_owned(),
+            reason,
+        };
+        unpack(&archive_path, staging.path()).map_err(|error| bad(error.to_string()))?;
+        match std::fs::rename(staging.path(), &tree) {
+            // Another request unpacked the same archive first: theirs is identical.
+            Err(_) if tree.is_dir() => Ok(tree),
+            Err(error) => Err(StoreError::io("store tree", &tree)(error)),
+            Ok(()) => {
+                // The directory now lives at `tree`; keep the guard from removing it.
+                let _ = staging.keep();
+                Ok(tree)
+            }
+        }
+    }
+}
+
+fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::fs::File::open(archive)?);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(false);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        // `unpack_in` refuses `..` and absolute paths; it returns false for them.
+        let path = entry.path()?.into_owned();
+        if !entry.unpack_in(into)? {
+            return Err(std::io::Error::other(format!(
+                "entry {} points outside the archive",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_bytes_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.put_artifact(b"hello").unwrap();
+        let second = store.put_artifact(b"hello").unwrap();
+        assert_eq!(first, second);
+        assert_eq!(
+            first.digest,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(store.artifacts().unwrap(), [first.clone()]);
+        assert_eq!(
+            std::fs::read(store.artifact_path(&first.digest).unwrap()).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn digests_cannot_name_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for digest in ["sha256:../../etc/passwd", "../x", "sha256:ABC"] {
+            assert!(matches!(
+                store.artifact_path(digest),
+                Err(StoreError::UnknownArtifact(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn tar_artifacts_unpack_with_modes_and_refuse_traversal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(10);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "bin/run.sh", &b"#!/bin/sh\n"[..])
+            .unwrap();
+        let good = store.put_artifact(&builder.into_inner().unwrap()).unwrap();
+        let tree = store.artifact_tree(&good.digest).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(tree.join("bin/run.sh"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o755);
+
+        let mut evil = Vec::new();
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        header.set_size(1);
+        header.set_cksum();
+        evil.extend_from_slice(header.as_bytes());
+        evil.extend_from_slice(&[b'x'; 512]);
+        evil.extend_from_slice(&[0; 1024]);
+        let evil = store.put_artifact(&evil).unwrap();
+        assert!(matches!(
+            store.artifact_tree(&evil.digest),
+            Err(StoreError::BadArchive { .. })
+        ));
+        assert!(!dir.path().join("trees/escape").exists() && !dir.path().join("escape").exists());
+        assert!(matches!(
+            store.artifact_tree(&store.put_artifact(b"not a tar").unwrap().digest),
+            Err(StoreError::BadArchive { .. })
+        ));
+    }
+}

@@ -1,0 +1,107 @@
+//! wisp's embedded state: the function registry in SQLite and a
+//! content-addressed artifact directory beside it, both under one data
+//! directory.
+//!
+//! Writes are atomic: an artifact is written to a temporary file and renamed
+//! into place under its digest, and a process artifact's tree is unpacked into
+//! a temporary directory and renamed, so a crash never leaves half an artifact
+//! where a reader could find it. The invocation path never touches SQLite:
+//! the server keeps its routing table in memory and writes through.
+
+mod artifacts;
+mod registry;
+
+use std::path::{Path, PathBuf};
+
+pub use artifacts::ArtifactUpload;
+pub use registry::StoredFunction;
+
+/// A failure of the store. Every variant names what it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The SQLite database failed.
+    #[error("registry database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A file or directory under the data directory could not be used.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A stored function's JSON does not parse (written by a newer wisp?).
+    #[error("stored function {name}: {source}")]
+    Corrupt {
+        /// The function.
+        name: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// No artifact has that digest.
+    #[error("no artifact {0}: upload it with PUT /system/artifacts")]
+    UnknownArtifact(String),
+    /// A process artifact is not a tar archive that unpacks safely.
+    #[error("artifact {digest} is not a usable tar archive: {reason}")]
+    BadArchive {
+        /// The artifact.
+        digest: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// The node's state under one data directory.
+pub struct Store {
+    root: PathBuf,
+    db: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl Store {
+    /// Opens (creating when needed) the state under `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for dir in [
+            root.to_owned(),
+            root.join("artifacts"),
+            root.join("trees"),
+            root.join("tmp"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        }
+        let db = rusqlite::Connection::open(root.join("wisp.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(registry::SCHEMA)?;
+        Ok(Self {
+            root: root.to_owned(),
+            db: std::sync::Mutex::new(db),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent: each
+        // write is one statement or one transaction.
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

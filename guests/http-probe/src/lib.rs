@@ -1,0 +1,103 @@
+//! A `wasi:http` test guest whose behaviour is chosen by the request path:
+//! `/` echoes the request, and the other paths misbehave on purpose so the
+//! host's limits can be tested (`/trap`, `/loop`, `/sleep?ms=`, `/grow?mib=`,
+//! `/status?code=`, `/big?bytes=`, `/env`).
+
+use std::io::{Read as _, Write as _};
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasip2::http::proxy::export!(Probe);
+
+struct Probe;
+
+impl wasip2::exports::http::incoming_handler::Guest for Probe {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_default();
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((path_with_query.as_str(), ""));
+        let param = |name: &str| -> u64 {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| *key == name)
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or(0)
+        };
+        match path {
+            "/trap" => panic!("the probe was asked to trap"),
+            "/loop" => loop {
+                std::hint::black_box(0);
+            },
+            "/sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(param("ms")));
+                respond(response_out, 200, b"slept\n");
+            }
+            "/grow" => {
+                let mut block = vec![0u8; param("mib") as usize * 1024 * 1024];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                let touched = block.iter().filter(|b| **b == 1).count();
+                respond(response_out, 200, format!("grew {touched} pages\n").as_bytes());
+            }
+            "/status" => respond(response_out, param("code") as u16, b"as asked\n"),
+            "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),
+            "/env" => {
+                let mut vars: Vec<String> =
+                    std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+                vars.sort();
+                respond(response_out, 200, vars.concat().as_bytes());
+            }
+            _ => {
+                let mut echo = format!(
+                    "method={}\npath={path}\nquery={query}\n",
+                    method_name(&request.method())
+                );
+                for (name, value) in request.headers().entries() {
+                    echo.push_str(&format!("header {name}={}\n", String::from_utf8_lossy(&value)));
+                }
+                let body = request.consume().expect("request body is consumed once");
+                let mut bytes = Vec::new();
+                body.stream()
+                    .expect("body stream is taken once")
+                    .read_to_end(&mut bytes)
+                    .expect("request body reads");
+                echo.push_str(&format!("body={}\n", String::from_utf8_lossy(&bytes)));
+                respond(response_out, 200, echo.as_bytes());
+            }
+        }
+    }
+}
+
+fn method_name(method: &Method) -> String {
+    match method {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Other(other) => other.clone(),
+    }
+}
+
+fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+    let response = OutgoingResponse::new(Fields::new());
+    response.set_status_code(status).expect("a valid status");
+    let outgoing = response.body().expect("response body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let mut stream = outgoing.write().expect("body stream is taken once");
+    for chunk in body.chunks(4096) {
+        stream.write_all(chunk).expect("response body writes");
+    }
+    stream.flush().expect("response body flushes");
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).expect("response body finishes");
+}

@@ -1,0 +1,188 @@
+//! A typed client for the admin and invocation API, used by every client command.
+
+use std::io::Read;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Serialize, de::DeserializeOwned};
+use wisp_core::api::{ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus};
+
+use crate::commands::{Remote, default_data_dir};
+
+/// A connection to one gateway.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A function's answer to `wisp invoke`.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    /// A client for `remote`; the token falls back to the local node's.
+    pub fn new(remote: &Remote) -> Self {
+        let token = remote.token.clone().or_else(|| {
+            let file = default_data_dir().join("admin-token");
+            std::fs::read_to_string(file)
+                .ok()
+                .map(|token| token.trim().to_owned())
+        });
+        Self {
+            base: remote.url.trim_end_matches('/').to_owned(),
+            token,
+            agent: ureq::Agent::new(),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error carrying the API's message.
+    fn call(&self, result: Result<ureq::Response, ureq::Error>) -> anyhow::Result<ureq::Response> {
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let message =
+                    serde_json::from_str::<ErrorBody>(&text).map_or(text, |body| body.error);
+                Err(anyhow!(ApiFailure { status, message }))
+            }
+            Err(ureq::Error::Transport(error)) => {
+                Err(anyhow!("cannot reach wisp at {}: {error}", self.base))
+            }
+        }
+    }
+
+    fn json<T: DeserializeOwned>(&self, response: ureq::Response) -> anyhow::Result<T> {
+        response
+            .into_json()
+            .context("the gateway's answer is not the JSON expected")
+    }
+
+    fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let response = self.call(self.request(method, path).send_json(body))?;
+        self.json(response)
+    }
+
+    /// Every deployed function.
+    pub fn functions(&self) -> anyhow::Result<Vec<FunctionStatus>> {
+        let response = self.call(self.request("GET", "/system/functions").call())?;
+        self.json(response)
+    }
+
+    /// One function.
+    pub fn function(&self, reference: &str) -> anyhow::Result<FunctionStatus> {
+        let response = self.call(
+            self.request("GET", &format!("/system/function/{reference}"))
+                .call(),
+        )?;
+        self.json(response)
+    }
+
+    /// Deploys, or updates when the function already exists.
+    pub fn deploy(&self, deployment: &FunctionDeployment) -> anyhow::Result<FunctionStatus> {
+        match self.send("POST", "/system/functions", deployment) {
+            Err(error)
+                if error
+                    .downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 409 && f.message.contains("already exists")) =>
+            {
+                self.send("PUT", "/system/functions", deployment)
+            }
+            result => result,
+        }
+    }
+
+    /// Removes a function.
+    pub fn remove(&self, name: &str, namespace: Option<String>) -> anyhow::Result<()> {
+        let body = DeleteFunction {
+            function_name: name.to_owned(),
+            namespace,
+        };
+        self.call(self.request("DELETE", "/system/functions").send_json(&body))?;
+        Ok(())
+    }
+
+    /// Whether the gateway already has an artifact.
+    pub fn has_artifact(&self, digest: &str) -> anyhow::Result<bool> {
+        match self.call(
+            self.request("GET", &format!("/system/artifacts/{digest}"))
+                .call(),
+        ) {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 404) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Uploads an artifact of `size` bytes.
+    pub fn upload(&self, body: impl Read, size: u64) -> anyhow::Result<ArtifactInfo> {
+        let request = self
+            .request("PUT", "/system/artifacts")
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &size.to_string());
+        let response = self.call(request.send(body))?;
+        self.json(response)
+    }
+
+    /// Calls a function; any status is an answer, not an error.
+    pub fn invoke(
+        &self,
+        path: &str,
+        method: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> anyhow::Result<Answer> {
+        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let response = match request.send_bytes(body) {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(ureq::Error::Transport(error)) => {
+                bail!("cannot reach wisp at {}: {error}", self.base)
+            }
+        };
+        let status = response.status();
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut body)
+            .context("read the response")?;
+        Ok(Answer { status, body })
+    }
+}
+
+/// The API answered with an error status.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiFailure {}

@@ -1,0 +1,55 @@
+//! `wisp build`: run each function's `build` command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use wisp_core::manifest::{FunctionManifest, Manifest};
+
+/// Build the functions of a wisp.toml.
+#[derive(Args)]
+pub struct Build {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", default_value = "wisp.toml")]
+    pub file: PathBuf,
+}
+
+impl Build {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let (manifest, dir) = load(&self.file)?;
+        for function in &manifest.function {
+            run_build(function, &dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and parses a manifest; returns it with the directory paths in it are relative to.
+pub fn load(file: &Path) -> anyhow::Result<(Manifest, PathBuf)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let manifest = Manifest::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let dir = file
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((manifest, dir.to_owned()))
+}
+
+/// Runs a function's `build` command in the manifest's directory, if it has one.
+pub fn run_build(function: &FunctionManifest, dir: &Path) -> anyhow::Result<()> {
+    let Some(build) = &function.build else {
+        return Ok(());
+    };
+    eprintln!("building {}: {build}", function.name);
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(build)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::inherit())
+        .status()
+        .with_context(|| format!("run the build of {}", function.name))?;
+    if !status.success() {
+        bail!("the build of {} failed ({status})", function.name);
+    }
+    Ok(())
+}

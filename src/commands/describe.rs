@@ -1,0 +1,69 @@
+//! `wisp describe`: show one function.
+
+use clap::Args;
+
+use super::Remote;
+use crate::client::Client;
+
+/// Show a deployed function's settings and state.
+#[derive(Args)]
+pub struct Describe {
+    /// The function, as `name` or `name.namespace`.
+    name: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+impl Describe {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let function = Client::new(&self.remote).function(&self.name)?;
+        if self.remote.json {
+            println!("{}", serde_json::to_string_pretty(&function)?);
+            return Ok(());
+        }
+        let d = &function.deployment;
+        let show = |label: &str, value: Option<String>| {
+            if let Some(value) = value.filter(|value| !value.is_empty()) {
+                println!("{label:<22} {value}");
+            }
+        };
+        show("name:", Some(d.service.clone()));
+        show("namespace:", d.namespace.clone());
+        show("kind:", d.kind.map(|kind| kind.to_string()));
+        show("artifact:", d.image.clone());
+        show("command:", d.env_process.clone());
+        show(
+            "url:",
+            Some(format!("{}/function/{}", self.remote.url, d.service)),
+        );
+        show("route:", d.route.clone());
+        show("timeout:", d.timeout.map(|t| t.to_string()));
+        show("memory:", d.memory.map(|m| m.to_string()));
+        show("max concurrency:", d.max_concurrency.map(|m| m.to_string()));
+        show("max body size:", d.max_body_size.map(|m| m.to_string()));
+        show(
+            "env:",
+            Some(
+                d.env_vars
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        );
+        show("outbound hosts:", Some(d.allowed_outbound_hosts.join(" ")));
+        show("invocations:", Some(function.invocation_count.to_string()));
+        show(
+            "available:",
+            Some(
+                if function.available_replicas > 0 {
+                    "yes"
+                } else {
+                    "no (see the node's log)"
+                }
+                .into(),
+            ),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! `wisp invoke`: call a function with STDIN as the body.
+
+use std::{
+    io::{IsTerminal as _, Read as _, Write as _},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::Remote;
+use crate::client::Client;
+
+/// Call a function: STDIN is the body, the response goes to STDOUT.
+#[derive(Args)]
+pub struct Invoke {
+    /// The function, as `name` or `name.namespace`.
+    name: String,
+    /// The HTTP method.
+    #[arg(long, short = 'X', default_value = "POST")]
+    method: String,
+    /// A request header, as `Name=Value`; repeatable.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// A path after the function's name, such as `/items/1?full=true`.
+    #[arg(long, default_value = "")]
+    path: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+impl Invoke {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|header| match header.split_once('=') {
+                Some((name, value)) => Ok((name.trim().to_owned(), value.to_owned())),
+                None => bail!("header `{header}` is not `Name=Value`"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut body = Vec::new();
+        // A terminal is not a body: do not wait for one.
+        if !std::io::stdin().is_terminal() {
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("read STDIN")?;
+        }
+        if !self.path.is_empty() && !self.path.starts_with(['/', '?']) {
+            bail!("--path must start with `/` or `?`");
+        }
+        let path = format!("/function/{}{}", self.name, self.path);
+        let answer = Client::new(&self.remote).invoke(&path, &self.method, &headers, &body)?;
+        if answer.status >= 400 {
+            let message = serde_json::from_slice::<wisp_core::api::ErrorBody>(&answer.body)
+                .map_or_else(
+                    |_| String::from_utf8_lossy(&answer.body).into_owned(),
+                    |body| body.error,
+                );
+            eprintln!("error: {} ({})", message.trim(), answer.status);
+            return Ok(ExitCode::FAILURE);
+        }
+        std::io::stdout()
+            .write_all(&answer.body)
+            .context("write STDOUT")?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

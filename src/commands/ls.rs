@@ -1,0 +1,42 @@
+//! `wisp ls`: list deployed functions.
+
+use clap::Args;
+
+use super::Remote;
+use crate::client::Client;
+
+/// List deployed functions.
+#[derive(Args)]
+pub struct Ls {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+impl Ls {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let functions = Client::new(&self.remote).functions()?;
+        if self.remote.json {
+            println!("{}", serde_json::to_string_pretty(&functions)?);
+            return Ok(());
+        }
+        println!(
+            "{:<24} {:<12} {:<11} {:>11}  ROUTE",
+            "NAME", "NAMESPACE", "KIND", "INVOCATIONS"
+        );
+        for function in functions {
+            let deployment = &function.deployment;
+            println!(
+                "{:<24} {:<12} {:<11} {:>11}  {}",
+                deployment.service,
+                deployment.namespace.as_deref().unwrap_or_default(),
+                deployment
+                    .kind
+                    .map(|kind| kind.as_str())
+                    .unwrap_or_default(),
+                function.invocation_count,
+                deployment.route.as_deref().unwrap_or("-"),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! One module per subcommand; each is a struct with `execute()`.
+
+mod build;
+mod deploy;
+mod describe;
+mod invoke;
+mod ls;
+mod rm;
+mod up;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+/// An open, self-hosted serverless platform.
+#[derive(Parser)]
+#[command(name = "wisp", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Up(up::Up),
+    Build(build::Build),
+    Deploy(deploy::Deploy),
+    Invoke(invoke::Invoke),
+    Ls(ls::Ls),
+    Describe(describe::Describe),
+    Rm(rm::Rm),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Up(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Build(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Deploy(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Invoke(command) => command.execute(),
+            Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Describe(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Rm(command) => command.execute().map(|()| ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// Where the gateway is and how to authenticate, shared by the client commands.
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The gateway's URL.
+    #[arg(long, env = "WISP_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin token; defaults to the one `wisp up` keeps in its data directory.
+    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The data directory: `$WISP_DATA_DIR`, else `$XDG_DATA_HOME/wisp`, else `~/.local/share/wisp`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WISP_DATA_DIR") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("wisp");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/wisp"),
+        None => PathBuf::from(".wisp"),
+    }
+}

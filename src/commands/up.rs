@@ -1,0 +1,94 @@
+//! `wisp up`: start a node with embedded state.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use wisp_server::Config;
+
+/// Start a node: serve functions and the admin API.
+#[derive(Args)]
+pub struct Up {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "WISP_LISTEN", default_value = wisp_server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where state lives [default: $XDG_DATA_HOME/wisp or ~/.local/share/wisp].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The admin token [default: generated on first start, kept in the data directory].
+    #[arg(long, env = "WISP_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bound on a request body, unless a function sets its own.
+    #[arg(long, default_value = "32MiB")]
+    max_body_size: wisp_core::ByteSize,
+    /// WebAssembly instances that may exist at once, across functions.
+    #[arg(long, default_value_t = wisp_server::DEFAULT_MAX_INSTANCES)]
+    max_instances: u32,
+    /// Print the URL and token as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Up {
+    pub fn execute(self) -> anyhow::Result<()> {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("WISP_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+        let mut config = Config::new(self.data_dir.unwrap_or_else(super::default_data_dir));
+        config.listen = self.listen;
+        config.admin_token = self.admin_token;
+        config.max_body_size = self.max_body_size.0;
+        config.max_instances = self.max_instances;
+        config.validate()?;
+
+        let runtime = wisp_server::runtime().context("start the async runtime")?;
+        runtime.block_on(async move {
+            let data_dir = config.data_dir.clone();
+            let listen = config.listen;
+            let node = tokio::task::spawn_blocking(move || wisp_server::Node::start(config))
+                .await?
+                .with_context(|| format!("start the node in {}", data_dir.display()))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listen on {listen}"))?;
+            let address = listener.local_addr()?;
+            let url = format!("http://{address}");
+            if self.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "url": url, "token": node.admin_token() })
+                );
+            } else {
+                println!("listening on {url}");
+                println!("admin token: {}", node.admin_token());
+            }
+            wisp_server::serve(node, listener, shutdown_signal())
+                .await
+                .context("serve")
+        })
+    }
+}
+
+/// Completes on SIGINT or SIGTERM; a second signal during the drain exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight (signal again to stop now)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,208 @@
+//! The real CLI against the real node: deploy the examples from their
+//! manifests, invoke, list, describe, remove; errors are one line and a
+//! non-zero exit.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+use wisp_testing::Node;
+
+use crate::WISP;
+
+fn run(mut command: Command, stdin: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wisp");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(command: Command, stdin: &[u8]) -> String {
+    let output = run(command, stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "failed: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn examples() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+}
+
+#[test]
+fn the_examples_deploy_and_answer_through_the_cli() {
+    let node = Node::start(WISP);
+    for example in ["hello", "wordcount", "shout"] {
+        let mut deploy = node.cli(WISP);
+        deploy
+            .args(["deploy", "-f"])
+            .arg(examples().join(example).join("wisp.toml"));
+        let printed = ok(deploy, b"");
+        assert!(
+            printed.contains(&format!("deployed {example}")),
+            "{printed}"
+        );
+    }
+
+    let mut hello = node.cli(WISP);
+    hello.args(["invoke", "hello", "--method", "GET", "--path", "/a?b=c"]);
+    assert_eq!(ok(hello, b""), "Hello from wisp!\npath: /a\nquery: b=c\n");
+    assert!(
+        node.get("/hello").body.starts_with("Hello from wisp!"),
+        "the manifest's route serves it"
+    );
+
+    let mut count = node.cli(WISP);
+    count.args(["invoke", "wordcount"]);
+    let counted: Value = serde_json::from_str(&ok(count, b"one two\nthree\n")).unwrap();
+    assert_eq!(
+        counted,
+        serde_json::json!({ "lines": 2, "words": 3, "bytes": 14 })
+    );
+
+    let mut shout = node.cli(WISP);
+    shout.args(["invoke", "shout", "--path", "/x?y=1"]);
+    assert_eq!(ok(shout, b"quiet please\n"), "POST /x?y=1\nQUIET PLEASE\n");
+
+    let mut ls = node.cli(WISP);
+    ls.args(["ls", "--json"]);
+    let listed: Value = serde_json::from_str(&ok(ls, b"")).unwrap();
+    let names: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "shout", "wordcount"]);
+    let mut table = node.cli(WISP);
+    table.arg("ls");
+    let table = ok(table, b"");
+    assert!(
+        table.lines().any(|line| line.starts_with("hello")
+            && line.contains("wasm-http")
+            && line.contains("/hello")),
+        "{table}"
+    );
+
+    let mut describe = node.cli(WISP);
+    describe.args(["describe", "wordcount", "--json"]);
+    let described: Value = serde_json::from_str(&ok(describe, b"")).unwrap();
+    assert_eq!(described["kind"], "wasm-stdio");
+    assert_eq!(described["invocationCount"], 1);
+
+    let mut rm = node.cli(WISP);
+    rm.args(["rm", "shout"]);
+    assert_eq!(ok(rm, b""), "removed shout\n");
+    let mut gone = node.cli(WISP);
+    gone.args(["invoke", "shout"]);
+    let output = run(gone, b"");
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: function shout is not deployed (404)\n"
+    );
+}
+
+#[test]
+fn identical_artifacts_are_not_uploaded_twice() {
+    let node = Node::start(WISP);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wisp.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[function]]\nname = \"probe\"\nkind = \"wasm-http\"\nartifact = \"{}\"\n",
+            wisp_testing::HTTP_PROBE
+        ),
+    )
+    .unwrap();
+    for expected in ["uploaded", "already on the gateway"] {
+        let mut deploy = node.cli(WISP);
+        deploy.args(["deploy", "-f"]).arg(&manifest);
+        let output = run(deploy, b"");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "`{expected}` in {stderr}");
+    }
+    let artifacts: Value = wisp_testing::send(node.admin("GET", "/system/artifacts"), None).json();
+    assert_eq!(artifacts.as_array().unwrap().len(), 1);
+    assert_eq!(
+        node.get("/function/probe").status,
+        200,
+        "the second deploy updated in place"
+    );
+}
+
+#[test]
+fn cli_errors_are_one_line_and_exit_non_zero() {
+    let node = Node::start(WISP);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wisp.toml");
+    std::fs::write(
+        &manifest,
+        "[[function]]\nname = \"a\"\nkind = \"process\"\ncomand = \"cat\"\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["deploy".into(), "-f".into(), manifest.display().to_string()],
+            "line 4: unknown key `comand`",
+        ),
+        (
+            vec!["deploy".into(), "-f".into(), "/no/such/wisp.toml".into()],
+            "read /no/such/wisp.toml",
+        ),
+        (
+            vec!["describe".into(), "nope".into()],
+            "function nope is not deployed in namespace default (404)",
+        ),
+        (vec!["rm".into(), "nope".into()], "(404)"),
+        (
+            vec![
+                "invoke".into(),
+                "x".into(),
+                "--header".into(),
+                "novalue".into(),
+            ],
+            "not `Name=Value`",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut command = node.cli(WISP);
+        command.args(&args);
+        let output = run(command, b"");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, not {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: `{expected}` in {stderr}"
+        );
+    }
+    let mut wrong_token = node.cli(WISP);
+    wrong_token.args(["ls", "--token", "wrong-token-wrong-token"]);
+    let output = run(wrong_token, b"");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("(401)"));
+    let mut unreachable = Command::new(WISP);
+    unreachable.args(["ls", "--url", "http://127.0.0.1:1"]);
+    let output = run(unreachable, b"");
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .starts_with("error: cannot reach wisp at http://127.0.0.1:1")
+    );
+}

@@ -1,0 +1,244 @@
+//! Guests that fail, loop, sleep, or grow are contained: the right status,
+//! within the deadline, and the node keeps serving everyone else.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wisp_testing::{Node, send};
+
+use crate::{WISP, node_with_probe};
+
+/// How far past its timeout an invocation may end.
+const SLACK: Duration = Duration::from_millis(100);
+
+#[test]
+fn a_trapping_guest_is_a_502() {
+    let node = node_with_probe(json!({}));
+    let response = node.get("/function/probe/trap");
+    assert_eq!(response.status, 502, "{}", response.body);
+    assert!(
+        response.error().contains("function probe"),
+        "{}",
+        response.error()
+    );
+    assert_eq!(
+        node.get("/function/probe").status,
+        200,
+        "the next request gets a fresh instance"
+    );
+}
+
+#[test]
+fn a_guest_that_grows_past_its_memory_limit_is_a_502() {
+    let node = node_with_probe(json!({ "memory": "16MiB" }));
+    assert_eq!(
+        node.get("/function/probe/grow?mib=4").status,
+        200,
+        "within the limit"
+    );
+    let response = node.get("/function/probe/grow?mib=64");
+    assert_eq!(response.status, 502, "{}", response.body);
+    assert!(
+        response.error().contains("memory limit"),
+        "{}",
+        response.error()
+    );
+}
+
+#[test]
+fn looping_and_sleeping_guests_time_out_and_are_stopped() {
+    let node = node_with_probe(json!({ "timeout": "500ms" }));
+    for path in ["/function/probe/loop", "/function/probe/sleep?ms=5000"] {
+        let started = Instant::now();
+        let response = node.get(path);
+        let elapsed = started.elapsed();
+        assert_eq!(response.status, 504, "{path}: {}", response.body);
+        assert!(
+            response.error().contains("timed out"),
+            "{}",
+            response.error()
+        );
+        assert!(
+            elapsed < Duration::from_millis(500) + SLACK,
+            "{path} answered after {elapsed:?}"
+        );
+    }
+    let active =
+        || send(node.admin("GET", "/system/info"), None).json()["activeInvocations"].as_u64();
+    assert!(
+        node.eventually(Duration::from_secs(2), || active() == Some(0)),
+        "the instances are gone"
+    );
+}
+
+#[test]
+fn eight_looping_guests_time_out_on_time_while_others_are_served() {
+    let node = node_with_probe(json!({ "timeout": "1s" }));
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    node.deploy_ok(json!({ "service": "healthy", "kind": "wasm-http", "image": digest }));
+    let node = std::sync::Arc::new(node);
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let status = node.get("/function/probe/loop").status;
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut healthy = 0;
+    while loops.iter().any(|handle| !handle.is_finished()) {
+        let response = node.get("/function/healthy");
+        assert_eq!(
+            response.status, 200,
+            "a healthy function keeps answering: {}",
+            response.body
+        );
+        healthy += 1;
+    }
+    assert!(healthy > 0);
+    for handle in loops {
+        let (status, elapsed) = handle.join().unwrap();
+        assert_eq!(status, 504);
+        assert!(
+            elapsed < Duration::from_secs(1) + SLACK,
+            "a looping guest answered after {elapsed:?}"
+        );
+    }
+}
+
+#[test]
+fn stdio_guests_and_processes_that_fail_are_502_with_stderr_in_the_log() {
+    let node = Node::start(WISP);
+    let digest = node.upload_file(wisp_testing::STDIO_PROBE);
+    node.deploy_ok(
+        json!({ "service": "stdio", "kind": "wasm-stdio", "image": digest, "timeout": "500ms" }),
+    );
+    node.deploy_ok(
+        json!({ "service": "fails", "kind": "process", "envProcess": "sh -c", "timeout": "500ms" }),
+    );
+
+    let exit = node.post("/function/stdio", b"exit 3");
+    assert_eq!(exit.status, 502, "{}", exit.body);
+    // WASI 0.2's stable `exit` reports only success or failure: any non-zero status is 1.
+    assert!(
+        exit.error().contains("exited with status 1"),
+        "{}",
+        exit.error()
+    );
+    assert!(
+        !exit.body.contains("exiting with status"),
+        "STDERR stays out of the response"
+    );
+    assert!(
+        node.eventually(Duration::from_secs(2), || node
+            .log()
+            .contains("exiting with status 3 as asked")),
+        "STDERR is in the log"
+    );
+
+    assert_eq!(node.post("/function/stdio", b"trap").status, 502);
+    let started = Instant::now();
+    assert_eq!(node.post("/function/stdio", b"loop").status, 504);
+    assert!(started.elapsed() < Duration::from_millis(500) + SLACK);
+
+    let failing = node.post("/function/fails", b"");
+    assert_eq!(
+        failing.status, 502,
+        "`sh -c` without a script fails: {}",
+        failing.body
+    );
+}
+
+#[test]
+fn a_process_that_exits_non_zero_is_a_502_and_one_that_hangs_is_killed() {
+    let node = Node::start(WISP);
+    let script = |body: &str| {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, "run.sh", body.as_bytes())
+            .unwrap();
+        node.upload(&archive.into_inner().unwrap())
+    };
+    let failing = script("#!/bin/sh\necho secret-detail >&2\necho partial\nexit 7\n");
+    node.deploy_ok(json!({ "service": "failing", "kind": "process", "image": failing, "envProcess": "./run.sh" }));
+    let response = node.post("/function/failing", b"");
+    assert_eq!(response.status, 502);
+    assert!(
+        response.error().contains("exited with status 7"),
+        "{}",
+        response.error()
+    );
+    assert!(
+        !response.body.contains("secret-detail"),
+        "STDERR stays out of the response"
+    );
+    assert!(node.eventually(Duration::from_secs(2), || {
+        node.log().contains("secret-detail")
+    }));
+
+    let marker = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    std::fs::remove_file(&marker).unwrap();
+    let hanging = script(&format!(
+        "#!/bin/sh\n(sleep 1; touch {}) &\nsleep 30\n",
+        marker.display()
+    ));
+    node.deploy_ok(json!({ "service": "hanging", "kind": "process", "image": hanging, "envProcess": "./run.sh", "timeout": "300ms" }));
+    let started = Instant::now();
+    assert_eq!(node.post("/function/hanging", b"").status, 504);
+    assert!(started.elapsed() < Duration::from_millis(300) + SLACK);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !marker.exists(),
+        "the child in the process group was killed with it"
+    );
+}
+
+#[test]
+fn bodies_over_the_limit_are_413() {
+    let node = node_with_probe(json!({ "maxBodySize": "1KiB" }));
+    assert_eq!(node.post("/function/probe", &[b'x'; 1024]).status, 200);
+    let declared = node.post("/function/probe", &[b'x'; 1025]);
+    assert_eq!(declared.status, 413, "{}", declared.body);
+    assert!(declared.error().contains("1KiB"), "{}", declared.error());
+    let chunked = send(node.request("POST", "/function/probe"), None);
+    assert_eq!(chunked.status, 200);
+    let streamed = node
+        .request("POST", "/function/probe")
+        .send(std::io::Read::take(std::io::repeat(b'y'), 4096));
+    let status = match streamed {
+        Ok(response) => response.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(
+        status, 413,
+        "a chunked body without a length is bounded too"
+    );
+    assert_eq!(node.get("/function/probe").status, 200);
+}
+
+#[test]
+fn max_concurrency_answers_429_with_retry_after() {
+    let node = std::sync::Arc::new(node_with_probe(
+        json!({ "maxConcurrency": 1, "timeout": "5s" }),
+    ));
+    let sleeper = {
+        let node = node.clone();
+        std::thread::spawn(move || node.get("/function/probe/sleep?ms=1500").status)
+    };
+    let info =
+        || send(node.admin("GET", "/system/info"), None).json()["activeInvocations"].as_u64();
+    assert!(node.eventually(Duration::from_secs(5), || info() == Some(1)));
+    let rejected = node.get("/function/probe");
+    assert_eq!(rejected.status, 429, "{}", rejected.body);
+    assert_eq!(rejected.header("retry-after"), Some("1"));
+    assert_eq!(sleeper.join().unwrap(), 200);
+    assert_eq!(node.get("/function/probe").status, 200);
+}

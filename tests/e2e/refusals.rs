@@ -1,0 +1,173 @@
+//! Bad input gets a clear error with the right status and leaves nothing behind.
+
+use serde_json::json;
+use wisp_testing::{Node, send};
+
+use crate::WISP;
+
+/// Asserts that the node holds no function and no artifact.
+fn assert_empty(node: &Node) {
+    assert_eq!(
+        send(node.admin("GET", "/system/functions"), None).json(),
+        json!([])
+    );
+    assert_eq!(
+        send(node.admin("GET", "/system/artifacts"), None).json(),
+        json!([])
+    );
+}
+
+#[test]
+fn invalid_artifacts_are_refused_and_not_kept() {
+    let node = Node::start(WISP);
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let http = std::fs::read(wisp_testing::HTTP_PROBE).unwrap();
+    let stdio = std::fs::read(wisp_testing::STDIO_PROBE).unwrap();
+    let cases: [(&[u8], &str, &str); 5] = [
+        (
+            b"#!/bin/sh\necho not wasm\n",
+            "wasm-http",
+            "not WebAssembly",
+        ),
+        (
+            &core_module,
+            "wasm-http",
+            "core WebAssembly module, not a component",
+        ),
+        (
+            &stdio,
+            "wasm-http",
+            "does not export wasi:http/incoming-handler",
+        ),
+        (&http, "wasm-stdio", "does not export wasi:cli/run"),
+        (
+            b"definitely not a tar archive",
+            "process",
+            "not a usable tar archive",
+        ),
+    ];
+    for (bytes, kind, expected) in cases {
+        let digest = node.upload(bytes);
+        let response = node.deploy(
+            json!({ "service": "bad", "kind": kind, "image": digest, "envProcess": "./run" }),
+        );
+        assert_eq!(response.status, 400, "{kind}: {}", response.body);
+        assert!(
+            response.error().contains(expected),
+            "{kind}: `{}` should say `{expected}`",
+            response.error()
+        );
+        assert_empty(&node);
+    }
+    assert_eq!(node.get("/healthz").status, 200, "the node keeps serving");
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    let node = Node::start(WISP);
+    for name in ["../x", "", &"a".repeat(64), "Hello", "a_b"] {
+        let response =
+            node.deploy(json!({ "service": name, "kind": "process", "envProcess": "cat" }));
+        assert_eq!(response.status, 400, "{name:?}: {}", response.body);
+        assert!(response.error().contains("name"), "{}", response.error());
+    }
+    assert_empty(&node);
+}
+
+#[test]
+fn malformed_deployments_say_what_is_wrong() {
+    let node = Node::start(WISP);
+    let cases = [
+        (
+            json!({ "service": "a", "kind": "process", "envProcess": "cat", "colour": "red" }),
+            "unknown field `colour`",
+        ),
+        (
+            json!({ "service": "a", "kind": "lambda" }),
+            "unknown variant `lambda`",
+        ),
+        (json!({ "service": "a", "kind": "process" }), "envProcess"),
+        (
+            json!({ "service": "a", "kind": "wasm-http" }),
+            "needs `image`",
+        ),
+        (
+            json!({ "service": "a", "kind": "wasm-http", "image": format!("sha256:{}", "0".repeat(64)) }),
+            "no artifact",
+        ),
+        (
+            json!({ "service": "a", "kind": "process", "envProcess": "cat", "timeout": "soon" }),
+            "not a valid duration",
+        ),
+        (
+            json!({ "service": "a", "kind": "process", "envProcess": "cat", "route": "/system/x" }),
+            "overlaps `/system`",
+        ),
+    ];
+    for (deployment, expected) in cases {
+        let response = node.deploy(deployment);
+        assert_eq!(response.status, 400, "{}", response.body);
+        assert!(
+            response.error().contains(expected),
+            "`{}` should say `{expected}`",
+            response.error()
+        );
+    }
+    let not_json = send(node.admin("POST", "/system/functions"), Some(b"{"));
+    assert_eq!(not_json.status, 400);
+    assert_empty(&node);
+}
+
+#[test]
+fn conflicts_and_unknown_functions() {
+    let node = Node::start(WISP);
+    let cat = json!({ "service": "cat", "kind": "process", "envProcess": "cat", "route": "/cat" });
+    node.deploy_ok(cat.clone());
+    assert_eq!(node.deploy(cat).status, 409, "POST of an existing function");
+    let same_route = node.deploy(
+        json!({ "service": "dog", "kind": "process", "envProcess": "cat", "route": "/cat" }),
+    );
+    assert_eq!(same_route.status, 409);
+    assert!(
+        same_route.error().contains("already served by cat"),
+        "{}",
+        same_route.error()
+    );
+    let update_missing = send(
+        node.admin("PUT", "/system/functions"),
+        Some(
+            json!({ "service": "dog", "kind": "process", "envProcess": "cat" })
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(update_missing.status, 404);
+    let unknown = node.get("/function/dog");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.error().contains("dog"), "{}", unknown.error());
+    assert_eq!(node.get("/nothing/here").status, 404);
+}
+
+#[test]
+fn admin_routes_need_the_admin_token() {
+    let node = Node::start(WISP);
+    let routes = [
+        ("GET", "/system/functions"),
+        ("POST", "/system/functions"),
+        ("PUT", "/system/artifacts"),
+        ("GET", "/system/info"),
+    ];
+    for (method, path) in routes {
+        let missing = send(node.request(method, path), Some(b"{}"));
+        assert_eq!(missing.status, 401, "{method} {path} without a token");
+        assert!(missing.error().contains("token"), "{}", missing.error());
+        let wrong = send(
+            node.request(method, path)
+                .set("Authorization", "Bearer not-the-token"),
+            Some(b"{}"),
+        );
+        assert_eq!(wrong.status, 401, "{method} {path} with a wrong token");
+    }
+    assert_empty(&node);
+    assert_eq!(node.get("/healthz").status, 200, "health needs no token");
+}
