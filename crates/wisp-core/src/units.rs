@@ -59,9 +59,9 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis();
         match millis {
-            m if m != 0 && m % 3_600_000 == 0 => write!(f, "{}h", m / 3_600_000),
-            m if m != 0 && m % 60_000 == 0 => write!(f, "{}m", m / 60_000),
-            m if m % 1_000 == 0 => write!(f, "{}s", m / 1_000),
+            m if m != 0 && m.is_multiple_of(3_600_000) => write!(f, "{}h", m / 3_600_000),
+            m if m != 0 && m.is_multiple_of(60_000) => write!(f, "{}m", m / 60_000),
+            m if m.is_multiple_of(1_000) => write!(f, "{}s", m / 1_000),
             m => write!(f, "{m}ms"),
         }
     }
@@ -96,7 +96,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.0;
         for (factor, unit) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if bytes != 0 && bytes % factor == 0 {
+            if bytes != 0 && bytes.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", bytes / factor);
             }
         }

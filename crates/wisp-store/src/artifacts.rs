@@ -214,7 +214,7 @@ mod tests {
             first.digest,
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        assert_eq!(store.artifacts().unwrap(), [first.clone()]);
+        assert_eq!(store.artifacts().unwrap(), std::slice::from_ref(&first));
         assert_eq!(
             std::fs::read(store.artifact_path(&first.digest).unwrap()).unwrap(),
             b"hello"
