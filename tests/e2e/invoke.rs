@@ -105,17 +105,8 @@ fn wasm_stdio_gets_the_body_on_stdin_and_watchdog_variables() {
 #[test]
 fn process_functions_run_a_script_from_their_artifact_tree() {
     let node = Node::start(WISP);
-    let mut archive = tar::Builder::new(Vec::new());
-    let script =
-        b"#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $GREETING\"\ncat\npwd >&2\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(script.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    archive
-        .append_data(&mut header, "handler.sh", &script[..])
-        .unwrap();
-    let digest = node.upload(&archive.into_inner().unwrap());
+    let script = "#!/bin/sh\necho \"$Http_Method $Http_Path $Http_Query $GREETING\"\ncat\n";
+    let digest = node.upload(&wisp_testing::script_archive("handler.sh", script));
     node.deploy_ok(json!({ "service": "script", "kind": "process", "image": digest, "envProcess": "./handler.sh", "envVars": { "GREETING": "hi" } }));
     let response = node.post("/function/script/p?q=1", b"body text");
     assert_eq!(response.status, 200, "{}", response.body);

@@ -155,17 +155,7 @@ fn stdio_guests_and_processes_that_fail_are_502_with_stderr_in_the_log() {
 #[test]
 fn a_process_that_exits_non_zero_is_a_502_and_one_that_hangs_is_killed() {
     let node = Node::start(WISP);
-    let script = |body: &str| {
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        archive
-            .append_data(&mut header, "run.sh", body.as_bytes())
-            .unwrap();
-        node.upload(&archive.into_inner().unwrap())
-    };
+    let script = |body: &str| node.upload(&wisp_testing::script_archive("run.sh", body));
     let failing = script("#!/bin/sh\necho secret-detail >&2\necho partial\nexit 7\n");
     node.deploy_ok(json!({ "service": "failing", "kind": "process", "image": failing, "envProcess": "./run.sh" }));
     let response = node.post("/function/failing", b"");

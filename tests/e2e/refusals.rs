@@ -171,3 +171,30 @@ fn admin_routes_need_the_admin_token() {
     assert_empty(&node);
     assert_eq!(node.get("/healthz").status, 200, "health needs no token");
 }
+
+#[test]
+fn an_interrupted_upload_leaves_nothing_behind() {
+    use std::io::Write as _;
+    let node = Node::start(WISP);
+    let address = node.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "PUT /system/artifacts HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\nonly the beginning",
+        node.token
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    drop(stream);
+    let tmp = node.data_dir.join("tmp");
+    let empty = || {
+        std::fs::read_dir(&tmp)
+            .map(|entries| entries.count() == 0)
+            .unwrap_or(false)
+    };
+    assert!(
+        node.eventually(std::time::Duration::from_secs(5), empty),
+        "the partial upload was removed"
+    );
+    assert_empty(&node);
+}

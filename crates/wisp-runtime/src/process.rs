@@ -6,13 +6,17 @@
 //! group is killed, children included. [`ProcessFunction::command`] is the
 //! one place a process is set up, so sandboxing can wrap it.
 
-use std::{path::PathBuf, process::Stdio};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
-    Invocation, InvokeError, Response, full_response, log_stderr, stdio_content_type, watchdog_env,
+    Invocation, InvokeError, PrepareError, Response, full_response, log_stderr, stdio_content_type,
+    watchdog_env,
 };
 
 /// The most a process may write to STDOUT (its response body).
@@ -29,35 +33,59 @@ pub struct ProcessFunction {
     pub name: String,
     /// The working directory: the unpacked artifact, or an empty directory.
     pub dir: PathBuf,
-    /// The command line, split on whitespace as the watchdog splits `fprocess`.
-    pub argv: Vec<String>,
+    /// The executable's absolute path.
+    pub program: PathBuf,
+    /// The arguments after the program.
+    pub args: Vec<String>,
     /// Environment variables the function declared.
     pub env: Vec<(String, String)>,
 }
 
 impl ProcessFunction {
-    /// A process function from its command line.
-    pub fn new(name: String, dir: PathBuf, command: &str, env: Vec<(String, String)>) -> Self {
-        Self {
+    /// A process function from its command line, split on whitespace as the
+    /// watchdog splits `fprocess`. The program is resolved now, so a missing
+    /// one is refused at deploy time: `./x` in the artifact directory, a bare
+    /// name in [`FUNCTION_PATH`].
+    pub fn new(
+        name: String,
+        dir: PathBuf,
+        command: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, PrepareError> {
+        let mut words = command.split_whitespace().map(str::to_owned);
+        let program = words
+            .next()
+            .ok_or_else(|| PrepareError::InvalidArtifact("the command is empty".into()))?;
+        let found = if program.contains('/') {
+            Some(dir.join(&program)).filter(|path| is_executable(path))
+        } else {
+            FUNCTION_PATH
+                .split(':')
+                .map(|bin| Path::new(bin).join(&program))
+                .find(|path| is_executable(path))
+        };
+        let program = found.ok_or_else(|| {
+            PrepareError::InvalidArtifact(format!(
+                "the command `{program}` is not an executable file (paths are looked up in \
+                 the artifact, names in {FUNCTION_PATH})"
+            ))
+        })?;
+        Ok(Self {
             name,
             dir,
-            argv: command.split_whitespace().map(str::to_owned).collect(),
+            program,
+            args: words.collect(),
             env,
-        }
+        })
     }
 
-    /// The command for one request; every spawn goes through here.
+    /// The command for one request; every spawn goes through here. The
+    /// program is an absolute path, which lets the standard library spawn
+    /// with `posix_spawn`: no copy of the node's page tables, as `fork` makes.
     fn command(&self, invocation: &Invocation) -> tokio::process::Command {
-        let program = &self.argv[0];
-        // `./handler.sh` means the artifact's file, whatever the node's working directory is.
-        let program = if program.contains('/') && !program.starts_with('/') {
-            self.dir.join(program).into_os_string()
-        } else {
-            program.into()
-        };
-        let mut command = tokio::process::Command::new(program);
+        let mut command = tokio::process::Command::new(&self.program);
         command
-            .args(&self.argv[1..])
+            .args(&self.args)
             .current_dir(&self.dir)
             .env_clear()
             .env("PATH", FUNCTION_PATH)
@@ -75,10 +103,9 @@ impl ProcessFunction {
     /// Runs one request in a fresh process.
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
-        let mut child = self
-            .command(&invocation)
-            .spawn()
-            .map_err(|error| InvokeError::Internal(format!("spawn `{}`: {error}", self.argv[0])))?;
+        let mut child = self.command(&invocation).spawn().map_err(|error| {
+            InvokeError::Internal(format!("spawn {}: {error}", self.program.display()))
+        })?;
         let group = child.id().map(|pid| pid as libc::pid_t);
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -135,6 +162,12 @@ impl ProcessFunction {
     }
 }
 
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
 /// Kills a process group; it may already be gone.
 fn kill_group(group: libc::pid_t) {
     // SAFETY: kill(2) with a negative pid signals that process group; it has
@@ -178,9 +211,9 @@ mod tests {
     }
 
     fn shell(script: &str) -> ProcessFunction {
-        let dir = std::env::temp_dir();
-        let mut function = ProcessFunction::new("sh".into(), dir, "sh -c", vec![]);
-        function.argv.push(script.into());
+        let mut function =
+            ProcessFunction::new("sh".into(), std::env::temp_dir(), "sh -c", vec![]).unwrap();
+        function.args.push(script.into());
         function
     }
 
@@ -217,6 +250,16 @@ mod tests {
             !marker.exists(),
             "the background child outlived the timeout"
         );
+    }
+
+    #[test]
+    fn missing_programs_are_refused_up_front() {
+        for command in ["no-such-program-anywhere", "./missing.sh", ""] {
+            assert!(
+                ProcessFunction::new("f".into(), std::env::temp_dir(), command, vec![]).is_err(),
+                "{command}"
+            );
+        }
     }
 
     fn tempfile_path() -> PathBuf {

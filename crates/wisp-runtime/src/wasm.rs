@@ -2,9 +2,11 @@
 //! components compiled once per artifact digest and engine version and cached
 //! on disk, and a fresh instance per request from an `InstancePre`.
 //!
-//! Guests run on their own async runtime, whose threads run at a lower
-//! priority than the node's: however many guests loop, the node's threads
-//! still accept connections, fire timers and answer 504s on time. Timeouts are
+//! A guest starts inline, in the request's own task: most finish within one
+//! epoch slice and pay no thread hand-off. One still running after a whole
+//! slice moves to a runtime of its own whose threads run at a lower priority
+//! than the node's: however many guests loop, the node's threads still accept
+//! connections, fire timers and answer 504s on time. Timeouts are
 //! epoch deadlines: a ticker thread advances the epoch every [`EPOCH_TICK`],
 //! and on each tick a running guest yields to its executor (so looping guests
 //! share the guest threads fairly) and traps once its deadline has passed.
@@ -14,10 +16,12 @@ use std::{
     collections::HashMap,
     hash::{Hash as _, Hasher as _},
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -147,11 +151,10 @@ impl WasmEngine {
             .total_memories(config.max_instances * 2)
             .total_tables(config.max_instances * 4)
             .total_stacks(config.max_instances)
-            .max_memory_size(config.max_memory as usize)
-            // Keep the first pages of a reused slot resident: resetting them is
-            // cheaper than faulting them in again on the next request.
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(1 << 16);
+            // Reused slots are reset with madvise, not kept resident: keeping
+            // even 256KiB resident (a memset per instance) measured slower for a
+            // hello component than faulting its few pages back in.
+            .max_memory_size(config.max_memory as usize);
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -471,6 +474,7 @@ fn new_store(
     limits: &Arc<WasmLimits>,
     wasi: WasiCtx,
     deadline: Instant,
+    sliced: Arc<AtomicBool>,
 ) -> Store<GuestState> {
     let state = GuestState {
         wasi,
@@ -491,10 +495,91 @@ fn new_store(
         if Instant::now() >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
+            sliced.store(true, Ordering::Relaxed);
             Ok(UpdateDeadline::Yield(1))
         }
     });
     store
+}
+
+/// What a guest task gives back: how its run ended, and whether it was refused memory.
+type GuestOutcome<T> = (wasmtime::Result<T>, bool);
+
+/// A guest's run. It starts inline, polled by the request's own task: most
+/// guests finish within one epoch slice, and then no thread hand-off is paid.
+/// A guest still running after a whole slice moves to the guest runtime, so
+/// the node's threads never carry long-running guest code.
+enum GuestTask<T> {
+    /// `None` only for the moment the run moves to the guest runtime.
+    Inline(Option<Pin<Box<dyn Future<Output = GuestOutcome<T>> + Send>>>),
+    Moved(tokio::task::JoinHandle<GuestOutcome<T>>),
+    Done(Result<GuestOutcome<T>, tokio::task::JoinError>),
+}
+
+impl<T: Send + 'static> GuestTask<T> {
+    /// Drives the guest until `watch` is ready (`Some`) or the guest is done (`None`).
+    async fn drive<W: Future + Unpin>(
+        &mut self,
+        watch: &mut W,
+        sliced: &AtomicBool,
+        guests: &tokio::runtime::Handle,
+    ) -> Option<W::Output> {
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(output) = Pin::new(&mut *watch).poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+                match self {
+                    Self::Inline(slot) => {
+                        let run = slot.as_mut().expect("an inline run is present");
+                        match run.as_mut().poll(cx) {
+                            // Look at `watch` once more: finishing may have made it ready.
+                            Poll::Ready(outcome) => *self = Self::Done(Ok(outcome)),
+                            Poll::Pending if sliced.load(Ordering::Relaxed) => {
+                                let run = slot.take().expect("an inline run is present");
+                                *self = Self::Moved(guests.spawn(run));
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    Self::Moved(handle) => match Pin::new(handle).poll(cx) {
+                        Poll::Ready(joined) => *self = Self::Done(joined),
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    Self::Done(_) => return Poll::Ready(None),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Lets a guest that is still running (streaming a body) finish on the guest runtime.
+    fn detach(self, guests: &tokio::runtime::Handle) {
+        if let Self::Inline(Some(run)) = self {
+            guests.spawn(run);
+        }
+    }
+
+    /// Stops the guest wherever it is.
+    fn abort(self) {
+        if let Self::Moved(handle) = self {
+            handle.abort();
+        }
+    }
+
+    /// Drives the guest to its end (its own deadline bounds it) and returns how it ended.
+    async fn finish(
+        mut self,
+        sliced: &AtomicBool,
+        guests: &tokio::runtime::Handle,
+    ) -> Result<GuestOutcome<T>, InvokeError> {
+        self.drive(&mut std::future::pending::<()>(), sliced, guests)
+            .await;
+        match self {
+            Self::Done(joined) => joined.map_err(|error| InvokeError::Internal(error.to_string())),
+            _ => unreachable!("drive returns on a pending watch only once the guest is done"),
+        }
+    }
 }
 
 /// Classifies a guest that ended without a usable answer.
@@ -536,11 +621,13 @@ impl HttpFunction {
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
         let wasi = WasiCtxBuilder::new().envs(&self.limits.env).build();
+        let sliced = Arc::new(AtomicBool::new(false));
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
             wasi,
             invocation.deadline.into_std(),
+            sliced.clone(),
         );
 
         let authority = invocation
@@ -572,9 +659,8 @@ impl HttpFunction {
 
         let pre = self.pre.clone();
         let deadline = invocation.deadline;
-        // The guest runs in its own task so it can keep streaming the body
-        // after the response head is sent; the whole task is bounded by the deadline.
-        let guest = self.guests.spawn(async move {
+        // The run is bounded by the deadline as a whole, body streaming included.
+        let run = async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -587,20 +673,26 @@ impl HttpFunction {
                 Err(_) => Err(wasmtime::Error::msg("deadline passed")),
             };
             (result, store.data().limiter.denied)
-        });
-
-        match tokio::time::timeout_at(invocation.deadline, receiver).await {
-            Ok(Ok(Ok(response))) => {
+        };
+        let mut guest = GuestTask::Inline(Some(Box::pin(run)));
+        let mut receiver = receiver;
+        let answer =
+            tokio::time::timeout_at(deadline, guest.drive(&mut receiver, &sliced, &self.guests))
+                .await;
+        match answer {
+            Ok(Some(Ok(Ok(response)))) => {
+                guest.detach(&self.guests);
                 Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
             }
-            Ok(Ok(Err(code))) => Err(InvokeError::Failed(format!(
-                "the guest answered with an error: {code:?}"
-            ))),
-            Ok(Err(_)) => {
+            Ok(Some(Ok(Err(code)))) => {
+                guest.detach(&self.guests);
+                Err(InvokeError::Failed(format!(
+                    "the guest answered with an error: {code:?}"
+                )))
+            }
+            Ok(_) => {
                 // The guest dropped the response outparam: it returned or trapped without answering.
-                let (result, denied) = guest
-                    .await
-                    .map_err(|error| InvokeError::Internal(error.to_string()))?;
+                let (result, denied) = guest.finish(&sliced, &self.guests).await?;
                 Err(match result {
                     Ok(()) => {
                         InvokeError::Failed("the guest returned without sending a response".into())
@@ -638,34 +730,34 @@ impl StdioFunction {
             .envs(&env)
             .arg(&self.limits.name)
             .build();
+        let sliced = Arc::new(AtomicBool::new(false));
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
             wasi,
             invocation.deadline.into_std(),
+            sliced.clone(),
         );
         let pre = self.pre.clone();
         let deadline = invocation.deadline;
-        let guest = self.guests.spawn(async move {
+        let run = async move {
             let run = async {
                 let command = pre.instantiate_async(&mut store).await?;
                 command.wasi_cli_run().call_run(&mut store).await
             };
-            let result = tokio::time::timeout_at(deadline, run).await;
+            let result = match tokio::time::timeout_at(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::msg("deadline passed")),
+            };
             (result, store.data().limiter.denied)
-        });
-        let abort = guest.abort_handle();
-        let Ok(joined) = tokio::time::timeout_at(deadline, guest).await else {
-            abort.abort();
-            return Err(InvokeError::Timeout(deadline - started));
         };
-        let (result, denied) = joined.map_err(|error| InvokeError::Internal(error.to_string()))?;
+        let guest = GuestTask::Inline(Some(Box::pin(run)));
+        let (result, denied) = guest.finish(&sliced, &self.guests).await?;
         log_stderr(&self.limits.name, &invocation.call_id, &stderr.contents());
         let status = match result {
-            Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
-            Ok(Ok(Ok(()))) => 0,
-            Ok(Ok(Err(()))) => 1,
-            Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {
+            Ok(Ok(())) => 0,
+            Ok(Err(())) => 1,
+            Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(status)) => *status,
                 None => return Err(failure(error, denied, &self.limits, &invocation, started)),
             },

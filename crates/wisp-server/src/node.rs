@@ -152,7 +152,7 @@ impl Node {
                 dir,
                 command,
                 env,
-            )));
+            )?));
         }
         let digest = spec.artifact.as_deref().unwrap_or_default();
         let path = self.store.artifact_path(digest).map_err(store_error)?;

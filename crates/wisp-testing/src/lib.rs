@@ -16,6 +16,19 @@ pub const HTTP_PROBE: &str = env!("WISP_GUEST_HTTP_PROBE");
 /// A `wasi:cli` command guest: the body `env`, `exit N`, `loop` or `trap` chooses, anything else is echoed.
 pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
 
+/// A tar archive holding one executable file: a `process` function's artifact.
+pub fn script_archive(name: &str, script: &str) -> Vec<u8> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(script.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive
+        .append_data(&mut header, name, script.as_bytes())
+        .expect("append to an in-memory archive");
+    archive.into_inner().expect("finish an in-memory archive")
+}
+
 /// How long a node may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

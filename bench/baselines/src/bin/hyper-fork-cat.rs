@@ -11,7 +11,12 @@ use tokio::io::AsyncWriteExt as _;
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     wisp_bench_baselines::serve(|request| async move {
-        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let run = async {
             let mut child = tokio::process::Command::new("cat")
                 .stdin(Stdio::piped())

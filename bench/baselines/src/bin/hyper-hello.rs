@@ -9,7 +9,9 @@ use hyper::Response;
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     wisp_bench_baselines::serve(|_request| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"Hello from wisp!\npath: /\nquery: \n"))))
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"Hello from wisp!\npath: /\nquery: \n",
+        ))))
     })
     .await
 }
