@@ -629,7 +629,7 @@ pub struct HttpFunction {
 
 impl HttpFunction {
     /// Handles one request in a fresh instance.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+    pub async fn invoke(&self, mut invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
         let wasi = WasiCtxBuilder::new().envs(&self.limits.env).build();
         let sliced = Arc::new(AtomicBool::new(false));
@@ -655,7 +655,8 @@ impl HttpFunction {
             .uri(uri)
             .body(Full::new(invocation.body.clone()))
             .map_err(|error| InvokeError::Internal(format!("request: {error}")))?;
-        *request.headers_mut() = invocation.headers.clone();
+        // The guest owns the headers from here on; nothing else reads them.
+        *request.headers_mut() = std::mem::take(&mut invocation.headers);
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let setup = |store: &mut Store<GuestState>| -> wasmtime::Result<_> {
