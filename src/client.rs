@@ -4,7 +4,9 @@ use std::io::Read;
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Serialize, de::DeserializeOwned};
-use wisp_core::api::{ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus};
+use wisp_core::api::{
+    ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus, ScaleRequest,
+};
 
 use crate::commands::{Remote, default_data_dir};
 
@@ -104,6 +106,20 @@ impl Client {
             }
             result => result,
         }
+    }
+
+    /// Sets a `process-http` function's replica count; `None` hands it back to the autoscaler.
+    pub fn scale(&self, reference: &str, replicas: Option<u32>) -> anyhow::Result<FunctionStatus> {
+        let body = ScaleRequest {
+            service_name: None,
+            namespace: None,
+            replicas,
+        };
+        self.send(
+            "POST",
+            &format!("/system/scale-function/{reference}"),
+            &body,
+        )
     }
 
     /// Removes a function.

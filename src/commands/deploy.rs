@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use sha2::{Digest as _, Sha256};
-use wisp_core::{FunctionKind, manifest::FunctionManifest};
+use wisp_core::manifest::FunctionManifest;
 
 use super::{Remote, build};
 use crate::client::Client;
@@ -82,7 +82,7 @@ fn artifact_bytes(function: &FunctionManifest, dir: &Path) -> anyhow::Result<Opt
         return Ok(None);
     };
     let path = dir.join(artifact);
-    if function.kind == FunctionKind::Process && path.is_dir() {
+    if function.kind.is_process() && path.is_dir() {
         let mut archive = tar::Builder::new(Vec::new());
         archive.mode(tar::HeaderMode::Deterministic);
         archive.follow_symlinks(false);

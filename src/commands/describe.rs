@@ -40,6 +40,31 @@ impl Describe {
         show("timeout:", d.timeout.map(|t| t.to_string()));
         show("memory:", d.memory.map(|m| m.to_string()));
         show("max concurrency:", d.max_concurrency.map(|m| m.to_string()));
+        show(
+            "queue timeout:",
+            d.queue_timeout
+                .filter(|timeout| !timeout.0.is_zero())
+                .map(|timeout| timeout.to_string()),
+        );
+        if let (Some(min), Some(max)) = (d.min_scale, d.max_scale) {
+            show("scale:", Some(format!("{min} to {max} replicas")));
+            show(
+                "target concurrency:",
+                d.target_concurrency.map(|t| t.to_string()),
+            );
+            show(
+                "scale down delay:",
+                d.scale_down_delay.map(|t| t.to_string()),
+            );
+            show("readiness:", d.readiness.clone());
+            show(
+                "replicas:",
+                Some(format!(
+                    "{} ({} ready, {} cold starts)",
+                    function.replicas, function.available_replicas, function.cold_starts
+                )),
+            );
+        }
         show("max body size:", d.max_body_size.map(|m| m.to_string()));
         show(
             "env:",
@@ -56,7 +81,7 @@ impl Describe {
         show(
             "available:",
             Some(
-                if function.available_replicas > 0 {
+                if function.available_replicas > 0 || d.min_scale == Some(0) {
                     "yes"
                 } else {
                     "no (see the node's log)"

@@ -20,13 +20,13 @@ impl Ls {
             return Ok(());
         }
         println!(
-            "{:<24} {:<12} {:<11} {:>11}  ROUTE",
-            "NAME", "NAMESPACE", "KIND", "INVOCATIONS"
+            "{:<24} {:<12} {:<12} {:>11} {:>8}  ROUTE",
+            "NAME", "NAMESPACE", "KIND", "INVOCATIONS", "REPLICAS"
         );
         for function in functions {
             let deployment = &function.deployment;
             println!(
-                "{:<24} {:<12} {:<11} {:>11}  {}",
+                "{:<24} {:<12} {:<12} {:>11} {:>8}  {}",
                 deployment.service,
                 deployment.namespace.as_deref().unwrap_or_default(),
                 deployment
@@ -34,6 +34,7 @@ impl Ls {
                     .map(|kind| kind.as_str())
                     .unwrap_or_default(),
                 function.invocation_count,
+                function.replicas,
                 deployment.route.as_deref().unwrap_or("-"),
             );
         }

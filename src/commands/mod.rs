@@ -6,6 +6,7 @@ mod describe;
 mod invoke;
 mod ls;
 mod rm;
+mod scale;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -29,6 +30,7 @@ enum Command {
     Ls(ls::Ls),
     Describe(describe::Describe),
     Rm(rm::Rm),
+    Scale(scale::Scale),
 }
 
 impl Cli {
@@ -42,6 +44,7 @@ impl Cli {
             Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Describe(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Rm(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Scale(command) => command.execute().map(|()| ExitCode::SUCCESS),
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct Up {
     /// WebAssembly instances that may exist at once, across functions.
     #[arg(long, default_value_t = wisp_server::DEFAULT_MAX_INSTANCES)]
     max_instances: u32,
+    /// Concurrent invocations of a function that sets no max_concurrency [default: half of --max-instances].
+    #[arg(long)]
+    function_max_concurrency: Option<u32>,
+    /// Concurrent invocations across one namespace's functions [default: unbounded].
+    #[arg(long)]
+    namespace_max_concurrency: Option<u32>,
+    /// How long a stop (SIGTERM) lets requests in flight finish.
+    #[arg(long, default_value = "30s")]
+    grace_period: wisp_core::HumanDuration,
     /// Print the URL and token as one JSON object.
     #[arg(long)]
     json: bool,
@@ -44,6 +53,12 @@ impl Up {
         config.admin_token = self.admin_token;
         config.max_body_size = self.max_body_size.0;
         config.max_instances = self.max_instances;
+        config.function_max_concurrency = self
+            .function_max_concurrency
+            .unwrap_or(self.max_instances / 2)
+            .max(1);
+        config.namespace_max_concurrency = self.namespace_max_concurrency;
+        config.grace_period = self.grace_period.0;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;

@@ -142,7 +142,13 @@ fn functions_are_listed_described_updated_and_removed() {
 
     let mut update = probe.clone();
     update["timeout"] = json!("4s");
-    for counter in ["invocationCount", "replicas", "availableReplicas", "limits"] {
+    for counter in [
+        "invocationCount",
+        "replicas",
+        "availableReplicas",
+        "coldStarts",
+        "limits",
+    ] {
         update.as_object_mut().unwrap().remove(counter);
     }
     let updated = send(

@@ -6,6 +6,7 @@ mod invoke;
 mod limits;
 mod refusals;
 mod restart;
+mod scaling;
 
 use serde_json::{Value, json};
 use wisp_testing::Node;

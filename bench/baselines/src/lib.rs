@@ -1,6 +1,7 @@
 //! The serving loop both baselines share: HTTP/1.1 with keep-alive on
-//! `127.0.0.1:PORT` (the first argument), one task per connection, as a bare
-//! hyper server does it.
+//! `127.0.0.1:PORT` (the first argument, else `$PORT`, so a baseline also
+//! runs as a `process-http` app), one task per connection, as a bare hyper
+//! server does it.
 
 use std::{convert::Infallible, future::Future};
 
@@ -15,7 +16,10 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    let port = std::env::args().nth(1).unwrap_or_else(|| "8090".into());
+    let port = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("PORT").ok())
+        .unwrap_or_else(|| "8090".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {

@@ -56,6 +56,24 @@ pub struct FunctionDeployment {
     /// Outbound HTTP destinations a wasm function may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// How long a request over `maxConcurrency` waits for a slot before its 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<HumanDuration>,
+    /// `process-http`: replicas kept running when idle (0 scales to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_scale: Option<u32>,
+    /// `process-http`: the most replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_scale: Option<u32>,
+    /// `process-http`: in-flight requests per replica the autoscaler aims for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<u32>,
+    /// `process-http`: how long demand stays low before replicas are stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<HumanDuration>,
+    /// `process-http`: when a replica is ready, `tcp` or a path to `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
 }
 
 /// OpenFaaS's `limits` object.
@@ -76,10 +94,27 @@ pub struct FunctionStatus {
     pub deployment: FunctionDeployment,
     /// Invocations since the node started.
     pub invocation_count: u64,
-    /// Always 1 for wasm and process functions: every request gets a fresh instance.
+    /// Replicas running or starting; 1 for the per-request kinds, which need none.
     pub replicas: u64,
-    /// 1 when the function is ready to serve.
+    /// Replicas ready to take requests; for the per-request kinds, 1 when loaded.
     pub available_replicas: u64,
+    /// Requests that waited for a replica to start.
+    #[serde(default)]
+    pub cold_starts: u64,
+}
+
+/// `POST /system/scale-function/{name}`, in OpenFaaS's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The function; the path's name wins when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Its namespace; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The fixed replica count, or `null` to hand the function back to the autoscaler.
+    pub replicas: Option<u32>,
 }
 
 /// `DELETE /system/functions`.

@@ -12,5 +12,5 @@ pub mod spec;
 pub mod units;
 
 pub use name::{NameError, validate_name};
-pub use spec::{FunctionKind, FunctionSpec, Route, SpecError};
+pub use spec::{FunctionKind, FunctionSpec, Observed, Readiness, Route, Scale, SpecError};
 pub use units::{ByteSize, HumanDuration};

@@ -56,6 +56,18 @@ pub struct FunctionManifest {
     /// Outbound HTTP destinations a wasm function may call.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// How long a request over `max_concurrency` waits for a slot.
+    pub queue_timeout: Option<HumanDuration>,
+    /// `process-http`: replicas kept running when idle.
+    pub min_scale: Option<u32>,
+    /// `process-http`: the most replicas.
+    pub max_scale: Option<u32>,
+    /// `process-http`: in-flight requests per replica the autoscaler aims for.
+    pub target_concurrency: Option<u32>,
+    /// `process-http`: how long demand stays low before replicas are stopped.
+    pub scale_down_delay: Option<HumanDuration>,
+    /// `process-http`: `tcp` or a path to `GET` before a replica takes requests.
+    pub readiness: Option<String>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
@@ -110,6 +122,12 @@ impl FunctionManifest {
             max_concurrency: self.max_concurrency,
             max_body_size: self.max_body_size,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            queue_timeout: self.queue_timeout,
+            min_scale: self.min_scale,
+            max_scale: self.max_scale,
+            target_concurrency: self.target_concurrency,
+            scale_down_delay: self.scale_down_delay,
+            readiness: self.readiness.clone(),
         }
     }
 }

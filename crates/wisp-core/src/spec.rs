@@ -22,6 +22,18 @@ pub const DEFAULT_MEMORY: u64 = 128 << 20;
 pub const MAX_MEMORY: u64 = 4 << 30;
 /// The longest timeout a function may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The most replicas a `process-http` function may ask for.
+pub const MAX_SCALE: u32 = 100;
+/// Replicas kept warm when a `process-http` function does not say.
+pub const DEFAULT_MIN_SCALE: u32 = 1;
+/// The replica ceiling when a `process-http` function does not say.
+pub const DEFAULT_MAX_SCALE: u32 = 10;
+/// In-flight requests per replica the autoscaler aims for when the function does not say.
+pub const DEFAULT_TARGET_CONCURRENCY: u32 = 10;
+/// How long a replica stays idle before it is stopped, when the function does not say.
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
+/// The longest a request may wait for a concurrency slot.
+pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Paths that belong to the gateway and cannot be a function's route.
 pub const RESERVED_PATHS: &[&str] = &[
     "/system",
@@ -42,6 +54,8 @@ pub enum FunctionKind {
     WasmStdio,
     /// Any executable, one process per request, with the STDIN/STDOUT contract.
     Process,
+    /// An executable that serves HTTP on `$PORT`: long-running replicas, scaled with demand.
+    ProcessHttp,
 }
 
 impl FunctionKind {
@@ -51,12 +65,18 @@ impl FunctionKind {
             Self::WasmHttp => "wasm-http",
             Self::WasmStdio => "wasm-stdio",
             Self::Process => "process",
+            Self::ProcessHttp => "process-http",
         }
     }
 
     /// Whether the artifact is a WebAssembly component.
     pub fn is_wasm(self) -> bool {
         matches!(self, Self::WasmHttp | Self::WasmStdio)
+    }
+
+    /// Whether the function runs a command line from `envProcess`.
+    pub fn is_process(self) -> bool {
+        matches!(self, Self::Process | Self::ProcessHttp)
     }
 }
 
@@ -155,7 +175,7 @@ pub enum SpecError {
     #[error(transparent)]
     Name(#[from] NameError),
     /// `kind` is missing.
-    #[error("`kind` is required: one of wasm-http, wasm-stdio, process")]
+    #[error("`kind` is required: one of wasm-http, wasm-stdio, process, process-http")]
     MissingKind,
     /// A wasm function has no `image`.
     #[error("a {0} function needs `image`: the artifact digest from PUT /system/artifacts")]
@@ -164,8 +184,21 @@ pub enum SpecError {
     #[error("`image` must be an artifact digest `sha256:<64 hex digits>`, not `{0}`")]
     BadDigest(String),
     /// A process function has no command.
-    #[error("a process function needs `envProcess` (`command` in wisp.toml)")]
-    MissingCommand,
+    #[error("a {0} function needs `envProcess` (`command` in wisp.toml)")]
+    MissingCommand(FunctionKind),
+    /// Scale settings on a function that has no replicas.
+    #[error(
+        "`{setting}` is for process-http functions; a {kind} function gets a fresh instance per request and has no replicas"
+    )]
+    NotScalable {
+        /// The setting given.
+        setting: &'static str,
+        /// The function's kind.
+        kind: FunctionKind,
+    },
+    /// The readiness probe is neither `tcp` nor a path.
+    #[error("readiness `{0}` must be `tcp` or an HTTP path such as `/_/ready`")]
+    Readiness(String),
     /// The route is malformed or reserved.
     #[error("{0}")]
     Route(String),
@@ -209,6 +242,88 @@ pub struct FunctionSpec {
     pub annotations: BTreeMap<String, String>,
     /// Outbound HTTP destinations a wasm function may call (`scheme://host[:port]`, `*` wildcards).
     pub allowed_outbound_hosts: Vec<String>,
+    /// How long a request over `max_concurrency` may wait for a slot before its 429.
+    #[serde(default)]
+    pub queue_timeout: HumanDuration,
+    /// How a `process-http` function's replicas are scaled; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+}
+
+/// How a `process-http` function's replicas follow demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    /// Replicas kept running even when idle; 0 lets the function scale to zero.
+    pub min: u32,
+    /// The most replicas.
+    pub max: u32,
+    /// In-flight requests per replica the autoscaler aims for.
+    pub target_concurrency: u32,
+    /// How long demand must stay low before replicas are stopped.
+    pub scale_down_delay: HumanDuration,
+    /// When a new replica counts as ready.
+    pub readiness: Readiness,
+}
+
+/// When a new `process-http` replica may take requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    /// Once `$PORT` accepts a TCP connection.
+    #[default]
+    Tcp,
+    /// Once `GET` of this path answers 2xx.
+    Http(String),
+}
+
+impl FromStr for Readiness {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        match text {
+            "tcp" => Ok(Self::Tcp),
+            path if path.starts_with('/') && !path.contains(char::is_whitespace) => {
+                Ok(Self::Http(path.to_owned()))
+            }
+            other => Err(SpecError::Readiness(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Http(path) => f.write_str(path),
+        }
+    }
+}
+
+impl Serialize for Readiness {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Readiness {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What the node knows of a deployed function right now, for its [`FunctionStatus`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Invocations since the node started.
+    pub invocations: u64,
+    /// Replicas running or starting (1 for a loaded per-request function).
+    pub replicas: u64,
+    /// Replicas ready to take requests (1 for a loaded per-request function).
+    pub available_replicas: u64,
+    /// Requests that had to wait for a replica to start.
+    pub cold_starts: u64,
 }
 
 impl FunctionSpec {
@@ -230,6 +345,12 @@ impl FunctionSpec {
             max_concurrency,
             max_body_size,
             allowed_outbound_hosts,
+            queue_timeout,
+            min_scale,
+            max_scale,
+            target_concurrency,
+            scale_down_delay,
+            readiness,
         } = deployment;
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -245,8 +366,8 @@ impl FunctionSpec {
             return Err(SpecError::MissingArtifact(kind));
         }
         let command = env_process.filter(|command| !command.trim().is_empty());
-        if kind == FunctionKind::Process && command.is_none() {
-            return Err(SpecError::MissingCommand);
+        if kind.is_process() && command.is_none() {
+            return Err(SpecError::MissingCommand(kind));
         }
         let route = route.map(|route| route.parse()).transpose()?;
         let timeout = timeout.unwrap_or(HumanDuration(DEFAULT_TIMEOUT));
@@ -268,6 +389,51 @@ impl FunctionSpec {
         if max_concurrency == Some(0) {
             return Err(SpecError::Limit("maxConcurrency must be at least 1".into()));
         }
+        let queue_timeout = queue_timeout.unwrap_or_default();
+        if queue_timeout.0 > MAX_QUEUE_TIMEOUT {
+            return Err(SpecError::Limit(format!(
+                "queueTimeout {queue_timeout} is out of range (at most {})",
+                HumanDuration(MAX_QUEUE_TIMEOUT)
+            )));
+        }
+        let scale = if kind == FunctionKind::ProcessHttp {
+            let min = min_scale.unwrap_or(DEFAULT_MIN_SCALE);
+            let max = max_scale.unwrap_or(DEFAULT_MAX_SCALE.max(min));
+            if max == 0 || max > MAX_SCALE || min > max {
+                return Err(SpecError::Limit(format!(
+                    "scale {min}..{max} is out of range (minScale at most maxScale, maxScale 1 to {MAX_SCALE})"
+                )));
+            }
+            let target_concurrency = target_concurrency.unwrap_or(DEFAULT_TARGET_CONCURRENCY);
+            if target_concurrency == 0 {
+                return Err(SpecError::Limit(
+                    "targetConcurrency must be at least 1".into(),
+                ));
+            }
+            Some(Scale {
+                min,
+                max,
+                target_concurrency,
+                scale_down_delay: scale_down_delay
+                    .unwrap_or(HumanDuration(DEFAULT_SCALE_DOWN_DELAY)),
+                readiness: readiness
+                    .map(|readiness| readiness.parse())
+                    .transpose()?
+                    .unwrap_or_default(),
+            })
+        } else {
+            let given = [
+                ("minScale", min_scale.is_some()),
+                ("maxScale", max_scale.is_some()),
+                ("targetConcurrency", target_concurrency.is_some()),
+                ("scaleDownDelay", scale_down_delay.is_some()),
+                ("readiness", readiness.is_some()),
+            ];
+            if let Some((setting, _)) = given.into_iter().find(|(_, given)| *given) {
+                return Err(SpecError::NotScalable { setting, kind });
+            }
+            None
+        };
         if let Some(bad) = env_vars
             .keys()
             .find(|key| key.is_empty() || key.contains(['=', '\0']))
@@ -289,11 +455,14 @@ impl FunctionSpec {
             labels,
             annotations,
             allowed_outbound_hosts,
+            queue_timeout,
+            scale,
         })
     }
 
     /// The spec as the API shows it, with the counters the node keeps.
-    pub fn status(&self, invocation_count: u64, available: bool) -> FunctionStatus {
+    pub fn status(&self, observed: Observed) -> FunctionStatus {
+        let scale = self.scale.as_ref();
         FunctionStatus {
             deployment: FunctionDeployment {
                 service: self.name.clone(),
@@ -313,10 +482,17 @@ impl FunctionSpec {
                 max_concurrency: self.max_concurrency,
                 max_body_size: self.max_body_size,
                 allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+                queue_timeout: Some(self.queue_timeout),
+                min_scale: scale.map(|scale| scale.min),
+                max_scale: scale.map(|scale| scale.max),
+                target_concurrency: scale.map(|scale| scale.target_concurrency),
+                scale_down_delay: scale.map(|scale| scale.scale_down_delay),
+                readiness: scale.map(|scale| scale.readiness.to_string()),
             },
-            invocation_count,
-            replicas: 1,
-            available_replicas: u64::from(available),
+            invocation_count: observed.invocations,
+            replicas: observed.replicas,
+            available_replicas: observed.available_replicas,
+            cold_starts: observed.cold_starts,
         }
     }
 }
@@ -341,6 +517,16 @@ mod tests {
         assert_eq!(spec.namespace, "default");
         assert_eq!(spec.timeout.0, DEFAULT_TIMEOUT);
         assert_eq!(spec.memory.0, DEFAULT_MEMORY);
+        assert_eq!(spec.scale, None);
+        let app = FunctionSpec::from_deployment(FunctionDeployment {
+            min_scale: Some(0),
+            readiness: Some("/_/ready".into()),
+            ..deployment(FunctionKind::ProcessHttp)
+        })
+        .unwrap();
+        let scale = app.scale.unwrap();
+        assert_eq!((scale.min, scale.max), (0, DEFAULT_MAX_SCALE));
+        assert_eq!(scale.readiness, Readiness::Http("/_/ready".into()));
     }
 
     #[test]
@@ -380,6 +566,28 @@ mod tests {
                     ..deployment(FunctionKind::Process)
                 },
                 "envProcess",
+            ),
+            (
+                FunctionDeployment {
+                    min_scale: Some(2),
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "`minScale` is for process-http",
+            ),
+            (
+                FunctionDeployment {
+                    min_scale: Some(3),
+                    max_scale: Some(2),
+                    ..deployment(FunctionKind::ProcessHttp)
+                },
+                "scale 3..2",
+            ),
+            (
+                FunctionDeployment {
+                    readiness: Some("ready".into()),
+                    ..deployment(FunctionKind::ProcessHttp)
+                },
+                "readiness `ready`",
             ),
             (
                 FunctionDeployment {

@@ -1,10 +1,12 @@
 //! wisp's executors: how one invocation of a function runs. WebAssembly
 //! components run on wasmtime ([`wasm`], the only user of wasmtime in wisp)
 //! with a fresh instance per request; executables run as a fresh process per
-//! request ([`process`]). Both take an [`Invocation`] with its deadline and
-//! answer a response or an [`InvokeError`], which the server turns into a
+//! request ([`process`]); HTTP apps run as scaled replicas that requests are
+//! proxied to ([`app`]). Each takes an [`Invocation`] with its deadline and
+//! answers a response or an [`InvokeError`], which the server turns into a
 //! status in one place.
 
+pub mod app;
 pub mod process;
 pub mod wasm;
 
@@ -81,6 +83,8 @@ pub enum Executor {
     WasmStdio(wasm::StdioFunction),
     /// An executable.
     Process(process::ProcessFunction),
+    /// An HTTP app's replicas.
+    App(app::AppFunction),
 }
 
 impl Executor {
@@ -90,6 +94,7 @@ impl Executor {
             Self::WasmHttp(function) => function.invoke(invocation).await,
             Self::WasmStdio(function) => function.invoke(invocation).await,
             Self::Process(function) => function.invoke(invocation).await,
+            Self::App(function) => function.invoke(invocation).await,
         }
     }
 }

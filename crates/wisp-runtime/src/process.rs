@@ -3,8 +3,9 @@
 //! response, STDERR to the log, a non-zero exit status as a failure.
 //!
 //! Every process leads its own process group, so at the deadline the whole
-//! group is killed, children included. [`ProcessFunction::command`] is the
-//! one place a process is set up, so sandboxing can wrap it.
+//! group is killed, children included. [`Program::command`] is the one place
+//! a function's process is set up, for this kind and for `process-http`
+//! replicas alike, so sandboxing can wrap it.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,11 +27,9 @@ pub const MAX_STDERR: u64 = 64 << 10;
 /// `PATH` for functions, which inherit nothing from the node's environment.
 const FUNCTION_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// A prepared executable.
+/// A function's command line, resolved, with its directory and environment.
 #[derive(Debug, Clone)]
-pub struct ProcessFunction {
-    /// The function's name, for the log.
-    pub name: String,
+pub struct Program {
     /// The working directory: the unpacked artifact, or an empty directory.
     pub dir: PathBuf,
     /// The executable's absolute path.
@@ -41,13 +40,12 @@ pub struct ProcessFunction {
     pub env: Vec<(String, String)>,
 }
 
-impl ProcessFunction {
-    /// A process function from its command line, split on whitespace as the
-    /// watchdog splits `fprocess`. The program is resolved now, so a missing
-    /// one is refused at deploy time: `./x` in the artifact directory, a bare
-    /// name in [`FUNCTION_PATH`].
+impl Program {
+    /// A program from its command line, split on whitespace as the watchdog
+    /// splits `fprocess`. The program is resolved now, so a missing one is
+    /// refused at deploy time: `./x` in the artifact directory, a bare name
+    /// in [`FUNCTION_PATH`].
     pub fn new(
-        name: String,
         dir: PathBuf,
         command: &str,
         env: Vec<(String, String)>,
@@ -71,7 +69,6 @@ impl ProcessFunction {
             ))
         })?;
         Ok(Self {
-            name,
             dir,
             program,
             args: words.collect(),
@@ -79,10 +76,11 @@ impl ProcessFunction {
         })
     }
 
-    /// The command for one request; every spawn goes through here. The
-    /// program is an absolute path, which lets the standard library spawn
+    /// The command every process of a function starts from: its own process
+    /// group, its directory, only the environment it declared, output piped.
+    /// The program is an absolute path, which lets the standard library spawn
     /// with `posix_spawn`: no copy of the node's page tables, as `fork` makes.
-    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
+    pub fn command(&self) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
@@ -91,12 +89,28 @@ impl ProcessFunction {
             .env("PATH", FUNCTION_PATH)
             .env("HOME", &self.dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(watchdog_env(invocation))
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        command
+    }
+}
+
+/// A prepared `process` function: one process per request.
+#[derive(Debug, Clone)]
+pub struct ProcessFunction {
+    /// The function's name, for the log.
+    pub name: String,
+    /// What to run.
+    pub program: Program,
+}
+
+impl ProcessFunction {
+    /// The command for one request.
+    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
+        let mut command = self.program.command();
+        command.envs(watchdog_env(invocation)).stdin(Stdio::piped());
         command
     }
 
@@ -104,7 +118,7 @@ impl ProcessFunction {
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
         let mut child = self.command(&invocation).spawn().map_err(|error| {
-            InvokeError::Internal(format!("spawn {}: {error}", self.program.display()))
+            InvokeError::Internal(format!("spawn {}: {error}", self.program.program.display()))
         })?;
         let group = child.id().map(|pid| pid as libc::pid_t);
         let mut stdin = child.stdin.take().expect("stdin is piped");
@@ -149,7 +163,10 @@ impl ProcessFunction {
             )));
         }
         match status.code() {
-            Some(0) => Ok(full_response(&stdio_content_type(&self.env), stdout)),
+            Some(0) => Ok(full_response(
+                &stdio_content_type(&self.program.env),
+                stdout,
+            )),
             Some(code) => Err(InvokeError::Exit(code)),
             None => {
                 let signal =
@@ -169,11 +186,16 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Kills a process group; it may already be gone.
-fn kill_group(group: libc::pid_t) {
+pub(crate) fn kill_group(group: libc::pid_t) {
+    signal_group(group, libc::SIGKILL);
+}
+
+/// Sends `signal` to a process group; it may already be gone.
+pub(crate) fn signal_group(group: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill(2) with a negative pid signals that process group; it has
     // no memory-safety preconditions.
     unsafe {
-        libc::kill(-group, libc::SIGKILL);
+        libc::kill(-group, signal);
     }
 }
 
@@ -211,10 +233,12 @@ mod tests {
     }
 
     fn shell(script: &str) -> ProcessFunction {
-        let mut function =
-            ProcessFunction::new("sh".into(), std::env::temp_dir(), "sh -c", vec![]).unwrap();
-        function.args.push(script.into());
-        function
+        let mut program = Program::new(std::env::temp_dir(), "sh -c", vec![]).unwrap();
+        program.args.push(script.into());
+        ProcessFunction {
+            name: "sh".into(),
+            program,
+        }
     }
 
     #[tokio::test]
@@ -256,7 +280,7 @@ mod tests {
     fn missing_programs_are_refused_up_front() {
         for command in ["no-such-program-anywhere", "./missing.sh", ""] {
             assert!(
-                ProcessFunction::new("f".into(), std::env::temp_dir(), command, vec![]).is_err(),
+                Program::new(std::env::temp_dir(), command, vec![]).is_err(),
                 "{command}"
             );
         }

@@ -1,5 +1,5 @@
-//! `/system/*`: deploy, update, list, describe and remove functions, upload
-//! artifacts, node info. Every route needs the admin token.
+//! `/system/*`: deploy, update, list, describe, scale and remove functions,
+//! upload artifacts, node info. Every route needs the admin token.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -17,12 +17,12 @@ use serde::{Deserialize, de::DeserializeOwned};
 use wisp_core::{
     FunctionSpec,
     api::{
-        ArtifactInfo, DeleteFunction, FunctionDeployment, FunctionStatus, ProviderInfo, SystemInfo,
-        VersionInfo,
+        ArtifactInfo, DeleteFunction, FunctionDeployment, FunctionStatus, ProviderInfo,
+        ScaleRequest, SystemInfo, VersionInfo,
     },
-    spec::DEFAULT_NAMESPACE,
+    spec::{DEFAULT_NAMESPACE, MAX_SCALE},
 };
-use wisp_runtime::PrepareError;
+use wisp_runtime::{Executor, PrepareError};
 
 use crate::{ApiError, node::Node};
 
@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<Node>> {
             get(list).post(create).put(update).delete(remove),
         )
         .route("/function/{name}", get(describe))
+        .route("/scale-function/{name}", axum::routing::post(scale))
         .route("/artifacts", put(upload).get(artifacts))
         .route("/artifacts/{digest}", get(artifact))
         .route("/info", get(info))
@@ -91,10 +92,7 @@ impl NamespaceQuery {
 }
 
 fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
-    spec.status(
-        node.invocation_count(&spec.namespace, &spec.name),
-        node.is_serving(&spec.namespace, &spec.name),
-    )
+    spec.status(node.observed(&spec.namespace, &spec.name))
 }
 
 async fn list(
@@ -183,15 +181,7 @@ async fn deploy(
     let executor = match prepared {
         Ok(executor) => executor,
         Err(error) => {
-            // An artifact that cannot run is not kept, unless another function uses it.
-            if let Some(digest) = &spec.artifact
-                && !node.store.artifact_in_use(digest)?
-            {
-                node.engine.unload(digest);
-                if let Err(cleanup) = node.store.delete_artifact(digest) {
-                    tracing::warn!("could not remove refused artifact {digest}: {cleanup}");
-                }
-            }
+            refuse_artifact(&node, &spec)?;
             return Err(match error {
                 PrepareError::InvalidArtifact(message) => {
                     ApiError::bad_request(format!("function {}: {message}", spec.name))
@@ -200,10 +190,72 @@ async fn deploy(
             });
         }
     };
+    // An app takes over only once its new replicas are ready, so a redeploy
+    // fails no request and a broken app is refused here.
+    if let Executor::App(app) = &executor
+        && let Err(error) = app.warm().await
+    {
+        drop(executor);
+        refuse_artifact(&node, &spec)?;
+        return Err(ApiError::bad_request(format!(
+            "function {}: {error}",
+            spec.name
+        )));
+    }
     node.store.put_function(&spec)?;
     node.install(spec.clone(), executor);
     tracing::info!("deployed {}.{} ({})", spec.name, spec.namespace, spec.kind);
     Ok(status_of(&node, &spec))
+}
+
+/// Removes the artifact of a refused deploy, unless another function uses it.
+fn refuse_artifact(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
+    if let Some(digest) = &spec.artifact
+        && !node.store.artifact_in_use(digest)?
+    {
+        node.engine.unload(digest);
+        if let Err(cleanup) = node.store.delete_artifact(digest) {
+            tracing::warn!("could not remove refused artifact {digest}: {cleanup}");
+        }
+    }
+    Ok(())
+}
+
+/// Sets a fixed replica count for a `process-http` function (OpenFaaS's scale call).
+async fn scale(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ScaleRequest = json(&body)?;
+    let namespace = request.namespace.as_deref().unwrap_or(query.get());
+    let (name, namespace) = name.split_once('.').unwrap_or((&name, namespace));
+    let function = node.function(namespace, name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "function {name} is not deployed in namespace {namespace}"
+        ))
+    })?;
+    let Executor::App(app) = &function.executor else {
+        return Err(ApiError::bad_request(format!(
+            "function {name} is a {} function: it gets a fresh instance per request and has no replicas to scale",
+            function.spec.kind
+        )));
+    };
+    if request
+        .replicas
+        .is_some_and(|replicas| replicas > MAX_SCALE)
+    {
+        return Err(ApiError::bad_request(format!(
+            "replicas must be at most {MAX_SCALE}"
+        )));
+    }
+    app.set_replicas(request.replicas);
+    match request.replicas {
+        Some(replicas) => tracing::info!("scaled {name}.{namespace} to {replicas} replicas"),
+        None => tracing::info!("{name}.{namespace} is autoscaled again"),
+    }
+    Ok((StatusCode::ACCEPTED, Json(status_of(&node, &function.spec))).into_response())
 }
 
 async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {

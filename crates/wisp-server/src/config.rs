@@ -1,6 +1,6 @@
 //! The node's configuration: one typed struct, validated before any port is bound.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// The default address: loopback only, like `wasmtime serve` and `spin up`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -10,6 +10,8 @@ pub const DEFAULT_MAX_BODY: u64 = 32 << 20;
 pub const DEFAULT_MAX_ARTIFACT: u64 = 512 << 20;
 /// The default number of WebAssembly instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// How long a stopping node lets requests in flight finish, by default.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -26,6 +28,14 @@ pub struct Config {
     pub max_artifact_size: u64,
     /// WebAssembly instances that may exist at once.
     pub max_instances: u32,
+    /// Concurrent invocations of one function that sets no `max_concurrency`:
+    /// by default half the instance pool, so one function's spike leaves
+    /// room for the others.
+    pub function_max_concurrency: u32,
+    /// Concurrent invocations across one namespace's functions, if bounded.
+    pub namespace_max_concurrency: Option<u32>,
+    /// How long a stopping node lets requests in flight finish.
+    pub grace_period: Duration,
 }
 
 /// A configuration that cannot work.
@@ -49,6 +59,9 @@ impl Config {
             max_body_size: DEFAULT_MAX_BODY,
             max_artifact_size: DEFAULT_MAX_ARTIFACT,
             max_instances: DEFAULT_MAX_INSTANCES,
+            function_max_concurrency: DEFAULT_MAX_INSTANCES / 2,
+            namespace_max_concurrency: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
         }
     }
 
@@ -65,6 +78,14 @@ impl Config {
             (self.max_body_size, "the body size limit"),
             (self.max_artifact_size, "the artifact size limit"),
             (u64::from(self.max_instances), "the instance limit"),
+            (
+                u64::from(self.function_max_concurrency),
+                "the per-function concurrency limit",
+            ),
+            (
+                u64::from(self.namespace_max_concurrency.unwrap_or(1)),
+                "the per-namespace concurrency limit",
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -1,7 +1,10 @@
-//! Dispatch: call ids, body limits, concurrency limits, deadlines, and the one
-//! place an invocation's outcome becomes an HTTP status.
+//! Dispatch: call ids, body limits, admission (concurrency limits), deadlines,
+//! and the one place an invocation's outcome becomes an HTTP status.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -74,19 +77,22 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         return too_large(limit).into_response();
     }
 
-    let running = function.active.fetch_add(1, Ordering::Relaxed) + 1;
+    function.active.fetch_add(1, Ordering::Relaxed);
     node.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(&function, node);
-    if spec
-        .max_concurrency
-        .is_some_and(|max| running > u64::from(max))
-    {
-        return busy(format!(
-            "function {} is at its limit of {} concurrent invocations",
-            spec.name,
-            spec.max_concurrency.unwrap_or_default()
-        ));
-    }
+    let queue_timeout = spec.queue_timeout.0;
+    let _slot = match function.limit.acquire(queue_timeout).await {
+        Ok(slot) => slot,
+        Err(rejected) => return busy(rejected.message, rejected.retry_after),
+    };
+    let namespace_limit = node.namespace_limit(&spec.namespace);
+    let _namespace_slot = match &namespace_limit {
+        Some(limit) => match limit.acquire(queue_timeout).await {
+            Ok(slot) => Some(slot),
+            Err(rejected) => return busy(rejected.message, rejected.retry_after),
+        },
+        None => None,
+    };
 
     let body = match http_body_util::Limited::new(call.body, limit as usize)
         .collect()
@@ -125,7 +131,7 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
             let status = status_of(&error);
             tracing::info!(target: "wisp::call", function = %spec.name, call_id = %call.call_id, status = status.as_u16(), ?elapsed, "{error}");
             match error {
-                InvokeError::Busy(message) => busy(message),
+                InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
                 InvokeError::Internal(detail) => {
                     ApiError::internal(format!("function {}: {detail}", spec.name)).into_response()
                 }
@@ -158,10 +164,12 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-fn busy(message: String) -> Response {
+/// 429 with `Retry-After` in whole seconds.
+fn busy(message: String, retry_after: Duration) -> Response {
     let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }

@@ -6,6 +6,7 @@
 //! in-memory table that every deploy writes through to the store first.
 
 mod admin;
+mod admission;
 mod config;
 mod dispatch;
 mod error;
@@ -16,7 +17,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{Router, middleware, routing::get};
 
-pub use config::{Config, ConfigError, DEFAULT_LISTEN, DEFAULT_MAX_INSTANCES};
+pub use config::{
+    Config, ConfigError, DEFAULT_GRACE_PERIOD, DEFAULT_LISTEN, DEFAULT_MAX_INSTANCES,
+};
 pub use error::ApiError;
 pub use node::{Node, StartError};
 
@@ -52,7 +55,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish.
+/// in-flight requests finish (up to the grace period) and stops every
+/// replica.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
@@ -66,8 +70,23 @@ pub async fn serve(
             tracing::debug!("TCP_NODELAY: {error}");
         }
     });
-    let app = router(node).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let grace = node.config.grace_period;
+    let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    });
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            let _ = stopped.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(
+            "the grace period of {}s is over; stopping with requests still in flight",
+            grace.as_secs()
+        ),
+    }
+    node.drain().await;
+    Ok(())
 }

@@ -10,15 +10,16 @@ use std::{
     },
 };
 
-use wisp_core::{FunctionKind, FunctionSpec, Route, spec::DEFAULT_NAMESPACE};
+use wisp_core::{FunctionKind, FunctionSpec, Observed, Route, spec::DEFAULT_NAMESPACE};
 use wisp_runtime::{
     Executor, PrepareError,
-    process::ProcessFunction,
+    app::AppFunction,
+    process::{ProcessFunction, Program},
     wasm::{WasmConfig, WasmEngine, WasmLimits},
 };
 use wisp_store::{Store, StoreError};
 
-use crate::{Config, ConfigError};
+use crate::{Config, ConfigError, admission::Limit};
 
 /// Why a node cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub struct Deployed {
     pub invocations: AtomicU64,
     /// Invocations running now.
     pub active: AtomicU64,
+    /// Its concurrency limit.
+    pub limit: Limit,
 }
 
 /// Functions by `(namespace, name)`, and those with a top-level route.
@@ -72,6 +75,8 @@ pub struct Node {
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     pub(crate) invocations: AtomicU64,
     pub(crate) active: AtomicU64,
+    /// Per-namespace concurrency limits, made on first use when the node bounds them.
+    namespace_limits: std::sync::Mutex<HashMap<String, Arc<Limit>>>,
     empty_dir: PathBuf,
 }
 
@@ -106,6 +111,7 @@ impl Node {
             deploy_lock: tokio::sync::Mutex::new(()),
             invocations: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            namespace_limits: std::sync::Mutex::default(),
             empty_dir,
         });
         for stored in node.store.functions()? {
@@ -141,18 +147,18 @@ impl Node {
             }
             other => PrepareError::Internal(other.to_string()),
         };
-        if spec.kind == FunctionKind::Process {
+        if spec.kind.is_process() {
             let dir = match &spec.artifact {
                 Some(digest) => self.store.artifact_tree(digest).map_err(store_error)?,
                 None => self.empty_dir.clone(),
             };
             let command = spec.command.as_deref().unwrap_or_default();
-            return Ok(Executor::Process(ProcessFunction::new(
-                spec.name.clone(),
-                dir,
-                command,
-                env,
-            )?));
+            let program = Program::new(dir, command, env)?;
+            let name = spec.name.clone();
+            return Ok(match &spec.scale {
+                Some(scale) => Executor::App(AppFunction::new(name, program, scale.clone())?),
+                None => Executor::Process(ProcessFunction { name, program }),
+            });
         }
         let digest = spec.artifact.as_deref().unwrap_or_default();
         let path = self.store.artifact_path(digest).map_err(store_error)?;
@@ -174,11 +180,17 @@ impl Node {
     /// Makes a prepared function visible to the invocation path.
     pub(crate) fn install(&self, spec: FunctionSpec, executor: Executor) {
         let key = (spec.namespace.clone(), spec.name.clone());
+        let limit = Limit::new(
+            format!("function {}", spec.name),
+            spec.max_concurrency
+                .unwrap_or(self.config.function_max_concurrency),
+        );
         let deployed = Arc::new(Deployed {
             spec,
             executor,
             invocations: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            limit,
         });
         let mut table = self.functions.write().expect("function table");
         table.routed.retain(|(_, existing)| {
@@ -250,15 +262,54 @@ impl Node {
             .map(|(_, deployed)| format!("{}.{}", deployed.spec.name, deployed.spec.namespace))
     }
 
-    /// Whether a function is loaded and serving.
-    pub(crate) fn is_serving(&self, namespace: &str, name: &str) -> bool {
-        self.function(namespace, name).is_some()
+    /// What the node observes of a function: counters and replicas; all zero when not loaded.
+    pub(crate) fn observed(&self, namespace: &str, name: &str) -> Observed {
+        let Some(function) = self.function(namespace, name) else {
+            return Observed::default();
+        };
+        let invocations = function.invocations.load(Ordering::Relaxed);
+        match &function.executor {
+            Executor::App(app) => {
+                let counts = app.counts();
+                Observed {
+                    invocations,
+                    replicas: counts.replicas,
+                    available_replicas: counts.ready,
+                    cold_starts: counts.cold_starts,
+                }
+            }
+            _ => Observed {
+                invocations,
+                replicas: 1,
+                available_replicas: 1,
+                cold_starts: 0,
+            },
+        }
     }
 
-    /// Per-function invocation count, zero when not loaded.
-    pub(crate) fn invocation_count(&self, namespace: &str, name: &str) -> u64 {
-        self.function(namespace, name)
-            .map_or(0, |f| f.invocations.load(Ordering::Relaxed))
+    /// The concurrency limit shared by a namespace's functions, if the node bounds it.
+    pub(crate) fn namespace_limit(&self, namespace: &str) -> Option<Arc<Limit>> {
+        let max = self.config.namespace_max_concurrency?;
+        let mut limits = self.namespace_limits.lock().expect("namespace limits");
+        Some(
+            limits
+                .entry(namespace.to_owned())
+                .or_insert_with(|| Arc::new(Limit::new(format!("namespace {namespace}"), max)))
+                .clone(),
+        )
+    }
+
+    /// Stops every function's replicas, once requests in flight are done.
+    pub async fn drain(&self) {
+        let functions: Vec<Arc<Deployed>> = {
+            let table = self.functions.read().expect("function table");
+            table.by_name.values().cloned().collect()
+        };
+        for function in functions {
+            if let Executor::App(app) = &function.executor {
+                app.drain().await;
+            }
+        }
     }
 }
 

@@ -16,6 +16,48 @@ pub const HTTP_PROBE: &str = env!("WISP_GUEST_HTTP_PROBE");
 /// A `wasi:cli` command guest: the body `env`, `exit N`, `loop` or `trap` chooses, anything else is echoed.
 pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
 
+/// A `process-http` app in Python, listening on `$PORT`: `/` and any other
+/// path echo `METHOD PATH?QUERY` with the `X-Test` and `X-Call-Id` headers,
+/// `$VERSION`, the replica's pid and the body; `/sleep?ms=` answers late;
+/// `/crash` exits mid-request; `/_/ready` answers 200.
+pub const HTTP_APP: &str = r#"#!/usr/bin/env python3
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, parse_qs
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def handle_any(self):
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        if url.path == "/crash":
+            os._exit(1)
+        if url.path == "/sleep":
+            time.sleep(int(parse_qs(url.query)["ms"][0]) / 1000)
+        text = "%s %s x-test=%s call=%s version=%s pid=%d body=%s" % (
+            self.command, self.path, self.headers.get("X-Test"), self.headers.get("X-Call-Id"),
+            os.environ.get("VERSION"), os.getpid(), body)
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+    def log_message(self, format, *args):
+        pass
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 256
+    daemon_threads = True
+
+print("app starting", flush=True)
+Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
 /// A tar archive holding one executable file: a `process` function's artifact.
 pub fn script_archive(name: &str, script: &str) -> Vec<u8> {
     let mut archive = tar::Builder::new(Vec::new());
