@@ -142,6 +142,39 @@ fn an_app_that_does_not_start_is_refused_and_nothing_is_kept() {
 fn a_crashed_replica_fails_its_request_and_is_replaced() {
     let node = node_with_app(json!({}));
     let before = pid_of(&node.get("/function/app"));
+
+    // Killed from outside with a request in flight: that request fails at once.
+    let in_flight = {
+        let request = node.request("GET", "/function/app/sleep?ms=20000");
+        thread::spawn(move || send(request, None))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &before.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let failed = in_flight.join().expect("request in flight");
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert!(
+        failed.error().contains("did not answer"),
+        "{}",
+        failed.error()
+    );
+
+    // Crashing while answering: the same.
+    let mut replacement = 0;
+    assert!(
+        node.eventually(Duration::from_secs(20), || {
+            let response = node.get("/function/app");
+            if response.status == 200 {
+                replacement = pid_of(&response);
+            }
+            response.status == 200
+        }),
+        "a replacement replica serves"
+    );
+    assert_ne!(replacement, before);
     let crashed = node.get("/function/app/crash");
     assert_eq!(crashed.status, 502, "{}", crashed.body);
     assert!(
@@ -159,7 +192,7 @@ fn a_crashed_replica_fails_its_request_and_is_replaced() {
         }),
         "a replacement replica serves"
     );
-    assert_ne!(after, Some(before), "the crashed replica was replaced");
+    assert_ne!(after, Some(replacement), "the crashed replica was replaced");
 }
 
 #[test]
@@ -304,7 +337,7 @@ fn a_redeploy_under_load_fails_no_request() {
 
 #[test]
 fn scale_sets_a_fixed_count_until_handed_back() {
-    let node = node_with_app(json!({ "scaleDownDelay": "1s" }));
+    let node = Arc::new(node_with_app(json!({ "scaleDownDelay": "1s" })));
     let wisp = |args: &[&str]| node.cli(WISP).args(args).output().expect("run wisp scale");
     let output = wisp(&["scale", "app", "3"]);
     assert!(output.status.success(), "{output:?}");
@@ -313,6 +346,24 @@ fn scale_sets_a_fixed_count_until_handed_back() {
             status(&node)["availableReplicas"] == 3
         }),
         "three replicas ready"
+    );
+    // Scaling down lets the stopped replica finish what it has in flight.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let request = node.request("GET", "/function/app/sleep?ms=1500");
+            thread::spawn(move || send(request, None))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let output = wisp(&["scale", "app", "2"]);
+    assert!(output.status.success(), "{output:?}");
+    for request in slow {
+        let response = request.join().expect("slow request");
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    assert!(
+        node.eventually(Duration::from_secs(20), || replicas(&node) == 2),
+        "down to two"
     );
     let output = wisp(&["scale", "app", "auto"]);
     assert!(output.status.success(), "{output:?}");
@@ -397,6 +448,47 @@ fn over_the_limit_requests_wait_for_the_queue_timeout_then_get_429() {
         rejected.error().contains("waited 300ms"),
         "{}",
         rejected.error()
+    );
+}
+
+#[test]
+fn a_spike_on_one_function_leaves_room_for_the_others() {
+    // Four wasm instances in all: a function without its own limit may use two.
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let data_dir = scratch.path().join("data");
+    let node = Arc::new(Node::start_with(
+        WISP,
+        scratch,
+        data_dir,
+        &["--max-instances", "4"],
+    ));
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    for name in ["greedy", "quiet"] {
+        node.deploy_ok(json!({ "service": name, "kind": "wasm-http", "image": digest }));
+    }
+    let spike: Vec<_> = (0..6)
+        .map(|_| {
+            let node = node.clone();
+            thread::spawn(move || node.get("/function/greedy/sleep?ms=1500").status)
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let response = node.get("/function/quiet");
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let statuses: Vec<u16> = spike
+        .into_iter()
+        .map(|client| client.join().expect("client"))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        2,
+        "greedy ran at its share: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|status| [200, 429].contains(status)),
+        "{statuses:?}"
     );
 }
 
