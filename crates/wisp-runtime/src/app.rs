@@ -29,6 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::header::{self, HeaderName};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::{
@@ -43,7 +44,7 @@ use tokio::{
 use wisp_core::{Readiness, Scale};
 
 use crate::{
-    BoxError, Invocation, InvokeError, PrepareError, Response,
+    BoxError, Invocation, InvokeError, PrepareError, Response, ResponseBody,
     process::{Program, kill_group, signal_group},
 };
 
@@ -53,23 +54,30 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping replica has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How often readiness is probed while a replica starts.
-const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// The first pause between readiness probes of a starting replica; it
+/// doubles up to [`MAX_PROBE_INTERVAL`], so a fast app is found ready within
+/// a millisecond or two and a slow one is not probed in a tight loop.
+const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest pause between readiness probes.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// The longest pause between restarts of an app that keeps failing to start.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Response bodies of known length up to this size are read whole before the
+/// response is sent on, so its head and body leave in one write.
+const BUFFERED_BODY: u64 = 64 << 10;
 /// The longest line of a replica's output kept for the log.
 const MAX_LINE: u64 = 16 << 10;
 /// Request and response headers that belong to one connection, not the message.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// A prepared `process-http` function: its replicas and their autoscaler.
@@ -164,27 +172,24 @@ impl AppFunction {
     /// not start, so a broken app is refused at deploy time.
     pub async fn warm(&self) -> Result<(), InvokeError> {
         let since = Instant::now();
-        let deadline = since + READY_TIMEOUT;
-        loop {
-            let changed = self.app.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let state = self.app.state();
-                if state.ready.len() as u32 >= self.app.scale.min {
-                    return Ok(());
+        let min = self.app.scale.min as usize;
+        self.app
+            .wait_for(since + READY_TIMEOUT, |state| {
+                if state.ready.len() >= min {
+                    Some(Ok(()))
+                } else {
+                    state
+                        .failure_since(since)
+                        .map(|why| Err(InvokeError::Failed(why)))
                 }
-                if let Some(why) = state.failure_since(since) {
-                    return Err(InvokeError::Failed(why));
-                }
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(InvokeError::Failed(format!(
+            })
+            .await
+            .unwrap_or_else(|| {
+                Err(InvokeError::Failed(format!(
                     "the app was not ready within {}s",
                     READY_TIMEOUT.as_secs()
-                )));
-            }
-        }
+                )))
+            })
     }
 
     /// Proxies one request to the least busy ready replica, starting one if
@@ -231,6 +236,23 @@ impl AppFunction {
             };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|length| length <= BUFFERED_BODY)
+        {
+            let body = match tokio::time::timeout_at(invocation.deadline, body.collect()).await {
+                Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
+                Ok(Err(error)) => {
+                    return Err(InvokeError::Failed(format!(
+                        "replica {} broke off its response: {error}",
+                        replica.id
+                    )));
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
+            };
+            return Ok(full_response(parts, body));
+        }
         let body = Proxied {
             body,
             deadline: Box::pin(tokio::time::sleep_until(invocation.deadline)),
@@ -272,37 +294,21 @@ impl AppFunction {
     /// A ready replica, waiting for one to start when there is none.
     async fn replica(&self, invocation: &Invocation) -> Result<Arc<Replica>, InvokeError> {
         let app = &self.app;
-        let since = Instant::now();
-        let mut cold = false;
-        loop {
-            let changed = app.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let state = app.state();
-                if let Some(replica) = state
-                    .ready
-                    .iter()
-                    .min_by_key(|replica| replica.in_flight.load(Ordering::Relaxed))
-                {
-                    return Ok(replica.clone());
-                }
-                if let Some(why) = state.failure_since(since) {
-                    return Err(InvokeError::Failed(why));
-                }
-            }
-            if !cold {
-                cold = true;
-                app.cold_starts.fetch_add(1, Ordering::Relaxed);
-                app.wake.notify_one();
-            }
-            if tokio::time::timeout_at(invocation.deadline, changed)
-                .await
-                .is_err()
-            {
-                return Err(InvokeError::Timeout(invocation.deadline - since));
-            }
+        if let Some(replica) = app.state().least_busy() {
+            return Ok(replica);
         }
+        // A cold start: wake the autoscaler now rather than at its next tick.
+        let since = Instant::now();
+        app.cold_starts.fetch_add(1, Ordering::Relaxed);
+        app.wake.notify_one();
+        app.wait_for(invocation.deadline, |state| match state.least_busy() {
+            Some(replica) => Some(Ok(replica)),
+            None => state
+                .failure_since(since)
+                .map(|why| Err(InvokeError::Failed(why))),
+        })
+        .await
+        .unwrap_or_else(|| Err(InvokeError::Timeout(invocation.deadline - since)))
     }
 }
 
@@ -315,6 +321,24 @@ impl Drop for AppFunction {
 impl App {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("app state")
+    }
+
+    /// Waits until `decide` answers, asking again whenever a replica becomes
+    /// ready or fails to start; `None` once `deadline` passes.
+    async fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut decide: impl FnMut(&State) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(decided) = decide(&self.state()) {
+                return Some(decided);
+            }
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
+        }
     }
 
     /// Stops the autoscaler and every replica.
@@ -383,6 +407,14 @@ impl App {
 }
 
 impl State {
+    /// The ready replica with the fewest requests in flight.
+    fn least_busy(&self) -> Option<Arc<Replica>> {
+        self.ready
+            .iter()
+            .min_by_key(|replica| replica.in_flight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
     /// Why the app failed to start, if it did after `since`.
     fn failure_since(&self, since: Instant) -> Option<String> {
         self.failure
@@ -547,6 +579,7 @@ async fn run_replica(app: Arc<App>) {
 
 /// Polls until the replica on `port` passes its readiness probe.
 async fn wait_ready(app: &App, port: u16) {
+    let mut interval = PROBE_INTERVAL;
     loop {
         let ready = match &app.scale.readiness {
             Readiness::Tcp => tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -566,7 +599,8 @@ async fn wait_ready(app: &App, port: u16) {
         if ready {
             return;
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(MAX_PROBE_INTERVAL);
     }
 }
 
@@ -594,6 +628,14 @@ async fn forward_output(app: Arc<App>, replica: u64, output: Box<dyn AsyncRead +
     }
 }
 
+/// A response whose body is already whole.
+fn full_response(parts: http::response::Parts, body: Bytes) -> Response {
+    let body: ResponseBody = Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    http::Response::from_parts(parts, body)
+}
+
 /// A port nobody listens on now, for a replica's `$PORT`.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -602,8 +644,8 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 

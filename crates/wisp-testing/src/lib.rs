@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, parse_qs
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def handle_any(self):
         url = urlsplit(self.path)

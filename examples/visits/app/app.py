@@ -11,6 +11,9 @@ visits = 0
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without this, Nagle's algorithm
+    # holds the body until the client's delayed ACK, 40 ms per response.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         global visits
