@@ -216,19 +216,14 @@ fn bodies_over_the_limit_are_413() {
 
 #[test]
 fn max_concurrency_answers_429_with_retry_after() {
-    let node = std::sync::Arc::new(node_with_probe(
-        json!({ "maxConcurrency": 1, "timeout": "5s" }),
-    ));
-    let sleeper = {
-        let node = node.clone();
-        std::thread::spawn(move || node.get("/function/probe/sleep?ms=1500").status)
-    };
+    let node = node_with_probe(json!({ "maxConcurrency": 1, "timeout": "5s" }));
+    let sleeper = node.get_in_background("/function/probe/sleep?ms=1500");
     let info =
         || send(node.admin("GET", "/system/info"), None).json()["activeInvocations"].as_u64();
     assert!(node.eventually(Duration::from_secs(5), || info() == Some(1)));
     let rejected = node.get("/function/probe");
     assert_eq!(rejected.status, 429, "{}", rejected.body);
     assert_eq!(rejected.header("retry-after"), Some("1"));
-    assert_eq!(sleeper.join().unwrap(), 200);
+    assert_eq!(sleeper.join().unwrap().status, 200);
     assert_eq!(node.get("/function/probe").status, 200);
 }

@@ -144,10 +144,7 @@ fn a_crashed_replica_fails_its_request_and_is_replaced() {
     let before = pid_of(&node.get("/function/app"));
 
     // Killed from outside with a request in flight: that request fails at once.
-    let in_flight = {
-        let request = node.request("GET", "/function/app/sleep?ms=20000");
-        thread::spawn(move || send(request, None))
-    };
+    let in_flight = node.get_in_background("/function/app/sleep?ms=20000");
     thread::sleep(Duration::from_millis(300));
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &before.to_string()])
@@ -349,10 +346,7 @@ fn scale_sets_a_fixed_count_until_handed_back() {
     );
     // Scaling down lets the stopped replica finish what it has in flight.
     let slow: Vec<_> = (0..3)
-        .map(|_| {
-            let request = node.request("GET", "/function/app/sleep?ms=1500");
-            thread::spawn(move || send(request, None))
-        })
+        .map(|_| node.get_in_background("/function/app/sleep?ms=1500"))
         .collect();
     thread::sleep(Duration::from_millis(300));
     let output = wisp(&["scale", "app", "2"]);
@@ -387,10 +381,7 @@ fn scale_sets_a_fixed_count_until_handed_back() {
 fn sigterm_finishes_requests_in_flight_and_stops_the_replicas() {
     let node = node_with_app(json!({}));
     let pid = pid_of(&node.get("/function/app"));
-    let slow = {
-        let request = node.request("GET", "/function/app/sleep?ms=1000");
-        thread::spawn(move || send(request, None))
-    };
+    let slow = node.get_in_background("/function/app/sleep?ms=1000");
     thread::sleep(Duration::from_millis(300));
     let (status, scratch) = node.stop();
     assert!(status.success(), "{status}");
@@ -454,14 +445,7 @@ fn over_the_limit_requests_wait_for_the_queue_timeout_then_get_429() {
 #[test]
 fn a_spike_on_one_function_leaves_room_for_the_others() {
     // Four wasm instances in all: a function without its own limit may use two.
-    let scratch = tempfile::tempdir().expect("temporary directory");
-    let data_dir = scratch.path().join("data");
-    let node = Arc::new(Node::start_with(
-        WISP,
-        scratch,
-        data_dir,
-        &["--max-instances", "4"],
-    ));
+    let node = Arc::new(Node::start_args(WISP, &["--max-instances", "4"]));
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
     for name in ["greedy", "quiet"] {
         node.deploy_ok(json!({ "service": name, "kind": "wasm-http", "image": digest }));
@@ -494,22 +478,12 @@ fn a_spike_on_one_function_leaves_room_for_the_others() {
 
 #[test]
 fn a_namespace_limit_is_shared_by_its_functions() {
-    let scratch = tempfile::tempdir().expect("temporary directory");
-    let data_dir = scratch.path().join("data");
-    let node = Node::start_with(
-        WISP,
-        scratch,
-        data_dir,
-        &["--namespace-max-concurrency", "1"],
-    );
+    let node = Node::start_args(WISP, &["--namespace-max-concurrency", "1"]);
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
     for name in ["one", "two"] {
         node.deploy_ok(json!({ "service": name, "kind": "wasm-http", "image": digest }));
     }
-    let slow = {
-        let request = node.request("GET", "/function/one/sleep?ms=1000");
-        thread::spawn(move || send(request, None))
-    };
+    let slow = node.get_in_background("/function/one/sleep?ms=1000");
     thread::sleep(Duration::from_millis(200));
     let rejected = node.get("/function/two");
     assert_eq!(rejected.status, 429, "{}", rejected.body);

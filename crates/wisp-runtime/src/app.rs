@@ -197,9 +197,9 @@ impl AppFunction {
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
         let app = &self.app;
         let started = Instant::now();
-        let demand = Demand::new(app.clone());
+        let demand = Counted::new(app.clone(), |app| &app.demand);
         let replica = self.replica(&invocation).await?;
-        let in_flight = InFlight::new(replica.clone());
+        let in_flight = Counted::new(replica.clone(), |replica| &replica.in_flight);
 
         let query = invocation
             .query
@@ -661,35 +661,23 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Counts a request toward its app's demand while it lives.
-struct Demand(Arc<App>);
+/// Counts a request on one of its owner's counters (the app's demand, a
+/// replica's requests in flight) for as long as the guard lives.
+struct Counted<T> {
+    owner: Arc<T>,
+    counter: fn(&T) -> &AtomicU64,
+}
 
-impl Demand {
-    fn new(app: Arc<App>) -> Self {
-        app.demand.fetch_add(1, Ordering::Relaxed);
-        Self(app)
+impl<T> Counted<T> {
+    fn new(owner: Arc<T>, counter: fn(&T) -> &AtomicU64) -> Self {
+        counter(&owner).fetch_add(1, Ordering::Relaxed);
+        Self { owner, counter }
     }
 }
 
-impl Drop for Demand {
+impl<T> Drop for Counted<T> {
     fn drop(&mut self) {
-        self.0.demand.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a request on its replica while it lives.
-struct InFlight(Arc<Replica>);
-
-impl InFlight {
-    fn new(replica: Arc<Replica>) -> Self {
-        replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(replica)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        (self.counter)(&self.owner).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -698,7 +686,7 @@ impl Drop for InFlight {
 struct Proxied {
     body: Incoming,
     deadline: Pin<Box<Sleep>>,
-    _guards: (Demand, InFlight),
+    _guards: (Counted<App>, Counted<Replica>),
 }
 
 impl Body for Proxied {

@@ -291,12 +291,12 @@ impl Node {
     pub(crate) fn namespace_limit(&self, namespace: &str) -> Option<Arc<Limit>> {
         let max = self.config.namespace_max_concurrency?;
         let mut limits = self.namespace_limits.lock().expect("namespace limits");
-        Some(
-            limits
-                .entry(namespace.to_owned())
-                .or_insert_with(|| Arc::new(Limit::new(format!("namespace {namespace}"), max)))
-                .clone(),
-        )
+        if let Some(limit) = limits.get(namespace) {
+            return Some(limit.clone());
+        }
+        let limit = Arc::new(Limit::new(format!("namespace {namespace}"), max));
+        limits.insert(namespace.to_owned(), limit.clone());
+        Some(limit)
     }
 
     /// Stops every function's replicas, once requests in flight are done.

@@ -154,9 +154,14 @@ pub struct Node {
 impl Node {
     /// Starts a node with a fresh data directory.
     pub fn start(wisp: &str) -> Self {
+        Self::start_args(wisp, &[])
+    }
+
+    /// Starts a node with a fresh data directory and extra `wisp up` arguments.
+    pub fn start_args(wisp: &str, args: &[&str]) -> Self {
         let scratch = tempfile::tempdir().expect("temporary directory");
         let data_dir = scratch.path().join("data");
-        Self::start_with(wisp, scratch, data_dir, &[])
+        Self::start_with(wisp, scratch, data_dir, args)
     }
 
     /// Starts a node on `data_dir` with extra `wisp up` arguments; `scratch` holds its log.
@@ -263,6 +268,13 @@ impl Node {
     /// `GET path` without a token.
     pub fn get(&self, path: &str) -> Response {
         send(self.request("GET", path), None)
+    }
+
+    /// `GET path` without a token on a thread of its own, for a request
+    /// that should still be in flight while the test goes on.
+    pub fn get_in_background(&self, path: &str) -> std::thread::JoinHandle<Response> {
+        let request = self.request("GET", path);
+        std::thread::spawn(move || send(request, None))
     }
 
     /// `POST path` with `body`, without a token.
