@@ -4,8 +4,11 @@ use std::io::Read;
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Serialize, de::DeserializeOwned};
-use wisp_core::api::{
-    ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus, ScaleRequest,
+use wisp_core::{
+    api::{
+        ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus, ScaleRequest,
+    },
+    events::{CallInfo, CallList},
 };
 
 use crate::commands::{Remote, default_data_dir};
@@ -20,6 +23,7 @@ pub struct Client {
 /// A function's answer to `wisp invoke`.
 pub struct Answer {
     pub status: u16,
+    pub call_id: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -179,12 +183,42 @@ impl Client {
             }
         };
         let status = response.status();
+        let call_id = response.header("x-call-id").map(str::to_owned);
         let mut body = Vec::new();
         response
             .into_reader()
             .read_to_end(&mut body)
             .context("read the response")?;
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            call_id,
+            body,
+        })
+    }
+
+    /// Async calls, newest first, filtered by the query string `query`.
+    pub fn calls(&self, query: &[(&str, String)]) -> anyhow::Result<CallList> {
+        let mut request = self.request("GET", "/system/calls");
+        for (name, value) in query {
+            request = request.query(name, value);
+        }
+        let response = self.call(request.call())?;
+        self.json(response)
+    }
+
+    /// One async call.
+    pub fn async_call(&self, id: &str) -> anyhow::Result<CallInfo> {
+        let response = self.call(self.request("GET", &format!("/system/calls/{id}")).call())?;
+        self.json(response)
+    }
+
+    /// Queues a finished call again.
+    pub fn retry_call(&self, id: &str) -> anyhow::Result<CallInfo> {
+        let response = self.call(
+            self.request("POST", &format!("/system/calls/{id}/retry"))
+                .call(),
+        )?;
+        self.json(response)
     }
 }
 

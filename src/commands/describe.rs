@@ -67,6 +67,29 @@ impl Describe {
         }
         show("max body size:", d.max_body_size.map(|m| m.to_string()));
         show(
+            "async:",
+            Some(format!(
+                "{} retries from {}, timeout {}, {}",
+                d.retries.unwrap_or_default(),
+                d.retry_backoff.unwrap_or_default(),
+                d.async_timeout.unwrap_or_default(),
+                d.async_concurrency.map_or_else(
+                    || "concurrency bounded by the node's workers".to_owned(),
+                    |n| format!("at most {n} at once")
+                )
+            )),
+        );
+        for trigger in &function.trigger_status {
+            let mut line = trigger.state.clone();
+            if let Some(next) = &trigger.next_firing_at {
+                line += &format!(", next {next}");
+            }
+            if let Some(last) = &trigger.last_fired_at {
+                line += &format!(", last {last}");
+            }
+            show("trigger:", Some(format!("{}: {line}", trigger.trigger)));
+        }
+        show(
             "env:",
             Some(
                 d.env_vars

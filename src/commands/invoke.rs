@@ -11,7 +11,8 @@ use clap::Args;
 use super::Remote;
 use crate::client::Client;
 
-/// Call a function: STDIN is the body, the response goes to STDOUT.
+/// Call a function: STDIN is the body, the response goes to STDOUT (with
+/// --async, the call is queued and its id printed; see `wisp calls`).
 #[derive(Args)]
 pub struct Invoke {
     /// The function, as `name` or `name.namespace`.
@@ -25,13 +26,19 @@ pub struct Invoke {
     /// A path after the function's name, such as `/items/1?full=true`.
     #[arg(long, default_value = "")]
     path: String,
+    /// Queue the call and print its id instead of waiting for the response.
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// With --async: where to POST the result once the call is over.
+    #[arg(long, requires = "asynchronous")]
+    callback: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
 
 impl Invoke {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let headers = self
+        let mut headers = self
             .headers
             .iter()
             .map(|header| match header.split_once('=') {
@@ -49,7 +56,15 @@ impl Invoke {
         if !self.path.is_empty() && !self.path.starts_with(['/', '?']) {
             bail!("--path must start with `/` or `?`");
         }
-        let path = format!("/function/{}{}", self.name, self.path);
+        if let Some(url) = &self.callback {
+            headers.push(("X-Callback-Url".to_owned(), url.clone()));
+        }
+        let route = if self.asynchronous {
+            "async-function"
+        } else {
+            "function"
+        };
+        let path = format!("/{route}/{}{}", self.name, self.path);
         let answer = Client::new(&self.remote).invoke(&path, &self.method, &headers, &body)?;
         if answer.status >= 400 {
             let message = serde_json::from_slice::<wisp_core::api::ErrorBody>(&answer.body)
@@ -59,6 +74,15 @@ impl Invoke {
                 );
             eprintln!("error: {} ({})", message.trim(), answer.status);
             return Ok(ExitCode::FAILURE);
+        }
+        if self.asynchronous {
+            let id = answer.call_id.unwrap_or_default();
+            if self.remote.json {
+                println!("{}", serde_json::json!({ "callId": id }));
+            } else {
+                println!("{id}");
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         std::io::stdout()
             .write_all(&answer.body)

@@ -1,6 +1,7 @@
 //! One module per subcommand; each is a struct with `execute()`.
 
 mod build;
+mod calls;
 mod deploy;
 mod describe;
 mod invoke;
@@ -27,6 +28,7 @@ enum Command {
     Build(build::Build),
     Deploy(deploy::Deploy),
     Invoke(invoke::Invoke),
+    Calls(calls::Calls),
     Ls(ls::Ls),
     Describe(describe::Describe),
     Rm(rm::Rm),
@@ -41,6 +43,7 @@ impl Cli {
             Command::Build(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Deploy(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Invoke(command) => command.execute(),
+            Command::Calls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Describe(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Rm(command) => command.execute().map(|()| ExitCode::SUCCESS),

@@ -30,6 +30,9 @@ pub struct Up {
     /// Concurrent invocations across one namespace's functions [default: unbounded].
     #[arg(long)]
     namespace_max_concurrency: Option<u32>,
+    /// Async calls and triggered events that run at once, across functions.
+    #[arg(long, default_value_t = wisp_server::DEFAULT_ASYNC_WORKERS)]
+    async_workers: u32,
     /// How long a stop (SIGTERM) lets requests in flight finish.
     #[arg(long, default_value = "30s")]
     grace_period: wisp_core::HumanDuration,
@@ -59,6 +62,7 @@ impl Up {
             .max(1);
         config.namespace_max_concurrency = self.namespace_max_concurrency;
         config.grace_period = self.grace_period.0;
+        config.async_workers = self.async_workers;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;

@@ -2,6 +2,7 @@
 //! HTTP and through the real CLI, with guest components built from source.
 
 mod cli;
+mod events;
 mod invoke;
 mod limits;
 mod refusals;

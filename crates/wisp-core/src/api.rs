@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, FunctionKind, HumanDuration};
+use crate::{ByteSize, FunctionKind, HumanDuration, events::TriggerDeclaration};
 
 /// A deploy or update request: `POST` / `PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,21 @@ pub struct FunctionDeployment {
     /// `process-http`: when a replica is ready, `tcp` or a path to `GET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<String>,
+    /// Retries of a failed async call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// The delay before the first retry, doubled for each next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<HumanDuration>,
+    /// Bound on one async invocation; `timeout` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_timeout: Option<HumanDuration>,
+    /// Bound on this function's async calls running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_concurrency: Option<u32>,
+    /// What invokes the function besides HTTP, such as `[{"cron": "*/5 * * * *"}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerDeclaration>,
 }
 
 /// OpenFaaS's `limits` object.
@@ -101,6 +116,9 @@ pub struct FunctionStatus {
     /// Requests that waited for a replica to start.
     #[serde(default)]
     pub cold_starts: u64,
+    /// What each trigger is doing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trigger_status: Vec<crate::events::TriggerStatus>,
 }
 
 /// `POST /system/scale-function/{name}`, in OpenFaaS's shape.
@@ -162,6 +180,9 @@ pub struct SystemInfo {
     pub compile_cache_hits: u64,
     /// Components compiled because no precompiled copy was cached.
     pub compile_cache_misses: u64,
+    /// The async queue's counters.
+    #[serde(default)]
+    pub queue: crate::events::QueueInfo,
 }
 
 /// OpenFaaS's `provider` object.

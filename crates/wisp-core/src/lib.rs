@@ -6,11 +6,15 @@
 //! set of rules and every rule is unit-tested in isolation.
 
 pub mod api;
+pub mod events;
 pub mod manifest;
 pub mod name;
 pub mod spec;
 pub mod units;
 
+pub use events::{CallState, Schedule, Trigger};
 pub use name::{NameError, validate_name};
-pub use spec::{FunctionKind, FunctionSpec, Observed, Readiness, Route, Scale, SpecError};
+pub use spec::{
+    AsyncPolicy, FunctionKind, FunctionSpec, Observed, Readiness, Route, Scale, SpecError,
+};
 pub use units::{ByteSize, HumanDuration};

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{ByteSize, FunctionKind, HumanDuration, api::FunctionDeployment, validate_name};
+use crate::{
+    ByteSize, FunctionKind, HumanDuration, api::FunctionDeployment, events::TriggerDeclaration,
+    validate_name,
+};
 
 /// A parsed `wisp.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -68,6 +71,17 @@ pub struct FunctionManifest {
     pub scale_down_delay: Option<HumanDuration>,
     /// `process-http`: `tcp` or a path to `GET` before a replica takes requests.
     pub readiness: Option<String>,
+    /// Retries of a failed async call.
+    pub retries: Option<u32>,
+    /// The delay before the first retry, doubled for each next one.
+    pub retry_backoff: Option<HumanDuration>,
+    /// Bound on one async invocation.
+    pub async_timeout: Option<HumanDuration>,
+    /// Bound on this function's async calls running at once.
+    pub async_concurrency: Option<u32>,
+    /// What invokes the function besides HTTP.
+    #[serde(default)]
+    pub triggers: Vec<TriggerDeclaration>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
@@ -128,6 +142,11 @@ impl FunctionManifest {
             target_concurrency: self.target_concurrency,
             scale_down_delay: self.scale_down_delay,
             readiness: self.readiness.clone(),
+            retries: self.retries,
+            retry_backoff: self.retry_backoff,
+            async_timeout: self.async_timeout,
+            async_concurrency: self.async_concurrency,
+            triggers: self.triggers.clone(),
         }
     }
 }
@@ -163,6 +182,9 @@ memory = "128MiB"
 max_concurrency = 100
 env = { GREETING = "hi" }
 allowed_outbound_hosts = ["https://api.example.com"]
+retries = 5
+async_concurrency = 2
+triggers = [{ cron = "*/5 * * * *" }]
 "#,
         )
         .unwrap();
@@ -172,6 +194,8 @@ allowed_outbound_hosts = ["https://api.example.com"]
         let deployment = function.deployment(Some("sha256:00".into()));
         assert_eq!(deployment.env_vars["GREETING"], "hi");
         assert_eq!(deployment.max_concurrency, Some(100));
+        assert_eq!(deployment.retries, Some(5));
+        assert_eq!(deployment.triggers[0].cron.as_deref(), Some("*/5 * * * *"));
     }
 
     #[test]

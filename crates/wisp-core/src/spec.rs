@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ByteSize, HumanDuration, NameError,
     api::{FunctionDeployment, FunctionStatus, Limits},
+    events::Trigger,
     validate_name,
 };
 
@@ -34,6 +35,16 @@ pub const DEFAULT_TARGET_CONCURRENCY: u32 = 10;
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 /// The longest a request may wait for a concurrency slot.
 pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Retries of a failed async call when the function does not say, as Lambda does.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// The most retries a function may ask for.
+pub const MAX_RETRIES: u32 = 50;
+/// The first retry's delay when the function does not say; each retry doubles it.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest delay between two attempts, however many failed.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5 * 60);
+/// The longest an async invocation may take.
+pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Paths that belong to the gateway and cannot be a function's route.
 pub const RESERVED_PATHS: &[&str] = &[
     "/system",
@@ -208,6 +219,9 @@ pub enum SpecError {
     /// An environment variable name is not usable.
     #[error("environment variable name `{0}` is not valid")]
     EnvName(String),
+    /// A trigger does not parse.
+    #[error("{0}")]
+    Trigger(String),
 }
 
 /// A validated function with its defaults filled in.
@@ -248,6 +262,53 @@ pub struct FunctionSpec {
     /// How a `process-http` function's replicas are scaled; absent for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<Scale>,
+    /// How async calls run and are retried.
+    #[serde(default)]
+    pub asynchronous: AsyncPolicy,
+    /// What invokes the function besides HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+}
+
+/// How a function's async calls (and triggered events) run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncPolicy {
+    /// Attempts after the first, for 5xx answers, timeouts and crashes.
+    pub retries: u32,
+    /// The delay before the first retry; each retry doubles it, with jitter,
+    /// up to [`MAX_RETRY_DELAY`].
+    pub retry_backoff: HumanDuration,
+    /// Bound on one async invocation (the sync `timeout` applies otherwise).
+    pub timeout: HumanDuration,
+    /// Bound on this function's async calls running at once; the node's
+    /// worker pool bounds them when absent.
+    pub concurrency: Option<u32>,
+}
+
+impl Default for AsyncPolicy {
+    fn default() -> Self {
+        Self {
+            retries: DEFAULT_RETRIES,
+            retry_backoff: HumanDuration(DEFAULT_RETRY_BACKOFF),
+            timeout: HumanDuration(DEFAULT_TIMEOUT),
+            concurrency: None,
+        }
+    }
+}
+
+impl AsyncPolicy {
+    /// The delay before attempt `attempt + 1`, given the failed `attempt`
+    /// (1-based) and `jitter` in `0.0..1.0`: doubling from `retry_backoff`,
+    /// bounded, with the upper half jittered so retries of a burst spread out.
+    pub fn retry_delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let doubled = self
+            .retry_backoff
+            .0
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        let bounded = doubled.min(MAX_RETRY_DELAY);
+        bounded.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    }
 }
 
 /// How a `process-http` function's replicas follow demand.
@@ -351,6 +412,11 @@ impl FunctionSpec {
             target_concurrency,
             scale_down_delay,
             readiness,
+            retries,
+            retry_backoff,
+            async_timeout,
+            async_concurrency,
+            triggers,
         } = deployment;
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -434,6 +500,42 @@ impl FunctionSpec {
             }
             None
         };
+        let asynchronous = AsyncPolicy {
+            retries: retries.unwrap_or(DEFAULT_RETRIES),
+            retry_backoff: retry_backoff.unwrap_or(HumanDuration(DEFAULT_RETRY_BACKOFF)),
+            timeout: async_timeout.unwrap_or(timeout),
+            concurrency: async_concurrency,
+        };
+        if asynchronous.retries > MAX_RETRIES {
+            return Err(SpecError::Limit(format!(
+                "retries {} is out of range (at most {MAX_RETRIES})",
+                asynchronous.retries
+            )));
+        }
+        if asynchronous.retry_backoff.0.is_zero() || asynchronous.retry_backoff.0 > MAX_RETRY_DELAY
+        {
+            return Err(SpecError::Limit(format!(
+                "retryBackoff {} is out of range (more than 0, at most {})",
+                asynchronous.retry_backoff,
+                HumanDuration(MAX_RETRY_DELAY)
+            )));
+        }
+        if asynchronous.timeout.0.is_zero() || asynchronous.timeout.0 > MAX_ASYNC_TIMEOUT {
+            return Err(SpecError::Limit(format!(
+                "asyncTimeout {} is out of range (more than 0, at most {})",
+                asynchronous.timeout,
+                HumanDuration(MAX_ASYNC_TIMEOUT)
+            )));
+        }
+        if async_concurrency == Some(0) {
+            return Err(SpecError::Limit(
+                "asyncConcurrency must be at least 1".into(),
+            ));
+        }
+        let triggers = triggers
+            .into_iter()
+            .map(Trigger::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(bad) = env_vars
             .keys()
             .find(|key| key.is_empty() || key.contains(['=', '\0']))
@@ -457,6 +559,8 @@ impl FunctionSpec {
             allowed_outbound_hosts,
             queue_timeout,
             scale,
+            asynchronous,
+            triggers,
         })
     }
 
@@ -488,11 +592,17 @@ impl FunctionSpec {
                 target_concurrency: scale.map(|scale| scale.target_concurrency),
                 scale_down_delay: scale.map(|scale| scale.scale_down_delay),
                 readiness: scale.map(|scale| scale.readiness.to_string()),
+                retries: Some(self.asynchronous.retries),
+                retry_backoff: Some(self.asynchronous.retry_backoff),
+                async_timeout: Some(self.asynchronous.timeout),
+                async_concurrency: self.asynchronous.concurrency,
+                triggers: self.triggers.iter().cloned().map(Into::into).collect(),
             },
             invocation_count: observed.invocations,
             replicas: observed.replicas,
             available_replicas: observed.available_replicas,
             cold_starts: observed.cold_starts,
+            trigger_status: Vec::new(),
         }
     }
 }
@@ -610,6 +720,29 @@ mod tests {
                 },
                 "memory",
             ),
+            (
+                FunctionDeployment {
+                    retries: Some(MAX_RETRIES + 1),
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "retries",
+            ),
+            (
+                FunctionDeployment {
+                    async_concurrency: Some(0),
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "asyncConcurrency",
+            ),
+            (
+                FunctionDeployment {
+                    triggers: vec![crate::events::TriggerDeclaration {
+                        cron: Some("every day".into()),
+                    }],
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "trigger cron \"every day\"",
+            ),
         ];
         for (deployment, expected) in cases {
             let error = FunctionSpec::from_deployment(deployment)
@@ -620,6 +753,21 @@ mod tests {
                 "`{error}` should mention `{expected}`"
             );
         }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_with_bounded_jitter() {
+        let policy = AsyncPolicy::default();
+        assert_eq!(policy.retry_delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(policy.retry_delay(1, 0.0), Duration::from_millis(500));
+        assert_eq!(policy.retry_delay(3, 1.0), Duration::from_secs(4));
+        assert_eq!(policy.retry_delay(40, 1.0), MAX_RETRY_DELAY);
+        let spec = FunctionSpec::from_deployment(FunctionDeployment {
+            timeout: Some(HumanDuration(Duration::from_secs(3))),
+            ..deployment(FunctionKind::WasmHttp)
+        })
+        .unwrap();
+        assert_eq!(spec.asynchronous.timeout.0, Duration::from_secs(3));
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl NamespaceQuery {
 }
 
 fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
-    spec.status(node.observed(&spec.namespace, &spec.name))
+    let mut status = spec.status(node.observed(&spec.namespace, &spec.name));
+    status.trigger_status = crate::events::cron::status(&node.store, spec);
+    status
 }
 
 async fn list(
@@ -333,5 +335,6 @@ async fn info(State(node): State<Arc<Node>>) -> Result<Json<SystemInfo>, ApiErro
         invocation_count: node.invocations.load(Ordering::Relaxed),
         compile_cache_hits: stats.hits.load(Ordering::Relaxed),
         compile_cache_misses: stats.misses.load(Ordering::Relaxed),
+        queue: node.queue.info(&node.store)?,
     }))
 }

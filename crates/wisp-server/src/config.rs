@@ -10,6 +10,8 @@ pub const DEFAULT_MAX_BODY: u64 = 32 << 20;
 pub const DEFAULT_MAX_ARTIFACT: u64 = 512 << 20;
 /// The default number of WebAssembly instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Async calls that run at once across the node, by default.
+pub const DEFAULT_ASYNC_WORKERS: u32 = 32;
 /// How long a stopping node lets requests in flight finish, by default.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -36,6 +38,8 @@ pub struct Config {
     pub namespace_max_concurrency: Option<u32>,
     /// How long a stopping node lets requests in flight finish.
     pub grace_period: Duration,
+    /// Async calls (and triggered events) that run at once across the node.
+    pub async_workers: u32,
 }
 
 /// A configuration that cannot work.
@@ -62,6 +66,7 @@ impl Config {
             function_max_concurrency: DEFAULT_MAX_INSTANCES / 2,
             namespace_max_concurrency: None,
             grace_period: DEFAULT_GRACE_PERIOD,
+            async_workers: DEFAULT_ASYNC_WORKERS,
         }
     }
 
@@ -86,6 +91,7 @@ impl Config {
                 u64::from(self.namespace_max_concurrency.unwrap_or(1)),
                 "the per-namespace concurrency limit",
             ),
+            (u64::from(self.async_workers), "the number of async workers"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -44,7 +44,16 @@ pub async fn call_id(mut request: Request, next: Next) -> Response {
 }
 
 /// Counts a running invocation for as long as it lives, even if the client goes away.
-struct Active<'a>(&'a Deployed, &'a Node);
+pub(crate) struct Active<'a>(&'a Deployed, &'a Node);
+
+impl<'a> Active<'a> {
+    /// Counts one more invocation of `function` in flight.
+    pub(crate) fn enter(function: &'a Deployed, node: &'a Node) -> Self {
+        function.active.fetch_add(1, Ordering::Relaxed);
+        node.active.fetch_add(1, Ordering::Relaxed);
+        Self(function, node)
+    }
+}
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
@@ -66,20 +75,12 @@ pub struct Call {
 /// Runs one call of `function` and answers with its response or the status its failure maps to.
 pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Response {
     let spec = &function.spec;
-    let limit = spec
-        .max_body_size
-        .map_or(node.config.max_body_size, |size| size.0);
-    let declared = call
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    let limit = body_limit(node, &function);
+    if declared_length(&call.headers).is_some_and(|length| length > limit) {
         return too_large(limit).into_response();
     }
 
-    function.active.fetch_add(1, Ordering::Relaxed);
-    node.active.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(&function, node);
+    let _active = Active::enter(&function, node);
     let queue_timeout = spec.queue_timeout.0;
     let _slot = match function.limit.acquire(queue_timeout).await {
         Ok(slot) => slot,
@@ -94,25 +95,13 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         None => None,
     };
 
-    let body = match http_body_util::Limited::new(call.body, limit as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return too_large(limit).into_response();
-        }
-        Err(error) => {
-            return ApiError::bad_request(format!("could not read the request body: {error}"))
-                .into_response();
-        }
+    let body = match read_body(call.body, limit).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
     };
 
-    function.invocations.fetch_add(1, Ordering::Relaxed);
-    node.invocations.fetch_add(1, Ordering::Relaxed);
-    let started = std::time::Instant::now();
     let invocation = Invocation {
-        call_id: call.call_id.clone(),
+        call_id: call.call_id,
         method: call.method,
         path: call.path,
         query: call.query,
@@ -120,30 +109,48 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         body,
         deadline: tokio::time::Instant::now() + spec.timeout.0,
     };
-    let outcome = function.executor.invoke(invocation).await;
-    let elapsed = started.elapsed();
-    match outcome {
-        Ok(response) => {
-            tracing::debug!(target: "wisp::call", function = %spec.name, call_id = %call.call_id, status = response.status().as_u16(), ?elapsed);
-            response.map(Body::new)
-        }
-        Err(error) => {
-            let status = status_of(&error);
-            tracing::info!(target: "wisp::call", function = %spec.name, call_id = %call.call_id, status = status.as_u16(), ?elapsed, "{error}");
-            match error {
-                InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
-                InvokeError::Internal(detail) => {
-                    ApiError::internal(format!("function {}: {detail}", spec.name)).into_response()
-                }
-                error => ApiError::new(status, format!("function {}: {error}", spec.name))
-                    .into_response(),
+    match invoke(node, &function, invocation).await {
+        Ok(response) => response.map(Body::new),
+        Err(error) => match error {
+            InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
+            InvokeError::Internal(detail) => {
+                ApiError::internal(format!("function {}: {detail}", spec.name)).into_response()
             }
-        }
+            error => ApiError::new(
+                status_of(&error),
+                format!("function {}: {error}", spec.name),
+            )
+            .into_response(),
+        },
     }
 }
 
+/// Runs one admitted invocation, counted and logged: the path sync and async calls share.
+pub(crate) async fn invoke(
+    node: &Node,
+    function: &Deployed,
+    invocation: Invocation,
+) -> Result<wisp_runtime::Response, InvokeError> {
+    function.invocations.fetch_add(1, Ordering::Relaxed);
+    node.invocations.fetch_add(1, Ordering::Relaxed);
+    let call_id = invocation.call_id.clone();
+    let name = &function.spec.name;
+    let started = std::time::Instant::now();
+    let outcome = function.executor.invoke(invocation).await;
+    let elapsed = started.elapsed();
+    match &outcome {
+        Ok(response) => {
+            tracing::debug!(target: "wisp::call", function = %name, call_id = %call_id, status = response.status().as_u16(), ?elapsed);
+        }
+        Err(error) => {
+            tracing::info!(target: "wisp::call", function = %name, call_id = %call_id, status = status_of(error).as_u16(), ?elapsed, "{error}");
+        }
+    }
+    outcome
+}
+
 /// The status an invocation failure answers with.
-fn status_of(error: &InvokeError) -> StatusCode {
+pub(crate) fn status_of(error: &InvokeError) -> StatusCode {
     match error {
         InvokeError::Failed(_) | InvokeError::OutOfMemory(_) | InvokeError::Exit(_) => {
             StatusCode::BAD_GATEWAY
@@ -151,6 +158,46 @@ fn status_of(error: &InvokeError) -> StatusCode {
         InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         InvokeError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The bound on a request body to `function`.
+pub(crate) fn body_limit(node: &Node, function: &Deployed) -> u64 {
+    function
+        .spec
+        .max_body_size
+        .map_or(node.config.max_body_size, |size| size.0)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads a whole request body, or answers 413 past `limit` (checked on the
+/// declared length first, so an oversized upload is refused before it is read).
+pub(crate) async fn read_body_checked(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<bytes::Bytes, ApiError> {
+    if declared_length(headers).is_some_and(|length| length > limit) {
+        return Err(too_large(limit));
+    }
+    read_body(body, limit).await
+}
+
+async fn read_body(body: Body, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {error}"
+        ))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The wisp node: one typed [`Config`], the state it serves from
 //! ([`node::Node`]), the HTTP [`router`] for invocation and administration,
-//! and [`dispatch`], the one place an invocation's outcome becomes a status.
+//! [`dispatch`], the one place an invocation's outcome becomes a status, and
+//! [`events`], the durable queue of async calls and the triggers feeding it.
 //!
 //! The invocation path reads only memory: deployed functions live in an
 //! in-memory table that every deploy writes through to the store first.
@@ -10,6 +11,7 @@ mod admission;
 mod config;
 mod dispatch;
 mod error;
+mod events;
 mod invoke;
 mod node;
 
@@ -18,23 +20,27 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use axum::{Router, middleware, routing::get};
 
 pub use config::{
-    Config, ConfigError, DEFAULT_GRACE_PERIOD, DEFAULT_LISTEN, DEFAULT_MAX_INSTANCES,
+    Config, ConfigError, DEFAULT_ASYNC_WORKERS, DEFAULT_GRACE_PERIOD, DEFAULT_LISTEN,
+    DEFAULT_MAX_INSTANCES,
 };
 pub use error::ApiError;
 pub use node::{Node, StartError};
 
 /// The node's HTTP API: invocation routes, `/system/*` behind the admin token, `/healthz`.
 pub fn router(node: Arc<Node>) -> Router {
-    let system = admin::routes().route_layer(middleware::from_fn_with_state(
-        node.clone(),
-        admin::require_admin,
-    ));
+    let system = admin::routes()
+        .merge(events::routes::system_routes())
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            admin::require_admin,
+        ));
     Router::new()
         .nest("/system", system)
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
+        .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
         .layer(middleware::from_fn(dispatch::call_id))
         .with_state(node)
@@ -70,6 +76,7 @@ pub async fn serve(
             tracing::debug!("TCP_NODELAY: {error}");
         }
     });
+    node.start_events().await;
     let grace = node.config.grace_period;
     let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stopping, stopped) = tokio::sync::oneshot::channel();

@@ -1,12 +1,12 @@
-//! The node's state: the store, the wasm engine, and the in-memory table of
-//! deployed functions that the invocation path reads.
+//! The node's state: the store, the wasm engine, the async queue, and the
+//! in-memory table of deployed functions that the invocation path reads.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -19,7 +19,7 @@ use wisp_runtime::{
 };
 use wisp_store::{Store, StoreError};
 
-use crate::{Config, ConfigError, admission::Limit};
+use crate::{Config, ConfigError, admission::Limit, events};
 
 /// Why a node cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,9 @@ pub enum StartError {
     /// The wasm engine cannot start.
     #[error(transparent)]
     Engine(#[from] PrepareError),
+    /// The queue's writer thread cannot start.
+    #[error("start the queue writer: {0}")]
+    Queue(std::io::Error),
 }
 
 /// A deployed function, ready to serve.
@@ -66,9 +69,14 @@ struct FunctionTable {
 
 /// A running node.
 pub struct Node {
+    me: Weak<Node>,
     pub(crate) config: Config,
     pub(crate) admin_token: String,
-    pub(crate) store: Store,
+    pub(crate) store: Arc<Store>,
+    pub(crate) queue: events::Queue,
+    /// The running tasks of each function's triggers, once events have started.
+    triggers: Mutex<HashMap<(String, String), Vec<tokio::task::AbortHandle>>>,
+    events_started: AtomicBool,
     pub(crate) engine: WasmEngine,
     functions: RwLock<FunctionTable>,
     /// Deploys and removals run one at a time, so "validate, store, swap" is atomic.
@@ -86,7 +94,9 @@ impl Node {
     /// artifact cannot keep the node from serving the others.
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
         config.validate()?;
-        let store = Store::open(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let queue =
+            events::Queue::new(store.clone(), config.async_workers).map_err(StartError::Queue)?;
         let admin_token = match &config.admin_token {
             Some(token) => token.clone(),
             None => load_or_create_token(&config.data_dir.join("admin-token"))?,
@@ -102,10 +112,14 @@ impl Node {
             path: empty_dir.clone(),
             source,
         })?;
-        let node = Arc::new(Self {
+        let node = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             config,
             admin_token,
             store,
+            queue,
+            triggers: Mutex::default(),
+            events_started: AtomicBool::new(false),
             engine,
             functions: RwLock::default(),
             deploy_lock: tokio::sync::Mutex::new(()),
@@ -131,6 +145,38 @@ impl Node {
     /// The admin token.
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// Starts the async side: runs the calls left in the queue, re-sends
+    /// pending callbacks, and starts every function's triggers.
+    pub async fn start_events(self: &Arc<Self>) {
+        self.events_started.store(true, Ordering::SeqCst);
+        events::Queue::recover(self).await;
+        let specs: Vec<FunctionSpec> = {
+            let table = self.functions.read().expect("function table");
+            table.by_name.values().map(|f| f.spec.clone()).collect()
+        };
+        for spec in specs {
+            self.restart_triggers(&spec);
+        }
+    }
+
+    /// Stops a function's trigger tasks and, once events have started, starts its current ones.
+    fn restart_triggers(&self, spec: &FunctionSpec) {
+        let key = (spec.namespace.clone(), spec.name.clone());
+        let started = match self.me.upgrade() {
+            Some(node) if self.events_started.load(Ordering::SeqCst) => {
+                events::cron::start(&node, spec)
+            }
+            _ => Vec::new(),
+        };
+        let mut triggers = self.triggers.lock().expect("triggers");
+        for old in triggers.remove(&key).into_iter().flatten() {
+            old.abort();
+        }
+        if !started.is_empty() {
+            triggers.insert(key, started);
+        }
     }
 
     /// Turns a spec into something that runs: compiles or loads the
@@ -202,19 +248,25 @@ impl Node {
         if let Some(route) = deployed.spec.route.clone() {
             table.routed.push((route, deployed.clone()));
         }
+        let spec = deployed.spec.clone();
         table.by_name.insert(key, deployed);
+        drop(table);
+        self.restart_triggers(&spec);
     }
 
     /// Removes a function from the invocation path; running calls finish.
     pub(crate) fn uninstall(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
         let mut table = self.functions.write().expect("function table");
-        if let Some(removed) = table
-            .by_name
-            .remove(&(namespace.to_owned(), name.to_owned()))
-        {
+        if let Some(removed) = table.by_name.remove(&key) {
             table
                 .routed
                 .retain(|(_, existing)| !Arc::ptr_eq(existing, &removed));
+        }
+        drop(table);
+        let stopped = self.triggers.lock().expect("triggers").remove(&key);
+        for task in stopped.into_iter().flatten() {
+            task.abort();
         }
     }
 

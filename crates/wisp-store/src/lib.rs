@@ -1,6 +1,6 @@
-//! wisp's embedded state: the function registry in SQLite and a
-//! content-addressed artifact directory beside it, both under one data
-//! directory.
+//! wisp's embedded state: the function registry and the durable queue of
+//! async calls in SQLite, and a content-addressed artifact directory beside
+//! them, all under one data directory.
 //!
 //! Writes are atomic: an artifact is written to a temporary file and renamed
 //! into place under its digest, and a process artifact's tree is unpacked into
@@ -9,18 +9,20 @@
 //! the server keeps its routing table in memory and writes through.
 
 mod artifacts;
+mod queue;
 mod registry;
 
 use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
+pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
 pub use registry::StoredFunction;
 
 /// A failure of the store. Every variant names what it was working on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The SQLite database failed.
-    #[error("registry database: {0}")]
+    #[error("state database: {0}")]
     Database(#[from] rusqlite::Error),
     /// A file or directory under the data directory could not be used.
     #[error("{action} {}: {source}", path.display())]
@@ -86,6 +88,7 @@ impl Store {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(registry::SCHEMA)?;
+        db.execute_batch(queue::SCHEMA)?;
         Ok(Self {
             root: root.to_owned(),
             db: std::sync::Mutex::new(db),

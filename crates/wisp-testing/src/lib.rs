@@ -242,11 +242,23 @@ impl Node {
             "send SIGTERM"
         );
         let status = child.wait().expect("wait for wisp");
-        let scratch = std::mem::replace(
+        (status, self.take_scratch())
+    }
+
+    /// Kills the node with SIGKILL, as a crash or the OOM killer would; the
+    /// scratch directory is handed back so the data directory can be reused.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().expect("the node is running");
+        child.kill().expect("send SIGKILL");
+        child.wait().expect("wait for wisp");
+        self.take_scratch()
+    }
+
+    fn take_scratch(&mut self) -> tempfile::TempDir {
+        std::mem::replace(
             &mut self._scratch,
             tempfile::tempdir().expect("temporary directory"),
-        );
-        (status, scratch)
+        )
     }
 
     /// What the node has logged so far.

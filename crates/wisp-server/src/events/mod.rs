@@ -1,0 +1,532 @@
+//! Events: the durable queue of async calls and the workers that run them,
+//! with retries, dead letters and callbacks; and the triggers (cron) that
+//! feed it.
+//!
+//! Every call is committed to the store before it is acknowledged
+//! ([`writer`]), so a crash loses nothing: at start-up, queued calls are
+//! scheduled again and calls that were running are run again (at-least-once).
+//! The scheduler keeps only ids in memory, one FIFO per function, and starts
+//! calls round-robin across functions, within the node's worker pool and each
+//! function's `async_concurrency`.
+
+mod callback;
+pub(crate) mod cron;
+pub(crate) mod record;
+pub(crate) mod routes;
+mod writer;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt as _;
+use wisp_core::{
+    CallState,
+    events::{CallResult, QueueInfo},
+};
+use wisp_runtime::{Invocation, InvokeError};
+use wisp_store::{NewCall, PendingCall, Store};
+
+use crate::{
+    dispatch::{self, Active},
+    node::Node,
+};
+pub use writer::{Write, Writer, Written};
+
+/// How much of a result body is kept with the call.
+pub const RESULT_LIMIT: usize = 256 << 10;
+/// How long succeeded and failed calls are kept; dead letters stay until retried.
+const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A function's key: `(namespace, name)`.
+type Key = (String, String);
+
+/// The milliseconds since the Unix epoch of a time.
+pub(crate) fn millis(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+/// Calls waiting in memory for one function.
+#[derive(Default)]
+struct Waiting {
+    ids: VecDeque<String>,
+    running: u32,
+}
+
+/// Which call runs next.
+#[derive(Default)]
+struct Scheduler {
+    functions: HashMap<Key, Waiting>,
+    /// Functions with waiting calls, in turn order; each appears once.
+    turn: VecDeque<Key>,
+    running: u32,
+}
+
+/// Counters since the node started.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub enqueued: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub callbacks_delivered: AtomicU64,
+    pub callbacks_failed: AtomicU64,
+    pub trigger_firings: AtomicU64,
+}
+
+/// The async queue of a node.
+pub struct Queue {
+    writer: Writer,
+    scheduler: Mutex<Scheduler>,
+    workers: u32,
+    pub(crate) counters: Counters,
+    callbacks: callback::Client,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// Final: succeeded (1xx-3xx) or failed (4xx).
+    Answered(CallState, CallResult, bytes::Bytes),
+    /// The call cannot run at all (its function is gone, its record is corrupt): failed.
+    Broken(String),
+    /// Worth another attempt: 429, 5xx, timeout or crash.
+    Failed {
+        error: String,
+        result: Option<CallResult>,
+        status: u16,
+        body: bytes::Bytes,
+    },
+}
+
+impl Queue {
+    /// A queue writing to `store` and running at most `workers` calls at once.
+    pub fn new(store: Arc<Store>, workers: u32) -> std::io::Result<Self> {
+        Ok(Self {
+            writer: Writer::start(store)?,
+            scheduler: Mutex::default(),
+            workers,
+            counters: Counters::default(),
+            callbacks: callback::Client::new(),
+        })
+    }
+
+    /// Commits a write.
+    pub(crate) async fn write(&self, write: Write) -> Result<Written, String> {
+        self.writer.write(write).await
+    }
+
+    /// At start-up: schedules every call still to run, re-sends pending
+    /// callbacks, and starts pruning old calls.
+    pub(crate) async fn recover(node: &Arc<Node>) {
+        let recovered = {
+            let store = node.store.clone();
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, wisp_store::StoreError>((
+                    store.recover_calls()?,
+                    store.pending_callbacks()?,
+                ))
+            })
+            .await
+        };
+        let ((pending, redelivered), callbacks) = match recovered {
+            Ok(Ok(recovered)) => recovered,
+            Ok(Err(error)) => {
+                tracing::error!(
+                    "the queue could not be read; queued calls wait until the next start: {error}"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::error!("the queue could not be read: {error}");
+                return;
+            }
+        };
+        let queue = &node.queue;
+        queue
+            .counters
+            .redelivered
+            .fetch_add(redelivered, Ordering::Relaxed);
+        if !pending.is_empty() {
+            tracing::info!(
+                "{} queued calls to run, {redelivered} of them interrupted by the last stop",
+                pending.len()
+            );
+        }
+        let now = millis(Utc::now());
+        for call in pending {
+            let delay = Duration::from_millis(call.due_at.saturating_sub(now).max(0) as u64);
+            Self::schedule(node, call, delay);
+        }
+        for row in callbacks {
+            callback::resume(node, row);
+        }
+        let node = Arc::downgrade(node);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let before = millis(Utc::now()) - RETENTION.as_millis() as i64;
+                if let Err(error) = node.queue.write(Write::Prune { before }).await {
+                    tracing::warn!("could not prune old calls: {error}");
+                }
+            }
+        });
+    }
+
+    /// Accepts a call: commits it (with the trigger firing it stands for,
+    /// if any), then schedules it. `Ok(false)` if a call with its id exists.
+    pub(crate) async fn enqueue(
+        node: &Arc<Node>,
+        call: NewCall,
+        fired: Option<(String, i64)>,
+    ) -> Result<bool, String> {
+        let pending = PendingCall {
+            id: call.id.clone(),
+            namespace: call.namespace.clone(),
+            function: call.function.clone(),
+            due_at: call.created_at,
+        };
+        let write = match fired {
+            Some((trigger, fired_at)) => Write::Fire {
+                call,
+                trigger,
+                fired_at,
+            },
+            None => Write::Enqueue(call),
+        };
+        let Written::Enqueued(new) = node.queue.write(write).await? else {
+            unreachable!("an enqueue answers Enqueued")
+        };
+        if new {
+            node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+            Self::schedule(node, pending, Duration::ZERO);
+        }
+        Ok(new)
+    }
+
+    /// Holds a call until `delay` has passed, then lets it take its turn.
+    pub(crate) fn schedule(node: &Arc<Node>, call: PendingCall, delay: Duration) {
+        if delay.is_zero() {
+            node.queue.push(node, call);
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            node.queue.push(&node, call);
+        });
+    }
+
+    fn push(&self, node: &Arc<Node>, call: PendingCall) {
+        {
+            let mut scheduler = self.scheduler.lock().expect("scheduler");
+            let key = (call.namespace, call.function);
+            let waiting = scheduler.functions.entry(key.clone()).or_default();
+            if waiting.ids.is_empty() {
+                scheduler.turn.push_back(key.clone());
+            }
+            scheduler
+                .functions
+                .get_mut(&key)
+                .expect("just inserted")
+                .ids
+                .push_back(call.id);
+        }
+        self.pump(node);
+    }
+
+    /// Starts as many waiting calls as the worker pool and each function's
+    /// `async_concurrency` allow, taking functions in turn.
+    fn pump(&self, node: &Arc<Node>) {
+        let mut starts = Vec::new();
+        {
+            let mut scheduler = self.scheduler.lock().expect("scheduler");
+            let mut skipped = 0;
+            while scheduler.running < self.workers && skipped < scheduler.turn.len() {
+                let key = scheduler.turn.pop_front().expect("turn is not empty");
+                let limit = node
+                    .function(&key.0, &key.1)
+                    .and_then(|function| function.spec.asynchronous.concurrency)
+                    .unwrap_or(u32::MAX);
+                let waiting = scheduler.functions.get_mut(&key).expect("a turn has calls");
+                if waiting.running >= limit {
+                    scheduler.turn.push_back(key);
+                    skipped += 1;
+                    continue;
+                }
+                let id = waiting.ids.pop_front().expect("a turn has calls");
+                waiting.running += 1;
+                let more = !waiting.ids.is_empty();
+                scheduler.running += 1;
+                if more {
+                    scheduler.turn.push_back(key.clone());
+                }
+                skipped = 0;
+                starts.push((key, id));
+            }
+        }
+        for (key, id) in starts {
+            let node = node.clone();
+            tokio::spawn(async move {
+                Self::run(&node, &key, id).await;
+                {
+                    let mut scheduler = node.queue.scheduler.lock().expect("scheduler");
+                    scheduler.running -= 1;
+                    if let Some(waiting) = scheduler.functions.get_mut(&key) {
+                        waiting.running -= 1;
+                        if waiting.running == 0 && waiting.ids.is_empty() {
+                            scheduler.functions.remove(&key);
+                        }
+                    }
+                }
+                node.queue.pump(&node);
+            });
+        }
+    }
+
+    /// Runs one attempt of a call and records what came of it.
+    async fn run(node: &Arc<Node>, key: &Key, id: String) {
+        let queue = &node.queue;
+        let now = millis(Utc::now());
+        let started = match queue
+            .write(Write::Start {
+                id: id.clone(),
+                now,
+            })
+            .await
+        {
+            Ok(Written::Started(Some(started))) => started,
+            Ok(_) => return, // no longer queued: retried by hand or pruned
+            Err(error) => {
+                tracing::error!("call {id} could not start, trying again in 1s: {error}");
+                let call = PendingCall {
+                    id,
+                    namespace: key.0.clone(),
+                    function: key.1.clone(),
+                    due_at: now,
+                };
+                Self::schedule(node, call, Duration::from_secs(1));
+                return;
+            }
+        };
+        queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let attempt = match record::CloudEvent::decode(&started.event) {
+            Ok(event) => match node.function(&key.0, &key.1) {
+                Some(function) => {
+                    let request = event.request();
+                    let invocation = Invocation {
+                        call_id: id.clone(),
+                        method: request.method,
+                        path: request.path,
+                        query: request.query,
+                        headers: request.headers,
+                        body: request.body,
+                        deadline: tokio::time::Instant::now()
+                            + function.spec.asynchronous.timeout.0,
+                    };
+                    let _active = Active::enter(&function, node);
+                    let limit = dispatch::body_limit(node, &function) as usize;
+                    let deadline = invocation.deadline;
+                    attempt(
+                        dispatch::invoke(node, &function, invocation).await,
+                        limit,
+                        deadline,
+                    )
+                    .await
+                }
+                None => Attempt::Broken(format!("function {}.{} is not deployed", key.1, key.0)),
+            },
+            Err(error) => Attempt::Broken(format!(
+                "the stored call is corrupt and cannot run: {error}"
+            )),
+        };
+        let now = millis(Utc::now());
+        let (state, error, result, status, body) = match attempt {
+            Attempt::Answered(state, result, body) => {
+                (state, None, Some(result.clone()), result.status, body)
+            }
+            Attempt::Broken(error) => {
+                let body = serde_json::json!({ "error": error }).to_string();
+                (CallState::Failed, Some(error), None, 500, body.into())
+            }
+            Attempt::Failed {
+                error,
+                result,
+                status,
+                body,
+            } => {
+                let policy = node
+                    .function(&key.0, &key.1)
+                    .map(|function| function.spec.asynchronous.clone())
+                    .unwrap_or_default();
+                if started.attempts <= policy.retries {
+                    let delay = policy.retry_delay(started.attempts, jitter());
+                    let retry = Write::Retry {
+                        id: id.clone(),
+                        due_at: now + delay.as_millis() as i64,
+                        error: error.clone(),
+                        result: result.as_ref().map(to_json),
+                    };
+                    match queue.write(retry).await {
+                        Ok(_) => {
+                            queue.counters.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(target: "wisp::call", call_id = %id, attempt = started.attempts, "retrying in {}ms: {error}", delay.as_millis());
+                            let call = PendingCall {
+                                id,
+                                namespace: key.0.clone(),
+                                function: key.1.clone(),
+                                due_at: now,
+                            };
+                            Self::schedule(node, call, delay);
+                        }
+                        Err(store) => {
+                            tracing::error!("call {id} could not be queued for a retry: {store}")
+                        }
+                    }
+                    return;
+                }
+                (CallState::Dead, Some(error), result, status, body)
+            }
+        };
+        let finish = Write::Finish {
+            id: id.clone(),
+            state,
+            now,
+            error: error.clone(),
+            result: result.as_ref().map(to_json),
+        };
+        if let Err(store) = queue.write(finish).await {
+            tracing::error!("call {id} could not be recorded as {state}: {store}");
+            return;
+        }
+        if state == CallState::Dead {
+            tracing::warn!(target: "wisp::call", call_id = %id, "dead after {} attempts: {}", started.attempts, error.unwrap_or_default());
+        }
+        if let Some(url) = started.callback_url {
+            let headers = result.map(|result| result.headers).unwrap_or_default();
+            let function = format!("{}.{}", key.1, key.0);
+            callback::deliver(node, id, function, url, status, headers, body);
+        }
+    }
+
+    /// The queue's counters and gauges, for `/system/info`.
+    pub(crate) fn info(&self, store: &Store) -> Result<QueueInfo, wisp_store::StoreError> {
+        let counts = store.queue_counts()?;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = &self.counters;
+        Ok(QueueInfo {
+            depth: counts.queued,
+            running: counts.running,
+            dead: counts.dead,
+            enqueued: load(&counters.enqueued),
+            attempts: load(&counters.attempts),
+            retries: load(&counters.retries),
+            redelivered: load(&counters.redelivered),
+            callbacks_delivered: load(&counters.callbacks_delivered),
+            callbacks_failed: load(&counters.callbacks_failed),
+            trigger_firings: load(&counters.trigger_firings),
+        })
+    }
+}
+
+fn to_json(result: &CallResult) -> String {
+    serde_json::to_string(result).expect("a result serializes")
+}
+
+/// A random number in `0.0..1.0` for retry jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+/// Reads the outcome of one attempt, the response body up to `limit` and the deadline.
+async fn attempt(
+    outcome: Result<wisp_runtime::Response, InvokeError>,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Attempt {
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            let status = dispatch::status_of(&error).as_u16();
+            let body = serde_json::json!({ "error": error.to_string() }).to_string();
+            return Attempt::Failed {
+                error: error.to_string(),
+                result: None,
+                status,
+                body: body.into(),
+            };
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = match tokio::time::timeout_at(deadline, read_prefix(body, limit)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            return Attempt::Failed {
+                error: format!("the response body could not be read: {error}"),
+                result: None,
+                status: 502,
+                body: bytes::Bytes::new(),
+            };
+        }
+        Err(_) => {
+            return Attempt::Failed {
+                error: "the function timed out while writing its response".into(),
+                result: None,
+                status: 504,
+                body: bytes::Bytes::new(),
+            };
+        }
+    };
+    let status = parts.status.as_u16();
+    let headers: BTreeMap<String, String> = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+        .collect();
+    let kept = &body[..body.len().min(RESULT_LIMIT)];
+    let result = CallResult {
+        status,
+        headers,
+        body: String::from_utf8_lossy(kept).into_owned(),
+        truncated: kept.len() < body.len(),
+    };
+    match status {
+        429 | 500.. => Attempt::Failed {
+            error: format!("the function answered {status}"),
+            result: Some(result),
+            status,
+            body,
+        },
+        400..=499 => Attempt::Answered(CallState::Failed, result, body),
+        _ => Attempt::Answered(CallState::Succeeded, result, body),
+    }
+}
+
+/// Reads a response body up to `limit` bytes; the rest is dropped.
+async fn read_prefix(
+    mut body: wisp_runtime::ResponseBody,
+    limit: usize,
+) -> Result<bytes::Bytes, String> {
+    let mut kept = bytes::BytesMut::new();
+    while kept.len() < limit
+        && let Some(frame) = body.frame().await
+    {
+        let frame = frame.map_err(|error| error.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            let room = limit - kept.len();
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok(kept.freeze())
+}

@@ -1,0 +1,194 @@
+//! The queue's writer: one thread that owns every write to the queue and
+//! commits whatever arrived while it was busy in one transaction (group
+//! commit). A 202 is answered only once its call is committed, and a burst of
+//! enqueues costs one commit, not one each.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use wisp_core::CallState;
+use wisp_store::{NewCall, PendingCall, QueueBatch, StartedCall, Store, StoreError};
+
+/// The most writes committed together.
+const MAX_BATCH: usize = 1024;
+
+/// One write to the queue.
+pub enum Write {
+    /// Accept a call.
+    Enqueue(NewCall),
+    /// Accept a trigger's call and record that the trigger fired, atomically.
+    Fire {
+        /// The call.
+        call: NewCall,
+        /// The trigger's label.
+        trigger: String,
+        /// The firing time, in milliseconds.
+        fired_at: i64,
+    },
+    /// Take a queued call for an attempt.
+    Start {
+        /// The call.
+        id: String,
+        /// Now.
+        now: i64,
+    },
+    /// Record a final state.
+    Finish {
+        /// The call.
+        id: String,
+        /// Succeeded, failed or dead.
+        state: CallState,
+        /// Now.
+        now: i64,
+        /// Why the last attempt failed.
+        error: Option<String>,
+        /// The last result as JSON.
+        result: Option<String>,
+    },
+    /// Queue a failed attempt's call again.
+    Retry {
+        /// The call.
+        id: String,
+        /// When the next attempt is due.
+        due_at: i64,
+        /// Why this attempt failed.
+        error: String,
+        /// This attempt's result as JSON.
+        result: Option<String>,
+    },
+    /// Queue a finished call again.
+    Requeue {
+        /// The call.
+        id: String,
+        /// Now.
+        now: i64,
+    },
+    /// Record how a callback went.
+    Callback {
+        /// The call.
+        id: String,
+        /// `delivered` or `failed`.
+        state: &'static str,
+    },
+    /// Forget finished calls older than this.
+    Prune {
+        /// The cut-off.
+        before: i64,
+    },
+}
+
+/// What a write answers.
+pub enum Written {
+    /// `Enqueue` and `Fire`: whether the call was new.
+    Enqueued(bool),
+    /// `Start`: the call, if it was queued.
+    Started(Option<StartedCall>),
+    /// `Requeue`: the call, if it was finished.
+    Requeued(Option<PendingCall>),
+    /// Anything else.
+    Done,
+}
+
+impl Write {
+    fn apply(&self, batch: &QueueBatch<'_>) -> Result<Written, StoreError> {
+        Ok(match self {
+            Self::Enqueue(call) => Written::Enqueued(batch.enqueue(call)?),
+            Self::Fire {
+                call,
+                trigger,
+                fired_at,
+            } => {
+                let new = batch.enqueue(call)?;
+                batch.set_fired(&call.namespace, &call.function, trigger, *fired_at)?;
+                Written::Enqueued(new)
+            }
+            Self::Start { id, now } => Written::Started(batch.start(id, *now)?),
+            Self::Finish {
+                id,
+                state,
+                now,
+                error,
+                result,
+            } => {
+                batch.finish(id, *state, *now, error.as_deref(), result.as_deref())?;
+                Written::Done
+            }
+            Self::Retry {
+                id,
+                due_at,
+                error,
+                result,
+            } => {
+                batch.retry(id, *due_at, error, result.as_deref())?;
+                Written::Done
+            }
+            Self::Requeue { id, now } => Written::Requeued(batch.requeue(id, *now)?),
+            Self::Callback { id, state } => {
+                batch.set_callback_state(id, state)?;
+                Written::Done
+            }
+            Self::Prune { before } => {
+                batch.prune(*before)?;
+                Written::Done
+            }
+        })
+    }
+}
+
+type Reply = oneshot::Sender<Result<Written, String>>;
+
+/// The handle to the writer thread.
+pub struct Writer {
+    sender: mpsc::UnboundedSender<(Write, Reply)>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `store`.
+    pub fn start(store: Arc<Store>) -> std::io::Result<Self> {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<(Write, Reply)>();
+        std::thread::Builder::new()
+            .name("wisp-queue-writer".into())
+            .spawn(move || {
+                while let Some(first) = receiver.blocking_recv() {
+                    let mut writes = vec![first];
+                    while writes.len() < MAX_BATCH
+                        && let Ok(next) = receiver.try_recv()
+                    {
+                        writes.push(next);
+                    }
+                    let applied = store.batch(|batch| {
+                        writes
+                            .iter()
+                            .map(|(write, _)| write.apply(batch).map_err(|e| e.to_string()))
+                            .collect::<Vec<_>>()
+                    });
+                    match applied {
+                        Ok(results) => {
+                            for ((_, reply), result) in writes.into_iter().zip(results) {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!("the queue could not commit: {error}");
+                            let message = error.to_string();
+                            for (_, reply) in writes {
+                                let _ = reply.send(Err(message.clone()));
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { sender })
+    }
+
+    /// Commits one write and answers what it did; the error is the store's message.
+    pub async fn write(&self, write: Write) -> Result<Written, String> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((write, reply))
+            .map_err(|_| "the queue writer has stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the queue writer has stopped".to_owned())?
+    }
+}

@@ -1,0 +1,508 @@
+//! The durable queue of async calls and the state of cron triggers.
+//!
+//! A call is one row: its event (a CloudEvent in protobuf, opaque here), its
+//! state and attempts, and the latest result. Writes go through a
+//! [`QueueBatch`], so a writer can commit many of them in one transaction.
+//! Times are milliseconds since the Unix epoch.
+
+use rusqlite::{OptionalExtension as _, params};
+use wisp_core::CallState;
+
+use crate::{Store, StoreError};
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS calls (
+    id             TEXT PRIMARY KEY,
+    namespace      TEXT NOT NULL,
+    function       TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    source         TEXT NOT NULL,
+    event          BLOB NOT NULL,
+    callback_url   TEXT,
+    callback_state TEXT,
+    created_at     INTEGER NOT NULL,
+    due_at         INTEGER NOT NULL,
+    started_at     INTEGER,
+    finished_at    INTEGER,
+    error          TEXT,
+    result         TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_by_state ON calls (state, due_at);
+CREATE INDEX IF NOT EXISTS calls_by_function ON calls (namespace, function, created_at);
+CREATE TABLE IF NOT EXISTS trigger_firings (
+    namespace  TEXT NOT NULL,
+    function   TEXT NOT NULL,
+    trigger    TEXT NOT NULL,
+    fired_at   INTEGER NOT NULL,
+    PRIMARY KEY (namespace, function, trigger)
+);
+";
+
+/// A call to accept.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// Its id.
+    pub id: String,
+    /// The function's namespace.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// What fired it: `http` or a trigger's label.
+    pub source: String,
+    /// The encoded event.
+    pub event: Vec<u8>,
+    /// Where to POST the result.
+    pub callback_url: Option<String>,
+    /// When it was accepted.
+    pub created_at: i64,
+}
+
+/// A call a worker has just taken.
+#[derive(Debug, Clone)]
+pub struct StartedCall {
+    /// The encoded event.
+    pub event: Vec<u8>,
+    /// Attempts including this one.
+    pub attempts: u32,
+    /// Where to POST the result.
+    pub callback_url: Option<String>,
+}
+
+/// A call that waits to run: what the scheduler needs to hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCall {
+    /// Its id.
+    pub id: String,
+    /// The function's namespace.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// When it may run.
+    pub due_at: i64,
+}
+
+/// A call as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    /// Its id.
+    pub id: String,
+    /// The function's namespace.
+    pub namespace: String,
+    /// The function.
+    pub function: String,
+    /// Where it is.
+    pub state: CallState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// What fired it.
+    pub source: String,
+    /// When it was accepted.
+    pub created_at: i64,
+    /// When it may run next.
+    pub due_at: i64,
+    /// When its latest attempt started.
+    pub started_at: Option<i64>,
+    /// When it reached its final state.
+    pub finished_at: Option<i64>,
+    /// Why its latest attempt failed.
+    pub error: Option<String>,
+    /// Its latest result, as JSON.
+    pub result: Option<String>,
+    /// Where to POST the result.
+    pub callback_url: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    pub callback_state: Option<String>,
+}
+
+/// Which calls to list.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this function.
+    pub function: Option<String>,
+    /// Only calls in this state.
+    pub state: Option<CallState>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// Calls by state, for the queue's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting to run.
+    pub queued: u64,
+    /// Running.
+    pub running: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+const CALL_COLUMNS: &str = "id, namespace, function, state, attempts, source, created_at, due_at, \
+     started_at, finished_at, error, result, callback_url, callback_state";
+
+fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
+    let state: String = row.get(3)?;
+    Ok(CallRow {
+        id: row.get(0)?,
+        namespace: row.get(1)?,
+        function: row.get(2)?,
+        state: state.parse().map_err(|error: String| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, error.into())
+        })?,
+        attempts: row.get(4)?,
+        source: row.get(5)?,
+        created_at: row.get(6)?,
+        due_at: row.get(7)?,
+        started_at: row.get(8)?,
+        finished_at: row.get(9)?,
+        error: row.get(10)?,
+        result: row.get(11)?,
+        callback_url: row.get(12)?,
+        callback_state: row.get(13)?,
+    })
+}
+
+/// Queue writes inside one transaction.
+pub struct QueueBatch<'a>(&'a rusqlite::Transaction<'a>);
+
+impl QueueBatch<'_> {
+    /// Stores a new call as queued; `false` if a call with its id exists.
+    pub fn enqueue(&self, call: &NewCall) -> Result<bool, StoreError> {
+        let inserted = self.0.prepare_cached(
+            "INSERT OR IGNORE INTO calls (id, namespace, function, state, source, event, callback_url, callback_state, created_at, due_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, NULL, ?7, ?7)",
+        )?
+        .execute(params![
+            call.id,
+            call.namespace,
+            call.function,
+            call.source,
+            call.event,
+            call.callback_url,
+            call.created_at
+        ])?;
+        Ok(inserted == 1)
+    }
+
+    /// Marks a queued call running and counts the attempt; `None` if it is not queued.
+    pub fn start(&self, id: &str, now: i64) -> Result<Option<StartedCall>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = ?2
+                 WHERE id = ?1 AND state = 'queued'
+                 RETURNING event, attempts, callback_url",
+            )?
+            .query_row(params![id, now], |row| {
+                Ok(StartedCall {
+                    event: row.get(0)?,
+                    attempts: row.get(1)?,
+                    callback_url: row.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records a call's final state and its latest result.
+    pub fn finish(
+        &self,
+        id: &str,
+        state: CallState,
+        now: i64,
+        error: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4, result = ?5,
+                     callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, state.as_str(), now, error, result])?;
+        Ok(())
+    }
+
+    /// Puts a failed attempt's call back in the queue, due at `due_at`.
+    pub fn retry(
+        &self,
+        id: &str,
+        due_at: i64,
+        error: &str,
+        result: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, due_at, error, result])?;
+        Ok(())
+    }
+
+    /// Queues a finished call again with fresh attempts; `None` if it is not
+    /// finished (or does not exist).
+    pub fn requeue(&self, id: &str, now: i64) -> Result<Option<PendingCall>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "UPDATE calls SET state = 'queued', attempts = 0, due_at = ?2, finished_at = NULL,
+                     callback_state = NULL
+                 WHERE id = ?1 AND state IN ('succeeded', 'failed', 'dead')
+                 RETURNING id, namespace, function, due_at",
+            )?
+            .query_row(params![id, now], |row| {
+                Ok(PendingCall {
+                    id: row.get(0)?,
+                    namespace: row.get(1)?,
+                    function: row.get(2)?,
+                    due_at: row.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records how a call's callback went: `delivered` or `failed`.
+    pub fn set_callback_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("UPDATE calls SET callback_state = ?2 WHERE id = ?1")?
+            .execute(params![id, state])?;
+        Ok(())
+    }
+
+    /// Records that a function's trigger fired for the time `fired_at`.
+    pub fn set_fired(
+        &self,
+        namespace: &str,
+        function: &str,
+        trigger: &str,
+        fired_at: i64,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO trigger_firings (namespace, function, trigger, fired_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (namespace, function, trigger) DO UPDATE SET fired_at = excluded.fired_at",
+            )?
+            .execute(params![namespace, function, trigger, fired_at])?;
+        Ok(())
+    }
+
+    /// Forgets calls that succeeded or failed before `before`; dead letters stay.
+    pub fn prune(&self, before: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "DELETE FROM calls WHERE state IN ('succeeded', 'failed') AND finished_at < ?1
+                 AND (callback_state IS NULL OR callback_state != 'pending')",
+            )?
+            .execute(params![before])?)
+    }
+}
+
+impl Store {
+    /// Runs `write` in one transaction and commits it. An operation that
+    /// fails inside does not undo the others; a failed commit undoes all.
+    pub fn batch<R>(&self, write: impl FnOnce(&QueueBatch<'_>) -> R) -> Result<R, StoreError> {
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        let result = write(&QueueBatch(&transaction));
+        transaction.commit()?;
+        Ok(result)
+    }
+
+    /// At start-up: every call still to run, oldest first. Calls that were
+    /// running when the node stopped are queued again (at-least-once); the
+    /// second value counts them.
+    pub fn recover_calls(&self) -> Result<(Vec<PendingCall>, u64), StoreError> {
+        let db = self.db();
+        let redelivered = db.execute(
+            "UPDATE calls SET state = 'queued', due_at = started_at WHERE state = 'running'",
+            [],
+        )? as u64;
+        let mut statement = db.prepare(
+            "SELECT id, namespace, function, due_at FROM calls WHERE state = 'queued' ORDER BY due_at",
+        )?;
+        let pending = statement
+            .query_map([], |row| {
+                Ok(PendingCall {
+                    id: row.get(0)?,
+                    namespace: row.get(1)?,
+                    function: row.get(2)?,
+                    due_at: row.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok((pending, redelivered))
+    }
+
+    /// Finished calls whose callback has not been delivered yet.
+    pub fn pending_callbacks(&self) -> Result<Vec<CallRow>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE callback_state = 'pending' ORDER BY finished_at"
+        ))?;
+        let rows = statement
+            .query_map([], call_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// One call, if it exists.
+    pub fn call(&self, id: &str) -> Result<Option<CallRow>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"),
+                params![id],
+                call_row,
+            )
+            .optional()?)
+    }
+
+    /// Calls matching `filter`, newest first.
+    pub fn calls(&self, filter: &CallFilter) -> Result<Vec<CallRow>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls
+             WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR state = ?3)
+             ORDER BY created_at DESC, id LIMIT ?4"
+        ))?;
+        let rows = statement
+            .query_map(
+                params![
+                    filter.namespace,
+                    filter.function,
+                    filter.state.map(CallState::as_str),
+                    filter.limit
+                ],
+                call_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// How many calls wait, run, and are dead.
+    pub fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT state, count(*) FROM calls WHERE state IN ('queued', 'running', 'dead') GROUP BY state",
+        )?;
+        let mut counts = QueueCounts::default();
+        for row in statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))? {
+            let (state, count) = row?;
+            match state.as_str() {
+                "queued" => counts.queued = count,
+                "running" => counts.running = count,
+                _ => counts.dead = count,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// When a function's trigger last fired, if it ever did.
+    pub fn fired_at(
+        &self,
+        namespace: &str,
+        function: &str,
+        trigger: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT fired_at FROM trigger_firings WHERE namespace = ?1 AND function = ?2 AND trigger = ?3",
+                params![namespace, function, trigger],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, created_at: i64) -> NewCall {
+        NewCall {
+            id: id.into(),
+            namespace: "default".into(),
+            function: "f".into(),
+            source: "http".into(),
+            event: vec![1, 2, 3],
+            callback_url: Some("http://127.0.0.1:9/cb".into()),
+            created_at,
+        }
+    }
+
+    #[test]
+    fn a_call_goes_from_queued_to_running_to_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let inserted = store
+            .batch(|batch| {
+                [
+                    batch.enqueue(&call("a", 1)).unwrap(),
+                    batch.enqueue(&call("a", 2)).unwrap(),
+                ]
+            })
+            .unwrap();
+        assert_eq!(inserted, [true, false]);
+        let started = store.batch(|b| b.start("a", 5).unwrap()).unwrap().unwrap();
+        assert_eq!((started.event, started.attempts), (vec![1, 2, 3], 1));
+        assert!(store.batch(|b| b.start("a", 6).unwrap()).unwrap().is_none());
+        store
+            .batch(|b| b.retry("a", 100, "502", None).unwrap())
+            .unwrap();
+        assert_eq!(
+            store
+                .batch(|b| b.start("a", 100).unwrap())
+                .unwrap()
+                .unwrap()
+                .attempts,
+            2
+        );
+        store
+            .batch(|b| {
+                b.finish("a", CallState::Dead, 200, Some("boom"), None)
+                    .unwrap()
+            })
+            .unwrap();
+        let row = store.call("a").unwrap().unwrap();
+        assert_eq!((row.state, row.attempts), (CallState::Dead, 2));
+        assert_eq!(row.callback_state.as_deref(), Some("pending"));
+        assert_eq!(store.pending_callbacks().unwrap().len(), 1);
+        assert_eq!(store.queue_counts().unwrap().dead, 1);
+        let requeued = store.batch(|b| b.requeue("a", 300).unwrap()).unwrap();
+        assert_eq!(requeued.map(|p| p.due_at), Some(300));
+        assert_eq!(store.call("a").unwrap().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn running_calls_are_queued_again_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .batch(|b| {
+                    for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
+                        b.enqueue(&call(id, at)).unwrap();
+                    }
+                    b.start("b", 10).unwrap();
+                    b.start("c", 11).unwrap();
+                    b.finish("c", CallState::Succeeded, 12, None, None).unwrap();
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (pending, redelivered) = store.recover_calls().unwrap();
+        let ids: Vec<_> = pending.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!((ids, redelivered), (vec!["a", "b"], 1));
+        let dead = store
+            .calls(&CallFilter {
+                state: Some(CallState::Succeeded),
+                limit: 10,
+                ..CallFilter::default()
+            })
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+    }
+}
