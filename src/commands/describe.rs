@@ -81,6 +81,9 @@ impl Describe {
         );
         for trigger in &function.trigger_status {
             let mut line = trigger.state.clone();
+            if let Some(error) = &trigger.error {
+                line += &format!(" ({error})");
+            }
             if let Some(next) = &trigger.next_firing_at {
                 line += &format!(", next {next}");
             }

@@ -33,6 +33,12 @@ pub struct Up {
     /// Async calls and triggered events that run at once, across functions.
     #[arg(long, default_value_t = wisp_server::DEFAULT_ASYNC_WORKERS)]
     async_workers: u32,
+    /// The NATS server of `nats` triggers.
+    #[arg(long, env = "WISP_NATS_URL", default_value = wisp_server::DEFAULT_NATS_URL)]
+    nats_url: String,
+    /// The MQTT broker of `mqtt` triggers, as mqtt://host:port.
+    #[arg(long, env = "WISP_MQTT_URL", default_value = wisp_server::DEFAULT_MQTT_URL)]
+    mqtt_url: String,
     /// How long a stop (SIGTERM) lets requests in flight finish.
     #[arg(long, default_value = "30s")]
     grace_period: wisp_core::HumanDuration,
@@ -63,6 +69,8 @@ impl Up {
         config.namespace_max_concurrency = self.namespace_max_concurrency;
         config.grace_period = self.grace_period.0;
         config.async_workers = self.async_workers;
+        config.nats_url = self.nats_url;
+        config.mqtt_url = self.mqtt_url;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;

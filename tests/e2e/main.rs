@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wisp` binary on an ephemeral port, driven over
 //! HTTP and through the real CLI, with guest components built from source.
 
+mod brokers;
 mod cli;
 mod events;
 mod invoke;

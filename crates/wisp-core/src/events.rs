@@ -12,8 +12,9 @@ use crate::{HumanDuration, SpecError};
 /// The shortest `@every` interval: shorter ones would flood the queue.
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
-/// A trigger as written in `wisp.toml` and the API: one key naming its source,
-/// such as `{ cron = "*/5 * * * *" }`.
+/// A trigger as written in `wisp.toml` and the API: one key naming its
+/// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`
+/// or `{ mqtt = "sensors/#" }`, with that source's options beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerDeclaration {
@@ -21,6 +22,21 @@ pub struct TriggerDeclaration {
     /// a nickname such as `@hourly`, or `@every 30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// A NATS subject (wildcards `*` and `>` allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<String>,
+    /// NATS: a queue group, so each message goes to one subscriber of the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_group: Option<String>,
+    /// NATS: a JetStream stream to consume from (at-least-once, acked after the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_stream: Option<String>,
+    /// NATS: the durable consumer's name; `wisp-{function}-{namespace}` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_consumer: Option<String>,
+    /// An MQTT topic filter (wildcards `+` and `#` allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
 }
 
 /// A validated trigger.
@@ -29,6 +45,21 @@ pub struct TriggerDeclaration {
 pub enum Trigger {
     /// Fires on a schedule.
     Cron(Schedule),
+    /// Each message on a NATS subject.
+    Nats(NatsTrigger),
+    /// Each message on an MQTT topic.
+    Mqtt(String),
+}
+
+/// A NATS trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTrigger {
+    /// The subject.
+    pub subject: String,
+    /// A queue group for core NATS.
+    pub queue_group: Option<String>,
+    /// A JetStream stream and durable consumer, for at-least-once delivery.
+    pub jetstream: Option<(String, Option<String>)>,
 }
 
 impl Trigger {
@@ -36,6 +67,11 @@ impl Trigger {
     pub fn label(&self) -> String {
         match self {
             Self::Cron(schedule) => format!("cron \"{schedule}\""),
+            Self::Nats(nats) => match &nats.jetstream {
+                Some((stream, _)) => format!("nats \"{}\" (stream {stream})", nats.subject),
+                None => format!("nats \"{}\"", nats.subject),
+            },
+            Self::Mqtt(topic) => format!("mqtt \"{topic}\""),
         }
     }
 }
@@ -44,15 +80,99 @@ impl TryFrom<TriggerDeclaration> for Trigger {
     type Error = SpecError;
 
     fn try_from(declaration: TriggerDeclaration) -> Result<Self, SpecError> {
-        match declaration {
-            TriggerDeclaration {
-                cron: Some(schedule),
-            } => Ok(Self::Cron(schedule.parse()?)),
-            TriggerDeclaration { cron: None } => Err(SpecError::Trigger(
-                "a trigger needs a source, such as `{ cron = \"*/5 * * * *\" }`".into(),
+        let TriggerDeclaration {
+            cron,
+            nats,
+            queue_group,
+            nats_stream,
+            nats_consumer,
+            mqtt,
+        } = declaration;
+        let nats_options =
+            queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
+        match (cron, nats, mqtt) {
+            (Some(schedule), None, None) if !nats_options => Ok(Self::Cron(schedule.parse()?)),
+            (None, Some(subject), None) => {
+                let invalid =
+                    |why: &str| SpecError::Trigger(format!("trigger nats \"{subject}\": {why}"));
+                if !valid_subject(&subject) {
+                    return Err(invalid(
+                        "not a NATS subject (dot-separated tokens; `*` as a token, `>` as the last)",
+                    ));
+                }
+                let name_ok = |name: &String| {
+                    !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                for (key, value) in [
+                    ("queue_group", &queue_group),
+                    ("nats_stream", &nats_stream),
+                    ("nats_consumer", &nats_consumer),
+                ] {
+                    if value.as_ref().is_some_and(|value| !name_ok(value)) {
+                        return Err(invalid(&format!(
+                            "`{key}` must be letters, digits, `-` and `_`"
+                        )));
+                    }
+                }
+                if nats_consumer.is_some() && nats_stream.is_none() {
+                    return Err(invalid("`nats_consumer` needs `nats_stream`"));
+                }
+                if queue_group.is_some() && nats_stream.is_some() {
+                    return Err(invalid(
+                        "`queue_group` is for core NATS; a JetStream consumer is shared already",
+                    ));
+                }
+                Ok(Self::Nats(NatsTrigger {
+                    subject,
+                    queue_group,
+                    jetstream: nats_stream.map(|stream| (stream, nats_consumer)),
+                }))
+            }
+            (None, None, Some(topic)) if !nats_options => {
+                if !valid_topic_filter(&topic) {
+                    return Err(SpecError::Trigger(format!(
+                        "trigger mqtt \"{topic}\": not an MQTT topic filter (`+` as a level, `#` as the last)"
+                    )));
+                }
+                Ok(Self::Mqtt(topic))
+            }
+            (None, None, None) => Err(SpecError::Trigger(
+                "a trigger needs a source: `cron`, `nats` or `mqtt`".into(),
+            )),
+            _ => Err(SpecError::Trigger(
+                "a trigger has one source (`cron`, `nats` or `mqtt`), and NATS options only with `nats`"
+                    .into(),
             )),
         }
     }
+}
+
+/// A NATS subject: dot-separated tokens, `*` a whole token, `>` the last one.
+fn valid_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let last = tokens.len() - 1;
+    !subject.is_empty()
+        && tokens.iter().enumerate().all(|(i, token)| {
+            !token.is_empty()
+                && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+                && (*token == "*" || !token.contains('*'))
+                && (*token == ">" && i == last || !token.contains('>'))
+        })
+}
+
+/// An MQTT topic filter: `+` a whole level, `#` the last level.
+fn valid_topic_filter(topic: &str) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    let last = levels.len() - 1;
+    !topic.is_empty()
+        && !topic.contains('\0')
+        && levels.iter().enumerate().all(|(i, level)| {
+            (*level == "+" || !level.contains('+'))
+                && (*level == "#" && i == last || !level.contains('#'))
+        })
 }
 
 impl From<Trigger> for TriggerDeclaration {
@@ -60,6 +180,24 @@ impl From<Trigger> for TriggerDeclaration {
         match trigger {
             Trigger::Cron(schedule) => Self {
                 cron: Some(schedule.to_string()),
+                ..Self::default()
+            },
+            Trigger::Nats(nats) => {
+                let (nats_stream, nats_consumer) = match nats.jetstream {
+                    Some((stream, consumer)) => (Some(stream), consumer),
+                    None => (None, None),
+                };
+                Self {
+                    nats: Some(nats.subject),
+                    queue_group: nats.queue_group,
+                    nats_stream,
+                    nats_consumer,
+                    ..Self::default()
+                }
+            }
+            Trigger::Mqtt(topic) => Self {
+                mqtt: Some(topic),
+                ..Self::default()
             },
         }
     }
@@ -279,8 +417,11 @@ pub struct CallList {
 pub struct TriggerStatus {
     /// The trigger, such as `cron "@every 1m"`.
     pub trigger: String,
-    /// `scheduled` for a cron trigger.
+    /// `scheduled` for a cron trigger; `connected` or `disconnected` for a broker.
     pub state: String,
+    /// Why a broker trigger is disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// When it last fired (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fired_at: Option<String>,
@@ -385,5 +526,47 @@ mod tests {
         );
         assert!(serde_json::from_str::<Trigger>("{}").is_err());
         assert!(serde_json::from_str::<Trigger>(r#"{"kafka": "x"}"#).is_err());
+        let nats: Trigger =
+            serde_json::from_str(r#"{"nats": "orders.*", "nats_stream": "ORDERS"}"#).unwrap();
+        assert_eq!(nats.label(), "nats \"orders.*\" (stream ORDERS)");
+        let back: TriggerDeclaration = nats.into();
+        assert_eq!(back.nats_stream.as_deref(), Some("ORDERS"));
+    }
+
+    #[test]
+    fn broker_triggers_check_subjects_and_topics() {
+        let parse = |json: &str| {
+            serde_json::from_str::<TriggerDeclaration>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|declaration| Trigger::try_from(declaration).map_err(|e| e.to_string()))
+        };
+        for good in [
+            r#"{"nats": "orders.created"}"#,
+            r#"{"nats": "orders.*.eu", "queue_group": "workers"}"#,
+            r#"{"nats": "orders.>"}"#,
+            r#"{"mqtt": "sensors/+/temp"}"#,
+            r#"{"mqtt": "sensors/#"}"#,
+        ] {
+            assert!(parse(good).is_ok(), "{good}: {:?}", parse(good));
+        }
+        for (bad, expected) in [
+            (r#"{"nats": "orders..x"}"#, "trigger nats \"orders..x\""),
+            (r#"{"nats": "a.>.b"}"#, "not a NATS subject"),
+            (r#"{"nats": "a b"}"#, "not a NATS subject"),
+            (
+                r#"{"nats": "a", "nats_consumer": "c"}"#,
+                "needs `nats_stream`",
+            ),
+            (r#"{"mqtt": "a/#/b"}"#, "trigger mqtt \"a/#/b\""),
+            (r#"{"mqtt": "a+/b"}"#, "not an MQTT topic filter"),
+            (r#"{"cron": "@hourly", "mqtt": "a"}"#, "one source"),
+            (r#"{"cron": "@hourly", "queue_group": "a"}"#, "one source"),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "`{error}` should mention `{expected}`"
+            );
+        }
     }
 }

@@ -738,6 +738,7 @@ mod tests {
                 FunctionDeployment {
                     triggers: vec![crate::events::TriggerDeclaration {
                         cron: Some("every day".into()),
+                        ..Default::default()
                     }],
                     ..deployment(FunctionKind::WasmHttp)
                 },

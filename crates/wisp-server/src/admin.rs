@@ -93,7 +93,7 @@ impl NamespaceQuery {
 
 fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
     let mut status = spec.status(node.observed(&spec.namespace, &spec.name));
-    status.trigger_status = crate::events::cron::status(&node.store, spec);
+    status.trigger_status = crate::events::triggers::status(node, spec);
     status
 }
 

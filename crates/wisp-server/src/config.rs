@@ -12,6 +12,10 @@ pub const DEFAULT_MAX_ARTIFACT: u64 = 512 << 20;
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// Async calls that run at once across the node, by default.
 pub const DEFAULT_ASYNC_WORKERS: u32 = 32;
+/// The NATS server that `nats` triggers subscribe to, by default.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The MQTT broker that `mqtt` triggers subscribe to, by default.
+pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 /// How long a stopping node lets requests in flight finish, by default.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -40,6 +44,10 @@ pub struct Config {
     pub grace_period: Duration,
     /// Async calls (and triggered events) that run at once across the node.
     pub async_workers: u32,
+    /// The NATS server of `nats` triggers; connected only when a function declares one.
+    pub nats_url: String,
+    /// The MQTT broker of `mqtt` triggers (`mqtt://host:port`); connected only when a function declares one.
+    pub mqtt_url: String,
 }
 
 /// A configuration that cannot work.
@@ -51,6 +59,9 @@ pub enum ConfigError {
     /// A limit is zero.
     #[error("{0} must be more than zero")]
     Zero(&'static str),
+    /// A broker URL does not parse.
+    #[error("{0}")]
+    BrokerUrl(String),
 }
 
 impl Config {
@@ -67,6 +78,8 @@ impl Config {
             namespace_max_concurrency: None,
             grace_period: DEFAULT_GRACE_PERIOD,
             async_workers: DEFAULT_ASYNC_WORKERS,
+            nats_url: DEFAULT_NATS_URL.to_owned(),
+            mqtt_url: DEFAULT_MQTT_URL.to_owned(),
         }
     }
 
@@ -97,6 +110,21 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        mqtt_address(&self.mqtt_url).map_err(ConfigError::BrokerUrl)?;
         Ok(())
     }
+}
+
+/// The host and port of an `mqtt://host[:port]` URL (port 1883 when absent).
+pub(crate) fn mqtt_address(url: &str) -> Result<(String, u16), String> {
+    let invalid = || format!("the MQTT URL `{url}` is not mqtt://host[:port]");
+    let uri: axum::http::Uri = url.parse().map_err(|_| invalid())?;
+    if uri.scheme_str() != Some("mqtt") {
+        return Err(invalid());
+    }
+    let host = uri
+        .host()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(invalid)?;
+    Ok((host.to_owned(), uri.port_u16().unwrap_or(1883)))
 }

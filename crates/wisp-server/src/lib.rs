@@ -21,7 +21,7 @@ use axum::{Router, middleware, routing::get};
 
 pub use config::{
     Config, ConfigError, DEFAULT_ASYNC_WORKERS, DEFAULT_GRACE_PERIOD, DEFAULT_LISTEN,
-    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_INSTANCES, DEFAULT_MQTT_URL, DEFAULT_NATS_URL,
 };
 pub use error::ApiError;
 pub use node::{Node, StartError};

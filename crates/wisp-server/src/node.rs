@@ -166,7 +166,7 @@ impl Node {
         let key = (spec.namespace.clone(), spec.name.clone());
         let started = match self.me.upgrade() {
             Some(node) if self.events_started.load(Ordering::SeqCst) => {
-                events::cron::start(&node, spec)
+                events::triggers::start(&node, spec)
             }
             _ => Vec::new(),
         };

@@ -10,9 +10,12 @@
 //! function's `async_concurrency`.
 
 mod callback;
-pub(crate) mod cron;
+mod cron;
+mod mqtt;
+mod nats;
 pub(crate) mod record;
 pub(crate) mod routes;
+pub(crate) mod triggers;
 mod writer;
 
 use std::{
@@ -87,6 +90,10 @@ pub struct Queue {
     workers: u32,
     pub(crate) counters: Counters,
     callbacks: callback::Client,
+    /// The connections of broker triggers.
+    pub(crate) links: triggers::Links,
+    /// Who waits for a call to be over, by call id.
+    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<CallState>>>>,
 }
 
 /// How one attempt ended.
@@ -113,7 +120,39 @@ impl Queue {
             workers,
             counters: Counters::default(),
             callbacks: callback::Client::new(),
+            links: Mutex::default(),
+            waiters: Mutex::default(),
         })
+    }
+
+    /// Waits until call `id` is over and answers its final state; `None` if
+    /// the node stops first or the call is unknown.
+    pub(crate) async fn outcome(&self, store: &Store, id: &str) -> Option<CallState> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .entry(id.to_owned())
+            .or_default()
+            .push(sender);
+        match store.call(id) {
+            Ok(Some(row)) if row.state.is_final() => {
+                self.notify(id, row.state);
+                Some(row.state)
+            }
+            Ok(Some(_)) => receiver.await.ok(),
+            _ => {
+                self.waiters.lock().expect("waiters").remove(id);
+                None
+            }
+        }
+    }
+
+    fn notify(&self, id: &str, state: CallState) {
+        let waiting = self.waiters.lock().expect("waiters").remove(id);
+        for waiter in waiting.into_iter().flatten() {
+            let _ = waiter.send(state);
+        }
     }
 
     /// Commits a write.
@@ -406,6 +445,7 @@ impl Queue {
             tracing::error!("call {id} could not be recorded as {state}: {store}");
             return;
         }
+        queue.notify(&id, state);
         if state == CallState::Dead {
             tracing::warn!(target: "wisp::call", call_id = %id, "dead after {} attempts: {}", started.attempts, error.unwrap_or_default());
         }

@@ -16,6 +16,10 @@ use prost::Message as _;
 pub const HTTP_REQUEST: &str = "dev.wisp.http.request";
 /// The type of a cron trigger's tick.
 pub const CRON_TICK: &str = "dev.wisp.cron.tick";
+/// The type of a message from a NATS subject.
+pub const NATS_MESSAGE: &str = "dev.wisp.nats.message";
+/// The type of a message from an MQTT topic.
+pub const MQTT_MESSAGE: &str = "dev.wisp.mqtt.message";
 
 /// `io.cloudevents.v1.CloudEvent`, field for field.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -191,16 +195,26 @@ impl CloudEvent {
         event
     }
 
-    /// A trigger's event with no payload, such as a cron tick.
+    /// A trigger's event: a cron tick (no payload) or a broker's message.
     pub fn trigger(
         id: String,
         source: String,
         r#type: &str,
         subject: String,
         time: DateTime<Utc>,
+        payload: Vec<u8>,
+        content_type: Option<String>,
     ) -> Self {
         let mut event = Self::new(id, source, r#type, time);
         event.attributes.insert("subject".into(), string(subject));
+        if let Some(content_type) = content_type {
+            event
+                .attributes
+                .insert("datacontenttype".into(), string(content_type));
+        }
+        if !payload.is_empty() {
+            event.data = Some(Data::BinaryData(payload));
+        }
         event
     }
 
@@ -330,6 +344,8 @@ mod tests {
             CRON_TICK,
             "*/5 * * * *".into(),
             time,
+            b"{}".to_vec(),
+            Some("application/json".into()),
         );
         let request = CloudEvent::decode(&event.encode()).unwrap().request();
         assert_eq!((request.method, request.path.as_str()), (Method::POST, "/"));
@@ -340,8 +356,10 @@ mod tests {
             ("ce-source", "/triggers/default/report"),
             ("ce-time", "2026-01-01T10:05:00.000Z"),
             ("ce-subject", "*/5 * * * *"),
+            ("content-type", "application/json"),
         ] {
             assert_eq!(request.headers[name], value, "{name}");
         }
+        assert_eq!(request.body, "{}");
     }
 }

@@ -1,0 +1,95 @@
+//! MQTT triggers: each message on the topic filter becomes a call. The
+//! subscription is QoS 1 in a persistent session, and a message is
+//! acknowledged only once its call is committed to the queue, so a message
+//! is not lost when the node stops between the two. A broker that is down is
+//! retried with backoff, and the trigger shows as disconnected meanwhile.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+
+use super::{
+    record,
+    triggers::{Event, Link, Source},
+};
+use crate::config::mqtt_address;
+
+/// The longest wait between two attempts to connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs one MQTT trigger until it is aborted or the node is gone. `index`
+/// tells a function's triggers apart in their client ids.
+pub(super) async fn run(source: Source, topic: String, url: String, index: usize) {
+    let (host, port) = match mqtt_address(&url) {
+        Ok(address) => address,
+        Err(error) => {
+            if let Some(node) = source.node.upgrade() {
+                source.set_link(&node, Link::Disconnected(error));
+            }
+            return;
+        }
+    };
+    let client_id = format!("wisp-{}-{}-{index}", source.namespace, source.function);
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(32 << 20, 32 << 20);
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = events.poll().await;
+        let Some(node) = source.node.upgrade() else {
+            return;
+        };
+        match event {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                match client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                    Ok(()) => source.set_link(&node, Link::Connected),
+                    Err(error) => source.set_link(
+                        &node,
+                        Link::Disconnected(format!("cannot subscribe: {error}")),
+                    ),
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                let event = Event {
+                    id: None,
+                    r#type: record::MQTT_MESSAGE,
+                    subject: publish.topic.clone(),
+                    time: Utc::now(),
+                    payload: publish.payload.to_vec(),
+                    content_type: None,
+                    fired_at: None,
+                };
+                match source.queue(&node, event).await {
+                    Ok(_) => {
+                        if let Err(error) = client.try_ack(&publish) {
+                            tracing::warn!("an MQTT acknowledgement was not sent: {error}");
+                        }
+                    }
+                    // Not acknowledged: the broker delivers it again.
+                    Err(error) => tracing::error!(
+                        "{}.{}: a message on {} could not be queued: {error}",
+                        source.function,
+                        source.namespace,
+                        publish.topic
+                    ),
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                source.set_link(
+                    &node,
+                    Link::Disconnected(format!("MQTT broker at {url}: {error}")),
+                );
+                drop(node);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Triggers: the tasks that turn a function's declared event sources (cron,
+//! NATS, MQTT) into CloudEvents on the queue, and what each is doing, for
+//! `wisp describe`. Adding a source means a task here and a variant of
+//! [`Trigger`]; the queue and the workers stay as they are.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
+use wisp_store::NewCall;
+
+use super::{Queue, cron, millis, mqtt, nats, record};
+use crate::node::Node;
+
+/// A function's trigger: where its events come from and where they go.
+#[derive(Clone)]
+pub(super) struct Source {
+    pub node: Weak<Node>,
+    pub namespace: String,
+    pub function: String,
+    /// How the trigger is named in calls and `wisp describe`.
+    pub label: String,
+}
+
+/// One event from a trigger.
+pub(super) struct Event {
+    /// The call id; a fresh one when absent.
+    pub id: Option<String>,
+    /// The CloudEvents type.
+    pub r#type: &'static str,
+    /// The CloudEvents subject: the schedule, subject or topic.
+    pub subject: String,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The payload's content type.
+    pub content_type: Option<String>,
+    /// For a cron tick, the firing it stands for, recorded with the call.
+    pub fired_at: Option<i64>,
+}
+
+impl Source {
+    /// Puts an event on the queue; the call id and whether the call is new.
+    pub async fn queue(&self, node: &Arc<Node>, event: Event) -> Result<(String, bool), String> {
+        let id = event.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let record = record::CloudEvent::trigger(
+            id.clone(),
+            format!("/triggers/{}/{}", self.namespace, self.function),
+            event.r#type,
+            event.subject,
+            event.time,
+            event.payload,
+            event.content_type,
+        );
+        let call = NewCall {
+            id: id.clone(),
+            namespace: self.namespace.clone(),
+            function: self.function.clone(),
+            source: self.label.clone(),
+            event: record.encode(),
+            callback_url: None,
+            created_at: millis(Utc::now()),
+        };
+        let fired = event.fired_at.map(|at| (self.label.clone(), at));
+        let new = Queue::enqueue(node, call, fired).await?;
+        node.queue
+            .counters
+            .trigger_firings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((id, new))
+    }
+
+    /// Records whether a broker trigger is connected, and why not.
+    pub fn set_link(&self, node: &Node, link: Link) {
+        let key = (
+            self.namespace.clone(),
+            self.function.clone(),
+            self.label.clone(),
+        );
+        if let Link::Disconnected(error) = &link {
+            tracing::warn!(
+                "{}.{}: {} is disconnected: {error}",
+                self.function,
+                self.namespace,
+                self.label
+            );
+        }
+        node.queue.links.lock().expect("links").insert(key, link);
+    }
+}
+
+/// A broker trigger's connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    /// Connecting for the first time.
+    Connecting,
+    /// Subscribed and receiving.
+    Connected,
+    /// Not connected, and the last error; reconnecting with backoff.
+    Disconnected(String),
+}
+
+/// The connections of broker triggers, by `(namespace, function, label)`.
+pub(crate) type Links = Mutex<HashMap<(String, String, String), Link>>;
+
+/// Starts the tasks of a function's triggers; aborting the handles stops them.
+pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::AbortHandle> {
+    spec.triggers
+        .iter()
+        .enumerate()
+        .map(|(index, trigger)| {
+            let source = Source {
+                node: Arc::downgrade(node),
+                namespace: spec.namespace.clone(),
+                function: spec.name.clone(),
+                label: trigger.label(),
+            };
+            match trigger {
+                Trigger::Cron(schedule) => tokio::spawn(cron::run(source, schedule.clone())),
+                Trigger::Nats(trigger) => {
+                    source.set_link(node, Link::Connecting);
+                    let url = node.config.nats_url.clone();
+                    tokio::spawn(nats::run(source, trigger.clone(), url))
+                }
+                Trigger::Mqtt(topic) => {
+                    source.set_link(node, Link::Connecting);
+                    let url = node.config.mqtt_url.clone();
+                    tokio::spawn(mqtt::run(source, topic.clone(), url, index))
+                }
+            }
+            .abort_handle()
+        })
+        .collect()
+}
+
+/// What each of a function's triggers is doing, for its status.
+pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
+    let now = Utc::now();
+    let format = |time: DateTime<Utc>| time.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let links = node.queue.links.lock().expect("links");
+    spec.triggers
+        .iter()
+        .map(|trigger| {
+            let label = trigger.label();
+            match trigger {
+                Trigger::Cron(schedule) => TriggerStatus {
+                    state: "scheduled".into(),
+                    error: None,
+                    last_fired_at: node
+                        .store
+                        .fired_at(&spec.namespace, &spec.name, &label)
+                        .ok()
+                        .flatten()
+                        .and_then(DateTime::from_timestamp_millis)
+                        .map(format),
+                    next_firing_at: schedule.next_after(now).map(format),
+                    trigger: label,
+                },
+                Trigger::Nats(_) | Trigger::Mqtt(_) => {
+                    let key = (spec.namespace.clone(), spec.name.clone(), label.clone());
+                    let (state, error) = match links.get(&key) {
+                        Some(Link::Connected) => ("connected", None),
+                        Some(Link::Connecting) => ("connecting", None),
+                        Some(Link::Disconnected(error)) => ("disconnected", Some(error.clone())),
+                        None => ("disconnected", Some("not started".to_owned())),
+                    };
+                    TriggerStatus {
+                        trigger: label,
+                        state: state.into(),
+                        error,
+                        last_fired_at: None,
+                        next_firing_at: None,
+                    }
+                }
+            }
+        })
+        .collect()
+}

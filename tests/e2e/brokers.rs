@@ -1,0 +1,307 @@
+//! Broker triggers against the real NATS server (with JetStream) and the
+//! real Mosquitto on this machine: messages become calls carrying CloudEvents,
+//! JetStream messages are acknowledged once their call is over, and a broker
+//! that is down leaves the node serving with the trigger shown disconnected.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wisp_testing::{Node, send};
+
+use crate::{WISP, merge};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+fn node_with_trigger(trigger: Value, args: &[&str]) -> Node {
+    let node = Node::start_args(WISP, args);
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    let mut deployment = json!({ "service": "probe", "kind": "wasm-http", "image": digest });
+    merge(&mut deployment, json!({ "triggers": [trigger] }));
+    node.deploy_ok(deployment);
+    node
+}
+
+fn trigger_status(node: &Node) -> Value {
+    send(node.admin("GET", "/system/function/probe"), None).json()["triggerStatus"][0].clone()
+}
+
+fn wait_connected(node: &Node) {
+    let connected = node.eventually(Duration::from_secs(10), || {
+        trigger_status(node)["state"] == "connected"
+    });
+    assert!(connected, "{}", trigger_status(node));
+}
+
+fn succeeded(node: &Node) -> Vec<Value> {
+    send(
+        node.admin("GET", "/system/calls?function=probe&status=succeeded"),
+        None,
+    )
+    .json()["calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_succeeded(node: &Node, count: usize) -> Vec<Value> {
+    let mut calls = Vec::new();
+    let done = node.eventually(Duration::from_secs(15), || {
+        calls = succeeded(node);
+        calls.len() >= count
+    });
+    assert!(done, "{count} calls expected: {calls:?}");
+    calls
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{nanos:x}{:x}", std::process::id())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn nats_messages_become_cloudevents() {
+    let subject = unique("wisp.test.");
+    let node = node_with_trigger(json!({ "nats": subject }), &[]);
+    wait_connected(&node);
+    runtime().block_on(async {
+        let client = async_nats::connect(NATS).await.unwrap();
+        for n in 0..3 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "text/plain");
+            client
+                .publish_with_headers(subject.clone(), headers, format!("order {n}").into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    let calls = wait_succeeded(&node, 3);
+    let mut payloads = Vec::new();
+    for call in &calls {
+        let body = call["result"]["body"].as_str().unwrap();
+        for expected in [
+            "header ce-type=dev.wisp.nats.message".to_owned(),
+            format!("header ce-subject={subject}"),
+            "header content-type=text/plain".to_owned(),
+        ] {
+            assert!(body.contains(&expected), "`{expected}` in {body}");
+        }
+        payloads.extend(body.lines().filter_map(|line| line.strip_prefix("body=")));
+    }
+    payloads.sort_unstable();
+    assert_eq!(payloads, ["order 0", "order 1", "order 2"]);
+    assert_eq!(calls[0]["source"], format!("nats \"{subject}\""));
+}
+
+#[test]
+fn jetstream_messages_are_acknowledged_once_their_call_is_over() {
+    let subject = unique("wisp.js.");
+    let stream = unique("WISP_").to_uppercase();
+    let runtime = runtime();
+    let context = runtime.block_on(async {
+        let client = async_nats::connect(NATS).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // Published before the function exists: the stream keeps them.
+        for n in 0..5 {
+            context
+                .publish(subject.clone(), format!("event {n}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        context
+    });
+    let node = node_with_trigger(
+        json!({ "nats": subject, "nats_stream": stream, "nats_consumer": "probe" }),
+        &[],
+    );
+    let calls = wait_succeeded(&node, 5);
+    let mut ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let expected: Vec<String> = (1..=5).map(|seq| format!("nats-{stream}-{seq}")).collect();
+    assert_eq!(ids, expected, "one call per stream sequence");
+    let acknowledged = node.eventually(Duration::from_secs(10), || {
+        runtime.block_on(async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = context
+                .get_consumer_from_stream("probe", &stream)
+                .await
+                .unwrap();
+            let info = consumer.info().await.unwrap();
+            info.num_ack_pending == 0
+                && info.num_pending == 0
+                && info.ack_floor.stream_sequence == 5
+        })
+    });
+    assert!(acknowledged, "every message acknowledged after its call");
+    runtime.block_on(async { context.delete_stream(&stream).await.unwrap() });
+}
+
+#[test]
+fn mqtt_messages_become_cloudevents() {
+    let base = unique("wisp/test/");
+    let node = node_with_trigger(json!({ "mqtt": format!("{base}/#") }), &[]);
+    wait_connected(&node);
+    let topic = format!("{base}/kitchen/temp");
+    runtime().block_on(async {
+        let options = rumqttc::MqttOptions::new(unique("wisp-test-"), "127.0.0.1", 1883);
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+        client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, "21.5")
+            .await
+            .unwrap();
+        // Drive the connection until the broker has the message.
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    });
+    let calls = wait_succeeded(&node, 1);
+    let body = calls[0]["result"]["body"].as_str().unwrap();
+    for expected in [
+        "header ce-type=dev.wisp.mqtt.message".to_owned(),
+        format!("header ce-subject={topic}"),
+        "body=21.5".to_owned(),
+    ] {
+        assert!(body.contains(&expected), "`{expected}` in {body}");
+    }
+}
+
+#[test]
+fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
+    let node = Node::start_args(
+        WISP,
+        &[
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--mqtt-url",
+            "mqtt://127.0.0.1:1",
+        ],
+    );
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    node.deploy_ok(json!({
+        "service": "probe", "kind": "wasm-http", "image": digest,
+        "triggers": [{ "nats": "orders.created" }, { "mqtt": "sensors/#" }],
+    }));
+    assert_eq!(node.get("/function/probe").status, 200);
+    let described = node.eventually(Duration::from_secs(10), || {
+        let output = node.cli(WISP).args(["describe", "probe"]).output().unwrap();
+        let text = String::from_utf8(output.stdout).unwrap();
+        text.contains("nats \"orders.created\": disconnected (cannot connect to NATS")
+            && text.contains("mqtt \"sensors/#\": disconnected (MQTT broker at mqtt://127.0.0.1:1")
+    });
+    assert!(described, "{}", node.log());
+    assert!(
+        node.log().contains("is disconnected"),
+        "the error is logged"
+    );
+    assert_eq!(node.get("/function/probe").status, 200, "still serving");
+
+    let refused = node.deploy(json!({
+        "service": "bad", "kind": "wasm-http", "image": digest,
+        "triggers": [{ "nats": "orders..created" }],
+    }));
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.error().contains("trigger nats \"orders..created\""),
+        "{}",
+        refused.error()
+    );
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a broker started by the test when it goes out of scope.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &[&str]) -> Broker {
+    Broker(
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {program}: {error}")),
+    )
+}
+
+#[test]
+fn triggers_connect_once_a_late_broker_comes_up() {
+    let (nats_port, mqtt_port) = (free_port(), free_port());
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let mqtt_url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let node = Node::start_args(WISP, &["--nats-url", &nats_url, "--mqtt-url", &mqtt_url]);
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    node.deploy_ok(json!({
+        "service": "probe", "kind": "wasm-http", "image": digest,
+        "triggers": [{ "nats": "late.orders" }, { "mqtt": "late/#" }],
+    }));
+    let states = || {
+        send(node.admin("GET", "/system/function/probe"), None).json()["triggerStatus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|status| status["state"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(node.eventually(Duration::from_secs(5), || states() == ["disconnected"; 2]));
+
+    let port = nats_port.to_string();
+    let _nats = spawn("/usr/sbin/nats-server", &["-a", "127.0.0.1", "-p", &port]);
+    let port = mqtt_port.to_string();
+    let _mosquitto = spawn("/usr/sbin/mosquitto", &["-p", &port]);
+    let connected = node.eventually(Duration::from_secs(40), || states() == ["connected"; 2]);
+    assert!(connected, "{:?}", states());
+
+    runtime().block_on(async {
+        let client = async_nats::connect(&nats_url).await.unwrap();
+        client.publish("late.orders", "late".into()).await.unwrap();
+        client.flush().await.unwrap();
+    });
+    let calls = wait_succeeded(&node, 1);
+    assert!(
+        calls[0]["result"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("body=late")
+    );
+}
