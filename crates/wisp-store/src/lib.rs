@@ -85,7 +85,7 @@ impl Store {
         }
         let db = rusqlite::Connection::open(root.join("wisp.db"))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(registry::SCHEMA)?;
         db.execute_batch(queue::SCHEMA)?;

@@ -221,6 +221,8 @@ impl Queue {
 
     /// Accepts a call: commits it (with the trigger firing it stands for,
     /// if any), then schedules it. `Ok(false)` if a call with its id exists.
+    /// Both happen on a task of their own, so a caller that goes away
+    /// mid-way cannot leave a committed call unscheduled.
     pub(crate) async fn enqueue(
         node: &Arc<Node>,
         call: NewCall,
@@ -240,14 +242,38 @@ impl Queue {
             },
             None => Write::Enqueue(call),
         };
-        let Written::Enqueued(new) = node.queue.write(write).await? else {
-            unreachable!("an enqueue answers Enqueued")
-        };
-        if new {
-            node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-            Self::schedule(node, pending, Duration::ZERO);
-        }
-        Ok(new)
+        let node = node.clone();
+        let accepted = tokio::spawn(async move {
+            let Written::Enqueued(new) = node.queue.write(write).await? else {
+                unreachable!("an enqueue answers Enqueued")
+            };
+            if new {
+                node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                Self::schedule(&node, pending, Duration::ZERO);
+            }
+            Ok(new)
+        });
+        accepted.await.map_err(|error| error.to_string())?
+    }
+
+    /// Queues a finished call again with fresh attempts; `Ok(false)` if it is
+    /// not finished or does not exist. Like [`Self::enqueue`], on a task of its own.
+    pub(crate) async fn requeue(node: &Arc<Node>, id: String) -> Result<bool, String> {
+        let node = node.clone();
+        let requeued = tokio::spawn(async move {
+            let write = Write::Requeue {
+                id,
+                now: millis(Utc::now()),
+            };
+            match node.queue.write(write).await? {
+                Written::Requeued(Some(pending)) => {
+                    Self::schedule(&node, pending, Duration::ZERO);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        });
+        requeued.await.map_err(|error| error.to_string())?
     }
 
     /// Holds a call until `delay` has passed, then lets it take its turn.

@@ -4,14 +4,14 @@
 //! is not lost when the node stops between the two. A broker that is down is
 //! retried with backoff, and the trigger shows as disconnected meanwhile.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use super::{
     record,
-    triggers::{Event, Link, Source},
+    triggers::{Event, IN_FLIGHT, Link, Source},
 };
 use crate::config::mqtt_address;
 
@@ -38,6 +38,7 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
         .set_manual_acks(true)
         .set_max_packet_size(32 << 20, 32 << 20);
     let (client, mut events) = AsyncClient::new(options, 64);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut backoff = Duration::from_millis(100);
     loop {
         let event = events.poll().await;
@@ -65,20 +66,31 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
                     content_type: None,
                     fired_at: None,
                 };
-                match source.queue(&node, event).await {
-                    Ok(_) => {
-                        if let Err(error) = client.try_ack(&publish) {
-                            tracing::warn!("an MQTT acknowledgement was not sent: {error}");
+                // Committed concurrently, so the writer can batch them; the
+                // event loop goes on meanwhile.
+                let permit = in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let (source, client) = (source.clone(), client.clone());
+                tokio::spawn(async move {
+                    match source.queue(&node, event).await {
+                        Ok(_) => {
+                            if let Err(error) = client.try_ack(&publish) {
+                                tracing::warn!("an MQTT acknowledgement was not sent: {error}");
+                            }
                         }
+                        // Not acknowledged: the broker delivers it again.
+                        Err(error) => tracing::error!(
+                            "{}.{}: a message on {} could not be queued: {error}",
+                            source.function,
+                            source.namespace,
+                            publish.topic
+                        ),
                     }
-                    // Not acknowledged: the broker delivers it again.
-                    Err(error) => tracing::error!(
-                        "{}.{}: a message on {} could not be queued: {error}",
-                        source.function,
-                        source.namespace,
-                        publish.topic
-                    ),
-                }
+                    drop(permit);
+                });
             }
             Ok(_) => {}
             Err(error) => {

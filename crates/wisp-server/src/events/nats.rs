@@ -17,7 +17,7 @@ use wisp_core::{CallState, events::NatsTrigger};
 
 use super::{
     record,
-    triggers::{Event, Link, Source},
+    triggers::{Event, IN_FLIGHT, Link, Source},
 };
 use crate::node::Node;
 
@@ -112,18 +112,29 @@ async fn core(
     if let Some(node) = source.node.upgrade() {
         source.set_link(&node, Link::Connected);
     }
+    // Messages are committed concurrently, so the writer can batch them.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(message) = subscriber.next().await {
         let Some(node) = source.node.upgrade() else {
             return Ok(());
         };
-        if let Err(error) = source.queue(&node, event(None, &message)).await {
-            tracing::error!(
-                "{}.{}: a message on {} was dropped: {error}",
-                source.function,
-                source.namespace,
-                message.subject
-            );
-        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let source = source.clone();
+        tokio::spawn(async move {
+            if let Err(error) = source.queue(&node, event(None, &message)).await {
+                tracing::error!(
+                    "{}.{}: a message on {} was dropped: {error}",
+                    source.function,
+                    source.namespace,
+                    message.subject
+                );
+            }
+            drop(permit);
+        });
     }
     Err("the subscription ended".into())
 }

@@ -18,7 +18,7 @@ use wisp_core::{
 };
 use wisp_store::{CallFilter, CallRow, NewCall};
 
-use super::{Queue, Write, Written, callback, millis, record};
+use super::{Queue, callback, millis, record};
 use crate::{ApiError, dispatch, dispatch::CallId, node::Node};
 
 /// The most calls one list answers.
@@ -157,27 +157,23 @@ async fn retry(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let write = Write::Requeue {
-        id: id.clone(),
-        now: millis(Utc::now()),
-    };
-    match node.queue.write(write).await.map_err(ApiError::internal)? {
-        Written::Requeued(Some(pending)) => {
-            tracing::info!("call {id} queued again by hand");
-            Queue::schedule(&node, pending, std::time::Duration::ZERO);
-            let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
-            Ok((StatusCode::ACCEPTED, Json(info(row))).into_response())
-        }
-        _ => match node.store.call(&id)? {
-            Some(row) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "call {id} is {}: only a finished call can be retried",
-                    row.state
-                ),
-            )),
-            None => Err(unknown(&id)),
-        },
+    if Queue::requeue(&node, id.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        tracing::info!("call {id} queued again by hand");
+        let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
+        return Ok((StatusCode::ACCEPTED, Json(info(row))).into_response());
+    }
+    match node.store.call(&id)? {
+        Some(row) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "call {id} is {}: only a finished call can be retried",
+                row.state
+            ),
+        )),
+        None => Err(unknown(&id)),
     }
 }
 

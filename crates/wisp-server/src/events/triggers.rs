@@ -15,6 +15,10 @@ use wisp_store::NewCall;
 use super::{Queue, cron, millis, mqtt, nats, record};
 use crate::node::Node;
 
+/// Events of one trigger being committed at once: enough to keep the queue's
+/// writer batching, few enough to bound the memory of a flood.
+pub(super) const IN_FLIGHT: usize = 256;
+
 /// A function's trigger: where its events come from and where they go.
 #[derive(Clone)]
 pub(super) struct Source {
