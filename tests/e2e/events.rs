@@ -372,30 +372,43 @@ fn a_trigger_that_missed_firings_while_down_fires_once_at_start_up() {
     assert!(node.eventually(Duration::from_secs(10), || !calls(&node, "").is_empty()));
     let data_dir = node.data_dir.clone();
     let (_, scratch) = node.stop();
+    let stopped = chrono::Utc::now();
+    // Down for 4 s: at least three firings are missed.
     std::thread::sleep(Duration::from_secs(4));
     let restarted = chrono::Utc::now();
     let node = Node::start_with(WISP, scratch, data_dir, &[]);
-    std::thread::sleep(Duration::from_millis(2500));
-    let ce_time = |call: &Value| {
-        let body = call["result"]["body"].as_str().unwrap_or_default();
-        let time = body
-            .lines()
-            .find_map(|line| line.strip_prefix("header ce-time="))
-            .expect("ce-time");
-        chrono::DateTime::parse_from_rfc3339(time).unwrap()
-    };
-    let caught_up: Vec<Value> = calls(&node, "status=succeeded")
-        .into_iter()
-        .filter(|call| {
-            chrono::DateTime::parse_from_rfc3339(call["createdAt"].as_str().unwrap()).unwrap()
-                >= restarted
+    let caught_up = node.eventually(Duration::from_secs(10), || {
+        node.log().contains("missed its firing")
+    });
+    assert!(caught_up, "{}", node.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(node.log().matches("missed its firing").count(), 1);
+    let ce_times: Vec<chrono::DateTime<chrono::Utc>> = calls(&node, "status=succeeded")
+        .iter()
+        .map(|call| {
+            let body = call["result"]["body"].as_str().unwrap_or_default();
+            let time = body
+                .lines()
+                .find_map(|line| line.strip_prefix("header ce-time="))
+                .expect("ce-time");
+            time.parse().unwrap()
         })
-        .filter(|call| ce_time(call) < restarted)
         .collect();
+    let mut distinct = ce_times.clone();
+    distinct.sort();
+    distinct.dedup();
     assert_eq!(
-        caught_up.len(),
-        1,
-        "three or four missed firings, one catch-up: {caught_up:?}"
+        distinct.len(),
+        ce_times.len(),
+        "no firing twice: {ce_times:?}"
+    );
+    let while_down = ce_times
+        .iter()
+        .filter(|time| **time > stopped && **time < restarted)
+        .count();
+    assert!(
+        while_down <= 1,
+        "one catch-up, not one per missed firing: {ce_times:?}"
     );
 }
 
@@ -404,7 +417,8 @@ fn no_call_is_lost_when_the_node_is_killed_with_1000_queued() {
     const CALLS: usize = 1000;
     let node = node_with(json!({}), &["--async-workers", "8"]);
     let url = node.url.clone();
-    // Four clients enqueue at once; each call takes 5ms to run.
+    // Four clients enqueue at once; each call takes 20 ms to run, so 8
+    // workers run 400 a second and the queue is still full at the kill.
     let senders: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
@@ -412,7 +426,7 @@ fn no_call_is_lost_when_the_node_is_killed_with_1000_queued() {
                 let agent = ureq::Agent::new();
                 for _ in 0..CALLS / 4 {
                     let response = agent
-                        .post(&format!("{url}/async-function/probe/sleep?ms=5"))
+                        .post(&format!("{url}/async-function/probe/sleep?ms=20"))
                         .send_bytes(b"")
                         .expect("enqueue");
                     assert_eq!(response.status(), 202);
@@ -450,4 +464,36 @@ fn no_call_is_lost_when_the_node_is_killed_with_1000_queued() {
         "only interrupted calls ran twice: {info}"
     );
     assert!(redelivered <= 8, "at most one per worker: {info}");
+}
+
+#[test]
+fn a_corrupt_call_fails_alone_and_the_queue_goes_on() {
+    let node = node_with(json!({ "asyncConcurrency": 1 }), &[]);
+    // The first call holds the function's only async slot while the node stops.
+    enqueue(&node, "probe/sleep?ms=2000", &[], b"");
+    enqueue(&node, "probe", &[("X-Call-Id", "victim")], b"");
+    enqueue(&node, "probe", &[("X-Call-Id", "after")], b"");
+    let data_dir = node.data_dir.clone();
+    let (_, scratch) = node.stop();
+    let db = rusqlite::Connection::open(data_dir.join("wisp.db")).unwrap();
+    let corrupted = db
+        .execute(
+            "UPDATE calls SET event = x'ffffffff' WHERE id = 'victim'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(corrupted, 1);
+    drop(db);
+
+    let node = Node::start_with(WISP, scratch, data_dir, &[]);
+    let victim = wait_for(&node, "victim", "failed", Duration::from_secs(20));
+    assert!(
+        victim["error"]
+            .as_str()
+            .unwrap()
+            .contains("the stored call is corrupt"),
+        "{victim}"
+    );
+    wait_for(&node, "after", "succeeded", Duration::from_secs(20));
+    assert_eq!(node.get("/function/probe").status, 200);
 }

@@ -101,12 +101,21 @@ impl Store {
             .collect()
     }
 
-    /// Removes a function; `false` if there was none.
+    /// Removes a function and its triggers' firing records (so a function
+    /// deployed again under the name does not catch up on firings from
+    /// before); `false` if there was none.
     pub fn delete_function(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
-        let deleted = self.db().execute(
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        let deleted = transaction.execute(
             "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
             params![namespace, name],
         )?;
+        transaction.execute(
+            "DELETE FROM trigger_firings WHERE namespace = ?1 AND function = ?2",
+            params![namespace, name],
+        )?;
+        transaction.commit()?;
         Ok(deleted > 0)
     }
 
