@@ -382,12 +382,18 @@ impl Queue {
             }
         };
         queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let attempt = match record::CloudEvent::decode(&started.event) {
+        let attempt = Self::attempt(node, key, &id, &started.event).await;
+        Self::settle(node, key, id, started, attempt).await;
+    }
+
+    /// Runs a started call's request on its function.
+    async fn attempt(node: &Arc<Node>, key: &Key, id: &str, event: &[u8]) -> Attempt {
+        match record::CloudEvent::decode(event) {
             Ok(event) => match node.function(&key.0, &key.1) {
                 Some(function) => {
                     let request = event.request();
                     let invocation = Invocation {
-                        call_id: id.clone(),
+                        call_id: id.to_owned(),
                         method: request.method,
                         path: request.path,
                         query: request.query,
@@ -399,7 +405,7 @@ impl Queue {
                     let _active = Active::enter(&function, node);
                     let limit = dispatch::body_limit(node, &function) as usize;
                     let deadline = invocation.deadline;
-                    attempt(
+                    read_outcome(
                         dispatch::invoke(node, &function, invocation).await,
                         limit,
                         deadline,
@@ -411,7 +417,19 @@ impl Queue {
             Err(error) => Attempt::Broken(format!(
                 "the stored call is corrupt and cannot run: {error}"
             )),
-        };
+        }
+    }
+
+    /// Records how an attempt ended: queued again after a backoff, or final
+    /// (with its callback sent).
+    async fn settle(
+        node: &Arc<Node>,
+        key: &Key,
+        id: String,
+        started: wisp_store::StartedCall,
+        attempt: Attempt,
+    ) {
+        let queue = &node.queue;
         let now = millis(Utc::now());
         let (state, error, result, status, body) = match attempt {
             Attempt::Answered(state, result, body) => {
@@ -516,7 +534,7 @@ fn jitter() -> f64 {
 }
 
 /// Reads the outcome of one attempt, the response body up to `limit` and the deadline.
-async fn attempt(
+async fn read_outcome(
     outcome: Result<wisp_runtime::Response, InvokeError>,
     limit: usize,
     deadline: tokio::time::Instant,
