@@ -8,18 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wisp_testing::{Node, send};
 
-use crate::{WISP, merge};
+use crate::{WISP, deploy_probe, node_with_probe};
 
 const NATS: &str = "nats://127.0.0.1:4222";
-
-fn node_with_trigger(trigger: Value, args: &[&str]) -> Node {
-    let node = Node::start_args(WISP, args);
-    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
-    let mut deployment = json!({ "service": "probe", "kind": "wasm-http", "image": digest });
-    merge(&mut deployment, json!({ "triggers": [trigger] }));
-    node.deploy_ok(deployment);
-    node
-}
 
 fn trigger_status(node: &Node) -> Value {
     send(node.admin("GET", "/system/function/probe"), None).json()["triggerStatus"][0].clone()
@@ -75,7 +66,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn nats_messages_become_cloudevents() {
     let subject = unique("wisp.test.");
-    let node = node_with_trigger(json!({ "nats": subject }), &[]);
+    let node = node_with_probe(json!({ "triggers": [{ "nats": subject }] }));
     wait_connected(&node);
     runtime().block_on(async {
         let client = async_nats::connect(NATS).await.unwrap();
@@ -134,10 +125,9 @@ fn jetstream_messages_are_acknowledged_once_their_call_is_over() {
         }
         context
     });
-    let node = node_with_trigger(
-        json!({ "nats": subject, "nats_stream": stream, "nats_consumer": "probe" }),
-        &[],
-    );
+    let node = node_with_probe(json!({
+        "triggers": [{ "nats": subject, "nats_stream": stream, "nats_consumer": "probe" }],
+    }));
     let calls = wait_succeeded(&node, 5);
     let mut ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
     ids.sort();
@@ -162,7 +152,7 @@ fn jetstream_messages_are_acknowledged_once_their_call_is_over() {
 #[test]
 fn mqtt_messages_become_cloudevents() {
     let base = unique("wisp/test/");
-    let node = node_with_trigger(json!({ "mqtt": format!("{base}/#") }), &[]);
+    let node = node_with_probe(json!({ "triggers": [{ "mqtt": format!("{base}/#") }] }));
     wait_connected(&node);
     let topic = format!("{base}/kitchen/temp");
     runtime().block_on(async {
@@ -270,11 +260,10 @@ fn triggers_connect_once_a_late_broker_comes_up() {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let mqtt_url = format!("mqtt://127.0.0.1:{mqtt_port}");
     let node = Node::start_args(WISP, &["--nats-url", &nats_url, "--mqtt-url", &mqtt_url]);
-    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
-    node.deploy_ok(json!({
-        "service": "probe", "kind": "wasm-http", "image": digest,
-        "triggers": [{ "nats": "late.orders" }, { "mqtt": "late/#" }],
-    }));
+    deploy_probe(
+        &node,
+        json!({ "triggers": [{ "nats": "late.orders" }, { "mqtt": "late/#" }] }),
+    );
     let states = || {
         send(node.admin("GET", "/system/function/probe"), None).json()["triggerStatus"]
             .as_array()

@@ -12,21 +12,7 @@ use std::{
 use serde_json::{Value, json};
 use wisp_testing::{Node, send};
 
-use crate::{WISP, merge};
-
-/// A node with the http probe deployed as `probe`, with `extra` in its deployment.
-fn node_with(extra: Value, args: &[&str]) -> Node {
-    let node = Node::start_args(WISP, args);
-    deploy_probe(&node, extra);
-    node
-}
-
-fn deploy_probe(node: &Node, extra: Value) {
-    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
-    let mut deployment = json!({ "service": "probe", "kind": "wasm-http", "image": digest });
-    merge(&mut deployment, extra);
-    node.deploy_ok(deployment);
-}
+use crate::{WISP, deploy_probe, node_with_probe};
 
 /// `POST /async-function/{path}` with `headers`; the call id, after checking the 202.
 fn enqueue(node: &Node, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
@@ -69,7 +55,7 @@ fn queue_info(node: &Node) -> Value {
 
 #[test]
 fn an_async_call_runs_the_stored_request_and_keeps_its_result() {
-    let node = node_with(json!({}), &[]);
+    let node = node_with_probe(json!({}));
     let id = enqueue(
         &node,
         "probe/items/1?full=true",
@@ -119,7 +105,7 @@ fn an_async_call_runs_the_stored_request_and_keeps_its_result() {
 
 #[test]
 fn bad_async_calls_are_refused_and_nothing_is_stored() {
-    let node = node_with(json!({}), &[]);
+    let node = node_with_probe(json!({}));
     let unknown = node.post("/async-function/nope", b"x");
     assert_eq!(unknown.status, 404);
     assert!(unknown.error().contains("nope"), "{}", unknown.error());
@@ -153,7 +139,7 @@ fn bad_async_calls_are_refused_and_nothing_is_stored() {
 
 #[test]
 fn failed_attempts_are_retried_then_dead_and_retried_by_hand() {
-    let node = node_with(json!({ "retries": 2, "retryBackoff": "50ms" }), &[]);
+    let node = node_with_probe(json!({ "retries": 2, "retryBackoff": "50ms" }));
     let id = enqueue(&node, "probe/status?code=503", &[], b"");
     let dead = wait_for(&node, &id, "dead", Duration::from_secs(10));
     assert_eq!(
@@ -207,9 +193,8 @@ fn failed_attempts_are_retried_then_dead_and_retried_by_hand() {
 
 #[test]
 fn an_async_timeout_is_its_own_and_a_timeout_is_retried() {
-    let node = node_with(
+    let node = node_with_probe(
         json!({ "timeout": "100ms", "asyncTimeout": "2s", "retries": 1, "retryBackoff": "50ms" }),
-        &[],
     );
     // Too slow for the sync timeout, fine for the async one.
     assert_eq!(node.get("/function/probe/sleep?ms=400").status, 504);
@@ -273,7 +258,7 @@ impl Sink {
 
 #[test]
 fn the_result_is_posted_to_the_callback_url_until_it_is_taken() {
-    let node = node_with(json!({}), &[]);
+    let node = node_with_probe(json!({}));
     let sink = Sink::start(vec![500]);
     let id = enqueue(
         &node,
@@ -298,7 +283,7 @@ fn the_result_is_posted_to_the_callback_url_until_it_is_taken() {
 
 #[test]
 fn async_concurrency_bounds_a_functions_parallel_calls() {
-    let node = node_with(json!({ "asyncConcurrency": 1 }), &[]);
+    let node = node_with_probe(json!({ "asyncConcurrency": 1 }));
     let ids: Vec<String> = (0..4)
         .map(|_| enqueue(&node, "probe/sleep?ms=200", &[], b""))
         .collect();
@@ -320,7 +305,7 @@ fn async_concurrency_bounds_a_functions_parallel_calls() {
 
 #[test]
 fn cron_triggers_hand_over_cloudevents_and_show_in_describe() {
-    let node = node_with(json!({ "triggers": [{ "cron": "@every 1s" }] }), &[]);
+    let node = node_with_probe(json!({ "triggers": [{ "cron": "@every 1s" }] }));
     let mut fired = Vec::new();
     let enough = node.eventually(Duration::from_secs(10), || {
         fired = calls(&node, "function=probe&status=succeeded");
@@ -368,7 +353,7 @@ fn cron_triggers_hand_over_cloudevents_and_show_in_describe() {
 
 #[test]
 fn a_trigger_that_missed_firings_while_down_fires_once_at_start_up() {
-    let node = node_with(json!({ "triggers": [{ "cron": "@every 1s" }] }), &[]);
+    let node = node_with_probe(json!({ "triggers": [{ "cron": "@every 1s" }] }));
     assert!(node.eventually(Duration::from_secs(10), || !calls(&node, "").is_empty()));
     let data_dir = node.data_dir.clone();
     let (_, scratch) = node.stop();
@@ -415,7 +400,8 @@ fn a_trigger_that_missed_firings_while_down_fires_once_at_start_up() {
 #[test]
 fn no_call_is_lost_when_the_node_is_killed_with_1000_queued() {
     const CALLS: usize = 1000;
-    let node = node_with(json!({}), &["--async-workers", "8"]);
+    let node = Node::start_args(WISP, &["--async-workers", "8"]);
+    deploy_probe(&node, json!({}));
     let url = node.url.clone();
     // Four clients enqueue at once; each call takes 20 ms to run, so 8
     // workers run 400 a second and the queue is still full at the kill.
@@ -468,7 +454,7 @@ fn no_call_is_lost_when_the_node_is_killed_with_1000_queued() {
 
 #[test]
 fn a_corrupt_call_fails_alone_and_the_queue_goes_on() {
-    let node = node_with(json!({ "asyncConcurrency": 1 }), &[]);
+    let node = node_with_probe(json!({ "asyncConcurrency": 1 }));
     // The first call holds the function's only async slot while the node stops.
     enqueue(&node, "probe/sleep?ms=2000", &[], b"");
     enqueue(&node, "probe", &[("X-Call-Id", "victim")], b"");

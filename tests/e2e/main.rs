@@ -19,11 +19,16 @@ const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 /// A node with the http probe deployed as `probe` (and `extra` fields merged into its deployment).
 fn node_with_probe(extra: Value) -> Node {
     let node = Node::start(WISP);
+    deploy_probe(&node, extra);
+    node
+}
+
+/// Deploys the http probe as `probe` on `node` (with `extra` fields merged into its deployment).
+fn deploy_probe(node: &Node, extra: Value) {
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
     let mut deployment = json!({ "service": "probe", "kind": "wasm-http", "image": digest });
     merge(&mut deployment, extra);
     node.deploy_ok(deployment);
-    node
 }
 
 /// Shallow-merges the fields of `extra` into `base`.

@@ -164,6 +164,15 @@ fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
     })
 }
 
+fn pending_call(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingCall> {
+    Ok(PendingCall {
+        id: row.get(0)?,
+        namespace: row.get(1)?,
+        function: row.get(2)?,
+        due_at: row.get(3)?,
+    })
+}
+
 /// Queue writes inside one transaction.
 pub struct QueueBatch<'a>(&'a rusqlite::Transaction<'a>);
 
@@ -251,14 +260,7 @@ impl QueueBatch<'_> {
                  WHERE id = ?1 AND state IN ('succeeded', 'failed', 'dead')
                  RETURNING id, namespace, function, due_at",
             )?
-            .query_row(params![id, now], |row| {
-                Ok(PendingCall {
-                    id: row.get(0)?,
-                    namespace: row.get(1)?,
-                    function: row.get(2)?,
-                    due_at: row.get(3)?,
-                })
-            })
+            .query_row(params![id, now], pending_call)
             .optional()?)
     }
 
@@ -323,14 +325,7 @@ impl Store {
             "SELECT id, namespace, function, due_at FROM calls WHERE state = 'queued' ORDER BY due_at",
         )?;
         let pending = statement
-            .query_map([], |row| {
-                Ok(PendingCall {
-                    id: row.get(0)?,
-                    namespace: row.get(1)?,
-                    function: row.get(2)?,
-                    due_at: row.get(3)?,
-                })
-            })?
+            .query_map([], pending_call)?
             .collect::<Result<_, _>>()?;
         Ok((pending, redelivered))
     }

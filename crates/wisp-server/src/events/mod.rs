@@ -55,6 +55,11 @@ pub(crate) fn millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
 }
 
+/// A time as the API and CloudEvents write it: RFC 3339 in UTC, to the millisecond.
+pub(crate) fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Calls waiting in memory for one function.
 #[derive(Default)]
 struct Waiting {

@@ -4,19 +4,16 @@
 //! is not lost when the node stops between the two. A broker that is down is
 //! retried with backoff, and the trigger shows as disconnected meanwhile.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use super::{
     record,
-    triggers::{Event, IN_FLIGHT, Link, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
 };
 use crate::config::mqtt_address;
-
-/// The longest wait between two attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs one MQTT trigger until it is aborted or the node is gone. `index`
 /// tells a function's triggers apart in their client ids.
@@ -38,8 +35,7 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
         .set_manual_acks(true)
         .set_max_packet_size(32 << 20, 32 << 20);
     let (client, mut events) = AsyncClient::new(options, 64);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let event = events.poll().await;
         let Some(node) = source.node.upgrade() else {
@@ -47,7 +43,7 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
         };
         match event {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
+                backoff = FIRST_BACKOFF;
                 match client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                     Ok(()) => source.set_link(&node, Link::Connected),
                     Err(error) => source.set_link(
@@ -66,31 +62,23 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
                     content_type: None,
                     fired_at: None,
                 };
-                // Committed concurrently, so the writer can batch them; the
-                // event loop goes on meanwhile.
-                let permit = in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
-                let (source, client) = (source.clone(), client.clone());
-                tokio::spawn(async move {
-                    match source.queue(&node, event).await {
-                        Ok(_) => {
-                            if let Err(error) = client.try_ack(&publish) {
-                                tracing::warn!("an MQTT acknowledgement was not sent: {error}");
+                let client = client.clone();
+                source
+                    .queue_in_background(node, event, |queued| async move {
+                        match queued {
+                            Ok(_) => {
+                                if let Err(error) = client.try_ack(&publish) {
+                                    tracing::warn!("an MQTT acknowledgement was not sent: {error}");
+                                }
                             }
+                            // Not acknowledged: the broker delivers it again.
+                            Err(error) => tracing::error!(
+                                "a message on {} could not be queued: {error}",
+                                publish.topic
+                            ),
                         }
-                        // Not acknowledged: the broker delivers it again.
-                        Err(error) => tracing::error!(
-                            "{}.{}: a message on {} could not be queued: {error}",
-                            source.function,
-                            source.namespace,
-                            publish.topic
-                        ),
-                    }
-                    drop(permit);
-                });
+                    })
+                    .await;
             }
             Ok(_) => {}
             Err(error) => {

@@ -17,18 +17,16 @@ use wisp_core::{CallState, events::NatsTrigger};
 
 use super::{
     record,
-    triggers::{Event, IN_FLIGHT, Link, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
 };
 use crate::node::Node;
 
-/// The longest wait between two attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a message whose call is still running is marked in progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs one NATS trigger until it is aborted or the node is gone.
 pub(super) async fn run(source: Source, trigger: NatsTrigger, url: String) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let error = match source.node.upgrade() {
             Some(_) => match session(&source, &trigger, &url).await {
@@ -112,29 +110,19 @@ async fn core(
     if let Some(node) = source.node.upgrade() {
         source.set_link(&node, Link::Connected);
     }
-    // Messages are committed concurrently, so the writer can batch them.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(message) = subscriber.next().await {
         let Some(node) = source.node.upgrade() else {
             return Ok(());
         };
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let source = source.clone();
-        tokio::spawn(async move {
-            if let Err(error) = source.queue(&node, event(None, &message)).await {
-                tracing::error!(
-                    "{}.{}: a message on {} was dropped: {error}",
-                    source.function,
-                    source.namespace,
-                    message.subject
-                );
-            }
-            drop(permit);
-        });
+        let label = format!("{}.{}", source.function, source.namespace);
+        let subject = message.subject.clone();
+        source
+            .queue_in_background(node, event(None, &message), |queued| async move {
+                if let Err(error) = queued {
+                    tracing::error!("{label}: a message on {subject} was dropped: {error}");
+                }
+            })
+            .await;
     }
     Err("the subscription ended".into())
 }
@@ -184,22 +172,23 @@ async fn consume(
                 continue;
             }
         };
-        match source
-            .queue(&node, event(Some(id.clone()), &message.message))
-            .await
-        {
-            Ok(_) => {
-                tokio::spawn(acknowledge(node, message, id));
-            }
-            Err(error) => {
-                tracing::error!(
-                    "{id} could not be queued; JetStream will deliver it again: {error}"
-                );
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
+        let event = event(Some(id.clone()), &message.message);
+        let waiter = node.clone();
+        source
+            .queue_in_background(node, event, |queued| async move {
+                match queued {
+                    Ok(_) => acknowledge(waiter, message, id).await,
+                    Err(error) => {
+                        tracing::error!(
+                            "{id} could not be queued; JetStream will deliver it again: {error}"
+                        );
+                        let _ = message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                    }
+                }
+            })
+            .await;
     }
     Err("the JetStream consumer ended".into())
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use prost::Message as _;
 
 /// The type of an event that is an HTTP request accepted by `/async-function/`.
@@ -240,10 +240,10 @@ impl CloudEvent {
 
     /// The request its function sees: the stored request for an HTTP call;
     /// for any other event, a `POST /` in HTTP binary content mode.
-    pub fn request(self) -> Request {
-        let body = match &self.data {
-            Some(Data::BinaryData(bytes)) => Bytes::from(bytes.clone()),
-            Some(Data::TextData(text)) => Bytes::from(text.clone()),
+    pub fn request(mut self) -> Request {
+        let body = match self.data.take() {
+            Some(Data::BinaryData(bytes)) => Bytes::from(bytes),
+            Some(Data::TextData(text)) => Bytes::from(text),
             None => Bytes::new(),
         };
         let mut headers = HeaderMap::new();
@@ -269,9 +269,7 @@ impl CloudEvent {
                 body,
             };
         }
-        let time = self
-            .time()
-            .map(|time| time.to_rfc3339_opts(SecondsFormat::Millis, true));
+        let time = self.time().map(super::rfc3339);
         for (name, value) in [
             ("ce-specversion", Some(self.spec_version.as_str())),
             ("ce-id", Some(self.id.as_str())),

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse as _, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use wisp_core::{
     CallState,
@@ -18,7 +18,7 @@ use wisp_core::{
 };
 use wisp_store::{CallFilter, CallRow, NewCall};
 
-use super::{Queue, callback, millis, record};
+use super::{Queue, callback, millis, record, rfc3339};
 use crate::{ApiError, dispatch, dispatch::CallId, node::Node};
 
 /// The most calls one list answers.
@@ -182,9 +182,7 @@ fn unknown(id: &str) -> ApiError {
 }
 
 fn time(millis: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    rfc3339(DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or_default())
 }
 
 /// A stored call as the API shows it.

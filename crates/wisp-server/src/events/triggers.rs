@@ -5,19 +5,25 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex, Weak},
+    time::Duration,
 };
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
 use wisp_store::NewCall;
 
-use super::{Queue, cron, millis, mqtt, nats, record};
+use super::{Queue, cron, millis, mqtt, nats, record, rfc3339};
 use crate::node::Node;
 
 /// Events of one trigger being committed at once: enough to keep the queue's
 /// writer batching, few enough to bound the memory of a flood.
-pub(super) const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 256;
+/// The first wait before a broker trigger tries to connect again.
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to connect to a broker.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A function's trigger: where its events come from and where they go.
 #[derive(Clone)]
@@ -27,6 +33,8 @@ pub(super) struct Source {
     pub function: String,
     /// How the trigger is named in calls and `wisp describe`.
     pub label: String,
+    /// Bounds this trigger's events being committed at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// One event from a trigger.
@@ -78,6 +86,28 @@ impl Source {
         Ok((id, new))
     }
 
+    /// Queues an event on a task of its own, so a broker's messages are
+    /// committed concurrently (and batched by the writer) while the next ones
+    /// arrive; `done` gets the outcome. Waits while [`IN_FLIGHT`] are committing.
+    pub async fn queue_in_background<F, Done>(&self, node: Arc<Node>, event: Event, done: F)
+    where
+        F: FnOnce(Result<(String, bool), String>) -> Done + Send + 'static,
+        Done: Future<Output = ()> + Send + 'static,
+    {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let source = self.clone();
+        tokio::spawn(async move {
+            let queued = source.queue(&node, event).await;
+            drop(permit);
+            done(queued).await;
+        });
+    }
+
     /// Records whether a broker trigger is connected, and why not.
     pub fn set_link(&self, node: &Node, link: Link) {
         let key = (
@@ -122,6 +152,7 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                 namespace: spec.namespace.clone(),
                 function: spec.name.clone(),
                 label: trigger.label(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             };
             match trigger {
                 Trigger::Cron(schedule) => tokio::spawn(cron::run(source, schedule.clone())),
@@ -144,7 +175,6 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
 /// What each of a function's triggers is doing, for its status.
 pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
     let now = Utc::now();
-    let format = |time: DateTime<Utc>| time.to_rfc3339_opts(SecondsFormat::Millis, true);
     let links = node.queue.links.lock().expect("links");
     spec.triggers
         .iter()
@@ -160,8 +190,8 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                         .ok()
                         .flatten()
                         .and_then(DateTime::from_timestamp_millis)
-                        .map(format),
-                    next_firing_at: schedule.next_after(now).map(format),
+                        .map(rfc3339),
+                    next_firing_at: schedule.next_after(now).map(rfc3339),
                     trigger: label,
                 },
                 Trigger::Nats(_) | Trigger::Mqtt(_) => {
