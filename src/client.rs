@@ -9,6 +9,7 @@ use wisp_core::{
         ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus, ScaleRequest,
     },
     events::{CallInfo, CallList},
+    telemetry::{Trace, Usage},
 };
 
 use crate::commands::{Remote, default_data_dir};
@@ -198,7 +199,18 @@ impl Client {
 
     /// Async calls, newest first, filtered by the query string `query`.
     pub fn calls(&self, query: &[(&str, String)]) -> anyhow::Result<CallList> {
-        let mut request = self.request("GET", "/system/calls");
+        self.get("/system/calls", query)
+    }
+
+    /// One async call.
+    pub fn async_call(&self, id: &str) -> anyhow::Result<CallInfo> {
+        let response = self.call(self.request("GET", &format!("/system/calls/{id}")).call())?;
+        self.json(response)
+    }
+
+    /// A GET of `path` with `query`, answered as JSON.
+    fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+        let mut request = self.request("GET", path);
         for (name, value) in query {
             request = request.query(name, value);
         }
@@ -206,10 +218,25 @@ impl Client {
         self.json(response)
     }
 
-    /// One async call.
-    pub fn async_call(&self, id: &str) -> anyhow::Result<CallInfo> {
-        let response = self.call(self.request("GET", &format!("/system/calls/{id}")).call())?;
-        self.json(response)
+    /// Log lines as newline-delimited JSON, streamed (for as long as the
+    /// gateway sends when `follow` is in `query`).
+    pub fn logs(&self, query: &[(&str, String)]) -> anyhow::Result<impl std::io::BufRead> {
+        let mut request = self.request("GET", "/system/logs");
+        for (name, value) in query {
+            request = request.query(name, value);
+        }
+        let response = self.call(request.call())?;
+        Ok(std::io::BufReader::new(response.into_reader()))
+    }
+
+    /// The trace a call belongs to.
+    pub fn trace(&self, call_id: &str) -> anyhow::Result<Trace> {
+        self.get(&format!("/system/traces/{call_id}"), &[])
+    }
+
+    /// Usage totals per function.
+    pub fn usage(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<Usage>> {
+        self.get("/system/usage", query)
     }
 
     /// Queues a finished call again.

@@ -5,10 +5,13 @@ mod calls;
 mod deploy;
 mod describe;
 mod invoke;
+mod logs;
 mod ls;
 mod rm;
 mod scale;
+mod trace;
 mod up;
+mod usage;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,6 +36,9 @@ enum Command {
     Describe(describe::Describe),
     Rm(rm::Rm),
     Scale(scale::Scale),
+    Logs(logs::Logs),
+    Trace(trace::TraceCommand),
+    Usage(usage::UsageCommand),
 }
 
 impl Cli {
@@ -48,6 +54,9 @@ impl Cli {
             Command::Describe(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Rm(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Scale(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Logs(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Trace(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Usage(command) => command.execute().map(|()| ExitCode::SUCCESS),
         }
     }
 }

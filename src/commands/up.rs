@@ -39,6 +39,12 @@ pub struct Up {
     /// The MQTT broker of `mqtt` triggers, as mqtt://host:port.
     #[arg(long, env = "WISP_MQTT_URL", default_value = wisp_server::DEFAULT_MQTT_URL)]
     mqtt_url: String,
+    /// Log lines, and call records, kept per function (the oldest go first).
+    #[arg(long, default_value_t = wisp_server::DEFAULT_CALL_LOG_RETENTION)]
+    call_log_retention: u32,
+    /// Turn off tracing, the call log and per-call metrics (for the last few percent of throughput).
+    #[arg(long)]
+    no_telemetry: bool,
     /// How long a stop (SIGTERM) lets requests in flight finish.
     #[arg(long, default_value = "30s")]
     grace_period: wisp_core::HumanDuration,
@@ -71,6 +77,8 @@ impl Up {
         config.async_workers = self.async_workers;
         config.nats_url = self.nats_url;
         config.mqtt_url = self.mqtt_url;
+        config.call_log_retention = self.call_log_retention;
+        config.telemetry = !self.no_telemetry;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;

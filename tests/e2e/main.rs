@@ -6,6 +6,7 @@ mod cli;
 mod events;
 mod invoke;
 mod limits;
+mod observability;
 mod refusals;
 mod restart;
 mod scaling;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod manifest;
 pub mod name;
 pub mod spec;
+pub mod telemetry;
 pub mod units;
 
 pub use events::{CallState, Schedule, Trigger};

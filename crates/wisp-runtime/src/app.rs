@@ -44,7 +44,7 @@ use tokio::{
 use wisp_core::{Readiness, Scale};
 
 use crate::{
-    BoxError, Invocation, InvokeError, PrepareError, Response, ResponseBody,
+    BoxError, Invocation, InvokeError, LogStream, Output, PrepareError, Response, ResponseBody,
     process::{Program, kill_group, signal_group},
 };
 
@@ -114,6 +114,8 @@ struct App {
     closed: AtomicBool,
     /// The last line the app wrote, to explain a failed start.
     last_line: Mutex<String>,
+    /// Where the replicas' output lines go.
+    output: Output,
 }
 
 #[derive(Default)]
@@ -141,7 +143,12 @@ struct Replica {
 impl AppFunction {
     /// Prepares an app and starts its autoscaler, which starts `min` replicas
     /// in the background. Must be called within a tokio runtime.
-    pub fn new(name: String, program: Program, scale: Scale) -> Result<Self, PrepareError> {
+    pub fn new(
+        name: String,
+        program: Program,
+        scale: Scale,
+        output: Output,
+    ) -> Result<Self, PrepareError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -160,6 +167,7 @@ impl AppFunction {
             next_replica: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             last_line: Mutex::default(),
+            output,
         });
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             PrepareError::Internal("process-http functions need a tokio runtime".into())
@@ -489,20 +497,25 @@ async fn run_replica(app: Arc<App>) {
     };
     let group = child.id().map(|pid| pid as libc::pid_t);
     let mut forwarders = Vec::new();
-    for output in [
-        child
-            .stdout
-            .take()
-            .map(|out| Box::new(out) as Box<dyn AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|err| Box::new(err) as Box<dyn AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        forwarders.push(tokio::spawn(forward_output(app.clone(), id, output)));
+    for (stream, output) in [
+        (
+            LogStream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn AsyncRead + Send + Unpin>),
+        ),
+        (
+            LogStream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn AsyncRead + Send + Unpin>),
+        ),
+    ] {
+        if let Some(output) = output {
+            forwarders.push(tokio::spawn(forward_output(app.clone(), stream, output)));
+        }
     }
 
     let replica = Arc::new(Replica {
@@ -604,8 +617,12 @@ async fn wait_ready(app: &App, port: u16) {
     }
 }
 
-/// Logs a replica's output line by line, keeping the last line.
-async fn forward_output(app: Arc<App>, replica: u64, output: Box<dyn AsyncRead + Send + Unpin>) {
+/// Hands a replica's output over line by line, keeping the last line.
+async fn forward_output(
+    app: Arc<App>,
+    stream: LogStream,
+    output: Box<dyn AsyncRead + Send + Unpin>,
+) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -623,7 +640,7 @@ async fn forward_output(app: Arc<App>, replica: u64, output: Box<dyn AsyncRead +
         if text.is_empty() {
             continue;
         }
-        tracing::info!(target: "wisp::function", function = %app.name, replica, "{text}");
+        app.output.0.line(None, stream, text);
         *app.last_line.lock().expect("last line") = text.to_owned();
     }
 }

@@ -4,16 +4,24 @@
 //! request ([`process`]); HTTP apps run as scaled replicas that requests are
 //! proxied to ([`app`]). Each takes an [`Invocation`] with its deadline and
 //! answers a response or an [`InvokeError`], which the server turns into a
-//! status in one place.
+//! status in one place. What a function writes goes to its [`Output`], line
+//! by line with the call's id, and what a call uses is read into its [`Meter`].
 
 pub mod app;
 pub mod process;
 pub mod wasm;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+pub use wisp_core::telemetry::LogStream;
 
 /// The error type of a response body stream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,6 +47,67 @@ pub struct Invocation {
     pub body: Bytes,
     /// When the invocation must be over, response body included.
     pub deadline: tokio::time::Instant,
+    /// What the invocation used, as far as its executor can measure.
+    pub meter: Arc<Meter>,
+}
+
+/// What one invocation used. Executors fill in what they can measure: a
+/// WebAssembly guest's linear memory, a process's peak RSS and CPU time.
+#[derive(Debug, Default)]
+pub struct Meter {
+    memory_peak: AtomicU64,
+    cpu_us: OnceLock<u64>,
+}
+
+impl Meter {
+    /// Records that the invocation holds `bytes` of memory now.
+    pub fn memory(&self, bytes: u64) {
+        self.memory_peak.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// Records the invocation's CPU time.
+    pub fn cpu(&self, time: Duration) {
+        let _ = self.cpu_us.set(time.as_micros() as u64);
+    }
+
+    /// The most memory seen, if measured.
+    pub fn memory_peak(&self) -> Option<u64> {
+        Some(self.memory_peak.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0)
+    }
+
+    /// The CPU time, if measured.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.cpu_us.get().map(|&us| Duration::from_micros(us))
+    }
+}
+
+/// Takes a function's output, one line at a time.
+pub trait OutputSink: Send + Sync {
+    /// One line, without its newline; `call_id` is `None` for an HTTP app's own output.
+    fn line(&self, call_id: Option<&str>, stream: LogStream, line: &str);
+}
+
+/// Where a function's output goes: one per function, shared by its invocations.
+#[derive(Clone)]
+pub struct Output(pub Arc<dyn OutputSink>);
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Output")
+    }
+}
+
+impl Output {
+    /// Hands over each non-empty line of `bytes`.
+    pub fn lines(&self, call_id: Option<&str>, stream: LogStream, bytes: &[u8]) {
+        for line in String::from_utf8_lossy(bytes)
+            .lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty())
+        {
+            self.0.line(call_id, stream, line);
+        }
+    }
 }
 
 /// How an invocation failed. Each variant maps to one HTTP status in the server.
@@ -158,16 +227,6 @@ fn stdio_content_type(env: &[(String, String)]) -> String {
         )
 }
 
-/// Writes a function's STDERR to the log, one line per event, tagged with the call.
-fn log_stderr(function: &str, call_id: &str, stderr: &[u8]) {
-    for line in String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|line| !line.is_empty())
-    {
-        tracing::info!(target: "wisp::function", function, call_id, "stderr: {line}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +244,7 @@ mod tests {
             headers,
             body: Bytes::new(),
             deadline: tokio::time::Instant::now(),
+            meter: Arc::default(),
         };
         let env = watchdog_env(&invocation);
         for expected in [

@@ -1,6 +1,7 @@
 //! Executables, one process per request, with the OpenFaaS watchdog's
 //! contract: the body on STDIN, `Http_*` environment variables, STDOUT as the
-//! response, STDERR to the log, a non-zero exit status as a failure.
+//! response, STDERR to the log, a non-zero exit status as a failure. What a
+//! process used (peak RSS, CPU time) is read when it exits, before it is reaped.
 //!
 //! Every process leads its own process group, so at the deadline the whole
 //! group is killed, children included. [`Program::command`] is the one place
@@ -8,16 +9,18 @@
 //! replicas alike, so sandboxing can wrap it.
 
 use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
-    Invocation, InvokeError, PrepareError, Response, full_response, log_stderr, stdio_content_type,
-    watchdog_env,
+    Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
+    stdio_content_type, watchdog_env,
 };
 
 /// The most a process may write to STDOUT (its response body).
@@ -100,10 +103,10 @@ impl Program {
 /// A prepared `process` function: one process per request.
 #[derive(Debug, Clone)]
 pub struct ProcessFunction {
-    /// The function's name, for the log.
-    pub name: String,
     /// What to run.
     pub program: Program,
+    /// Where its STDERR lines go.
+    pub output: Output,
 }
 
 impl ProcessFunction {
@@ -121,6 +124,7 @@ impl ProcessFunction {
             InvokeError::Internal(format!("spawn {}: {error}", self.program.program.display()))
         })?;
         let group = child.id().map(|pid| pid as libc::pid_t);
+        let exit = group.and_then(pidfd);
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -136,7 +140,13 @@ impl ProcessFunction {
                 feed,
                 read_bounded(stdout, MAX_STDOUT),
                 read_bounded(stderr, MAX_STDERR),
-                child.wait()
+                async {
+                    // Read what it used while it is a zombie; reaping forgets it.
+                    if let Some(exit) = exit {
+                        meter_exit(exit, &invocation.meter).await;
+                    }
+                    child.wait().await
+                }
             );
             (out, err, status)
         };
@@ -149,9 +159,9 @@ impl ProcessFunction {
             Ok(finished) => finished,
             Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
         };
-        log_stderr(
-            &self.name,
-            &invocation.call_id,
+        self.output.lines(
+            Some(&invocation.call_id),
+            LogStream::Stderr,
             &stderr.unwrap_or_default().0,
         );
         let status = status.map_err(|error| InvokeError::Internal(format!("wait: {error}")))?;
@@ -177,6 +187,54 @@ impl ProcessFunction {
             }
         }
     }
+}
+
+/// A pidfd for a child that has not been reaped (so its pid cannot be reused).
+fn pidfd(pid: libc::pid_t) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    // SAFETY: an OwnedFd stays open and keeps its descriptor for as long as it lives.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok()
+    }
+}
+
+/// Waits until the process has exited, then meters its peak RSS and CPU time
+/// (its own and its reaped children's) without reaping it.
+async fn meter_exit(exit: tokio::io::unix::AsyncFd<OwnedFd>, meter: &Meter) {
+    // A pidfd is readable once its process has exited.
+    if exit.readable().await.is_err() {
+        return;
+    }
+    // SAFETY: all-zero is a valid siginfo_t and rusage (plain C structs).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the raw waitid(2) syscall with valid pointers to the two structs
+    // it fills; WNOWAIT leaves the child to be reaped by its owner.
+    let waited = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PIDFD,
+            exit.as_raw_fd(),
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            &mut usage as *mut libc::rusage,
+        )
+    };
+    if waited != 0 {
+        return;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    meter.cpu(time(usage.ru_utime) + time(usage.ru_stime));
+    // ru_maxrss is in kilobytes.
+    meter.memory(usage.ru_maxrss as u64 * 1024);
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -214,7 +272,7 @@ async fn read_bounded(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::sync::Arc;
 
     use http_body_util::BodyExt as _;
 
@@ -229,16 +287,34 @@ mod tests {
             headers: http::HeaderMap::new(),
             body: Bytes::from(body.to_owned()),
             deadline: tokio::time::Instant::now() + timeout,
+            meter: Arc::default(),
+        }
+    }
+
+    /// Keeps the lines a function writes.
+    #[derive(Default)]
+    struct Lines(std::sync::Mutex<Vec<(Option<String>, LogStream, String)>>);
+
+    impl crate::OutputSink for Lines {
+        fn line(&self, call_id: Option<&str>, stream: LogStream, line: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((call_id.map(str::to_owned), stream, line.to_owned()));
+        }
+    }
+
+    fn shell_with(script: &str, lines: Arc<Lines>) -> ProcessFunction {
+        let mut program = Program::new(std::env::temp_dir(), "sh -c", vec![]).unwrap();
+        program.args.push(script.into());
+        ProcessFunction {
+            program,
+            output: Output(lines),
         }
     }
 
     fn shell(script: &str) -> ProcessFunction {
-        let mut program = Program::new(std::env::temp_dir(), "sh -c", vec![]).unwrap();
-        program.args.push(script.into());
-        ProcessFunction {
-            name: "sh".into(),
-            program,
-        }
+        shell_with(script, Arc::default())
     }
 
     #[tokio::test]
@@ -252,12 +328,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn non_zero_exit_is_an_error() {
-        let error = shell("echo oops >&2; exit 3")
+    async fn non_zero_exit_is_an_error_and_stderr_is_kept() {
+        let lines = Arc::new(Lines::default());
+        let error = shell_with("echo oops >&2; exit 3", lines.clone())
             .invoke(invocation("", Duration::from_secs(5)))
             .await
             .unwrap_err();
         assert!(matches!(error, InvokeError::Exit(3)), "{error}");
+        assert_eq!(
+            *lines.0.lock().unwrap(),
+            [(Some("test".into()), LogStream::Stderr, "oops".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn peak_memory_and_cpu_time_are_metered() {
+        let invocation = invocation("", Duration::from_secs(10));
+        let meter = invocation.meter.clone();
+        // 64 MiB touched, and a busy loop, in the child.
+        shell("head -c 67108864 /dev/zero | tail -c 1 >/dev/null; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+            .invoke(invocation)
+            .await
+            .unwrap();
+        let cpu = meter.cpu_time().expect("CPU time is measured");
+        assert!(cpu > Duration::ZERO, "{cpu:?}");
+        let peak = meter.memory_peak().expect("peak memory is measured");
+        assert!(peak >= 1 << 20, "{peak}");
     }
 
     #[tokio::test]

@@ -44,8 +44,8 @@ use wasmtime_wasi_http::{
 };
 
 use crate::{
-    Invocation, InvokeError, PrepareError, Response, full_response, log_stderr, stdio_content_type,
-    watchdog_env,
+    Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
+    stdio_content_type, watchdog_env,
 };
 
 /// How often the epoch advances: the granularity of timeouts and of yielding.
@@ -54,7 +54,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
 /// The most a `wasm-stdio` guest may write to STDOUT (its response body).
 pub const MAX_STDOUT: usize = 64 << 20;
-/// The most of a guest's STDERR that is kept for the log, per invocation.
+/// The most of a guest's STDERR (and a `wasm-http` guest's STDOUT) kept for the log, per invocation.
 pub const MAX_STDERR: usize = 64 << 10;
 
 /// Engine-wide settings, chosen by the node.
@@ -79,6 +79,8 @@ pub struct WasmLimits {
     pub env: Vec<(String, String)>,
     /// Outbound HTTP destinations the guest may call.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Where the guest's output lines go.
+    pub output: Output,
 }
 
 /// Compile-cache counters.
@@ -371,21 +373,29 @@ impl WasiHttpView for GuestState {
     }
 }
 
-/// Bounds a store's linear memory and remembers whether the guest hit the bound.
+/// Bounds a store's linear memory, remembers whether the guest hit the
+/// bound, and meters the memory its instances hold.
 struct MemoryLimiter {
     limit: u64,
     denied: bool,
+    /// Bytes of linear memory across the store's memories (they only grow).
+    held: u64,
+    meter: Arc<Meter>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit;
         self.denied |= !allowed;
+        if allowed {
+            self.held += desired.saturating_sub(current) as u64;
+            self.meter.memory(self.held);
+        }
         Ok(allowed)
     }
 
@@ -399,9 +409,13 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Outbound HTTP only to the function's `allowed_outbound_hosts`.
+/// Outbound HTTP only to the function's `allowed_outbound_hosts`, carrying
+/// the call's trace context.
 struct OutboundPolicy {
     function: Arc<WasmLimits>,
+    /// The call's `traceparent`, added to requests that carry none, so the
+    /// functions a guest calls join its trace.
+    traceparent: Option<http::HeaderValue>,
 }
 
 impl OutboundPolicy {
@@ -462,6 +476,13 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         if self.allows(request.uri()) {
+            let mut request = request;
+            if let Some(traceparent) = &self.traceparent {
+                request
+                    .headers_mut()
+                    .entry(TRACEPARENT)
+                    .or_insert_with(|| traceparent.clone());
+            }
             return wasmtime_wasi_http::default_hooks().send_request(request, options, fut);
         }
         tracing::warn!(
@@ -474,13 +495,17 @@ impl WasiHttpHooks for OutboundPolicy {
     }
 }
 
+/// The W3C Trace Context header.
+const TRACEPARENT: &str = "traceparent";
+
 fn new_store(
     engine: &Engine,
     limits: &Arc<WasmLimits>,
     wasi: WasiCtx,
-    deadline: Instant,
+    invocation: &Invocation,
     sliced: Arc<AtomicBool>,
 ) -> Store<GuestState> {
+    let deadline = invocation.deadline.into_std();
     let state = GuestState {
         wasi,
         http: WasiHttpCtx::new(),
@@ -488,9 +513,12 @@ fn new_store(
         limiter: MemoryLimiter {
             limit: limits.memory,
             denied: false,
+            held: 0,
+            meter: invocation.meter.clone(),
         },
         outbound: OutboundPolicy {
             function: limits.clone(),
+            traceparent: invocation.headers.get(TRACEPARENT).cloned(),
         },
     };
     let mut store = Store::new(engine, state);
@@ -631,13 +659,19 @@ impl HttpFunction {
     /// Handles one request in a fresh instance.
     pub async fn invoke(&self, mut invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
-        let wasi = WasiCtxBuilder::new().envs(&self.limits.env).build();
+        let stdout = MemoryOutputPipe::new(MAX_STDERR);
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&self.limits.env)
+            .build();
         let sliced = Arc::new(AtomicBool::new(false));
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
             wasi,
-            invocation.deadline.into_std(),
+            &invocation,
             sliced.clone(),
         );
 
@@ -671,6 +705,8 @@ impl HttpFunction {
 
         let pre = self.pre.clone();
         let deadline = invocation.deadline;
+        let output = self.limits.output.clone();
+        let call_id = invocation.call_id.clone();
         // The run is bounded by the deadline as a whole, body streaming included.
         let run = async move {
             let run = async {
@@ -684,6 +720,9 @@ impl HttpFunction {
                 Ok(result) => result,
                 Err(_) => Err(wasmtime::Error::msg("deadline passed")),
             };
+            // The guest is done, answered or not: what it wrote is complete.
+            output.lines(Some(&call_id), LogStream::Stdout, &stdout.contents());
+            output.lines(Some(&call_id), LogStream::Stderr, &stderr.contents());
             (result, store.data().limiter.denied)
         };
         let mut guest = GuestTask::Inline(Some(Box::pin(run)));
@@ -747,7 +786,7 @@ impl StdioFunction {
             self.pre.engine(),
             &self.limits,
             wasi,
-            invocation.deadline.into_std(),
+            &invocation,
             sliced.clone(),
         );
         let pre = self.pre.clone();
@@ -765,7 +804,11 @@ impl StdioFunction {
         };
         let guest = GuestTask::Inline(Some(Box::pin(run)));
         let (result, denied) = guest.finish(&sliced, &self.guests).await?;
-        log_stderr(&self.limits.name, &invocation.call_id, &stderr.contents());
+        self.limits.output.lines(
+            Some(&invocation.call_id),
+            LogStream::Stderr,
+            &stderr.contents(),
+        );
         let status = match result {
             Ok(Ok(())) => 0,
             Ok(Err(())) => 1,

@@ -16,6 +16,8 @@ pub const DEFAULT_ASYNC_WORKERS: u32 = 32;
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// The MQTT broker that `mqtt` triggers subscribe to, by default.
 pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+/// Log lines (and, apart, call records) kept per function, by default.
+pub const DEFAULT_CALL_LOG_RETENTION: u32 = 10_000;
 /// How long a stopping node lets requests in flight finish, by default.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -48,6 +50,10 @@ pub struct Config {
     pub nats_url: String,
     /// The MQTT broker of `mqtt` triggers (`mqtt://host:port`); connected only when a function declares one.
     pub mqtt_url: String,
+    /// Log lines, and call records, kept per function; the oldest go first.
+    pub call_log_retention: u32,
+    /// Whether calls are traced, logged and counted in metrics (on unless turned off).
+    pub telemetry: bool,
 }
 
 /// A configuration that cannot work.
@@ -80,6 +86,8 @@ impl Config {
             async_workers: DEFAULT_ASYNC_WORKERS,
             nats_url: DEFAULT_NATS_URL.to_owned(),
             mqtt_url: DEFAULT_MQTT_URL.to_owned(),
+            call_log_retention: DEFAULT_CALL_LOG_RETENTION,
+            telemetry: true,
         }
     }
 
@@ -105,6 +113,10 @@ impl Config {
                 "the per-namespace concurrency limit",
             ),
             (u64::from(self.async_workers), "the number of async workers"),
+            (
+                u64::from(self.call_log_retention),
+                "the call log's retention",
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -1,5 +1,6 @@
 //! Dispatch: call ids, body limits, admission (concurrency limits), deadlines,
-//! and the one place an invocation's outcome becomes an HTTP status.
+//! the one place an invocation's outcome becomes an HTTP status, and the one
+//! place a call is traced, logged and counted.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -14,11 +15,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt as _;
+use wisp_core::telemetry::CallSource;
 use wisp_runtime::{Invocation, InvokeError};
 
 use crate::{
     ApiError,
     node::{Deployed, Node},
+    telemetry::{FinishedCall, Span},
 };
 
 /// The header that carries a call's id, both ways.
@@ -82,15 +85,21 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
 
     let _active = Active::enter(&function, node);
     let queue_timeout = spec.queue_timeout.0;
+    let rejected = |rejected: crate::admission::Rejected| {
+        if node.config.telemetry {
+            node.metrics.rejected(&function);
+        }
+        busy(rejected.message, rejected.retry_after)
+    };
     let _slot = match function.limit.acquire(queue_timeout).await {
         Ok(slot) => slot,
-        Err(rejected) => return busy(rejected.message, rejected.retry_after),
+        Err(error) => return rejected(error),
     };
     let namespace_limit = node.namespace_limit(&spec.namespace);
     let _namespace_slot = match &namespace_limit {
         Some(limit) => match limit.acquire(queue_timeout).await {
             Ok(slot) => Some(slot),
-            Err(rejected) => return busy(rejected.message, rejected.retry_after),
+            Err(error) => return rejected(error),
         },
         None => None,
     };
@@ -108,8 +117,9 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         headers: call.headers,
         body,
         deadline: tokio::time::Instant::now() + spec.timeout.0,
+        meter: Arc::default(),
     };
-    match invoke(node, &function, invocation).await {
+    match invoke(node, &function, invocation, CallSource::Http).await {
         Ok(response) => response.map(Body::new),
         Err(error) => match error {
             InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
@@ -125,27 +135,45 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
     }
 }
 
-/// Runs one admitted invocation, counted and logged: the path sync and async calls share.
+/// Runs one admitted invocation, traced, logged and counted: the path sync
+/// and async calls share.
 pub(crate) async fn invoke(
     node: &Node,
     function: &Deployed,
-    invocation: Invocation,
+    mut invocation: Invocation,
+    source: CallSource,
 ) -> Result<wisp_runtime::Response, InvokeError> {
     function.invocations.fetch_add(1, Ordering::Relaxed);
     node.invocations.fetch_add(1, Ordering::Relaxed);
+    if !node.config.telemetry {
+        return function.executor.invoke(invocation).await;
+    }
+    let span = Span::enter(&mut invocation.headers);
     let call_id = invocation.call_id.clone();
-    let name = &function.spec.name;
+    let meter = invocation.meter.clone();
+    let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
     let outcome = function.executor.invoke(invocation).await;
     let elapsed = started.elapsed();
-    match &outcome {
-        Ok(response) => {
-            tracing::debug!(target: "wisp::call", function = %name, call_id = %call_id, status = response.status().as_u16(), ?elapsed);
-        }
-        Err(error) => {
-            tracing::info!(target: "wisp::call", function = %name, call_id = %call_id, status = status_of(error).as_u16(), ?elapsed, "{error}");
-        }
-    }
+    let (status, error) = match &outcome {
+        Ok(response) => (response.status().as_u16(), None),
+        Err(error) => (status_of(error).as_u16(), Some(error.to_string())),
+    };
+    node.metrics
+        .observe(function, status, elapsed, meter.memory_peak());
+    node.telemetry.finish(FinishedCall {
+        namespace: &function.spec.namespace,
+        function: &function.spec.name,
+        call_id: &call_id,
+        span,
+        source,
+        started_at,
+        elapsed,
+        status,
+        error,
+        memory_limit: function.spec.memory.0,
+        meter: &meter,
+    });
     outcome
 }
 

@@ -1,7 +1,8 @@
 //! The wisp node: one typed [`Config`], the state it serves from
 //! ([`node::Node`]), the HTTP [`router`] for invocation and administration,
 //! [`dispatch`], the one place an invocation's outcome becomes a status, and
-//! [`events`], the durable queue of async calls and the triggers feeding it.
+//! [`events`], the durable queue of async calls and the triggers feeding it,
+//! and [`telemetry`]: metrics, the call log, traces and usage.
 //!
 //! The invocation path reads only memory: deployed functions live in an
 //! in-memory table that every deploy writes through to the store first.
@@ -14,14 +15,15 @@ mod error;
 mod events;
 mod invoke;
 mod node;
+mod telemetry;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{Router, middleware, routing::get};
 
 pub use config::{
-    Config, ConfigError, DEFAULT_ASYNC_WORKERS, DEFAULT_GRACE_PERIOD, DEFAULT_LISTEN,
-    DEFAULT_MAX_INSTANCES, DEFAULT_MQTT_URL, DEFAULT_NATS_URL,
+    Config, ConfigError, DEFAULT_ASYNC_WORKERS, DEFAULT_CALL_LOG_RETENTION, DEFAULT_GRACE_PERIOD,
+    DEFAULT_LISTEN, DEFAULT_MAX_INSTANCES, DEFAULT_MQTT_URL, DEFAULT_NATS_URL,
 };
 pub use error::ApiError;
 pub use node::{Node, StartError};
@@ -30,6 +32,7 @@ pub use node::{Node, StartError};
 pub fn router(node: Arc<Node>) -> Router {
     let system = admin::routes()
         .merge(events::routes::system_routes())
+        .merge(telemetry::routes::system_routes())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             admin::require_admin,
@@ -40,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
+        .merge(telemetry::routes::public_routes())
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
         .layer(middleware::from_fn(dispatch::call_id))

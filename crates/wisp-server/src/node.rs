@@ -1,5 +1,6 @@
-//! The node's state: the store, the wasm engine, the async queue, and the
-//! in-memory table of deployed functions that the invocation path reads.
+//! The node's state: the store, the wasm engine, the async queue, the call
+//! log and metrics, and the in-memory table of deployed functions that the
+//! invocation path reads.
 
 use std::{
     collections::HashMap,
@@ -12,14 +13,22 @@ use std::{
 
 use wisp_core::{FunctionKind, FunctionSpec, Observed, Route, spec::DEFAULT_NAMESPACE};
 use wisp_runtime::{
-    Executor, PrepareError,
+    Executor, Output, PrepareError,
     app::AppFunction,
     process::{ProcessFunction, Program},
     wasm::{WasmConfig, WasmEngine, WasmLimits},
 };
 use wisp_store::{Store, StoreError};
 
-use crate::{Config, ConfigError, admission::Limit, events};
+use crate::{
+    Config, ConfigError,
+    admission::Limit,
+    events,
+    telemetry::{
+        FunctionOutput, Telemetry,
+        metrics::{FunctionLabels, Metrics},
+    },
+};
 
 /// Why a node cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +53,9 @@ pub enum StartError {
     /// The queue's writer thread cannot start.
     #[error("start the queue writer: {0}")]
     Queue(std::io::Error),
+    /// The call log's writer thread cannot start.
+    #[error("start the call log writer: {0}")]
+    CallLog(std::io::Error),
 }
 
 /// A deployed function, ready to serve.
@@ -58,6 +70,8 @@ pub struct Deployed {
     pub active: AtomicU64,
     /// Its concurrency limit.
     pub limit: Limit,
+    /// Its metric labels.
+    pub(crate) labels: FunctionLabels,
 }
 
 /// Functions by `(namespace, name)`, and those with a top-level route.
@@ -74,6 +88,8 @@ pub struct Node {
     pub(crate) admin_token: String,
     pub(crate) store: Arc<Store>,
     pub(crate) queue: events::Queue,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) metrics: Metrics,
     /// The running tasks of each function's triggers, once events have started.
     triggers: Mutex<HashMap<(String, String), Vec<tokio::task::AbortHandle>>>,
     events_started: AtomicBool,
@@ -97,6 +113,13 @@ impl Node {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let queue =
             events::Queue::new(store.clone(), config.async_workers).map_err(StartError::Queue)?;
+        let telemetry = Arc::new(
+            Telemetry::start(
+                wisp_store::Telemetry::open(&config.data_dir)?,
+                config.call_log_retention,
+            )
+            .map_err(StartError::CallLog)?,
+        );
         let admin_token = match &config.admin_token {
             Some(token) => token.clone(),
             None => load_or_create_token(&config.data_dir.join("admin-token"))?,
@@ -118,6 +141,8 @@ impl Node {
             admin_token,
             store,
             queue,
+            telemetry,
+            metrics: Metrics::new(me.clone()),
             triggers: Mutex::default(),
             events_started: AtomicBool::new(false),
             engine,
@@ -152,12 +177,8 @@ impl Node {
     pub async fn start_events(self: &Arc<Self>) {
         self.events_started.store(true, Ordering::SeqCst);
         events::Queue::recover(self).await;
-        let specs: Vec<FunctionSpec> = {
-            let table = self.functions.read().expect("function table");
-            table.by_name.values().map(|f| f.spec.clone()).collect()
-        };
-        for spec in specs {
-            self.restart_triggers(&spec);
+        for function in self.deployed() {
+            self.restart_triggers(&function.spec);
         }
     }
 
@@ -200,10 +221,17 @@ impl Node {
             };
             let command = spec.command.as_deref().unwrap_or_default();
             let program = Program::new(dir, command, env)?;
-            let name = spec.name.clone();
             return Ok(match &spec.scale {
-                Some(scale) => Executor::App(AppFunction::new(name, program, scale.clone())?),
-                None => Executor::Process(ProcessFunction { name, program }),
+                Some(scale) => Executor::App(AppFunction::new(
+                    spec.name.clone(),
+                    program,
+                    scale.clone(),
+                    self.output(spec),
+                )?),
+                None => Executor::Process(ProcessFunction {
+                    program,
+                    output: self.output(spec),
+                }),
             });
         }
         let digest = spec.artifact.as_deref().unwrap_or_default();
@@ -214,6 +242,7 @@ impl Node {
             memory: spec.memory.0,
             env,
             allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+            output: self.output(spec),
         };
         Ok(match spec.kind {
             FunctionKind::WasmHttp => {
@@ -221,6 +250,15 @@ impl Node {
             }
             _ => Executor::WasmStdio(self.engine.stdio_function(&component, limits)?),
         })
+    }
+
+    /// Where a function's output lines go.
+    pub(crate) fn output(&self, spec: &FunctionSpec) -> Output {
+        Output(Arc::new(FunctionOutput {
+            telemetry: self.telemetry.clone(),
+            namespace: spec.namespace.clone(),
+            function: spec.name.clone(),
+        }))
     }
 
     /// Makes a prepared function visible to the invocation path.
@@ -232,6 +270,7 @@ impl Node {
                 .unwrap_or(self.config.function_max_concurrency),
         );
         let deployed = Arc::new(Deployed {
+            labels: FunctionLabels::of(&spec),
             spec,
             executor,
             invocations: AtomicU64::new(0),
@@ -281,10 +320,14 @@ impl Node {
 
     /// A deployed function by `name` or `name.namespace`.
     pub(crate) fn function_by_reference(&self, reference: &str) -> Option<Arc<Deployed>> {
-        let (name, namespace) = reference
-            .split_once('.')
-            .unwrap_or((reference, DEFAULT_NAMESPACE));
+        let (name, namespace) = split_reference(reference);
         self.function(namespace, name)
+    }
+
+    /// Every deployed function.
+    pub(crate) fn deployed(&self) -> Vec<Arc<Deployed>> {
+        let table = self.functions.read().expect("function table");
+        table.by_name.values().cloned().collect()
     }
 
     /// The function whose route serves `path`: the longest matching route wins.
@@ -353,16 +396,19 @@ impl Node {
 
     /// Stops every function's replicas, once requests in flight are done.
     pub async fn drain(&self) {
-        let functions: Vec<Arc<Deployed>> = {
-            let table = self.functions.read().expect("function table");
-            table.by_name.values().cloned().collect()
-        };
-        for function in functions {
+        for function in self.deployed() {
             if let Executor::App(app) = &function.executor {
                 app.drain().await;
             }
         }
     }
+}
+
+/// `name` or `name.namespace` as `(name, namespace)`.
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
+    reference
+        .split_once('.')
+        .unwrap_or((reference, DEFAULT_NAMESPACE))
 }
 
 /// Reads the token kept in the data directory, or creates one (mode 0600).

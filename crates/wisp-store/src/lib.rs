@@ -1,6 +1,7 @@
 //! wisp's embedded state: the function registry and the durable queue of
 //! async calls in SQLite, and a content-addressed artifact directory beside
-//! them, all under one data directory.
+//! them, all under one data directory; and the call log (records, log lines,
+//! usage) in a database of its own beside them.
 //!
 //! Writes are atomic: an artifact is written to a temporary file and renamed
 //! into place under its digest, and a process artifact's tree is unpacked into
@@ -11,12 +12,14 @@
 mod artifacts;
 mod queue;
 mod registry;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
 pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
 pub use registry::StoredFunction;
+pub use telemetry::{LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals};
 
 /// A failure of the store. Every variant names what it was working on.
 #[derive(Debug, thiserror::Error)]

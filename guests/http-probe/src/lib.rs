@@ -1,12 +1,15 @@
 //! A `wasi:http` test guest whose behaviour is chosen by the request path:
 //! `/` echoes the request, and the other paths misbehave on purpose so the
 //! host's limits can be tested (`/trap`, `/loop`, `/sleep?ms=`, `/grow?mib=`,
-//! `/status?code=`, `/big?bytes=`, `/env`).
+//! `/status?code=`, `/big?bytes=`, `/env`). With `PROBE_UPSTREAM` set to an
+//! `http://` URL, `/` instead calls that URL and answers with its answer, so
+//! chains of functions can be built.
 
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 wasip2::http::proxy::export!(Probe);
@@ -52,6 +55,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 vars.sort();
                 respond(response_out, 200, vars.concat().as_bytes());
             }
+            _ if std::env::var("PROBE_UPSTREAM").is_ok() => {
+                let url = std::env::var("PROBE_UPSTREAM").unwrap_or_default();
+                eprintln!("calling {url}");
+                let (status, body) = call(&url);
+                eprintln!("{url} answered {status}");
+                respond(response_out, status, &body);
+            }
             _ => {
                 let mut echo = format!(
                     "method={}\npath={path}\nquery={query}\n",
@@ -70,6 +80,40 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 respond(response_out, 200, echo.as_bytes());
             }
         }
+    }
+}
+
+/// GETs an `http://host:port/path` URL; a failure to connect is a 502.
+fn call(url: &str) -> (u16, Vec<u8>) {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).expect("a scheme");
+    request.set_authority(Some(authority)).expect("an authority");
+    request
+        .set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+        .expect("a path");
+    let body = request.body().expect("request body is taken once");
+    OutgoingBody::finish(body, None).expect("request body finishes");
+    let response = match wasip2::http::outgoing_handler::handle(request, None) {
+        Ok(future) => {
+            future.subscribe().block();
+            future.get().expect("ready").expect("taken once")
+        }
+        Err(code) => Err(code),
+    };
+    match response {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.consume().expect("response body is consumed once");
+            let mut bytes = Vec::new();
+            body.stream()
+                .expect("body stream is taken once")
+                .read_to_end(&mut bytes)
+                .expect("response body reads");
+            (status, bytes)
+        }
+        Err(code) => (502, format!("upstream failed: {code:?}\n").into_bytes()),
     }
 }
 

@@ -32,8 +32,9 @@ use http_body_util::BodyExt as _;
 use wisp_core::{
     CallState,
     events::{CallResult, QueueInfo},
+    telemetry::{CallSource, LogStream},
 };
-use wisp_runtime::{Invocation, InvokeError};
+use wisp_runtime::{Executor, Invocation, InvokeError};
 use wisp_store::{NewCall, PendingCall, Store};
 
 use crate::{
@@ -406,16 +407,31 @@ impl Queue {
                         body: request.body,
                         deadline: tokio::time::Instant::now()
                             + function.spec.asynchronous.timeout.0,
+                        meter: Arc::default(),
                     };
                     let _active = Active::enter(&function, node);
                     let limit = dispatch::body_limit(node, &function) as usize;
                     let deadline = invocation.deadline;
-                    read_outcome(
-                        dispatch::invoke(node, &function, invocation).await,
+                    let attempt = read_outcome(
+                        dispatch::invoke(node, &function, invocation, CallSource::Queue).await,
                         limit,
                         deadline,
                     )
-                    .await
+                    .await;
+                    // A command's STDOUT is its response: no caller waits for
+                    // an async one, so it goes to the log.
+                    if let Attempt::Answered(_, _, body) = &attempt
+                        && node.config.telemetry
+                        && matches!(
+                            function.executor,
+                            Executor::WasmStdio(_) | Executor::Process(_)
+                        )
+                    {
+                        let shown = &body[..body.len().min(wisp_runtime::wasm::MAX_STDERR)];
+                        node.output(&function.spec)
+                            .lines(Some(id), LogStream::Stdout, shown);
+                    }
+                    attempt
                 }
                 None => Attempt::Broken(format!("function {}.{} is not deployed", key.1, key.0)),
             },

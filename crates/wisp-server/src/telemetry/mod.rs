@@ -1,0 +1,323 @@
+//! Observability: what the node records about each call and serves back.
+//! A call joins the caller's W3C trace or starts one ([`Span`]); when it ends,
+//! its record (span, status, duration, memory, CPU) and wisp's own log line
+//! are queued, with the function's output lines, to one writer thread that
+//! commits them in batches to the call log and then shows each line to live
+//! followers. The invocation path never waits on the disk: when the writer
+//! falls behind, lines are dropped and counted. Prometheus metrics are in
+//! [`metrics`], the routes in [`routes`].
+
+pub(crate) mod metrics;
+pub(crate) mod routes;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::http::{HeaderMap, HeaderValue};
+use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent, hex};
+use wisp_runtime::{Meter, OutputSink};
+use wisp_store::{NewLine, NewRecord, StoredLine, Telemetry as CallLog};
+
+use crate::events::rfc3339;
+
+/// Entries waiting for the writer before new ones are dropped.
+const BACKLOG: usize = 65_536;
+/// The most entries committed together.
+const MAX_BATCH: usize = 4096;
+/// Live followers that fall this far behind miss lines (and are told so).
+const LIVE_BUFFER: usize = 4096;
+
+/// The W3C Trace Context header.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+enum Entry {
+    Line(NewLine),
+    Record(NewRecord),
+}
+
+/// The node's call log: records, log lines and their live followers.
+pub(crate) struct Telemetry {
+    log: Arc<CallLog>,
+    sender: mpsc::SyncSender<Entry>,
+    live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
+    /// Entries dropped because the writer was behind.
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+impl Telemetry {
+    /// Starts the writer thread over `log`, keeping `retention` lines and records per function.
+    pub(crate) fn start(log: CallLog, retention: u32) -> std::io::Result<Self> {
+        let log = Arc::new(log);
+        let (sender, receiver) = mpsc::sync_channel(BACKLOG);
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            log: log.clone(),
+            live: live.clone(),
+            retention,
+            since_pruned: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("wisp-call-log".into())
+            .spawn(move || writer.run(&receiver))?;
+        Ok(Self {
+            log,
+            sender,
+            live,
+            dropped,
+        })
+    }
+
+    /// The call log, for reads.
+    pub(crate) fn log(&self) -> &Arc<CallLog> {
+        &self.log
+    }
+
+    /// Follows lines as they are committed.
+    pub(crate) fn follow(&self) -> tokio::sync::broadcast::Receiver<Arc<LogEntry>> {
+        self.live.subscribe()
+    }
+
+    fn send(&self, entry: Entry) {
+        if self.sender.try_send(entry).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues one line of a function's output.
+    pub(crate) fn line(
+        &self,
+        namespace: &str,
+        function: &str,
+        call_id: Option<&str>,
+        stream: LogStream,
+        message: &str,
+    ) {
+        self.send(Entry::Line(NewLine {
+            time: now_millis(),
+            namespace: namespace.to_owned(),
+            function: function.to_owned(),
+            call_id: call_id.map(str::to_owned),
+            stream,
+            message: message.to_owned(),
+        }));
+    }
+
+    /// Queues a finished call's record and wisp's line for it.
+    pub(crate) fn finish(&self, call: FinishedCall<'_>) {
+        let memory_peak = call.meter.memory_peak();
+        let cpu = call.meter.cpu_time();
+        let mut message = format!(
+            "{} in {:.2}ms",
+            call.status,
+            call.elapsed.as_secs_f64() * 1000.0
+        );
+        if let Some(peak) = memory_peak {
+            message.push_str(&format!(", memory {}", wisp_core::ByteSize(peak)));
+        }
+        if let Some(cpu) = cpu {
+            message.push_str(&format!(", cpu {:.2}ms", cpu.as_secs_f64() * 1000.0));
+        }
+        if let Some(error) = &call.error {
+            message.push_str(": ");
+            message.push_str(error);
+        }
+        self.send(Entry::Line(NewLine {
+            time: now_millis(),
+            namespace: call.namespace.to_owned(),
+            function: call.function.to_owned(),
+            call_id: Some(call.call_id.to_owned()),
+            stream: LogStream::Wisp,
+            message,
+        }));
+        self.send(Entry::Record(NewRecord {
+            call_id: call.call_id.to_owned(),
+            trace_id: hex(&call.span.trace_id),
+            span_id: hex(&call.span.span_id),
+            parent_span_id: call.span.parent_id.map(|id| hex(&id)),
+            namespace: call.namespace.to_owned(),
+            function: call.function.to_owned(),
+            source: call.source,
+            started_at: millis_of(call.started_at),
+            duration_us: call.elapsed.as_micros() as i64,
+            status: call.status,
+            error: call.error,
+            memory_limit: call.memory_limit,
+            memory_peak,
+            cpu_us: cpu.map(|cpu| cpu.as_micros() as i64),
+        }));
+    }
+}
+
+/// A call that has ended, as [`Telemetry::finish`] records it.
+pub(crate) struct FinishedCall<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) function: &'a str,
+    pub(crate) call_id: &'a str,
+    pub(crate) span: Span,
+    pub(crate) source: CallSource,
+    pub(crate) started_at: SystemTime,
+    pub(crate) elapsed: Duration,
+    pub(crate) status: u16,
+    pub(crate) error: Option<String>,
+    pub(crate) memory_limit: u64,
+    pub(crate) meter: &'a Meter,
+}
+
+/// A call's place in its trace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_id: Option<[u8; 8]>,
+}
+
+impl Span {
+    /// Joins the trace of the request's `traceparent`, or starts a new one,
+    /// and rewrites the header so the function sees this call as its parent.
+    pub(crate) fn enter(headers: &mut HeaderMap) -> Self {
+        let caller = headers
+            .get(TRACEPARENT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(TraceParent::parse);
+        let mut random = [0u8; 24];
+        // Without randomness the ids are still unique enough to link one node's calls.
+        if getrandom::fill(&mut random).is_err() {
+            random[..16].copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
+        }
+        let mut span_id: [u8; 8] = random[16..].try_into().expect("8 bytes");
+        span_id[0] |= 1; // never all zero
+        let (trace_id, parent_id, flags) = match caller {
+            Some(caller) => (caller.trace_id, Some(caller.parent_id), caller.flags),
+            None => {
+                let mut trace_id: [u8; 16] = random[..16].try_into().expect("16 bytes");
+                trace_id[0] |= 1;
+                (trace_id, None, 1)
+            }
+        };
+        let own = TraceParent {
+            trace_id,
+            parent_id: span_id,
+            flags,
+        };
+        if let Ok(value) = HeaderValue::from_str(&own.header()) {
+            headers.insert(TRACEPARENT, value);
+        }
+        Self {
+            trace_id,
+            span_id,
+            parent_id,
+        }
+    }
+}
+
+/// A function's output, queued to the call log under its name.
+pub(crate) struct FunctionOutput {
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) namespace: String,
+    pub(crate) function: String,
+}
+
+impl OutputSink for FunctionOutput {
+    fn line(&self, call_id: Option<&str>, stream: LogStream, line: &str) {
+        // The node's own log shows it too, as `spin up` shows a guest's output.
+        tracing::info!(
+            target: "wisp::function",
+            function = %self.function,
+            namespace = %self.namespace,
+            call_id = call_id.unwrap_or("-"),
+            "{}: {line}",
+            stream.as_str()
+        );
+        self.telemetry
+            .line(&self.namespace, &self.function, call_id, stream, line);
+    }
+}
+
+/// The thread that owns every write to the call log.
+struct Writer {
+    log: Arc<CallLog>,
+    live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
+    retention: u32,
+    /// Entries written per function since it was last pruned.
+    since_pruned: HashMap<(String, String), u32>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: &mpsc::Receiver<Entry>) {
+        while let Ok(first) = receiver.recv() {
+            let mut lines = Vec::new();
+            let mut records = Vec::new();
+            for entry in std::iter::once(first).chain(receiver.try_iter().take(MAX_BATCH - 1)) {
+                match entry {
+                    Entry::Line(line) => lines.push(line),
+                    Entry::Record(record) => records.push(record),
+                }
+            }
+            match self.log.write(&records, &lines) {
+                Ok(ids) => {
+                    for (id, line) in ids.into_iter().zip(lines) {
+                        self.count(&line.namespace, &line.function);
+                        if self.live.receiver_count() > 0 {
+                            let _ = self.live.send(Arc::new(entry(StoredLine { id, line })));
+                        }
+                    }
+                    for record in &records {
+                        self.count(&record.namespace, &record.function);
+                    }
+                }
+                Err(error) => tracing::error!("call log: {error}"),
+            }
+        }
+    }
+
+    /// Prunes a function once it has written a tenth of its retention again.
+    fn count(&mut self, namespace: &str, function: &str) {
+        let key = (namespace.to_owned(), function.to_owned());
+        let written = self.since_pruned.entry(key).or_default();
+        *written += 1;
+        if *written >= (self.retention / 10).max(1) {
+            *written = 0;
+            if let Err(error) = self.log.prune(namespace, function, self.retention) {
+                tracing::error!("call log: prune {function}.{namespace}: {error}");
+            }
+        }
+    }
+}
+
+/// A stored line as the API serves it.
+pub(crate) fn entry(stored: StoredLine) -> LogEntry {
+    let line = stored.line;
+    LogEntry {
+        id: stored.id,
+        time: rfc3339_millis(line.time),
+        namespace: line.namespace,
+        function: line.function,
+        call_id: line.call_id,
+        stream: line.stream,
+        message: line.message,
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339.
+pub(crate) fn rfc3339_millis(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+fn millis_of(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+fn now_millis() -> i64 {
+    millis_of(SystemTime::now())
+}

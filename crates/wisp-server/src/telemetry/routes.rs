@@ -1,0 +1,287 @@
+//! The observability API: `GET /metrics` (no token, as Prometheus scrapes
+//! it), and behind the token `GET /system/logs` (newline-delimited JSON,
+//! optionally followed live), `GET /system/traces/{call_id}`,
+//! `GET /system/records` (a function's latest calls) and `GET /system/usage`.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse as _, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use wisp_core::{
+    HumanDuration,
+    telemetry::{CallRecord, LogEntry, Trace, TracedCall, Usage},
+};
+use wisp_store::{LogFilter, NewRecord, StoreError};
+
+use super::{entry, rfc3339_millis};
+use crate::{
+    ApiError,
+    node::{Node, split_reference},
+};
+
+/// The most lines one read answers; `follow` goes on from there.
+const MAX_TAIL: u32 = 10_000;
+/// Lines answered when `tail` is not given.
+const DEFAULT_TAIL: u32 = 100;
+/// The most records one `GET /system/records` answers.
+const MAX_RECORDS: u32 = 1000;
+
+/// `/metrics`, served without a token.
+pub(crate) fn public_routes() -> Router<Arc<Node>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// `/system/logs`, `/system/traces`, `/system/records`, `/system/usage`.
+pub(crate) fn system_routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/logs", get(logs))
+        .route("/traces/{call_id}", get(trace))
+        .route("/records", get(records))
+        .route("/usage", get(usage))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let text = node.metrics.encode().map_err(ApiError::internal)?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Runs a read of the call log off the async threads.
+async fn read<T: Send + 'static>(
+    node: &Arc<Node>,
+    read: impl FnOnce(&wisp_store::Telemetry) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let log = node.telemetry.log().clone();
+    tokio::task::spawn_blocking(move || read(&log))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// A time given as a duration ago (`10m`) or as RFC 3339, in milliseconds.
+fn parse_since(since: &str) -> Result<i64, ApiError> {
+    if let Ok(ago) = since.parse::<HumanDuration>() {
+        return Ok(chrono::Utc::now().timestamp_millis() - ago.0.as_millis() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(since)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "since `{since}` is neither a duration such as 10m nor an RFC 3339 time"
+            ))
+        })
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    /// `name` or `name.namespace`.
+    name: Option<String>,
+    namespace: Option<String>,
+    call: Option<String>,
+    since: Option<String>,
+    tail: Option<u32>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let (function, namespace) = match &query.name {
+        Some(reference) => {
+            let (name, namespace) = split_reference(reference);
+            (
+                Some(name.to_owned()),
+                Some(
+                    query
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| namespace.to_owned()),
+                ),
+            )
+        }
+        None => (None, query.namespace.clone()),
+    };
+    let filter = LogFilter {
+        namespace,
+        function,
+        call_id: query.call.clone(),
+        since: query.since.as_deref().map(parse_since).transpose()?,
+        after_id: None,
+        tail: query.tail.unwrap_or(DEFAULT_TAIL).min(MAX_TAIL),
+    };
+    // Subscribe before reading, so no line falls between the two.
+    let live = query.follow.then(|| node.telemetry.follow());
+    let read_filter = filter.clone();
+    let stored = read(&node, move |log| log.lines(&read_filter)).await?;
+    let last_id = stored.last().map_or(0, |line| line.id);
+    let mut text = String::new();
+    for line in stored {
+        push_json(&mut text, &entry(line));
+    }
+    let head = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(text)) });
+    let mut response = match live {
+        None => Body::from_stream(head).into_response(),
+        Some(live) => {
+            let follow = futures_util::stream::unfold(live, move |mut live| {
+                let filter = filter.clone();
+                async move {
+                    loop {
+                        match live.recv().await {
+                            Ok(line) if line.id > last_id && matches(&filter, &line) => {
+                                let mut text = String::new();
+                                push_json(&mut text, &line);
+                                return Some((Ok(Bytes::from(text)), live));
+                            }
+                            Ok(_) => {}
+                            // A slow reader misses lines rather than slowing the node.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }
+            });
+            Body::from_stream(futures_util::StreamExt::chain(head, follow)).into_response()
+        }
+    };
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+fn push_json(text: &mut String, line: &LogEntry) {
+    if let Ok(json) = serde_json::to_string(line) {
+        text.push_str(&json);
+        text.push('\n');
+    }
+}
+
+fn matches(filter: &LogFilter, line: &LogEntry) -> bool {
+    filter
+        .namespace
+        .as_ref()
+        .is_none_or(|ns| *ns == line.namespace)
+        && filter.function.as_ref().is_none_or(|f| *f == line.function)
+        && filter
+            .call_id
+            .as_ref()
+            .is_none_or(|id| Some(id) == line.call_id.as_ref())
+}
+
+/// A stored record as the API serves it.
+fn call_record(record: NewRecord) -> CallRecord {
+    CallRecord {
+        call_id: record.call_id,
+        trace_id: record.trace_id,
+        span_id: record.span_id,
+        parent_span_id: record.parent_span_id,
+        namespace: record.namespace,
+        function: record.function,
+        source: record.source,
+        started_at: rfc3339_millis(record.started_at),
+        duration_ms: record.duration_us as f64 / 1000.0,
+        status: record.status,
+        error: record.error,
+        memory_limit: record.memory_limit,
+        memory_peak: record.memory_peak,
+        cpu_ms: record.cpu_us.map(|us| us as f64 / 1000.0),
+    }
+}
+
+async fn trace(
+    State(node): State<Arc<Node>>,
+    Path(call_id): Path<String>,
+) -> Result<Json<Trace>, ApiError> {
+    let wanted = call_id.clone();
+    let found = read(&node, move |log| {
+        let Some(record) = log.record(&wanted)? else {
+            return Ok(None);
+        };
+        let mut calls = Vec::new();
+        for record in log.trace(&record.trace_id)? {
+            let failed = record.status >= 500 || record.status == 429;
+            let last_stderr = if failed {
+                log.last_stderr(&record.call_id)?
+            } else {
+                None
+            };
+            calls.push(TracedCall {
+                record: call_record(record),
+                last_stderr,
+            });
+        }
+        Ok(Some(Trace {
+            trace_id: record.trace_id,
+            calls,
+        }))
+    })
+    .await?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no call {call_id} in the call log (it may have been pruned)"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct RecordQuery {
+    name: String,
+    limit: Option<u32>,
+}
+
+async fn records(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<RecordQuery>,
+) -> Result<Json<Vec<CallRecord>>, ApiError> {
+    let (name, namespace) = split_reference(&query.name);
+    let (name, namespace) = (name.to_owned(), namespace.to_owned());
+    let limit = query.limit.unwrap_or(100).min(MAX_RECORDS);
+    let records = read(&node, move |log| log.recent(&namespace, &name, limit)).await?;
+    Ok(Json(records.into_iter().map(call_record).collect()))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    namespace: Option<String>,
+    since: Option<String>,
+}
+
+async fn usage(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<Vec<Usage>>, ApiError> {
+    let since = query.since.as_deref().map(parse_since).transpose()?;
+    let totals = read(&node, move |log| {
+        log.usage(query.namespace.as_deref(), since.unwrap_or(0))
+    })
+    .await?;
+    Ok(Json(
+        totals
+            .into_iter()
+            .map(|total| Usage {
+                namespace: total.namespace,
+                function: total.function,
+                invocations: total.invocations,
+                errors: total.errors,
+                seconds: total.duration_us as f64 / 1e6,
+                gb_seconds: total.gb_us / 1e6,
+                cpu_seconds: total.cpu_us as f64 / 1e6,
+            })
+            .collect(),
+    ))
+}
