@@ -70,9 +70,9 @@ compare() { # label:url ...
 ratio() { awk -v a="$(grep "^$1 " "$work/medians" | tail -1 | awk '{ print $NF }')" -v b="$(grep "^$2 " "$work/medians" | tail -1 | awk '{ print $NF }')" 'BEGIN { printf "%.2f", a / b }'; }
 
 # A wisp node on its own data directory; sets NODE_URL and NODE_TOKEN.
-start_wisp() { # name data_dir
-    local name=$1 data=$2
-    nice -n -20 taskset -c $SERVER_CPU "$WISP" up --listen 127.0.0.1:0 --data-dir "$data" > "$work/$name.out" 2> "$work/$name.err" &
+start_wisp() { # name data_dir [wisp up arguments...]
+    local name=$1 data=$2; shift 2
+    nice -n -20 taskset -c $SERVER_CPU "$WISP" up --listen 127.0.0.1:0 --data-dir "$data" "$@" > "$work/$name.out" 2> "$work/$name.err" &
     pids+=($!)
     NODE_PID=$!
     for _ in $(seq 600); do grep -q '^admin token: ' "$work/$name.out" 2>/dev/null && break; sleep 0.01; done

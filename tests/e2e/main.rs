@@ -10,6 +10,7 @@ mod observability;
 mod refusals;
 mod restart;
 mod scaling;
+mod ui;
 
 use serde_json::{Value, json};
 use wisp_testing::Node;

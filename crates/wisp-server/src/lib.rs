@@ -2,7 +2,7 @@
 //! ([`node::Node`]), the HTTP [`router`] for invocation and administration,
 //! [`dispatch`], the one place an invocation's outcome becomes a status, and
 //! [`events`], the durable queue of async calls and the triggers feeding it,
-//! and [`telemetry`]: metrics, the call log, traces and usage.
+//! [`telemetry`]: metrics, the call log, traces and usage; and the web UI.
 //!
 //! The invocation path reads only memory: deployed functions live in an
 //! in-memory table that every deploy writes through to the store first.
@@ -16,6 +16,7 @@ mod events;
 mod invoke;
 mod node;
 mod telemetry;
+mod ui;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -44,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
         .merge(telemetry::routes::public_routes())
+        .merge(ui::routes())
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
         .layer(middleware::from_fn(dispatch::call_id))
