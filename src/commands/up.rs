@@ -42,6 +42,9 @@ pub struct Up {
     /// Log lines, and call records, kept per function (the oldest go first).
     #[arg(long, default_value_t = wisp_server::DEFAULT_CALL_LOG_RETENTION)]
     call_log_retention: u32,
+    /// Export call spans over OTLP/HTTP to this collector (http://host:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Turn off tracing, the call log and per-call metrics (for the last few percent of throughput).
     #[arg(long)]
     no_telemetry: bool,
@@ -79,6 +82,7 @@ impl Up {
         config.mqtt_url = self.mqtt_url;
         config.call_log_retention = self.call_log_retention;
         config.telemetry = !self.no_telemetry;
+        config.otlp_endpoint = self.otlp_endpoint;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;

@@ -449,3 +449,117 @@ fn usage_totals_gb_seconds_per_function() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&other.stdout).trim(), "[]");
 }
+
+/// A minimal OTLP/HTTP collector: answers 200 and hands each request's spans over.
+fn collector() -> (String, std::sync::mpsc::Receiver<Vec<Span>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                head.clear();
+                if reader.read_line(&mut head).unwrap_or(0) == 0 || head == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = head.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let request = <ExportTraceServiceRequest as prost::Message>::decode(&body[..]).unwrap();
+            let spans = request
+                .resource_spans
+                .into_iter()
+                .flat_map(|resource| resource.scope_spans)
+                .flat_map(|scope| scope.spans)
+                .collect();
+            let _ = sender.send(spans);
+        }
+    });
+    (endpoint, received)
+}
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value, trace::v1::Span,
+};
+
+#[test]
+fn spans_are_exported_over_otlp() {
+    let (endpoint, spans) = collector();
+    let node = Node::start_args(WISP, &["--otlp-endpoint", &endpoint]);
+    crate::deploy_probe(&node, json!({}));
+    let response = send(
+        node.request("GET", "/function/probe").set(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        None,
+    );
+    let call_id = response.header("x-call-id").unwrap().to_owned();
+    assert_eq!(node.get("/function/probe/trap").status, 502);
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(
+            spans
+                .recv_timeout(Duration::from_secs(10))
+                .expect("spans arrive"),
+        );
+    }
+    let attribute = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone()?.value)
+    };
+    let ok = seen
+        .iter()
+        .find(|span| {
+            attribute(span, "faas.invocation_id")
+                == Some(any_value::Value::StringValue(call_id.clone()))
+        })
+        .expect("the call's span");
+    assert_eq!(ok.name, "probe.default");
+    assert_eq!(hex(&ok.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&ok.parent_span_id), "00f067aa0ba902b7");
+    assert!(ok.end_time_unix_nano > ok.start_time_unix_nano);
+    assert_eq!(
+        attribute(ok, "http.response.status_code"),
+        Some(any_value::Value::IntValue(200))
+    );
+    let failed = seen
+        .iter()
+        .find(|span| span.trace_id != ok.trace_id)
+        .unwrap();
+    let status = failed.status.clone().unwrap();
+    assert_eq!(status.code, 2, "an error span");
+    assert!(
+        status.message.contains("trapped") || status.message.contains("failed"),
+        "{status:?}"
+    );
+
+    // A collector that is down costs spans, not calls.
+    let refused = Node::start_args(WISP, &["--otlp-endpoint", "http://127.0.0.1:9"]);
+    crate::deploy_probe(&refused, json!({}));
+    assert_eq!(refused.get("/function/probe").status, 200);
+    assert!(refused.eventually(Duration::from_secs(10), || {
+        refused
+            .log()
+            .contains("OTLP export to http://127.0.0.1:9/v1/traces failed")
+    }));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -54,6 +54,8 @@ pub struct Config {
     pub call_log_retention: u32,
     /// Whether calls are traced, logged and counted in metrics (on unless turned off).
     pub telemetry: bool,
+    /// An OTLP/HTTP collector (`http://host:4318`) that spans are exported to.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A configuration that cannot work.
@@ -68,6 +70,9 @@ pub enum ConfigError {
     /// A broker URL does not parse.
     #[error("{0}")]
     BrokerUrl(String),
+    /// The OTLP endpoint is not an http:// URL.
+    #[error("{0}")]
+    OtlpEndpoint(String),
 }
 
 impl Config {
@@ -88,6 +93,7 @@ impl Config {
             mqtt_url: DEFAULT_MQTT_URL.to_owned(),
             call_log_retention: DEFAULT_CALL_LOG_RETENTION,
             telemetry: true,
+            otlp_endpoint: None,
         }
     }
 
@@ -123,6 +129,9 @@ impl Config {
             }
         }
         mqtt_address(&self.mqtt_url).map_err(ConfigError::BrokerUrl)?;
+        if let Some(endpoint) = &self.otlp_endpoint {
+            crate::telemetry::otlp::traces_url(endpoint).map_err(ConfigError::OtlpEndpoint)?;
+        }
         Ok(())
     }
 }

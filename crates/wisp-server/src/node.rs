@@ -27,6 +27,7 @@ use crate::{
     telemetry::{
         FunctionOutput, Telemetry,
         metrics::{FunctionLabels, Metrics},
+        otlp,
     },
 };
 
@@ -113,10 +114,21 @@ impl Node {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let queue =
             events::Queue::new(store.clone(), config.async_workers).map_err(StartError::Queue)?;
+        let exporter = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let url = otlp::traces_url(endpoint).map_err(ConfigError::OtlpEndpoint)?;
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    StartError::CallLog(std::io::Error::other("OTLP export needs a tokio runtime"))
+                })?;
+                Some(otlp::Exporter::start(url, &runtime))
+            }
+            None => None,
+        };
         let telemetry = Arc::new(
             Telemetry::start(
                 wisp_store::Telemetry::open(&config.data_dir)?,
                 config.call_log_retention,
+                exporter,
             )
             .map_err(StartError::CallLog)?,
         );

@@ -25,7 +25,10 @@ pub(crate) fn routes() -> Router<Arc<Node>> {
             "/ui/app.js",
             get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
         )
-        .route("/ui/app.css", get(|| asset("text/css; charset=utf-8", STYLE)))
+        .route(
+            "/ui/app.css",
+            get(|| asset("text/css; charset=utf-8", STYLE)),
+        )
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -3,11 +3,13 @@
 //! its record (span, status, duration, memory, CPU) and wisp's own log line
 //! are queued, with the function's output lines, to one writer thread that
 //! commits them in batches to the call log and then shows each line to live
-//! followers. The invocation path never waits on the disk: when the writer
+//! followers (and, when configured, hands the records to the [`otlp`]
+//! exporter). The invocation path never waits on the disk: when the writer
 //! falls behind, lines are dropped and counted. Prometheus metrics are in
 //! [`metrics`], the routes in [`routes`].
 
 pub(crate) mod metrics;
+pub(crate) mod otlp;
 pub(crate) mod routes;
 
 use std::{
@@ -52,8 +54,13 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the writer thread over `log`, keeping `retention` lines and records per function.
-    pub(crate) fn start(log: CallLog, retention: u32) -> std::io::Result<Self> {
+    /// Starts the writer thread over `log`, keeping `retention` lines and
+    /// records per function, and exporting records to `exporter`.
+    pub(crate) fn start(
+        log: CallLog,
+        retention: u32,
+        exporter: Option<otlp::Exporter>,
+    ) -> std::io::Result<Self> {
         let log = Arc::new(log);
         let (sender, receiver) = mpsc::sync_channel(BACKLOG);
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
@@ -63,6 +70,7 @@ impl Telemetry {
             live: live.clone(),
             retention,
             since_pruned: HashMap::new(),
+            exporter,
         };
         std::thread::Builder::new()
             .name("wisp-call-log".into())
@@ -248,6 +256,7 @@ struct Writer {
     retention: u32,
     /// Entries written per function since it was last pruned.
     since_pruned: HashMap<(String, String), u32>,
+    exporter: Option<otlp::Exporter>,
 }
 
 impl Writer {
@@ -269,8 +278,11 @@ impl Writer {
                             let _ = self.live.send(Arc::new(entry(StoredLine { id, line })));
                         }
                     }
-                    for record in &records {
+                    for record in records {
                         self.count(&record.namespace, &record.function);
+                        if let Some(exporter) = &self.exporter {
+                            exporter.send(record);
+                        }
                     }
                 }
                 Err(error) => tracing::error!("call log: {error}"),
