@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 pub use artifacts::ArtifactUpload;
 pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
 pub use registry::StoredFunction;
-pub use telemetry::{LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals};
+pub use telemetry::{
+    LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals, record_line,
+};
 
 /// A failure of the store. Every variant names what it was working on.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,15 @@
 //! The call log: every call's record (a span of its trace, a reading of the
 //! meter), the functions' log lines, and hourly usage totals, in a database of
 //! their own (`telemetry.db`) so that logging never waits on the queue's
-//! durable commits.
+//! durable commits. Lines and records share one sequence of ids, and each
+//! record reads back as wisp's own log line for its call, so a call costs one
+//! row, not two.
 //!
 //! Records and lines are bounded per function: once a function has more than
 //! its retention, its oldest are deleted. Usage totals are kept whole: they
 //! are what a bill is made of. Times are milliseconds since the Unix epoch.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use rusqlite::{OptionalExtension as _, params};
 use wisp_core::telemetry::{CallSource, LogStream};
@@ -25,7 +27,6 @@ CREATE TABLE IF NOT EXISTS logs (
     message   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (namespace, function, id);
-CREATE INDEX IF NOT EXISTS logs_by_call ON logs (call_id);
 CREATE TABLE IF NOT EXISTS records (
     id             INTEGER PRIMARY KEY,
     call_id        TEXT NOT NULL,
@@ -159,7 +160,13 @@ pub struct UsageTotals {
 
 /// The call log's database.
 pub struct Telemetry {
-    db: std::sync::Mutex<rusqlite::Connection>,
+    db: std::sync::Mutex<Database>,
+}
+
+struct Database {
+    connection: rusqlite::Connection,
+    /// The id the next line or record gets.
+    next_id: i64,
 }
 
 impl Telemetry {
@@ -170,31 +177,57 @@ impl Telemetry {
         // A power cut may lose the last lines; a crash of the node loses none.
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
+        // The indexes of a busy function's records stay in memory.
+        db.pragma_update(None, "cache_size", -65_536)?;
         db.execute_batch(SCHEMA)?;
+        let last: i64 = db.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM logs), 0),
+                        COALESCE((SELECT MAX(id) FROM records), 0))",
+            [],
+            |row| row.get(0),
+        )?;
         Ok(Self {
-            db: std::sync::Mutex::new(db),
+            db: std::sync::Mutex::new(Database {
+                connection: db,
+                next_id: last + 1,
+            }),
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+    fn database(&self) -> std::sync::MutexGuard<'_, Database> {
         self.db
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stores records and lines in one transaction, adds the records to the
-    /// usage totals, and answers the lines' ids in order.
-    pub fn write(&self, records: &[NewRecord], lines: &[NewLine]) -> Result<Vec<i64>, StoreError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let mut ids = Vec::with_capacity(lines.len());
+    fn db(&self) -> impl std::ops::Deref<Target = rusqlite::Connection> + '_ {
+        struct Connection<'a>(std::sync::MutexGuard<'a, Database>);
+        impl std::ops::Deref for Connection<'_> {
+            type Target = rusqlite::Connection;
+            fn deref(&self) -> &rusqlite::Connection {
+                &self.0.connection
+            }
+        }
+        Connection(self.database())
+    }
+
+    /// Stores lines and records in one transaction (lines first), adds the
+    /// records to the usage totals (one update per function and hour), and
+    /// answers the first id: the lines and then the records have the ids
+    /// that follow it, in order.
+    pub fn write(&self, records: &[NewRecord], lines: &[NewLine]) -> Result<i64, StoreError> {
+        let mut database = self.database();
+        let first = database.next_id;
+        let tx = database.connection.transaction()?;
+        let mut id = first;
         {
             let mut insert_line = tx.prepare_cached(
-                "INSERT INTO logs (time, namespace, function, call_id, stream, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO logs (id, time, namespace, function, call_id, stream, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for line in lines {
                 insert_line.execute(params![
+                    id,
                     line.time,
                     line.namespace,
                     line.function,
@@ -202,27 +235,29 @@ impl Telemetry {
                     line.stream.as_str(),
                     line.message
                 ])?;
-                ids.push(tx.last_insert_rowid());
+                id += 1;
             }
             let mut insert_record = tx.prepare_cached(
-                "INSERT INTO records (call_id, trace_id, span_id, parent_span_id, namespace,
+                "INSERT INTO records (id, call_id, trace_id, span_id, parent_span_id, namespace,
                      function, source, started_at, duration_us, status, error, memory_limit,
                      memory_peak, cpu_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             let mut add_usage = tx.prepare_cached(
                 "INSERT INTO usage (namespace, function, hour, invocations, errors, duration_us,
                      gb_us, cpu_us)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (namespace, function, hour) DO UPDATE SET
-                     invocations = invocations + 1,
+                     invocations = invocations + excluded.invocations,
                      errors = errors + excluded.errors,
                      duration_us = duration_us + excluded.duration_us,
                      gb_us = gb_us + excluded.gb_us,
                      cpu_us = cpu_us + excluded.cpu_us",
             )?;
+            let mut totals: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
             for record in records {
                 insert_record.execute(params![
+                    id,
                     record.call_id,
                     record.trace_id,
                     record.span_id,
@@ -238,20 +273,42 @@ impl Telemetry {
                     record.memory_peak.map(|peak| peak as i64),
                     record.cpu_us,
                 ])?;
-                let failed = record.status >= 500 || record.status == 429;
+                id += 1;
+                let hour = record.started_at.div_euclid(MILLIS_PER_HOUR) * MILLIS_PER_HOUR;
+                let total = totals
+                    .entry((&record.namespace, &record.function, hour))
+                    .or_insert_with(|| UsageTotals {
+                        namespace: record.namespace.clone(),
+                        function: record.function.clone(),
+                        invocations: 0,
+                        errors: 0,
+                        duration_us: 0,
+                        gb_us: 0.0,
+                        cpu_us: 0,
+                    });
+                total.invocations += 1;
+                total.errors += u64::from(record.status >= 500 || record.status == 429);
+                total.duration_us += record.duration_us;
+                total.gb_us +=
+                    record.duration_us as f64 * record.memory_limit as f64 / BYTES_PER_GB;
+                total.cpu_us += record.cpu_us.unwrap_or(0);
+            }
+            for ((_, _, hour), total) in totals {
                 add_usage.execute(params![
-                    record.namespace,
-                    record.function,
-                    record.started_at.div_euclid(MILLIS_PER_HOUR) * MILLIS_PER_HOUR,
-                    i64::from(failed),
-                    record.duration_us,
-                    record.duration_us as f64 * record.memory_limit as f64 / BYTES_PER_GB,
-                    record.cpu_us.unwrap_or(0),
+                    total.namespace,
+                    total.function,
+                    hour,
+                    total.invocations as i64,
+                    total.errors as i64,
+                    total.duration_us,
+                    total.gb_us,
+                    total.cpu_us,
                 ])?;
             }
         }
         tx.commit()?;
-        Ok(ids)
+        database.next_id = id;
+        Ok(first)
     }
 
     /// Deletes a function's oldest lines and records beyond `keep` of each.
@@ -270,18 +327,32 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Log lines matching `filter`, oldest first.
+    /// Log lines matching `filter`, oldest first: the functions' lines and
+    /// wisp's line for each call.
     pub fn lines(&self, filter: &LogFilter) -> Result<Vec<StoredLine>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare_cached(
-            "SELECT id, time, namespace, function, call_id, stream, message FROM (
-                 SELECT * FROM logs
+        let mut statement = db.prepare_cached(&format!(
+            "SELECT id, time, namespace, function, call_id, stream, message, {RECORD_COLUMNS} FROM (
+                 SELECT id, time, namespace, function, call_id, stream, message,
+                     NULL AS trace_id, NULL AS span_id, NULL AS parent_span_id, NULL AS source,
+                     NULL AS started_at, NULL AS duration_us, NULL AS status, NULL AS error,
+                     NULL AS memory_limit, NULL AS memory_peak, NULL AS cpu_us
+                 FROM logs
                  WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
                    AND (?3 IS NULL OR call_id = ?3) AND (?4 IS NULL OR time >= ?4)
                    AND (?5 IS NULL OR id > ?5)
+                 UNION ALL
+                 SELECT id, started_at + duration_us / 1000, namespace, function, call_id, 'wisp',
+                     NULL, trace_id, span_id, parent_span_id, source, started_at, duration_us,
+                     status, error, memory_limit, memory_peak, cpu_us
+                 FROM records
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
+                   AND (?3 IS NULL OR call_id = ?3)
+                   AND (?4 IS NULL OR started_at + duration_us / 1000 >= ?4)
+                   AND (?5 IS NULL OR id > ?5)
                  ORDER BY id DESC LIMIT ?6)
-             ORDER BY id",
-        )?;
+             ORDER BY id"
+        ))?;
         let rows = statement.query_map(
             params![
                 filter.namespace,
@@ -292,17 +363,22 @@ impl Telemetry {
                 filter.tail
             ],
             |row| {
+                let id = row.get(0)?;
                 let stream: String = row.get(5)?;
-                Ok(StoredLine {
-                    id: row.get(0)?,
-                    line: NewLine {
-                        time: row.get(1)?,
-                        namespace: row.get(2)?,
-                        function: row.get(3)?,
-                        call_id: row.get(4)?,
-                        stream: LogStream::parse(&stream).unwrap_or(LogStream::Wisp),
-                        message: row.get(6)?,
+                let message: Option<String> = row.get(6)?;
+                Ok(match message {
+                    Some(message) => StoredLine {
+                        id,
+                        line: NewLine {
+                            time: row.get(1)?,
+                            namespace: row.get(2)?,
+                            function: row.get(3)?,
+                            call_id: row.get(4)?,
+                            stream: LogStream::parse(&stream).unwrap_or(LogStream::Wisp),
+                            message,
+                        },
                     },
+                    None => record_line(id, &read_record_at(row, 7)?),
                 })
             },
         )?;
@@ -346,15 +422,21 @@ impl Telemetry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The last STDERR line a call wrote.
-    pub fn last_stderr(&self, call_id: &str) -> Result<Option<String>, StoreError> {
+    /// The last STDERR line a call of a function wrote.
+    pub fn last_stderr(
+        &self,
+        namespace: &str,
+        function: &str,
+        call_id: &str,
+    ) -> Result<Option<String>, StoreError> {
         let db = self.db();
         Ok(db
             .prepare_cached(
-                "SELECT message FROM logs WHERE call_id = ?1 AND stream = 'stderr'
+                "SELECT message FROM logs
+                 WHERE namespace = ?1 AND function = ?2 AND call_id = ?3 AND stream = 'stderr'
                  ORDER BY id DESC LIMIT 1",
             )?
-            .query_row([call_id], |row| row.get(0))
+            .query_row(params![namespace, function, call_id], |row| row.get(0))
             .optional()?)
     }
 
@@ -395,6 +477,37 @@ impl Telemetry {
 const RECORD_COLUMNS: &str = "call_id, trace_id, span_id, parent_span_id, namespace, function, \
      source, started_at, duration_us, status, error, memory_limit, memory_peak, cpu_us";
 
+/// A record as wisp's log line for its call: `200 in 1.52ms, memory 1088KiB, cpu 0.80ms`
+/// and, for a failed call, its error.
+pub fn record_line(id: i64, record: &NewRecord) -> StoredLine {
+    let mut message = format!(
+        "{} in {:.2}ms",
+        record.status,
+        record.duration_us as f64 / 1000.0
+    );
+    if let Some(peak) = record.memory_peak {
+        message.push_str(&format!(", memory {}", wisp_core::ByteSize(peak)));
+    }
+    if let Some(cpu) = record.cpu_us {
+        message.push_str(&format!(", cpu {:.2}ms", cpu as f64 / 1000.0));
+    }
+    if let Some(error) = &record.error {
+        message.push_str(": ");
+        message.push_str(error);
+    }
+    StoredLine {
+        id,
+        line: NewLine {
+            time: record.started_at + record.duration_us / 1000,
+            namespace: record.namespace.clone(),
+            function: record.function.clone(),
+            call_id: Some(record.call_id.clone()),
+            stream: LogStream::Wisp,
+            message,
+        },
+    }
+}
+
 fn source_name(source: CallSource) -> &'static str {
     match source {
         CallSource::Http => "http",
@@ -403,26 +516,31 @@ fn source_name(source: CallSource) -> &'static str {
 }
 
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<NewRecord> {
-    let source: String = row.get(6)?;
+    read_record_at(row, 0)
+}
+
+/// Reads [`RECORD_COLUMNS`] starting at column `at`.
+fn read_record_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<NewRecord> {
+    let source: String = row.get(at + 6)?;
     Ok(NewRecord {
-        call_id: row.get(0)?,
-        trace_id: row.get(1)?,
-        span_id: row.get(2)?,
-        parent_span_id: row.get(3)?,
-        namespace: row.get(4)?,
-        function: row.get(5)?,
+        call_id: row.get(at)?,
+        trace_id: row.get(at + 1)?,
+        span_id: row.get(at + 2)?,
+        parent_span_id: row.get(at + 3)?,
+        namespace: row.get(at + 4)?,
+        function: row.get(at + 5)?,
         source: if source == "queue" {
             CallSource::Queue
         } else {
             CallSource::Http
         },
-        started_at: row.get(7)?,
-        duration_us: row.get(8)?,
-        status: row.get(9)?,
-        error: row.get(10)?,
-        memory_limit: row.get::<_, i64>(11)? as u64,
-        memory_peak: row.get::<_, Option<i64>>(12)?.map(|peak| peak as u64),
-        cpu_us: row.get(13)?,
+        started_at: row.get(at + 7)?,
+        duration_us: row.get(at + 8)?,
+        status: row.get(at + 9)?,
+        error: row.get(at + 10)?,
+        memory_limit: row.get::<_, i64>(at + 11)? as u64,
+        memory_peak: row.get::<_, Option<i64>>(at + 12)?.map(|peak| peak as u64),
+        cpu_us: row.get(at + 13)?,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Observability: what the node records about each call and serves back.
 //! A call joins the caller's W3C trace or starts one ([`Span`]); when it ends,
-//! its record (span, status, duration, memory, CPU) and wisp's own log line
-//! are queued, with the function's output lines, to one writer thread that
+//! its record (span, status, duration, memory, CPU; read back as wisp's own
+//! log line for the call) is queued, with the function's output lines, to one
+//! writer thread that
 //! commits them in batches to the call log and then shows each line to live
 //! followers (and, when configured, hands the records to the [`otlp`]
 //! exporter). The invocation path never waits on the disk: when the writer
@@ -25,14 +26,21 @@ use std::{
 use axum::http::{HeaderMap, HeaderValue};
 use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent, hex};
 use wisp_runtime::{Meter, OutputSink};
-use wisp_store::{NewLine, NewRecord, StoredLine, Telemetry as CallLog};
+use wisp_store::{NewLine, NewRecord, StoredLine, Telemetry as CallLog, record_line};
 
 use crate::events::rfc3339;
 
 /// Entries waiting for the writer before new ones are dropped.
 const BACKLOG: usize = 65_536;
 /// The most entries committed together.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = BACKLOG;
+/// How long the writer gathers entries before it commits them. One commit
+/// per interval, not one per call, writes each touched index page once per
+/// interval instead of once per call: that keeps the call log's cost off the
+/// invocation path, at the price of a followed line arriving up to this late.
+/// Readers of the API ask for a commit first ([`Telemetry::flush`]), so they
+/// always see every call that ended before they asked.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Live followers that fall this far behind miss lines (and are told so).
 const LIVE_BUFFER: usize = 4096;
 
@@ -42,6 +50,8 @@ pub(crate) const TRACEPARENT: &str = "traceparent";
 enum Entry {
     Line(NewLine),
     Record(NewRecord),
+    /// Commit now, then say so.
+    Flush(mpsc::Sender<()>),
 }
 
 /// The node's call log: records, log lines and their live followers.
@@ -93,6 +103,14 @@ impl Telemetry {
         self.live.subscribe()
     }
 
+    /// Waits until everything queued so far is committed. Blocking.
+    pub(crate) fn flush(&self) {
+        let (done, committed) = mpsc::channel();
+        if self.sender.send(Entry::Flush(done)).is_ok() {
+            let _ = committed.recv();
+        }
+    }
+
     fn send(&self, entry: Entry) {
         if self.sender.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -118,33 +136,10 @@ impl Telemetry {
         }));
     }
 
-    /// Queues a finished call's record and wisp's line for it.
+    /// Queues a finished call's record (which is also wisp's line for it).
     pub(crate) fn finish(&self, call: FinishedCall<'_>) {
         let memory_peak = call.meter.memory_peak();
         let cpu = call.meter.cpu_time();
-        let mut message = format!(
-            "{} in {:.2}ms",
-            call.status,
-            call.elapsed.as_secs_f64() * 1000.0
-        );
-        if let Some(peak) = memory_peak {
-            message.push_str(&format!(", memory {}", wisp_core::ByteSize(peak)));
-        }
-        if let Some(cpu) = cpu {
-            message.push_str(&format!(", cpu {:.2}ms", cpu.as_secs_f64() * 1000.0));
-        }
-        if let Some(error) = &call.error {
-            message.push_str(": ");
-            message.push_str(error);
-        }
-        self.send(Entry::Line(NewLine {
-            time: now_millis(),
-            namespace: call.namespace.to_owned(),
-            function: call.function.to_owned(),
-            call_id: Some(call.call_id.to_owned()),
-            stream: LogStream::Wisp,
-            message,
-        }));
         self.send(Entry::Record(NewRecord {
             call_id: call.call_id.to_owned(),
             trace_id: hex(&call.span.trace_id),
@@ -195,11 +190,7 @@ impl Span {
             .get(TRACEPARENT)
             .and_then(|value| value.to_str().ok())
             .and_then(TraceParent::parse);
-        let mut random = [0u8; 24];
-        // Without randomness the ids are still unique enough to link one node's calls.
-        if getrandom::fill(&mut random).is_err() {
-            random[..16].copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
-        }
+        let random: [u8; 24] = rand::random();
         let mut span_id: [u8; 8] = random[16..].try_into().expect("8 bytes");
         span_id[0] |= 1; // never all zero
         let (trace_id, parent_id, flags) = match caller {
@@ -262,30 +253,52 @@ struct Writer {
 impl Writer {
     fn run(mut self, receiver: &mpsc::Receiver<Entry>) {
         while let Ok(first) = receiver.recv() {
+            let deadline = std::time::Instant::now() + COMMIT_INTERVAL;
             let mut lines = Vec::new();
             let mut records = Vec::new();
-            for entry in std::iter::once(first).chain(receiver.try_iter().take(MAX_BATCH - 1)) {
+            let mut flushed = Vec::new();
+            let mut next = Some(first);
+            while let Some(entry) = next.take() {
                 match entry {
                     Entry::Line(line) => lines.push(line),
                     Entry::Record(record) => records.push(record),
+                    Entry::Flush(done) => {
+                        flushed.push(done);
+                        break;
+                    }
                 }
+                if lines.len() + records.len() >= MAX_BATCH {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                next = receiver.recv_timeout(left).ok();
             }
             match self.log.write(&records, &lines) {
-                Ok(ids) => {
-                    for (id, line) in ids.into_iter().zip(lines) {
+                Ok(first) => {
+                    let followed = self.live.receiver_count() > 0;
+                    let mut id = first;
+                    for line in lines {
                         self.count(&line.namespace, &line.function);
-                        if self.live.receiver_count() > 0 {
+                        if followed {
                             let _ = self.live.send(Arc::new(entry(StoredLine { id, line })));
                         }
+                        id += 1;
                     }
                     for record in records {
                         self.count(&record.namespace, &record.function);
+                        if followed {
+                            let _ = self.live.send(Arc::new(entry(record_line(id, &record))));
+                        }
                         if let Some(exporter) = &self.exporter {
                             exporter.send(record);
                         }
+                        id += 1;
                     }
                 }
                 Err(error) => tracing::error!("call log: {error}"),
+            }
+            for done in flushed {
+                let _ = done.send(());
             }
         }
     }

@@ -57,16 +57,20 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// Runs a read of the call log off the async threads.
+/// Runs a read of the call log off the async threads, once every call that
+/// ended before it is committed.
 async fn read<T: Send + 'static>(
     node: &Arc<Node>,
     read: impl FnOnce(&wisp_store::Telemetry) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let log = node.telemetry.log().clone();
-    tokio::task::spawn_blocking(move || read(&log))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        node.telemetry.flush();
+        read(node.telemetry.log())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::from)
 }
 
 /// A time given as a duration ago (`10m`) or as RFC 3339, in milliseconds.
@@ -215,7 +219,7 @@ async fn trace(
         for record in log.trace(&record.trace_id)? {
             let failed = record.status >= 500 || record.status == 429;
             let last_stderr = if failed {
-                log.last_stderr(&record.call_id)?
+                log.last_stderr(&record.namespace, &record.function, &record.call_id)?
             } else {
                 None
             };
