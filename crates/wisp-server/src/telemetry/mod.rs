@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     time::{Duration, SystemTime},
@@ -61,6 +61,9 @@ pub(crate) struct Telemetry {
     live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
     /// Entries dropped because the writer was behind.
     pub(crate) dropped: Arc<AtomicU64>,
+    /// Set (and the writer unparked) when a reader wants a commit now.
+    flush_wanted: Arc<AtomicBool>,
+    writer: std::thread::Thread,
 }
 
 impl Telemetry {
@@ -75,17 +78,23 @@ impl Telemetry {
         let (sender, receiver) = mpsc::sync_channel(BACKLOG);
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
         let dropped = Arc::new(AtomicU64::new(0));
+        let flush_wanted = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            flush_wanted: flush_wanted.clone(),
             log: log.clone(),
             live: live.clone(),
             retention,
             since_pruned: HashMap::new(),
             exporter,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("wisp-call-log".into())
-            .spawn(move || writer.run(&receiver))?;
+            .spawn(move || writer.run(&receiver))?
+            .thread()
+            .clone();
         Ok(Self {
+            flush_wanted,
+            writer,
             log,
             sender,
             live,
@@ -107,6 +116,8 @@ impl Telemetry {
     pub(crate) fn flush(&self) {
         let (done, committed) = mpsc::channel();
         if self.sender.send(Entry::Flush(done)).is_ok() {
+            self.flush_wanted.store(true, Ordering::SeqCst);
+            self.writer.unpark();
             let _ = committed.recv();
         }
     }
@@ -243,6 +254,7 @@ impl OutputSink for FunctionOutput {
 /// The thread that owns every write to the call log.
 struct Writer {
     log: Arc<CallLog>,
+    flush_wanted: Arc<AtomicBool>,
     live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
     retention: u32,
     /// Entries written per function since it was last pruned.
@@ -252,26 +264,26 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, receiver: &mpsc::Receiver<Entry>) {
+        // Blocks on the channel only when idle: while gathering it sleeps, so
+        // the invocation path's sends wake no one.
         while let Ok(first) = receiver.recv() {
             let deadline = std::time::Instant::now() + COMMIT_INTERVAL;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if self.flush_wanted.swap(false, Ordering::SeqCst) || left.is_zero() {
+                    break;
+                }
+                std::thread::park_timeout(left);
+            }
             let mut lines = Vec::new();
             let mut records = Vec::new();
             let mut flushed = Vec::new();
-            let mut next = Some(first);
-            while let Some(entry) = next.take() {
+            for entry in std::iter::once(first).chain(receiver.try_iter().take(MAX_BATCH - 1)) {
                 match entry {
                     Entry::Line(line) => lines.push(line),
                     Entry::Record(record) => records.push(record),
-                    Entry::Flush(done) => {
-                        flushed.push(done);
-                        break;
-                    }
+                    Entry::Flush(done) => flushed.push(done),
                 }
-                if lines.len() + records.len() >= MAX_BATCH {
-                    break;
-                }
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                next = receiver.recv_timeout(left).ok();
             }
             match self.log.write(&records, &lines) {
                 Ok(first) => {
