@@ -106,11 +106,10 @@ pub struct CallRecord {
     pub cpu_ms: Option<f64>,
 }
 
-impl CallRecord {
-    /// Whether the call failed (a 5xx, or a 429 it was refused with).
-    pub fn failed(&self) -> bool {
-        self.status >= 500 || self.status == 429
-    }
+/// Whether a call that answered `status` counts as failed: a 5xx, or a 429
+/// it was refused with. A 4xx is the caller's mistake, not the function's.
+pub fn is_failure(status: u16) -> bool {
+    status >= 500 || status == 429
 }
 
 /// A call in a trace, with the last line it wrote to STDERR.

@@ -9,10 +9,14 @@
 //! its retention, its oldest are deleted. Usage totals are kept whole: they
 //! are what a bill is made of. Times are milliseconds since the Unix epoch.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::atomic::{AtomicI64, Ordering},
+};
 
 use rusqlite::{OptionalExtension as _, params};
-use wisp_core::telemetry::{CallSource, LogStream};
+use wisp_core::telemetry::{CallSource, LogStream, is_failure};
 
 use crate::StoreError;
 
@@ -160,13 +164,9 @@ pub struct UsageTotals {
 
 /// The call log's database.
 pub struct Telemetry {
-    db: std::sync::Mutex<Database>,
-}
-
-struct Database {
-    connection: rusqlite::Connection,
-    /// The id the next line or record gets.
-    next_id: i64,
+    db: std::sync::Mutex<rusqlite::Connection>,
+    /// The id the next line or record gets; changed only under the lock.
+    next_id: AtomicI64,
 }
 
 impl Telemetry {
@@ -187,28 +187,15 @@ impl Telemetry {
             |row| row.get(0),
         )?;
         Ok(Self {
-            db: std::sync::Mutex::new(Database {
-                connection: db,
-                next_id: last + 1,
-            }),
+            db: std::sync::Mutex::new(db),
+            next_id: AtomicI64::new(last + 1),
         })
     }
 
-    fn database(&self) -> std::sync::MutexGuard<'_, Database> {
+    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.db
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn db(&self) -> impl std::ops::Deref<Target = rusqlite::Connection> + '_ {
-        struct Connection<'a>(std::sync::MutexGuard<'a, Database>);
-        impl std::ops::Deref for Connection<'_> {
-            type Target = rusqlite::Connection;
-            fn deref(&self) -> &rusqlite::Connection {
-                &self.0.connection
-            }
-        }
-        Connection(self.database())
     }
 
     /// Stores lines and records in one transaction (lines first), adds the
@@ -216,9 +203,9 @@ impl Telemetry {
     /// answers the first id: the lines and then the records have the ids
     /// that follow it, in order.
     pub fn write(&self, records: &[NewRecord], lines: &[NewLine]) -> Result<i64, StoreError> {
-        let mut database = self.database();
-        let first = database.next_id;
-        let tx = database.connection.transaction()?;
+        let mut db = self.db();
+        let first = self.next_id.load(Ordering::Relaxed);
+        let tx = db.transaction()?;
         let mut id = first;
         {
             let mut insert_line = tx.prepare_cached(
@@ -287,7 +274,7 @@ impl Telemetry {
                         cpu_us: 0,
                     });
                 total.invocations += 1;
-                total.errors += u64::from(record.status >= 500 || record.status == 429);
+                total.errors += u64::from(is_failure(record.status));
                 total.duration_us += record.duration_us;
                 total.gb_us +=
                     record.duration_us as f64 * record.memory_limit as f64 / BYTES_PER_GB;
@@ -307,7 +294,7 @@ impl Telemetry {
             }
         }
         tx.commit()?;
-        database.next_id = id;
+        self.next_id.store(id, Ordering::Relaxed);
         Ok(first)
     }
 

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
-use wisp_core::telemetry::CallSource;
+use wisp_core::telemetry::{CallSource, is_failure};
 use wisp_store::NewRecord;
 
 /// Spans waiting to be exported before new ones are dropped.
@@ -116,7 +116,6 @@ fn request(records: &[NewRecord]) -> ExportTraceServiceRequest {
 
 fn span(record: &NewRecord) -> Span {
     let start = record.started_at as u64 * 1_000_000;
-    let failed = record.status >= 500 || record.status == 429;
     let mut attributes = vec![
         text("faas.name", &record.function),
         text("faas.invocation_id", &record.call_id),
@@ -149,7 +148,7 @@ fn span(record: &NewRecord) -> Span {
         attributes,
         status: Some(Status {
             message: record.error.clone().unwrap_or_default(),
-            code: if failed {
+            code: if is_failure(record.status) {
                 StatusCode::Error
             } else {
                 StatusCode::Ok

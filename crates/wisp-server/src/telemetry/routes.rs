@@ -16,7 +16,7 @@ use axum::{
 use serde::Deserialize;
 use wisp_core::{
     HumanDuration,
-    telemetry::{CallRecord, LogEntry, Trace, TracedCall, Usage},
+    telemetry::{CallRecord, LogEntry, Trace, TracedCall, Usage, is_failure},
 };
 use wisp_store::{LogFilter, NewRecord, StoreError};
 
@@ -217,8 +217,7 @@ async fn trace(
         };
         let mut calls = Vec::new();
         for record in log.trace(&record.trace_id)? {
-            let failed = record.status >= 500 || record.status == 429;
-            let last_stderr = if failed {
+            let last_stderr = if is_failure(record.status) {
                 log.last_stderr(&record.namespace, &record.function, &record.call_id)?
             } else {
                 None
