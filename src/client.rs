@@ -10,6 +10,7 @@ use wisp_core::{
     },
     events::{CallInfo, CallList},
     telemetry::{Trace, Usage},
+    tenancy::{CreatedToken, NamespaceInfo, NewNamespace, NewToken, TokenInfo},
 };
 
 use crate::commands::{Remote, default_data_dir};
@@ -165,7 +166,9 @@ impl Client {
         self.json(response)
     }
 
-    /// Calls a function; any status is an answer, not an error.
+    /// Calls a function, with the token so private functions answer (the
+    /// gateway never hands it to the function); any status is an answer,
+    /// not an error. `headers` may replace `Authorization`.
     pub fn invoke(
         &self,
         path: &str,
@@ -173,7 +176,7 @@ impl Client {
         headers: &[(String, String)],
         body: &[u8],
     ) -> anyhow::Result<Answer> {
-        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
+        let mut request = self.request(method, path);
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -237,6 +240,44 @@ impl Client {
     /// Usage totals per function.
     pub fn usage(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<Usage>> {
         self.get("/system/usage", query)
+    }
+
+    /// The namespaces the token may see.
+    pub fn namespaces(&self) -> anyhow::Result<Vec<NamespaceInfo>> {
+        self.get("/system/namespaces", &[])
+    }
+
+    /// Creates a namespace.
+    pub fn create_namespace(&self, request: &NewNamespace) -> anyhow::Result<NamespaceInfo> {
+        self.send("POST", "/system/namespaces", request)
+    }
+
+    /// Removes an empty namespace.
+    pub fn remove_namespace(&self, name: &str) -> anyhow::Result<()> {
+        self.call(
+            self.request("DELETE", &format!("/system/namespaces/{name}"))
+                .call(),
+        )?;
+        Ok(())
+    }
+
+    /// Tokens, filtered by the query string `query`.
+    pub fn tokens(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<TokenInfo>> {
+        self.get("/system/tokens", query)
+    }
+
+    /// Creates a token; the answer is the only place it is ever shown.
+    pub fn create_token(&self, request: &NewToken) -> anyhow::Result<CreatedToken> {
+        self.send("POST", "/system/tokens", request)
+    }
+
+    /// Revokes a token.
+    pub fn revoke_token(&self, id: &str) -> anyhow::Result<()> {
+        self.call(
+            self.request("DELETE", &format!("/system/tokens/{id}"))
+                .call(),
+        )?;
+        Ok(())
     }
 
     /// Queues a finished call again.

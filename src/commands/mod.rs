@@ -7,8 +7,10 @@ mod describe;
 mod invoke;
 mod logs;
 mod ls;
+mod ns;
 mod rm;
 mod scale;
+mod token;
 mod trace;
 mod up;
 mod usage;
@@ -39,6 +41,8 @@ enum Command {
     Logs(logs::Logs),
     Trace(trace::TraceCommand),
     Usage(usage::UsageCommand),
+    Ns(ns::Ns),
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -57,6 +61,8 @@ impl Cli {
             Command::Logs(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Trace(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Usage(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Ns(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Token(command) => command.execute().map(|()| ExitCode::SUCCESS),
         }
     }
 }
@@ -67,7 +73,8 @@ pub struct Remote {
     /// The gateway's URL.
     #[arg(long, env = "WISP_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// The admin token; defaults to the one `wisp up` keeps in its data directory.
+    /// A token: the node's admin token or a namespace token (`wisp token create`);
+    /// defaults to the admin token `wisp up` keeps in its data directory.
     #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print machine-readable JSON.

@@ -48,6 +48,12 @@ pub struct Up {
     /// Turn off tracing, the call log and per-call metrics (for the last few percent of throughput).
     #[arg(long)]
     no_telemetry: bool,
+    /// Run process functions without the sandbox (for machines without bubblewrap or user namespaces).
+    #[arg(long)]
+    no_sandbox: bool,
+    /// How long a client may take to send a request's head before it is disconnected.
+    #[arg(long, default_value = "10s")]
+    header_read_timeout: wisp_core::HumanDuration,
     /// How long a stop (SIGTERM) lets requests in flight finish.
     #[arg(long, default_value = "30s")]
     grace_period: wisp_core::HumanDuration,
@@ -82,6 +88,8 @@ impl Up {
         config.mqtt_url = self.mqtt_url;
         config.call_log_retention = self.call_log_retention;
         config.telemetry = !self.no_telemetry;
+        config.sandbox = !self.no_sandbox;
+        config.header_read_timeout = self.header_read_timeout.0;
         config.otlp_endpoint = self.otlp_endpoint;
         config.validate()?;
 

@@ -9,7 +9,9 @@ mod limits;
 mod observability;
 mod refusals;
 mod restart;
+mod sandbox;
 mod scaling;
+mod tenants;
 mod ui;
 
 use serde_json::{Value, json};
@@ -38,4 +40,36 @@ fn merge(base: &mut Value, extra: Value) {
     if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
         base.extend(extra);
     }
+}
+
+/// The command lines of live processes whose working directory is a
+/// function's directory on `node` (its artifact tree or the empty directory).
+/// Directories are compared by device and inode: inside a sandbox the same
+/// directory is mounted at another path.
+fn processes_of(node: &Node) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let identity = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()))
+    };
+    let trees = std::fs::read_dir(node.data_dir.join("trees"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path());
+    let dirs: Vec<_> = trees
+        .chain([node.data_dir.join("empty")])
+        .filter_map(|dir| identity(&dir))
+        .collect();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|entry| identity(&entry.path().join("cwd")).is_some_and(|cwd| dirs.contains(&cwd)))
+        .map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        })
+        .collect()
 }

@@ -50,18 +50,38 @@ fn replicas(node: &Node) -> u64 {
     status(node)["replicas"].as_u64().expect("replicas")
 }
 
-/// The pid the app reports in a response body.
-fn pid_of(response: &Response) -> u32 {
-    let pid = response
+/// The replica that answered, as the app reports it: its port.
+fn replica_of(response: &Response) -> String {
+    response
         .body
         .split_whitespace()
-        .find_map(|word| word.strip_prefix("pid="))
-        .unwrap_or_else(|| panic!("no pid in {}", response.body));
-    pid.parse().expect("a pid")
+        .find_map(|word| word.strip_prefix("replica="))
+        .unwrap_or_else(|| panic!("no replica in {}", response.body))
+        .to_owned()
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// The host pid of a replica's app process (it runs in a PID namespace of
+/// its own, so the pid it sees is not the host's), found by its `$PORT`.
+fn pid_of(replica: &str) -> Option<u32> {
+    let port = format!("PORT={replica}\0");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let is_app = String::from_utf8_lossy(&cmdline).contains("python3");
+            (is_app
+                && environ
+                    .windows(port.len())
+                    .any(|window| window == port.as_bytes()))
+            .then_some(pid)
+        })
+}
+
+fn alive(replica: &str) -> bool {
+    pid_of(replica).is_some()
 }
 
 #[test]
@@ -96,8 +116,8 @@ fn an_app_is_proxied_with_its_path_query_headers_and_body() {
     assert_eq!(response.header("x-call-id"), Some("call-7"));
 
     // Requests reuse the warm replica.
-    let first = pid_of(&node.get("/function/app"));
-    let second = pid_of(&node.get("/function/app"));
+    let first = replica_of(&node.get("/function/app"));
+    let second = replica_of(&node.get("/function/app"));
     assert_eq!(first, second);
 
     let output = node
@@ -141,13 +161,14 @@ fn an_app_that_does_not_start_is_refused_and_nothing_is_kept() {
 #[test]
 fn a_crashed_replica_fails_its_request_and_is_replaced() {
     let node = node_with_app(json!({}));
-    let before = pid_of(&node.get("/function/app"));
+    let before = replica_of(&node.get("/function/app"));
+    let pid = pid_of(&before).expect("the replica's process");
 
     // Killed from outside with a request in flight: that request fails at once.
     let in_flight = node.get_in_background("/function/app/sleep?ms=20000");
     thread::sleep(Duration::from_millis(300));
     let killed = std::process::Command::new("kill")
-        .args(["-KILL", &before.to_string()])
+        .args(["-KILL", &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(killed.success());
@@ -160,12 +181,12 @@ fn a_crashed_replica_fails_its_request_and_is_replaced() {
     );
 
     // Crashing while answering: the same.
-    let mut replacement = 0;
+    let mut replacement = String::new();
     assert!(
         node.eventually(Duration::from_secs(20), || {
             let response = node.get("/function/app");
             if response.status == 200 {
-                replacement = pid_of(&response);
+                replacement = replica_of(&response);
             }
             response.status == 200
         }),
@@ -184,7 +205,7 @@ fn a_crashed_replica_fails_its_request_and_is_replaced() {
     assert!(
         node.eventually(Duration::from_secs(20), || {
             let response = node.get("/function/app");
-            after = (response.status == 200).then(|| pid_of(&response));
+            after = (response.status == 200).then(|| replica_of(&response));
             after.is_some() && replicas(&node) == 1
         }),
         "a replacement replica serves"
@@ -203,7 +224,8 @@ fn an_idle_app_scales_to_zero_and_a_request_wakes_it() {
         "the request is held, not failed: {}",
         response.body
     );
-    let pid = pid_of(&response);
+    let replica = replica_of(&response);
+    assert!(alive(&replica));
     let woken = status(&node);
     assert_eq!(woken["coldStarts"], 1, "{woken}");
     assert_eq!(woken["replicas"], 1, "{woken}");
@@ -213,7 +235,7 @@ fn an_idle_app_scales_to_zero_and_a_request_wakes_it() {
         "back to zero after the delay"
     );
     assert!(
-        node.eventually(Duration::from_secs(10), || !alive(pid)),
+        node.eventually(Duration::from_secs(10), || !alive(&replica)),
         "the idle replica's process is gone"
     );
     let again = node.get("/function/app/hello");
@@ -380,7 +402,8 @@ fn scale_sets_a_fixed_count_until_handed_back() {
 #[test]
 fn sigterm_finishes_requests_in_flight_and_stops_the_replicas() {
     let node = node_with_app(json!({}));
-    let pid = pid_of(&node.get("/function/app"));
+    let replica = replica_of(&node.get("/function/app"));
+    assert!(alive(&replica));
     let slow = node.get_in_background("/function/app/sleep?ms=1000");
     thread::sleep(Duration::from_millis(300));
     let (status, scratch) = node.stop();
@@ -391,7 +414,7 @@ fn sigterm_finishes_requests_in_flight_and_stops_the_replicas() {
         "the request in flight finished: {}",
         slow.body
     );
-    assert!(!alive(pid), "the replica stopped with the node");
+    assert!(!alive(&replica), "the replica stopped with the node");
 
     // The app comes back with the node.
     let data_dir = scratch.path().join("data");

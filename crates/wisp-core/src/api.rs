@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, FunctionKind, HumanDuration, events::TriggerDeclaration};
+use crate::{ByteSize, FunctionKind, HumanDuration, events::TriggerDeclaration, spec::Network};
 
 /// A deploy or update request: `POST` / `PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,9 @@ pub struct FunctionDeployment {
     /// Outbound HTTP destinations a wasm function may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// What a process function may reach: `none` (the default) or `outbound`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
     /// How long a request over `maxConcurrency` waits for a slot before its 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<HumanDuration>,
@@ -89,6 +92,9 @@ pub struct FunctionDeployment {
     /// What invokes the function besides HTTP, such as `[{"cron": "*/5 * * * *"}]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerDeclaration>,
+    /// Whether invoking it needs a token of its namespace (or the node's); public when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
 }
 
 /// OpenFaaS's `limits` object.

@@ -1,6 +1,7 @@
 //! wisp's shared vocabulary: the `wisp.toml` manifest, the JSON shapes of the
 //! HTTP API, function names, human-readable durations and sizes, and the
-//! validation that turns what a user wrote into a [`FunctionSpec`].
+//! validation that turns what a user wrote into a [`FunctionSpec`]; and
+//! [`tenancy`], the rule deciding what a token may do in which namespace.
 //!
 //! Nothing here does I/O, so the server, the store and the CLI agree on one
 //! set of rules and every rule is unit-tested in isolation.
@@ -11,6 +12,7 @@ pub mod manifest;
 pub mod name;
 pub mod spec;
 pub mod telemetry;
+pub mod tenancy;
 pub mod units;
 
 pub use events::{CallState, Schedule, Trigger};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{
     ByteSize, FunctionKind, HumanDuration, api::FunctionDeployment, events::TriggerDeclaration,
-    validate_name,
+    spec::Network, validate_name,
 };
 
 /// A parsed `wisp.toml`.
@@ -59,6 +59,8 @@ pub struct FunctionManifest {
     /// Outbound HTTP destinations a wasm function may call.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// What a process function may reach: `none` (the default) or `outbound`.
+    pub network: Option<Network>,
     /// How long a request over `max_concurrency` waits for a slot.
     pub queue_timeout: Option<HumanDuration>,
     /// `process-http`: replicas kept running when idle.
@@ -82,6 +84,8 @@ pub struct FunctionManifest {
     /// What invokes the function besides HTTP.
     #[serde(default)]
     pub triggers: Vec<TriggerDeclaration>,
+    /// Whether invoking it needs a token; public when absent.
+    pub private: Option<bool>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
@@ -136,6 +140,7 @@ impl FunctionManifest {
             max_concurrency: self.max_concurrency,
             max_body_size: self.max_body_size,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            network: self.network,
             queue_timeout: self.queue_timeout,
             min_scale: self.min_scale,
             max_scale: self.max_scale,
@@ -147,6 +152,7 @@ impl FunctionManifest {
             async_timeout: self.async_timeout,
             async_concurrency: self.async_concurrency,
             triggers: self.triggers.clone(),
+            private: self.private,
         }
     }
 }

@@ -222,6 +222,22 @@ pub enum SpecError {
     /// A trigger does not parse.
     #[error("{0}")]
     Trigger(String),
+    /// `network` on a wasm function.
+    #[error(
+        "`network` is for process functions; a {0} function reaches only its allowed_outbound_hosts"
+    )]
+    Network(FunctionKind),
+}
+
+/// What a process function may reach on the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// Nothing: its own loopback only.
+    #[default]
+    None,
+    /// Outbound connections through the host's network; it cannot listen.
+    Outbound,
 }
 
 /// A validated function with its defaults filled in.
@@ -256,6 +272,9 @@ pub struct FunctionSpec {
     pub annotations: BTreeMap<String, String>,
     /// Outbound HTTP destinations a wasm function may call (`scheme://host[:port]`, `*` wildcards).
     pub allowed_outbound_hosts: Vec<String>,
+    /// What a process function may reach on the network.
+    #[serde(default)]
+    pub network: Network,
     /// How long a request over `max_concurrency` may wait for a slot before its 429.
     #[serde(default)]
     pub queue_timeout: HumanDuration,
@@ -268,6 +287,9 @@ pub struct FunctionSpec {
     /// What invokes the function besides HTTP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
+    /// Whether invoking it needs a token of its namespace (or the node's).
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// How a function's async calls (and triggered events) run.
@@ -406,6 +428,7 @@ impl FunctionSpec {
             max_concurrency,
             max_body_size,
             allowed_outbound_hosts,
+            network,
             queue_timeout,
             min_scale,
             max_scale,
@@ -417,6 +440,7 @@ impl FunctionSpec {
             async_timeout,
             async_concurrency,
             triggers,
+            private,
         } = deployment;
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -436,6 +460,10 @@ impl FunctionSpec {
             return Err(SpecError::MissingCommand(kind));
         }
         let route = route.map(|route| route.parse()).transpose()?;
+        let network = network.unwrap_or_default();
+        if network != Network::None && !kind.is_process() {
+            return Err(SpecError::Network(kind));
+        }
         let timeout = timeout.unwrap_or(HumanDuration(DEFAULT_TIMEOUT));
         if timeout.0.is_zero() || timeout.0 > MAX_TIMEOUT {
             return Err(SpecError::Limit(format!(
@@ -557,10 +585,12 @@ impl FunctionSpec {
             labels,
             annotations,
             allowed_outbound_hosts,
+            network,
             queue_timeout,
             scale,
             asynchronous,
             triggers,
+            private: private.unwrap_or(false),
         })
     }
 
@@ -586,6 +616,7 @@ impl FunctionSpec {
                 max_concurrency: self.max_concurrency,
                 max_body_size: self.max_body_size,
                 allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+                network: Some(self.network),
                 queue_timeout: Some(self.queue_timeout),
                 min_scale: scale.map(|scale| scale.min),
                 max_scale: scale.map(|scale| scale.max),
@@ -597,6 +628,7 @@ impl FunctionSpec {
                 async_timeout: Some(self.asynchronous.timeout),
                 async_concurrency: self.asynchronous.concurrency,
                 triggers: self.triggers.iter().cloned().map(Into::into).collect(),
+                private: Some(self.private),
             },
             invocation_count: observed.invocations,
             replicas: observed.replicas,

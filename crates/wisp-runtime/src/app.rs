@@ -471,7 +471,10 @@ async fn run_replica(app: Arc<App>) {
         Ok(port) => port,
         Err(error) => return app.start_failed(format!("no free port for a replica: {error}")),
     };
-    let mut command = app.program.command();
+    let (mut command, _lease) = match app.program.command() {
+        Ok(command) => command,
+        Err(error) => return app.start_failed(format!("could not sandbox a replica: {error}")),
+    };
     command
         .env("PORT", port.to_string())
         .stdin(std::process::Stdio::null());
@@ -486,7 +489,9 @@ async fn run_replica(app: Arc<App>) {
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
             return app.start_failed(format!(

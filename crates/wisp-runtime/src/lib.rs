@@ -2,13 +2,14 @@
 //! components run on wasmtime ([`wasm`], the only user of wasmtime in wisp)
 //! with a fresh instance per request; executables run as a fresh process per
 //! request ([`process`]); HTTP apps run as scaled replicas that requests are
-//! proxied to ([`app`]). Each takes an [`Invocation`] with its deadline and
+//! proxied to ([`app`]); processes of both start inside the [`sandbox`]. Each takes an [`Invocation`] with its deadline and
 //! answers a response or an [`InvokeError`], which the server turns into a
 //! status in one place. What a function writes goes to its [`Output`], line
 //! by line with the call's id, and what a call uses is read into its [`Meter`].
 
 pub mod app;
 pub mod process;
+pub mod sandbox;
 pub mod wasm;
 
 use std::{

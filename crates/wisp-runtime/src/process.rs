@@ -6,7 +6,7 @@
 //! Every process leads its own process group, so at the deadline the whole
 //! group is killed, children included. [`Program::command`] is the one place
 //! a function's process is set up, for this kind and for `process-http`
-//! replicas alike, so sandboxing can wrap it.
+//! replicas alike; with a [`Jail`] it starts inside the sandbox.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
     Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
+    sandbox::{FUNCTION_DIR, Jail, Lease},
     stdio_content_type, watchdog_env,
 };
 
@@ -41,6 +42,8 @@ pub struct Program {
     pub args: Vec<String>,
     /// Environment variables the function declared.
     pub env: Vec<(String, String)>,
+    /// The sandbox its processes run in; none when the node runs unsandboxed.
+    pub jail: Option<Jail>,
 }
 
 impl Program {
@@ -76,27 +79,39 @@ impl Program {
             program,
             args: words.collect(),
             env,
+            jail: None,
         })
     }
 
     /// The command every process of a function starts from: its own process
-    /// group, its directory, only the environment it declared, output piped.
-    /// The program is an absolute path, which lets the standard library spawn
-    /// with `posix_spawn`: no copy of the node's page tables, as `fork` makes.
-    pub fn command(&self) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.program);
+    /// group, its directory, only the environment it declared, output piped,
+    /// inside its jail if it has one (whose uid lease must then be kept
+    /// until the process is gone). Unsandboxed, the program is an absolute
+    /// path, which lets the standard library spawn with `posix_spawn`: no
+    /// copy of the node's page tables, as `fork` makes.
+    pub fn command(&self) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
+        let (mut command, lease, home) = match &self.jail {
+            Some(jail) => {
+                let (command, lease) = jail.command(&self.dir, &self.program)?;
+                (command, lease, Path::new(FUNCTION_DIR))
+            }
+            None => {
+                let mut command = tokio::process::Command::new(&self.program);
+                command.current_dir(&self.dir);
+                (command, None, self.dir.as_path())
+            }
+        };
         command
             .args(&self.args)
-            .current_dir(&self.dir)
             .env_clear()
             .env("PATH", FUNCTION_PATH)
-            .env("HOME", &self.dir)
+            .env("HOME", home)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        command
+        Ok((command, lease))
     }
 }
 
@@ -110,19 +125,19 @@ pub struct ProcessFunction {
 }
 
 impl ProcessFunction {
-    /// The command for one request.
-    fn command(&self, invocation: &Invocation) -> tokio::process::Command {
-        let mut command = self.program.command();
-        command.envs(watchdog_env(invocation)).stdin(Stdio::piped());
-        command
-    }
-
     /// Runs one request in a fresh process.
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
-        let mut child = self.command(&invocation).spawn().map_err(|error| {
+        let spawn_error = |error: std::io::Error| {
             InvokeError::Internal(format!("spawn {}: {error}", self.program.program.display()))
-        })?;
+        };
+        let (mut command, _lease) = self.program.command().map_err(spawn_error)?;
+        let mut child = command
+            .envs(watchdog_env(&invocation))
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        drop(command);
         let group = child.id().map(|pid| pid as libc::pid_t);
         let exit = group.and_then(pidfd);
         let mut stdin = child.stdin.take().expect("stdin is piped");

@@ -413,6 +413,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// the call's trace context.
 struct OutboundPolicy {
     function: Arc<WasmLimits>,
+    /// The call, so a denied request is logged against it.
+    call_id: String,
     /// The call's `traceparent`, added to requests that carry none, so the
     /// functions a guest calls join its trace.
     traceparent: Option<http::HeaderValue>,
@@ -485,11 +487,14 @@ impl WasiHttpHooks for OutboundPolicy {
             }
             return wasmtime_wasi_http::default_hooks().send_request(request, options, fut);
         }
-        tracing::warn!(
-            target: "wisp::function",
-            function = %self.function.name,
-            "outbound request to {} denied: not in allowed_outbound_hosts",
-            request.uri()
+        // The function's log (where its owner looks) gets the attempt, with the call.
+        self.function.output.0.line(
+            Some(&self.call_id),
+            LogStream::Wisp,
+            &format!(
+                "outbound request to {} denied: not in allowed_outbound_hosts",
+                request.uri()
+            ),
         );
         Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
@@ -518,6 +523,7 @@ fn new_store(
         },
         outbound: OutboundPolicy {
             function: limits.clone(),
+            call_id: invocation.call_id.clone(),
             traceparent: invocation.headers.get(TRACEPARENT).cloned(),
         },
     };

@@ -1,14 +1,15 @@
 //! `/system/*`: deploy, update, list, describe, scale and remove functions,
-//! upload artifacts, node info. Every route needs the admin token.
+//! upload artifacts, node info. Every route checks what the caller's token
+//! may do in the namespace it touches (see [`crate::auth`]); deploys check
+//! the namespace's quotas.
 
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, Request, State},
-    http::{HeaderValue, StatusCode, header},
-    middleware::Next,
+    extract::{Path, Query, State},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, put},
 };
@@ -21,6 +22,7 @@ use wisp_core::{
         ScaleRequest, SystemInfo, VersionInfo,
     },
     spec::{DEFAULT_NAMESPACE, MAX_SCALE},
+    tenancy::{Action, Principal, Quotas},
 };
 use wisp_runtime::{Executor, PrepareError};
 
@@ -39,43 +41,8 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/info", get(info))
 }
 
-/// Lets a request through only with `Authorization: Bearer <admin token>`.
-pub async fn require_admin(
-    State(node): State<Arc<Node>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), node.admin_token.as_bytes()) => {
-            next.run(request).await
-        }
-        presented => {
-            let message = if presented.is_some() {
-                "the token is not valid"
-            } else {
-                "this route needs a token: send `Authorization: Bearer <token>`"
-            };
-            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
-    }
-}
-
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Parses a JSON body, answering 400 with serde's message (which names the field) when it does not fit.
-fn json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|error| ApiError::bad_request(format!("invalid request body: {error}")))
 }
@@ -99,13 +66,15 @@ fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
 
 async fn list(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<NamespaceQuery>,
 ) -> Result<Json<Vec<FunctionStatus>>, ApiError> {
+    let scope = principal.scope(query.namespace.as_deref(), Action::Read)?;
     let functions = node.store.functions()?;
     Ok(Json(
         functions
             .iter()
-            .filter(|stored| query.namespace.is_none() || stored.spec.namespace == query.get())
+            .filter(|stored| scope.includes(&stored.spec.namespace))
             .map(|stored| status_of(&node, &stored.spec))
             .collect(),
     ))
@@ -113,10 +82,12 @@ async fn list(
 
 async fn describe(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     Query(query): Query<NamespaceQuery>,
 ) -> Result<Json<FunctionStatus>, ApiError> {
     let (name, namespace) = name.split_once('.').unwrap_or((&name, query.get()));
+    principal.allow(namespace, Action::Read)?;
     let stored = node.store.function(namespace, name)?.ok_or_else(|| {
         ApiError::not_found(format!(
             "function {name} is not deployed in namespace {namespace}"
@@ -125,28 +96,47 @@ async fn describe(
     Ok(Json(status_of(&node, &stored.spec)))
 }
 
-async fn create(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
-    deploy(node, json(&body)?, false)
+async fn create(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    deploy(node, &principal, json(&body)?, false)
         .await
         .map(|status| (StatusCode::CREATED, Json(status)).into_response())
 }
 
-async fn update(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
-    deploy(node, json(&body)?, true)
+async fn update(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    deploy(node, &principal, json(&body)?, true)
         .await
         .map(|status| (StatusCode::OK, Json(status)).into_response())
 }
 
-/// Validates, prepares (compiles), stores, then swaps the function in.
-/// Any failure before the store write leaves everything as it was.
+/// Validates, checks quotas, prepares (compiles), stores, then swaps the
+/// function in. Any failure before the store write leaves everything as it
+/// was. The node's admin token may deploy into a namespace that does not
+/// exist yet: the namespace is created, without quotas, with the function.
 async fn deploy(
     node: Arc<Node>,
+    principal: &Principal,
     deployment: FunctionDeployment,
     replace: bool,
 ) -> Result<FunctionStatus, ApiError> {
+    principal.allow(
+        deployment.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+        Action::Deploy,
+    )?;
     let spec = FunctionSpec::from_deployment(deployment)
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
     let _guard = node.deploy_lock.lock().await;
+    let namespace = node.tenants.namespace(&spec.namespace);
+    if namespace.is_none() {
+        principal.allow_node("create namespaces")?;
+    }
     let exists = node.store.function(&spec.namespace, &spec.name)?.is_some();
     match (exists, replace) {
         (true, false) => {
@@ -173,6 +163,13 @@ async fn deploy(
             StatusCode::CONFLICT,
             format!("route {route} is already served by {owner}"),
         ));
+    }
+    if let Some(namespace) = &namespace {
+        let usage = crate::tenants::usage_with(&node.store, &spec)?;
+        if let Err(exceeded) = namespace.quotas.check(&spec.namespace, usage) {
+            refuse_artifact(&node, &spec)?;
+            return Err(exceeded.into());
+        }
     }
     let prepared = {
         let (node, spec) = (node.clone(), spec.clone());
@@ -204,6 +201,14 @@ async fn deploy(
             spec.name
         )));
     }
+    if namespace.is_none() {
+        node.tenants
+            .create_namespace(&node.store, &spec.namespace, &Quotas::default())?;
+        tracing::info!(
+            "created namespace {} with its first function",
+            spec.namespace
+        );
+    }
     node.store.put_function(&spec)?;
     node.install(spec.clone(), executor);
     tracing::info!("deployed {}.{} ({})", spec.name, spec.namespace, spec.kind);
@@ -226,6 +231,7 @@ fn refuse_artifact(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
 /// Sets a fixed replica count for a `process-http` function (OpenFaaS's scale call).
 async fn scale(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     Query(query): Query<NamespaceQuery>,
     body: Bytes,
@@ -233,6 +239,7 @@ async fn scale(
     let request: ScaleRequest = json(&body)?;
     let namespace = request.namespace.as_deref().unwrap_or(query.get());
     let (name, namespace) = name.split_once('.').unwrap_or((&name, namespace));
+    principal.allow(namespace, Action::Deploy)?;
     let function = node.function(namespace, name).ok_or_else(|| {
         ApiError::not_found(format!(
             "function {name} is not deployed in namespace {namespace}"
@@ -260,9 +267,14 @@ async fn scale(
     Ok((StatusCode::ACCEPTED, Json(status_of(&node, &function.spec))).into_response())
 }
 
-async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+async fn remove(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: DeleteFunction = json(&body)?;
     let namespace = request.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    principal.allow(namespace, Action::Deploy)?;
     let name = &request.function_name;
     let _guard = node.deploy_lock.lock().await;
     let Some(stored) = node.store.function(namespace, name)? else {
@@ -281,7 +293,13 @@ async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn upload(State(node): State<Arc<Node>>, body: Body) -> Result<Json<ArtifactInfo>, ApiError> {
+/// Artifacts are shared by content, so any token that may deploy somewhere may upload.
+async fn upload(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Json<ArtifactInfo>, ApiError> {
+    principal.allow_somewhere(Action::Deploy)?;
     let limit = node.config.max_artifact_size;
     let mut upload = node.store.begin_artifact()?;
     let mut body = http_body_util::Limited::new(body, limit as usize);
@@ -306,21 +324,45 @@ async fn upload(State(node): State<Arc<Node>>, body: Body) -> Result<Json<Artifa
     Ok(Json(upload.commit(&node.store)?))
 }
 
-async fn artifacts(State(node): State<Arc<Node>>) -> Result<Json<Vec<ArtifactInfo>>, ApiError> {
-    Ok(Json(node.store.artifacts()?))
+/// Every artifact for the node's token; for a namespace token, those its namespace's functions use.
+async fn artifacts(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<ArtifactInfo>>, ApiError> {
+    let mut artifacts = node.store.artifacts()?;
+    if let Some(namespace) = principal.scope(None, Action::Deploy)?.namespace() {
+        let used = node.store.namespace_contents(namespace, None)?.artifacts;
+        artifacts.retain(|artifact| used.contains_key(&artifact.digest));
+    }
+    Ok(Json(artifacts))
 }
 
+/// Whether an artifact is stored, so a client can skip uploading it again.
 async fn artifact(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(digest): Path<String>,
 ) -> Result<Json<ArtifactInfo>, ApiError> {
+    principal.allow_somewhere(Action::Deploy)?;
     node.store
         .artifact(&digest)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no artifact {digest}")))
 }
 
-async fn info(State(node): State<Arc<Node>>) -> Result<Json<SystemInfo>, ApiError> {
+/// The node's figures; any valid token may read them, and a namespace
+/// token's function count covers its namespace only.
+async fn info(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<SystemInfo>, ApiError> {
+    let scope = principal.scope(None, Action::Read)?;
+    let function_count = node
+        .store
+        .functions()?
+        .iter()
+        .filter(|stored| scope.includes(&stored.spec.namespace))
+        .count();
     let stats = node.engine.cache_stats();
     Ok(Json(SystemInfo {
         provider: ProviderInfo {
@@ -330,7 +372,7 @@ async fn info(State(node): State<Arc<Node>>) -> Result<Json<SystemInfo>, ApiErro
         version: VersionInfo {
             release: env!("CARGO_PKG_VERSION").into(),
         },
-        function_count: node.store.functions()?.len() as u64,
+        function_count: function_count as u64,
         active_invocations: node.active.load(Ordering::Relaxed),
         invocation_count: node.invocations.load(Ordering::Relaxed),
         compile_cache_hits: stats.hits.load(Ordering::Relaxed),

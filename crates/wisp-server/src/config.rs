@@ -56,6 +56,10 @@ pub struct Config {
     pub telemetry: bool,
     /// An OTLP/HTTP collector (`http://host:4318`) that spans are exported to.
     pub otlp_endpoint: Option<String>,
+    /// Whether process functions run in the sandbox (on unless turned off).
+    pub sandbox: bool,
+    /// How long a client may take to send a request's head.
+    pub header_read_timeout: Duration,
 }
 
 /// A configuration that cannot work.
@@ -94,6 +98,8 @@ impl Config {
             call_log_retention: DEFAULT_CALL_LOG_RETENTION,
             telemetry: true,
             otlp_endpoint: None,
+            sandbox: true,
+            header_read_timeout: crate::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 

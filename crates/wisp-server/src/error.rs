@@ -2,10 +2,13 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use wisp_core::api::ErrorBody;
+use wisp_core::{
+    api::ErrorBody,
+    tenancy::{Forbidden, QuotaExceeded},
+};
 
 /// An error the API answers with.
 #[derive(Debug)]
@@ -28,6 +31,11 @@ impl ApiError {
     /// 400: the request is wrong.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 401: no token, or one the node does not know.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
     /// 404: nothing by that name.
@@ -55,14 +63,34 @@ impl From<wisp_store::StoreError> for ApiError {
     }
 }
 
+impl From<Forbidden> for ApiError {
+    fn from(error: Forbidden) -> Self {
+        Self::new(StatusCode::FORBIDDEN, error.to_string())
+    }
+}
+
+impl From<QuotaExceeded> for ApiError {
+    fn from(error: QuotaExceeded) -> Self {
+        Self::new(StatusCode::FORBIDDEN, error.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        // Every 401 says how to authenticate (RFC 9110).
+        if unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

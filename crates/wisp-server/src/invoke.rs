@@ -1,5 +1,6 @@
 //! Invocation routes: `/function/{name}[/rest]`, `X-Function` on `/`, and
-//! the functions' own top-level routes.
+//! the functions' own top-level routes. Every route checks a private
+//! function's token in one place, [`run`].
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::{
 };
 
 use crate::{
-    ApiError,
+    ApiError, auth,
     dispatch::{Call, CallId, dispatch},
     node::{Deployed, Node},
 };
@@ -75,7 +76,10 @@ async fn run(
     path: String,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Err(error) = auth::allow_invoke(node, &function.spec, &mut parts.headers) {
+        return error.into_response();
+    }
     let call = Call {
         call_id,
         method: parts.method,

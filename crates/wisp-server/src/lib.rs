@@ -2,13 +2,16 @@
 //! ([`node::Node`]), the HTTP [`router`] for invocation and administration,
 //! [`dispatch`], the one place an invocation's outcome becomes a status, and
 //! [`events`], the durable queue of async calls and the triggers feeding it,
-//! [`telemetry`]: metrics, the call log, traces and usage; and the web UI.
+//! [`telemetry`]: metrics, the call log, traces and usage; [`tenants`]:
+//! namespaces, their quotas and tokens, checked by [`auth`]; and the web UI.
 //!
-//! The invocation path reads only memory: deployed functions live in an
-//! in-memory table that every deploy writes through to the store first.
+//! The invocation path reads only memory: deployed functions and tenants'
+//! tokens live in in-memory tables that every change writes through to the
+//! store first.
 
 mod admin;
 mod admission;
+mod auth;
 mod config;
 mod dispatch;
 mod error;
@@ -16,9 +19,10 @@ mod events;
 mod invoke;
 mod node;
 mod telemetry;
+mod tenants;
 mod ui;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use axum::{Router, middleware, routing::get};
 
@@ -29,14 +33,16 @@ pub use config::{
 pub use error::ApiError;
 pub use node::{Node, StartError};
 
-/// The node's HTTP API: invocation routes, `/system/*` behind the admin token, `/healthz`.
+/// The node's HTTP API: invocation routes, `/system/*` behind a token
+/// (each route checks what the token may do), `/healthz`.
 pub fn router(node: Arc<Node>) -> Router {
     let system = admin::routes()
         .merge(events::routes::system_routes())
         .merge(telemetry::routes::system_routes())
+        .merge(tenants::routes::system_routes())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
-            admin::require_admin,
+            auth::authenticate,
         ));
     Router::new()
         .nest("/system", system)
@@ -66,36 +72,64 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// How long a client may take to send a request's head (line and headers);
+/// a slower one (slowloris) is disconnected. Also the longest a kept-alive
+/// connection may sit idle.
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest request head accepted; a larger one is answered 431.
+pub const MAX_HEAD_SIZE: usize = 64 << 10;
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets
 /// in-flight requests finish (up to the grace period) and stops every
-/// replica.
+/// replica. Connections are HTTP/1.1 with bounded heads: a client gets
+/// [`Config::header_read_timeout`] to send each request's head, and heads
+/// over [`MAX_HEAD_SIZE`] (or over hyper's 100 headers) are refused, so slow
+/// or huge requests cannot pin the gateway.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // A streamed response is a head and body chunks written separately;
-    // without TCP_NODELAY, Nagle's algorithm and delayed ACKs add 40 ms to each.
-    let listener = listener.tap_io(|stream| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    node.start_events().await;
+    let grace = node.config.grace_period;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(node.config.header_read_timeout)
+        .max_header_size(MAX_HEAD_SIZE);
+    let service = hyper_util::service::TowerToHyperService::new(router(node.clone()));
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!("accept: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // A streamed response is a head and body chunks written separately;
+        // without TCP_NODELAY, Nagle's algorithm and delayed ACKs add 40 ms to each.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {error}");
         }
-    });
-    node.start_events().await;
-    let grace = node.config.grace_period;
-    let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let (stopping, stopped) = tokio::sync::oneshot::channel();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping.send(());
-    });
+        let connection =
+            connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("connection: {error}");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        served = server => served?,
-        () = async {
-            let _ = stopped.await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!(
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!(
             "the grace period of {}s is over; stopping with requests still in flight",
             grace.as_secs()
         ),

@@ -16,6 +16,7 @@ use wisp_runtime::{
     Executor, Output, PrepareError,
     app::AppFunction,
     process::{ProcessFunction, Program},
+    sandbox::{Jail, Sandbox, SandboxError},
     wasm::{WasmConfig, WasmEngine, WasmLimits},
 };
 use wisp_store::{Store, StoreError};
@@ -29,6 +30,7 @@ use crate::{
         metrics::{FunctionLabels, Metrics},
         otlp,
     },
+    tenants::Tenants,
 };
 
 /// Why a node cannot start.
@@ -57,6 +59,9 @@ pub enum StartError {
     /// The call log's writer thread cannot start.
     #[error("start the call log writer: {0}")]
     CallLog(std::io::Error),
+    /// Process functions cannot be sandboxed here.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// A deployed function, ready to serve.
@@ -100,9 +105,11 @@ pub struct Node {
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     pub(crate) invocations: AtomicU64,
     pub(crate) active: AtomicU64,
-    /// Per-namespace concurrency limits, made on first use when the node bounds them.
-    namespace_limits: std::sync::Mutex<HashMap<String, Arc<Limit>>>,
+    /// Namespaces, their quotas and limits, and namespace tokens.
+    pub(crate) tenants: Tenants,
     empty_dir: PathBuf,
+    /// Where process functions run; none when the node runs unsandboxed.
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Node {
@@ -147,6 +154,8 @@ impl Node {
             path: empty_dir.clone(),
             source,
         })?;
+        let sandbox = config.sandbox.then(Sandbox::new).transpose()?;
+        let tenants = Tenants::load(&store, config.namespace_max_concurrency)?;
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -162,8 +171,9 @@ impl Node {
             deploy_lock: tokio::sync::Mutex::new(()),
             invocations: AtomicU64::new(0),
             active: AtomicU64::new(0),
-            namespace_limits: std::sync::Mutex::default(),
+            tenants,
             empty_dir,
+            sandbox,
         });
         for stored in node.store.functions()? {
             let spec = stored.spec;
@@ -232,7 +242,18 @@ impl Node {
                 None => self.empty_dir.clone(),
             };
             let command = spec.command.as_deref().unwrap_or_default();
-            let program = Program::new(dir, command, env)?;
+            let mut program = Program::new(dir, command, env)?;
+            program.jail = self.sandbox.as_ref().map(|sandbox| Jail {
+                sandbox: sandbox.clone(),
+                memory: spec.memory.0,
+                // Async calls may run longer than sync ones; the deadline is enforced anyway.
+                cpu_time: spec
+                    .scale
+                    .is_none()
+                    .then_some(spec.timeout.0.max(spec.asynchronous.timeout.0)),
+                network: spec.network,
+                serves: spec.scale.is_some(),
+            });
             return Ok(match &spec.scale {
                 Some(scale) => Executor::App(AppFunction::new(
                     spec.name.clone(),
@@ -394,16 +415,10 @@ impl Node {
         }
     }
 
-    /// The concurrency limit shared by a namespace's functions, if the node bounds it.
+    /// The concurrency limit shared by a namespace's functions: its quota,
+    /// else the node's per-namespace limit, else none.
     pub(crate) fn namespace_limit(&self, namespace: &str) -> Option<Arc<Limit>> {
-        let max = self.config.namespace_max_concurrency?;
-        let mut limits = self.namespace_limits.lock().expect("namespace limits");
-        if let Some(limit) = limits.get(namespace) {
-            return Some(limit.clone());
-        }
-        let limit = Arc::new(Limit::new(format!("namespace {namespace}"), max));
-        limits.insert(namespace.to_owned(), limit.clone());
-        Some(limit)
+        self.tenants.limit(namespace)
     }
 
     /// Stops every function's replicas, once requests in flight are done.

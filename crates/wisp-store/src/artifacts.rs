@@ -181,10 +181,17 @@ impl Store {
     }
 }
 
+/// Unpacks a tar archive into a directory.
+///
+/// Every file and directory ends up owned by the node and readable by all,
+/// executables and directories `0755`, the rest `0644`: sandboxed processes
+/// run as uids of their own and must read the function's files, and no mode
+/// bit from the archive (setuid, say) reaches the host.
 fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut archive = tar::Archive::new(std::fs::File::open(archive)?);
-    archive.set_preserve_permissions(true);
     archive.set_overwrite(false);
+    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755))?;
     for entry in archive.entries()? {
         let mut entry = entry?;
         // `unpack_in` refuses `..` and absolute paths; it returns false for them.
@@ -194,6 +201,12 @@ fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
                 "entry {} points outside the archive",
                 path.display()
             )));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_file() || kind.is_dir() {
+            let executable = kind.is_dir() || entry.header().mode()? & 0o111 != 0;
+            let mode = if executable { 0o755 } else { 0o644 };
+            std::fs::set_permissions(into.join(&path), std::fs::Permissions::from_mode(mode))?;
         }
     }
     Ok(())

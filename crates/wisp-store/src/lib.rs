@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
 pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
-pub use registry::StoredFunction;
+pub use registry::{
+    NamespaceContents, NamespaceRemoval, StoredFunction, StoredNamespace, StoredToken,
+};
 pub use telemetry::{
     LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals, record_line,
 };

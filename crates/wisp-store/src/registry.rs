@@ -1,7 +1,18 @@
-//! The function registry: one row per function, its validated spec as JSON.
+//! The function registry: one row per function, its validated spec as JSON;
+//! and the tenants: namespaces with their quotas, and tokens, kept only as
+//! SHA-256 hashes (they are random and long, so a fast hash is enough).
+//!
+//! `default`, and every namespace a function lives in, always has a row: the
+//! schema inserts them, so a data directory from before namespaces were
+//! stored opens with its namespaces in place.
+
+use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension as _, params};
-use wisp_core::FunctionSpec;
+use wisp_core::{
+    FunctionSpec,
+    tenancy::{NamespaceUsage, Quotas, Role},
+};
 
 use crate::{Store, StoreError};
 
@@ -19,7 +30,81 @@ CREATE TABLE IF NOT EXISTS artifacts (
     size       INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS namespaces (
+    name       TEXT PRIMARY KEY,
+    quotas     TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO namespaces (name, created_at) VALUES ('default', unixepoch());
+INSERT OR IGNORE INTO namespaces (name, created_at)
+    SELECT DISTINCT namespace, unixepoch() FROM functions;
+CREATE TABLE IF NOT EXISTS tokens (
+    id         TEXT PRIMARY KEY,
+    namespace  TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    name       TEXT,
+    hash       BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
 ";
+
+/// A namespace as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNamespace {
+    /// Its name.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// When it was created (seconds since the Unix epoch).
+    pub created_at: i64,
+}
+
+/// A namespace token as stored: its hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Its public id.
+    pub id: String,
+    /// The namespace it acts in.
+    pub namespace: String,
+    /// What it may do there.
+    pub role: Role,
+    /// Its label.
+    pub name: Option<String>,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// When it was created (seconds since the Unix epoch).
+    pub created_at: i64,
+}
+
+/// What a namespace's functions hold, as its quotas count it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceContents {
+    /// How many functions.
+    pub functions: u32,
+    /// The distinct artifacts they use, with their sizes.
+    pub artifacts: BTreeMap<String, u64>,
+}
+
+impl NamespaceContents {
+    /// The figures the namespace's quotas limit.
+    pub fn usage(&self) -> NamespaceUsage {
+        NamespaceUsage {
+            functions: self.functions,
+            artifact_bytes: self.artifacts.values().sum(),
+        }
+    }
+}
+
+/// What removing a namespace did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceRemoval {
+    /// It is gone, with its tokens.
+    Removed,
+    /// There was none by that name.
+    Unknown,
+    /// It still holds this many functions, so it stays.
+    InUse(u32),
+}
 
 /// A function as stored, with its timestamps (seconds since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +204,162 @@ impl Store {
         Ok(deleted > 0)
     }
 
+    /// Every namespace, ordered by name.
+    pub fn namespaces(&self) -> Result<Vec<StoredNamespace>, StoreError> {
+        let db = self.db();
+        let mut statement =
+            db.prepare("SELECT name, quotas, created_at FROM namespaces ORDER BY name")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<Vec<(String, String, i64)>, _>>()?;
+        rows.into_iter()
+            .map(|(name, quotas, created_at)| {
+                let quotas =
+                    serde_json::from_str(&quotas).map_err(|source| StoreError::Corrupt {
+                        name: format!("namespace {name}"),
+                        source,
+                    })?;
+                Ok(StoredNamespace {
+                    name,
+                    quotas,
+                    created_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a namespace; `None` if one by that name exists.
+    pub fn create_namespace(
+        &self,
+        name: &str,
+        quotas: &Quotas,
+    ) -> Result<Option<StoredNamespace>, StoreError> {
+        let json = serde_json::to_string(quotas).expect("quotas always serialize");
+        let created_at = now();
+        let inserted = self.db().execute(
+            "INSERT OR IGNORE INTO namespaces (name, quotas, created_at) VALUES (?1, ?2, ?3)",
+            params![name, json, created_at],
+        )?;
+        Ok((inserted > 0).then(|| StoredNamespace {
+            name: name.to_owned(),
+            quotas: *quotas,
+            created_at,
+        }))
+    }
+
+    /// Removes an empty namespace and its tokens, in one transaction.
+    pub fn delete_namespace(&self, name: &str) -> Result<NamespaceRemoval, StoreError> {
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        let functions: u32 = transaction.query_row(
+            "SELECT COUNT(*) FROM functions WHERE namespace = ?1",
+            params![name],
+            |row| row.get(0),
+        )?;
+        if functions > 0 {
+            return Ok(NamespaceRemoval::InUse(functions));
+        }
+        transaction.execute("DELETE FROM tokens WHERE namespace = ?1", params![name])?;
+        let deleted =
+            transaction.execute("DELETE FROM namespaces WHERE name = ?1", params![name])?;
+        transaction.commit()?;
+        Ok(if deleted > 0 {
+            NamespaceRemoval::Removed
+        } else {
+            NamespaceRemoval::Unknown
+        })
+    }
+
+    /// What the functions of `namespace` hold, leaving out the function
+    /// named `except` (one about to be replaced).
+    pub fn namespace_contents(
+        &self,
+        namespace: &str,
+        except: Option<&str>,
+    ) -> Result<NamespaceContents, StoreError> {
+        let db = self.db();
+        let except = except.unwrap_or_default();
+        let functions = db.query_row(
+            "SELECT COUNT(*) FROM functions WHERE namespace = ?1 AND name != ?2",
+            params![namespace, except],
+            |row| row.get(0),
+        )?;
+        let mut statement = db.prepare(
+            "SELECT DISTINCT artifacts.digest, artifacts.size FROM functions
+             JOIN artifacts ON artifacts.digest = json_extract(functions.spec, '$.artifact')
+             WHERE functions.namespace = ?1 AND functions.name != ?2",
+        )?;
+        let artifacts = statement
+            .query_map(params![namespace, except], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(NamespaceContents {
+            functions,
+            artifacts,
+        })
+    }
+
+    /// Every namespace token, ordered by namespace, then oldest first.
+    pub fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT id, namespace, role, name, hash, created_at FROM tokens
+             ORDER BY namespace, created_at, rowid",
+        )?;
+        let rows = statement
+            .query_map([], |row| {
+                let invalid = |column, error: Box<dyn std::error::Error + Send + Sync>| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        column,
+                        rusqlite::types::Type::Text,
+                        error,
+                    )
+                };
+                let role: String = row.get(2)?;
+                let hash: Vec<u8> = row.get(4)?;
+                Ok(StoredToken {
+                    id: row.get(0)?,
+                    namespace: row.get(1)?,
+                    role: role
+                        .parse()
+                        .map_err(|error: String| invalid(2, error.into()))?,
+                    name: row.get(3)?,
+                    hash: hash
+                        .try_into()
+                        .map_err(|_| invalid(4, "a token hash is not 32 bytes".into()))?,
+                    created_at: row.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Stores a new token.
+    pub fn put_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO tokens (id, namespace, role, name, hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                token.id,
+                token.namespace,
+                token.role.as_str(),
+                token.name,
+                token.hash.as_slice(),
+                token.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a token; `false` if there was none.
+    pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db()
+            .execute("DELETE FROM tokens WHERE id = ?1", params![id])?
+            > 0)
+    }
+
     /// Whether any function's spec names this artifact.
     pub fn artifact_in_use(&self, digest: &str) -> Result<bool, StoreError> {
         Ok(self.db().query_row(
@@ -169,5 +410,81 @@ mod tests {
             store.function("default", "b").unwrap().unwrap().spec,
             spec("b")
         );
+    }
+
+    fn names(store: &Store) -> Vec<String> {
+        store
+            .namespaces()
+            .unwrap()
+            .into_iter()
+            .map(|namespace| namespace.name)
+            .collect()
+    }
+
+    #[test]
+    fn namespaces_hold_default_and_those_of_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(names(&store), ["default"]);
+        let mut other = spec("a");
+        other.namespace = "team-a".into();
+        store.put_function(&other).unwrap();
+        drop(store);
+        // Reopening adds the namespaces of functions stored before namespaces were.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(names(&store), ["default", "team-a"]);
+        let quotas = Quotas {
+            max_functions: Some(2),
+            ..Quotas::default()
+        };
+        let created = store.create_namespace("team-b", &quotas).unwrap().unwrap();
+        assert_eq!(created.quotas, quotas);
+        assert_eq!(store.create_namespace("team-b", &quotas).unwrap(), None);
+        assert_eq!(
+            store.delete_namespace("team-a").unwrap(),
+            NamespaceRemoval::InUse(1)
+        );
+        assert_eq!(
+            store.namespace_contents("team-a", None).unwrap().functions,
+            1
+        );
+        assert_eq!(
+            store.namespace_contents("team-a", Some("a")).unwrap(),
+            NamespaceContents::default()
+        );
+        store.delete_function("team-a", "a").unwrap();
+        assert_eq!(
+            store.delete_namespace("team-a").unwrap(),
+            NamespaceRemoval::Removed
+        );
+        assert_eq!(
+            store.delete_namespace("team-a").unwrap(),
+            NamespaceRemoval::Unknown
+        );
+        assert_eq!(store.namespaces().unwrap()[1], created);
+    }
+
+    #[test]
+    fn tokens_are_kept_and_go_with_their_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_namespace("team-a", &Quotas::default())
+            .unwrap();
+        let token = StoredToken {
+            id: "t1".into(),
+            namespace: "team-a".into(),
+            role: Role::Deploy,
+            name: Some("ci".into()),
+            hash: [7; 32],
+            created_at: 1,
+        };
+        store.put_token(&token).unwrap();
+        assert_eq!(store.tokens().unwrap(), std::slice::from_ref(&token));
+        assert!(store.delete_token("t1").unwrap());
+        assert!(!store.delete_token("t1").unwrap());
+        store.put_token(&token).unwrap();
+        store.delete_namespace("team-a").unwrap();
+        assert_eq!(store.tokens().unwrap(), []);
     }
 }

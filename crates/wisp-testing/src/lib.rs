@@ -18,7 +18,7 @@ pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
 
 /// A `process-http` app in Python, listening on `$PORT`: `/` and any other
 /// path echo `METHOD PATH?QUERY` with the `X-Test` and `X-Call-Id` headers,
-/// `$VERSION`, the replica's pid and the body; `/sleep?ms=` answers late;
+/// `$VERSION`, the replica (its `$PORT`, which no other replica has) and the body; `/sleep?ms=` answers late;
 /// `/crash` exits mid-request; `/_/ready` answers 200.
 pub const HTTP_APP: &str = r#"#!/usr/bin/env python3
 import os, sys, time
@@ -37,9 +37,9 @@ class Handler(BaseHTTPRequestHandler):
             os._exit(1)
         if url.path == "/sleep":
             time.sleep(int(parse_qs(url.query)["ms"][0]) / 1000)
-        text = "%s %s x-test=%s call=%s version=%s pid=%d body=%s" % (
+        text = "%s %s x-test=%s call=%s version=%s replica=%s body=%s" % (
             self.command, self.path, self.headers.get("X-Test"), self.headers.get("X-Call-Id"),
-            os.environ.get("VERSION"), os.getpid(), body)
+            os.environ.get("VERSION"), os.environ["PORT"], body)
         data = text.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))

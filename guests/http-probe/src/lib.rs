@@ -1,7 +1,8 @@
 //! A `wasi:http` test guest whose behaviour is chosen by the request path:
 //! `/` echoes the request, and the other paths misbehave on purpose so the
 //! host's limits can be tested (`/trap`, `/loop`, `/sleep?ms=`, `/grow?mib=`,
-//! `/status?code=`, `/big?bytes=`, `/env`). With `PROBE_UPSTREAM` set to an
+//! `/status?code=`, `/big?bytes=`, `/env`, `/read?path=` to open a file,
+//! `/spew?mib=` to flood STDOUT). With `PROBE_UPSTREAM` set to an
 //! `http://` URL, `/` instead calls that URL and answers with its answer, so
 //! chains of functions can be built.
 
@@ -22,14 +23,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         let (path, query) = path_with_query
             .split_once('?')
             .unwrap_or((path_with_query.as_str(), ""));
-        let param = |name: &str| -> u64 {
+        let text = |name: &str| -> &str {
             query
                 .split('&')
                 .filter_map(|pair| pair.split_once('='))
                 .find(|(key, _)| *key == name)
-                .and_then(|(_, value)| value.parse().ok())
-                .unwrap_or(0)
+                .map_or("", |(_, value)| value)
         };
+        let param = |name: &str| -> u64 { text(name).parse().unwrap_or(0) };
         match path {
             "/trap" => panic!("the probe was asked to trap"),
             "/loop" => loop {
@@ -49,6 +50,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             }
             "/status" => respond(response_out, param("code") as u16, b"as asked\n"),
             "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),
+            "/read" => match std::fs::read(text("path")) {
+                Ok(bytes) => respond(response_out, 200, &bytes),
+                Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
+            },
+            "/spew" => {
+                let chunk = vec![b'x'; 1 << 20];
+                let mut stdout = std::io::stdout();
+                let written = (0..param("mib"))
+                    .take_while(|_| stdout.write_all(&chunk).is_ok())
+                    .count();
+                respond(response_out, 200, format!("wrote {written} MiB\n").as_bytes());
+            }
             "/env" => {
                 let mut vars: Vec<String> =
                     std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();

@@ -1,5 +1,7 @@
 //! The queue's HTTP API: `POST /async-function/{name}[/rest]` accepts a
-//! call; `/system/calls` lists calls, shows one and retries a finished one.
+//! call (a private function's needs a token, as a sync call does);
+//! `/system/calls` lists calls, shows one and retries a finished one, each
+//! only in the namespaces the caller's token may see.
 
 use std::sync::Arc;
 
@@ -15,11 +17,12 @@ use serde::Deserialize;
 use wisp_core::{
     CallState,
     events::{CallInfo, CallList},
+    tenancy::{Action, Principal},
 };
 use wisp_store::{CallFilter, CallRow, NewCall};
 
 use super::{Queue, callback, millis, record, rfc3339};
-use crate::{ApiError, dispatch, dispatch::CallId, node::Node};
+use crate::{ApiError, auth, dispatch, dispatch::CallId, node::Node};
 
 /// The most calls one list answers.
 const MAX_LIST: u32 = 1000;
@@ -31,7 +34,7 @@ pub(crate) fn invoke_routes() -> Router<Arc<Node>> {
         .route("/async-function/{name}/{*rest}", post(enqueue))
 }
 
-/// `/system/calls...`, behind the admin token.
+/// `/system/calls...`, behind a token.
 pub(crate) fn system_routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/calls", get(list))
@@ -43,12 +46,13 @@ async fn enqueue(
     State(node): State<Arc<Node>>,
     Extension(CallId(id)): Extension<CallId>,
     Path(params): Path<Vec<(String, String)>>,
-    request: Request,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     let reference = &params[0].1;
     let function = node
         .function_by_reference(reference)
         .ok_or_else(|| ApiError::not_found(format!("function {reference} is not deployed")))?;
+    auth::allow_invoke(&node, &function.spec, request.headers_mut())?;
     let callback_url = request
         .headers()
         .get("x-callback-url")
@@ -115,6 +119,7 @@ struct ListQuery {
 
 async fn list(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<CallList>, ApiError> {
     let (function, namespace) = match query.function {
@@ -124,6 +129,9 @@ async fn list(
         },
         None => (None, query.namespace),
     };
+    let namespace = principal
+        .scope(namespace.as_deref(), Action::Observe)?
+        .into_namespace();
     let filter = CallFilter {
         namespace,
         function,
@@ -145,18 +153,21 @@ async fn list(
 
 async fn show(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<CallInfo>, ApiError> {
-    node.store
-        .call(&id)?
-        .map(|row| Json(info(row)))
-        .ok_or_else(|| unknown(&id))
+    let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
+    principal.allow(&row.namespace, Action::Observe)?;
+    Ok(Json(info(row)))
 }
 
 async fn retry(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
+    principal.allow(&row.namespace, Action::Deploy)?;
     if Queue::requeue(&node, id.clone())
         .await
         .map_err(ApiError::internal)?

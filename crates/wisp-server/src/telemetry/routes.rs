@@ -2,11 +2,12 @@
 //! it), and behind the token `GET /system/logs` (newline-delimited JSON,
 //! optionally followed live), `GET /system/traces/{call_id}`,
 //! `GET /system/records` (a function's latest calls) and `GET /system/usage`.
+//! A namespace token reads only its own namespace's lines, calls and usage.
 
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::{Body, Bytes},
     extract::{Path, Query, State},
     http::{HeaderValue, StatusCode, header},
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use wisp_core::{
     HumanDuration,
     telemetry::{CallRecord, LogEntry, Trace, TracedCall, Usage, is_failure},
+    tenancy::{Action, Principal},
 };
 use wisp_store::{LogFilter, NewRecord, StoreError};
 
@@ -101,6 +103,7 @@ struct LogQuery {
 
 async fn logs(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let (function, namespace) = match &query.name {
@@ -118,6 +121,9 @@ async fn logs(
         }
         None => (None, query.namespace.clone()),
     };
+    let namespace = principal
+        .scope(namespace.as_deref(), Action::Observe)?
+        .into_namespace();
     let filter = LogFilter {
         namespace,
         function,
@@ -206,8 +212,11 @@ fn call_record(record: NewRecord) -> CallRecord {
     }
 }
 
+/// The trace a call belongs to; a namespace token asks only about its
+/// namespace's calls and sees only those of the trace.
 async fn trace(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Path(call_id): Path<String>,
 ) -> Result<Json<Trace>, ApiError> {
     let wanted = call_id.clone();
@@ -215,8 +224,14 @@ async fn trace(
         let Some(record) = log.record(&wanted)? else {
             return Ok(None);
         };
+        if let Err(forbidden) = principal.allow(&record.namespace, Action::Observe) {
+            return Ok(Some(Err(forbidden)));
+        }
         let mut calls = Vec::new();
         for record in log.trace(&record.trace_id)? {
+            if principal.allow(&record.namespace, Action::Observe).is_err() {
+                continue;
+            }
             let last_stderr = if is_failure(record.status) {
                 log.last_stderr(&record.namespace, &record.function, &record.call_id)?
             } else {
@@ -227,18 +242,19 @@ async fn trace(
                 last_stderr,
             });
         }
-        Ok(Some(Trace {
+        Ok(Some(Ok(Trace {
             trace_id: record.trace_id,
             calls,
-        }))
+        })))
     })
     .await?;
-    found.map(Json).ok_or_else(|| {
+    let trace = found.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no call {call_id} in the call log (it may have been pruned)"),
         )
-    })
+    })??;
+    Ok(Json(trace))
 }
 
 #[derive(Deserialize)]
@@ -249,9 +265,11 @@ struct RecordQuery {
 
 async fn records(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<RecordQuery>,
 ) -> Result<Json<Vec<CallRecord>>, ApiError> {
     let (name, namespace) = split_reference(&query.name);
+    principal.allow(namespace, Action::Observe)?;
     let (name, namespace) = (name.to_owned(), namespace.to_owned());
     let limit = query.limit.unwrap_or(100).min(MAX_RECORDS);
     let records = read(&node, move |log| log.recent(&namespace, &name, limit)).await?;
@@ -266,11 +284,15 @@ struct UsageQuery {
 
 async fn usage(
     State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Vec<Usage>>, ApiError> {
     let since = query.since.as_deref().map(parse_since).transpose()?;
+    let namespace = principal
+        .scope(query.namespace.as_deref(), Action::Observe)?
+        .into_namespace();
     let totals = read(&node, move |log| {
-        log.usage(query.namespace.as_deref(), since.unwrap_or(0))
+        log.usage(namespace.as_deref(), since.unwrap_or(0))
     })
     .await?;
     Ok(Json(

@@ -1,0 +1,545 @@
+//! Tenants: namespaces with their quotas, tokens that hold one role in one
+//! namespace, and the one rule that decides what a caller may do
+//! ([`Principal::allow`]); with the JSON shapes of `/system/namespaces` and
+//! `/system/tokens`.
+//!
+//! The decision is pure, so the server checks every route the same way: it
+//! resolves the bearer token to a [`Principal`], then asks it about the
+//! namespace and the [`Action`] the route touches.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ByteSize;
+
+/// What a namespace token may do inside its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything inside the namespace, its tokens included.
+    Admin,
+    /// Deploy, update, scale and remove functions, upload artifacts, read
+    /// functions, logs, traces, usage and calls; invoke.
+    Deploy,
+    /// Invoke private functions, list and describe functions.
+    Invoke,
+}
+
+impl Role {
+    /// Every role, most powerful first.
+    pub const ALL: [Self; 3] = [Self::Admin, Self::Deploy, Self::Invoke];
+
+    /// The role's name as the API and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Deploy => "deploy",
+            Self::Invoke => "invoke",
+        }
+    }
+
+    /// Whether the role allows `action` inside its namespace.
+    pub fn permits(self, action: Action) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Deploy => action != Action::ManageTokens,
+            Self::Invoke => matches!(action, Action::Read | Action::Invoke),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| format!("unknown role `{text}`: use admin, deploy or invoke"))
+    }
+}
+
+/// What a request does inside one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// List and describe functions, see the namespace.
+    Read,
+    /// Invoke functions, private ones included.
+    Invoke,
+    /// Deploy, update, scale and remove functions; upload artifacts; retry calls.
+    Deploy,
+    /// Read logs, traces, call records, usage and async calls.
+    Observe,
+    /// Create, list and revoke the namespace's tokens.
+    ManageTokens,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Read => "read functions",
+            Self::Invoke => "invoke functions",
+            Self::Deploy => "deploy functions",
+            Self::Observe => "read logs, traces, usage and calls",
+            Self::ManageTokens => "manage tokens",
+        })
+    }
+}
+
+/// Who a request comes from, once its bearer token is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The node's admin token: everything, everywhere.
+    Node,
+    /// A token of one namespace with one role.
+    Tenant {
+        /// The token's id.
+        id: String,
+        /// The namespace it acts in.
+        namespace: String,
+        /// What it may do there.
+        role: Role,
+    },
+}
+
+/// A request its principal may not make: a 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// A namespace token used outside its namespace.
+    #[error("this token acts only in namespace {own}, not in {asked}")]
+    OtherNamespace {
+        /// The token's namespace.
+        own: String,
+        /// The namespace the request touches.
+        asked: String,
+    },
+    /// The token's role does not allow the action.
+    #[error("a token with role {role} in namespace {namespace} cannot {action}")]
+    Role {
+        /// The token's role.
+        role: Role,
+        /// Its namespace.
+        namespace: String,
+        /// What the request does.
+        action: Action,
+    },
+    /// Something only the node's admin token may do.
+    #[error("only the node's admin token can {0}")]
+    NodeOnly(&'static str),
+}
+
+impl Principal {
+    /// Allows `action` in `namespace`, or says why not.
+    pub fn allow(&self, namespace: &str, action: Action) -> Result<(), Forbidden> {
+        let Self::Tenant {
+            namespace: own,
+            role,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if own != namespace {
+            return Err(Forbidden::OtherNamespace {
+                own: own.clone(),
+                asked: namespace.to_owned(),
+            });
+        }
+        if !role.permits(action) {
+            return Err(Forbidden::Role {
+                role: *role,
+                namespace: own.clone(),
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    /// Allows only the node's admin token; `what` names the request ("create namespaces").
+    pub fn allow_node(&self, what: &'static str) -> Result<(), Forbidden> {
+        match self {
+            Self::Node => Ok(()),
+            Self::Tenant { .. } => Err(Forbidden::NodeOnly(what)),
+        }
+    }
+
+    /// What a listing covers: the namespace `asked` for if the principal
+    /// may do `action` there; when none is asked, every namespace for the
+    /// node's token and its own namespace for a namespace token.
+    pub fn scope(&self, asked: Option<&str>, action: Action) -> Result<Scope, Forbidden> {
+        let namespace = match (self, asked) {
+            (_, Some(asked)) => asked,
+            (Self::Node, None) => return Ok(Scope(None)),
+            (Self::Tenant { namespace, .. }, None) => namespace,
+        };
+        self.allow(namespace, action)?;
+        Ok(Scope(Some(namespace.to_owned())))
+    }
+
+    /// Allows `action` in some namespace: for requests not tied to one
+    /// (uploading an artifact, which is shared by content).
+    pub fn allow_somewhere(&self, action: Action) -> Result<(), Forbidden> {
+        match self {
+            Self::Node => Ok(()),
+            Self::Tenant { namespace, .. } => self.allow(namespace, action),
+        }
+    }
+}
+
+/// The namespaces a listing covers: one, or all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope(Option<String>);
+
+impl Scope {
+    /// Whether `namespace` is covered.
+    pub fn includes(&self, namespace: &str) -> bool {
+        self.0.as_deref().is_none_or(|only| only == namespace)
+    }
+
+    /// The one namespace covered, or `None` for all.
+    pub fn namespace(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// The one namespace covered, or `None` for all, as a filter takes it.
+    pub fn into_namespace(self) -> Option<String> {
+        self.0
+    }
+}
+
+/// A namespace's quotas; an absent one is unbounded (the node's own limits
+/// still apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions the namespace may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_functions: Option<u32>,
+    /// Invocations of its functions that may run at once; it overrides the
+    /// node's per-namespace limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// The total size of the distinct artifacts its functions use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_artifact_bytes: Option<ByteSize>,
+}
+
+/// What a namespace holds, as its quotas count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespaceUsage {
+    /// Its functions.
+    pub functions: u32,
+    /// The total size of the distinct artifacts they use.
+    pub artifact_bytes: u64,
+}
+
+/// A change that would take a namespace over a quota: a 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    /// One function too many.
+    #[error("namespace {namespace} is at its quota of {max} functions (max_functions)")]
+    Functions {
+        /// The namespace.
+        namespace: String,
+        /// Its quota.
+        max: u32,
+    },
+    /// Artifacts too large.
+    #[error(
+        "namespace {namespace}'s functions would use {} of artifacts, over its quota of {} (max_artifact_bytes)",
+        ByteSize(*used), ByteSize(*max)
+    )]
+    ArtifactBytes {
+        /// The namespace.
+        namespace: String,
+        /// What its functions would use.
+        used: u64,
+        /// Its quota.
+        max: u64,
+    },
+}
+
+impl Quotas {
+    /// Checks the quotas are usable: a quota of zero would refuse everything.
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = [
+            ("maxFunctions", self.max_functions == Some(0)),
+            ("maxConcurrency", self.max_concurrency == Some(0)),
+            (
+                "maxArtifactBytes",
+                self.max_artifact_bytes == Some(ByteSize(0)),
+            ),
+        ];
+        match zero.into_iter().find(|(_, zero)| *zero) {
+            Some((quota, _)) => Err(format!("{quota} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks what `namespace` would hold after a change against its quotas.
+    pub fn check(&self, namespace: &str, after: NamespaceUsage) -> Result<(), QuotaExceeded> {
+        if let Some(max) = self.max_functions
+            && after.functions > max
+        {
+            return Err(QuotaExceeded::Functions {
+                namespace: namespace.to_owned(),
+                max,
+            });
+        }
+        if let Some(ByteSize(max)) = self.max_artifact_bytes
+            && after.artifact_bytes > max
+        {
+            return Err(QuotaExceeded::ArtifactBytes {
+                namespace: namespace.to_owned(),
+                used: after.artifact_bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `POST /system/namespaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewNamespace {
+    /// A DNS label.
+    pub name: String,
+    /// Its quotas; none when absent.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// A namespace: `GET /system/namespaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceInfo {
+    /// Its name.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Functions deployed in it.
+    pub functions: u32,
+    /// The total size of the distinct artifacts they use.
+    pub artifact_bytes: u64,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// `POST /system/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewToken {
+    /// The namespace the token acts in.
+    pub namespace: String,
+    /// What it may do there.
+    pub role: Role,
+    /// A label for people ("ci", "alice").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A token as listed: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    /// Its id, used to revoke it.
+    pub id: String,
+    /// The namespace it acts in.
+    pub namespace: String,
+    /// What it may do there.
+    pub role: Role,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// The answer to `POST /system/tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    /// The token, for `Authorization: Bearer`.
+    pub token: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The longest token label.
+pub const MAX_TOKEN_LABEL: usize = 100;
+
+/// Checks a token's label: printable and short, since lists show it.
+pub fn validate_token_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > MAX_TOKEN_LABEL || label.chars().any(char::is_control) {
+        return Err(format!(
+            "a token's name must be 1 to {MAX_TOKEN_LABEL} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(namespace: &str, role: Role) -> Principal {
+        Principal::Tenant {
+            id: "t1".into(),
+            namespace: namespace.into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn roles_permit_what_the_table_says() {
+        use Action::*;
+        let table = [
+            (Role::Admin, [true, true, true, true, true]),
+            (Role::Deploy, [true, true, true, true, false]),
+            (Role::Invoke, [true, true, false, false, false]),
+        ];
+        for (role, expected) in table {
+            for (action, allowed) in [Read, Invoke, Deploy, Observe, ManageTokens]
+                .into_iter()
+                .zip(expected)
+            {
+                assert_eq!(role.permits(action), allowed, "{role} {action}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_namespace_token_acts_only_in_its_namespace() {
+        let admin = tenant("team-a", Role::Admin);
+        assert_eq!(admin.allow("team-a", Action::ManageTokens), Ok(()));
+        let error = admin.allow("team-b", Action::Read).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "this token acts only in namespace team-a, not in team-b"
+        );
+        let error = tenant("team-a", Role::Invoke)
+            .allow("team-a", Action::Deploy)
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a token with role invoke in namespace team-a cannot deploy functions"
+        );
+        assert_eq!(
+            Principal::Node.allow("anything", Action::ManageTokens),
+            Ok(())
+        );
+        assert!(admin.allow_node("create namespaces").is_err());
+        assert_eq!(Principal::Node.allow_node("create namespaces"), Ok(()));
+    }
+
+    #[test]
+    fn listings_are_scoped_to_the_token_namespace() {
+        let deploy = tenant("team-a", Role::Deploy);
+        let own = deploy.scope(None, Action::Observe).unwrap();
+        assert_eq!(own.namespace(), Some("team-a"));
+        assert!(own.includes("team-a") && !own.includes("team-b"));
+        assert_eq!(deploy.scope(Some("team-a"), Action::Observe), Ok(own));
+        assert!(deploy.scope(Some("team-b"), Action::Observe).is_err());
+        assert!(
+            tenant("team-a", Role::Invoke)
+                .scope(None, Action::Observe)
+                .is_err()
+        );
+        let all = Principal::Node.scope(None, Action::Observe).unwrap();
+        assert!(all.includes("anything") && all.namespace().is_none());
+        let one = Principal::Node.scope(Some("x"), Action::Observe).unwrap();
+        assert_eq!(one.into_namespace(), Some("x".into()));
+    }
+
+    #[test]
+    fn quotas_name_the_quota_that_is_exceeded() {
+        let quotas = Quotas {
+            max_functions: Some(2),
+            max_concurrency: Some(1),
+            max_artifact_bytes: Some(ByteSize(1 << 20)),
+        };
+        let within = NamespaceUsage {
+            functions: 2,
+            artifact_bytes: 1 << 20,
+        };
+        assert_eq!(quotas.check("team-a", within), Ok(()));
+        let error = quotas
+            .check(
+                "team-a",
+                NamespaceUsage {
+                    functions: 3,
+                    ..within
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "namespace team-a is at its quota of 2 functions (max_functions)"
+        );
+        let error = quotas
+            .check(
+                "team-a",
+                NamespaceUsage {
+                    artifact_bytes: (1 << 20) + 1,
+                    ..within
+                },
+            )
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("over its quota of 1MiB (max_artifact_bytes)")
+        );
+        assert_eq!(
+            Quotas::default().check(
+                "x",
+                NamespaceUsage {
+                    functions: u32::MAX,
+                    artifact_bytes: u64::MAX
+                }
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn zero_quotas_are_refused() {
+        assert!(Quotas::default().validate().is_ok());
+        let zero = Quotas {
+            max_concurrency: Some(0),
+            ..Quotas::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err("maxConcurrency must be at least 1".into())
+        );
+    }
+
+    #[test]
+    fn roles_and_shapes_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("owner".parse::<Role>().is_err());
+        let body: NewNamespace = serde_json::from_str(
+            r#"{"name": "team-a", "quotas": {"maxFunctions": 2, "maxArtifactBytes": "100MiB"}}"#,
+        )
+        .unwrap();
+        assert_eq!(body.quotas.max_artifact_bytes, Some(ByteSize(100 << 20)));
+        assert!(
+            serde_json::from_str::<NewNamespace>(r#"{"name": "a", "quotas": {"maxFunction": 2}}"#)
+                .is_err()
+        );
+        assert!(validate_token_label("ci").is_ok());
+        assert!(validate_token_label("a\nb").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Authentication and authorization. One layer in front of `/system/*`
+//! resolves the bearer token to a [`Principal`] (the node's admin token, or
+//! a namespace token with its role) and answers 401 without one; each route
+//! then asks the principal about the namespace and the action it touches,
+//! and answers 403 when the answer is no. Invoking a private function checks
+//! the same way, reading only memory.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, header},
+    middleware::Next,
+    response::{IntoResponse as _, Response},
+};
+use wisp_core::{
+    FunctionSpec,
+    tenancy::{Action, Principal},
+};
+
+use crate::{ApiError, node::Node};
+
+/// Lets a request through with a valid token, its [`Principal`] in the extensions.
+pub(crate) async fn authenticate(
+    State(node): State<Arc<Node>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match principal(&node, request.headers()) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The principal of a request's bearer token: 401 when there is none or it is unknown.
+fn principal(node: &Node, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("this route needs a token: send `Authorization: Bearer <token>`")
+    })?;
+    resolve(node, token).ok_or_else(|| ApiError::unauthorized("the token is not valid"))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn resolve(node: &Node, token: &str) -> Option<Principal> {
+    if constant_time_eq(token.as_bytes(), node.admin_token.as_bytes()) {
+        return Some(Principal::Node);
+    }
+    node.tenants.principal(token)
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets a call of `spec` through: any caller for a public function; for a
+/// private one, a token that may invoke in its namespace. A wisp token is
+/// removed from the headers the function sees, so a function never learns
+/// its callers' tokens; any other `Authorization` reaches it unchanged.
+pub(crate) fn allow_invoke(
+    node: &Node,
+    spec: &FunctionSpec,
+    headers: &mut HeaderMap,
+) -> Result<(), ApiError> {
+    let sent = bearer(headers).is_some();
+    let principal = bearer(headers).and_then(|token| resolve(node, token));
+    if principal.is_some() {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if !spec.private {
+        return Ok(());
+    }
+    match (sent, principal) {
+        (_, Some(principal)) => Ok(principal.allow(&spec.namespace, Action::Invoke)?),
+        (true, None) => Err(ApiError::unauthorized("the token is not valid")),
+        (false, None) => Err(ApiError::unauthorized(format!(
+            "function {}.{} is private: send `Authorization: Bearer <token>` with a token of namespace {}",
+            spec.name, spec.namespace, spec.namespace
+        ))),
+    }
+}

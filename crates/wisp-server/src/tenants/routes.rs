@@ -1,0 +1,199 @@
+//! `/system/namespaces` (the node's admin token creates and removes them;
+//! a namespace token sees its own) and `/system/tokens` (an admin of a
+//! namespace, or the node's admin, manages the namespace's tokens).
+
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse as _, Response},
+    routing::{delete, get},
+};
+use serde::Deserialize;
+use wisp_core::{
+    spec::DEFAULT_NAMESPACE,
+    tenancy::{
+        Action, CreatedToken, NamespaceInfo, NewNamespace, NewToken, Principal, TokenInfo,
+        validate_token_label,
+    },
+    validate_name,
+};
+use wisp_store::{NamespaceRemoval, Store, StoredNamespace, StoredToken};
+
+use crate::{ApiError, admin::json, node::Node, telemetry::rfc3339_millis};
+
+pub(crate) fn system_routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/namespaces", get(namespaces).post(create_namespace))
+        .route("/namespaces/{name}", delete(remove_namespace))
+        .route("/tokens", get(tokens).post(create_token))
+        .route("/tokens/{id}", delete(revoke_token))
+}
+
+fn time(seconds: i64) -> String {
+    rfc3339_millis(seconds.saturating_mul(1000))
+}
+
+fn namespace_info(store: &Store, stored: StoredNamespace) -> Result<NamespaceInfo, ApiError> {
+    let usage = store.namespace_contents(&stored.name, None)?.usage();
+    Ok(NamespaceInfo {
+        name: stored.name,
+        quotas: stored.quotas,
+        functions: usage.functions,
+        artifact_bytes: usage.artifact_bytes,
+        created_at: time(stored.created_at),
+    })
+}
+
+fn token_info(token: StoredToken) -> TokenInfo {
+    TokenInfo {
+        id: token.id,
+        namespace: token.namespace,
+        role: token.role,
+        name: token.name,
+        created_at: time(token.created_at),
+    }
+}
+
+async fn namespaces(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<NamespaceInfo>>, ApiError> {
+    let scope = principal.scope(None, Action::Read)?;
+    node.tenants
+        .namespaces()
+        .into_iter()
+        .filter(|namespace| scope.includes(&namespace.name))
+        .map(|namespace| namespace_info(&node.store, namespace))
+        .collect::<Result<_, _>>()
+        .map(Json)
+}
+
+async fn create_namespace(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    principal.allow_node("create namespaces")?;
+    let request: NewNamespace = json(&body)?;
+    validate_name(&request.name).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    request.quotas.validate().map_err(ApiError::bad_request)?;
+    let _guard = node.deploy_lock.lock().await;
+    let created = node
+        .tenants
+        .create_namespace(&node.store, &request.name, &request.quotas)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("namespace {} already exists", request.name),
+            )
+        })?;
+    tracing::info!("created namespace {}", request.name);
+    let info = namespace_info(&node.store, created)?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn remove_namespace(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.allow_node("remove namespaces")?;
+    if name == DEFAULT_NAMESPACE {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "namespace default always exists and cannot be removed",
+        ));
+    }
+    let _guard = node.deploy_lock.lock().await;
+    match node.tenants.remove_namespace(&node.store, &name)? {
+        NamespaceRemoval::Removed => {
+            tracing::info!("removed namespace {name}");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        NamespaceRemoval::Unknown => Err(unknown_namespace(&name)),
+        NamespaceRemoval::InUse(functions) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("namespace {name} still holds {functions} function(s): remove them first"),
+        )),
+    }
+}
+
+fn unknown_namespace(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "namespace {name} does not exist: create it with `wisp ns create {name}`"
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenQuery {
+    namespace: Option<String>,
+}
+
+async fn tokens(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<TokenQuery>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let scope = principal.scope(query.namespace.as_deref(), Action::ManageTokens)?;
+    Ok(Json(
+        node.store
+            .tokens()?
+            .into_iter()
+            .filter(|token| scope.includes(&token.namespace))
+            .map(token_info)
+            .collect(),
+    ))
+}
+
+async fn create_token(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: NewToken = json(&body)?;
+    principal.allow(&request.namespace, Action::ManageTokens)?;
+    if let Some(label) = &request.name {
+        validate_token_label(label).map_err(ApiError::bad_request)?;
+    }
+    let _guard = node.deploy_lock.lock().await;
+    if node.tenants.namespace(&request.namespace).is_none() {
+        return Err(unknown_namespace(&request.namespace));
+    }
+    let (token, stored) =
+        node.tenants
+            .create_token(&node.store, &request.namespace, request.role, request.name)?;
+    tracing::info!(
+        "created token {} ({}) for namespace {}",
+        stored.id,
+        stored.role,
+        stored.namespace
+    );
+    let created = CreatedToken {
+        token,
+        info: token_info(stored),
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn revoke_token(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found(format!("no token {id}"));
+    let Some(Principal::Tenant { namespace, .. }) = node.tenants.token(&id) else {
+        return Err(unknown());
+    };
+    principal.allow(&namespace, Action::ManageTokens)?;
+    let _guard = node.deploy_lock.lock().await;
+    if !node.tenants.revoke_token(&node.store, &id)? {
+        return Err(unknown());
+    }
+    tracing::info!("revoked token {id} of namespace {namespace}");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,372 @@
+//! Hostile functions, wasm and process, are contained: each attack runs
+//! while a well-behaved function in another namespace is called over and
+//! over, and every one of those calls must succeed.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use wisp_testing::{Node, Response, send};
+
+use crate::{WISP, deploy_probe, merge, processes_of};
+
+/// How far past its timeout a contained call may end.
+const SLACK: Duration = Duration::from_millis(500);
+
+/// A node with the bystander: `echo` in namespace `others`, a process that
+/// answers its body.
+fn node() -> Node {
+    let node = Node::start(WISP);
+    node.deploy_ok(json!({
+        "service": "echo", "namespace": "others", "kind": "process", "envProcess": "cat",
+    }));
+    node
+}
+
+/// Deploys `script` as the process function `name` in namespace `attackers`
+/// (with `extra` merged in).
+fn attacker(node: &Node, name: &str, script: &str, extra: Value) {
+    let image = node.upload(&wisp_testing::script_archive("run.sh", script));
+    let mut deployment = json!({
+        "service": name, "namespace": "attackers", "kind": "process",
+        "image": image, "envProcess": "./run.sh", "timeout": "2s",
+    });
+    merge(&mut deployment, extra);
+    node.deploy_ok(deployment);
+}
+
+/// Runs `attack` while the bystander is called in a loop; every bystander
+/// call must answer 200 with its body.
+fn while_serving<T>(node: &Node, attack: impl FnOnce() -> T) -> T {
+    /// Stops the bystander however the attack ends, a failed assertion included.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let bystander = scope.spawn(|| {
+            let (mut served, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let response = node.post("/function/echo.others", b"still here");
+                if response.status == 200 && response.body == "still here" {
+                    served += 1;
+                } else {
+                    failed.push(format!("{}: {}", response.status, response.body));
+                }
+            }
+            (served, failed)
+        });
+        let result = {
+            let _stop = Stop(&stop);
+            attack()
+        };
+        let (served, failed) = bystander.join().expect("the bystander thread");
+        assert!(failed.is_empty(), "bystander calls failed: {failed:?}");
+        assert!(served > 0, "the bystander was never served");
+        result
+    })
+}
+
+/// Calls an attacker and checks it ended by its deadline.
+fn attack(node: &Node, name: &str, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let response = node.post(&format!("/function/{name}.attackers"), body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + SLACK,
+        "the attack ended by its deadline: {:?}",
+        started.elapsed()
+    );
+    response
+}
+
+#[test]
+fn a_process_sees_only_its_own_files_and_a_private_tmp() {
+    let node = node();
+    let victim = node.upload(&wisp_testing::script_archive(
+        "secret.sh",
+        "#!/bin/sh\necho victim-secret\n",
+    ));
+    node.deploy_ok(json!({
+        "service": "victim", "kind": "process", "image": victim, "envProcess": "./secret.sh",
+    }));
+    let victim_tree = node.data_dir.join("trees").join(&victim["sha256:".len()..]);
+    assert!(victim_tree.join("secret.sh").is_file());
+    let data_dir = node.data_dir.display();
+    let script = format!(
+        r#"#!/bin/sh
+try() {{ if "$@" >/dev/null 2>&1; then echo "LEAKED: $*"; else echo "refused: $*"; fi; }}
+try cat /etc/passwd
+try cat /etc/shadow
+try ls {data_dir}/trees
+try cat {data_dir}/admin-token
+try cat {data_dir}/wisp.db
+try cat {victim}/secret.sh
+try touch ./planted
+try touch {data_dir}/planted
+head -1 ./run.sh
+echo scratch > /tmp/scratch && cat /tmp/scratch
+id -u
+"#,
+        victim = victim_tree.display()
+    );
+    attacker(&node, "reader", &script, json!({}));
+    let response = while_serving(&node, || attack(&node, "reader", b""));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(!response.body.contains("LEAKED"), "{}", response.body);
+    assert_eq!(
+        response.body.matches("refused: ").count(),
+        8,
+        "{}",
+        response.body
+    );
+    assert!(
+        response.body.contains("#!/bin/sh\nscratch\n"),
+        "its own files and /tmp work: {}",
+        response.body
+    );
+    let uid: u32 = response.body.lines().last().unwrap().parse().unwrap();
+    assert!(uid >= 300_000, "runs as an unprivileged uid: {uid}");
+    assert!(!node.data_dir.join("planted").exists());
+    assert_eq!(node.post("/function/victim", b"").body, "victim-secret\n");
+}
+
+#[test]
+fn a_process_without_network_cannot_reach_the_admin_api_or_anything_else() {
+    let node = node();
+    let port = node.url.rsplit(':').next().unwrap();
+    let connect = format!(
+        r#"python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1); print('connected')" 2>&1 | tail -1"#
+    );
+    let listen = r#"python3 -c "import socket; socket.socket().bind(('0.0.0.0', 0)); socket.socket().listen(); print('listening')" 2>&1 | tail -1"#;
+    attacker(
+        &node,
+        "isolated",
+        &format!("#!/bin/sh\n{connect}\n{listen}\n"),
+        json!({}),
+    );
+    let isolated = while_serving(&node, || attack(&node, "isolated", b""));
+    assert_eq!(isolated.status, 200, "{}", isolated.body);
+    assert!(
+        isolated.body.starts_with("ConnectionRefusedError"),
+        "no route to the node from its own network namespace: {}",
+        isolated.body
+    );
+
+    // With outbound network it can connect out, but nothing can connect in.
+    attacker(
+        &node,
+        "outbound",
+        &format!("#!/bin/sh\n{connect}\n{listen}\n"),
+        json!({ "network": "outbound" }),
+    );
+    let outbound = attack(&node, "outbound", b"");
+    assert_eq!(outbound.status, 200, "{}", outbound.body);
+    let lines: Vec<&str> = outbound.body.lines().collect();
+    assert_eq!(lines[0], "connected", "{}", outbound.body);
+    assert!(
+        lines[1].starts_with("PermissionError"),
+        "no listening socket: {}",
+        outbound.body
+    );
+}
+
+#[test]
+fn a_fork_bomb_is_bounded_and_gone_at_the_deadline() {
+    let node = node();
+    attacker(
+        &node,
+        "bomb",
+        "#!/bin/sh\nbomb() { bomb | bomb & sleep 30; }\nbomb 2>/dev/null\n",
+        json!({}),
+    );
+    let response = while_serving(&node, || {
+        std::thread::scope(|scope| {
+            let call = scope.spawn(|| attack(&node, "bomb", b""));
+            let bomb = || {
+                let processes = processes_of(&node);
+                processes
+                    .iter()
+                    .filter(|process| process.contains("run.sh"))
+                    .count()
+            };
+            assert!(
+                node.eventually(Duration::from_secs(1), || bomb() >= 16),
+                "the bomb went off"
+            );
+            let most = bomb();
+            assert!(most <= 64, "bounded by the process limit: {most}");
+            call.join().expect("the attack")
+        })
+    });
+    assert_eq!(response.status, 504, "{}", response.body);
+    assert!(
+        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
+        "left behind: {:?}",
+        processes_of(&node)
+    );
+}
+
+#[test]
+fn loops_and_sleepers_holding_children_are_killed_at_the_deadline() {
+    let node = node();
+    for (name, script) in [
+        ("loop", "#!/bin/sh\nwhile :; do :; done\n"),
+        // A child in a session of its own is out of the process group, but
+        // not out of the sandbox's PID namespace.
+        (
+            "sleeper",
+            "#!/bin/sh\nsetsid sleep 60 &\nsleep 60 &\nsleep 60\n",
+        ),
+    ] {
+        attacker(&node, name, script, json!({}));
+        let response = while_serving(&node, || attack(&node, name, b""));
+        assert_eq!(response.status, 504, "{script}: {}", response.body);
+        assert!(
+            node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
+            "{script}: left behind: {:?}",
+            processes_of(&node)
+        );
+    }
+}
+
+#[test]
+fn memory_disk_and_output_bombs_are_cut_off() {
+    let node = node();
+    attacker(
+        &node,
+        "memory",
+        "#!/bin/sh\nexec python3 -c 'x = bytearray(1 << 30)'\n",
+        json!({ "memory": "128MiB" }),
+    );
+    let memory = while_serving(&node, || attack(&node, "memory", b""));
+    assert_eq!(memory.status, 502, "{}", memory.body);
+    assert!(
+        node.eventually(Duration::from_secs(2), || node
+            .log()
+            .contains("MemoryError")),
+        "the allocation failed inside the function"
+    );
+
+    // 10 GB to /tmp stops at the size of its private /tmp.
+    attacker(
+        &node,
+        "disk",
+        "#!/bin/sh\ndd if=/dev/zero of=/tmp/fill bs=1M count=10240 2>&1\necho dd exited $?\n",
+        json!({}),
+    );
+    let disk = while_serving(&node, || attack(&node, "disk", b""));
+    assert_eq!(disk.status, 200, "{}", disk.body);
+    assert!(
+        disk.body.contains("No space left") && disk.body.contains("67108864 bytes"),
+        "stopped at 64 MiB: {}",
+        disk.body
+    );
+
+    // Endless STDOUT is cut off at the response limit.
+    attacker(
+        &node,
+        "output",
+        "#!/bin/sh\nexec cat /dev/zero\n",
+        json!({}),
+    );
+    let output = while_serving(&node, || attack(&node, "output", b""));
+    assert_eq!(output.status, 502, "{}", output.body);
+    assert!(output.error().contains("larger than"), "{}", output.error());
+}
+
+#[test]
+fn a_process_that_never_reads_its_input_does_not_hold_the_upload() {
+    let node = node();
+    attacker(
+        &node,
+        "deaf",
+        "#!/bin/sh\nsleep 0.5\necho ignored the body\n",
+        json!({ "maxBodySize": "128MiB" }),
+    );
+    let body = vec![b'x'; 100 << 20];
+    let response = while_serving(&node, || attack(&node, "deaf", &body));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body, "ignored the body\n");
+}
+
+#[test]
+fn syscalls_a_sandbox_escape_needs_are_refused() {
+    let node = node();
+    // Both are allowed to an unprivileged process outside the sandbox.
+    let script = r#"#!/bin/sh
+exec python3 -c '
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for name, result in [("ptrace", libc.ptrace(0, 0, 0, 0)), ("unshare", libc.unshare(0x10000000))]:
+    print(name, result, os.strerror(ctypes.get_errno()))
+'
+"#;
+    attacker(&node, "syscalls", script, json!({}));
+    let response = attack(&node, "syscalls", b"");
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.body,
+        "ptrace -1 Operation not permitted\nunshare -1 Operation not permitted\n"
+    );
+}
+
+#[test]
+fn wasm_guests_have_no_files_and_reach_only_declared_hosts() {
+    let node = node();
+    let admin = format!("{}/system/functions", node.url);
+    deploy_probe(
+        &node,
+        json!({ "namespace": "attackers", "envVars": { "PROBE_UPSTREAM": admin } }),
+    );
+    let read = while_serving(&node, || {
+        node.get("/function/probe.attackers/read?path=/etc/passwd")
+    });
+    assert_eq!(read.status, 403, "{}", read.body);
+
+    let call = while_serving(&node, || node.get("/function/probe.attackers"));
+    assert_eq!(call.status, 502, "{}", call.body);
+    assert!(call.body.contains("HttpRequestDenied"), "{}", call.body);
+    let logs = node
+        .cli(WISP)
+        .args(["logs", "probe.attackers"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains(&format!("outbound request to {admin} denied")),
+        "the attempt is in the function's log: {logs}"
+    );
+}
+
+#[test]
+fn wasm_floods_are_cut_off() {
+    let node = node();
+    deploy_probe(
+        &node,
+        json!({ "namespace": "attackers", "timeout": "2s", "maxBodySize": "128MiB" }),
+    );
+    let spew = while_serving(&node, || {
+        node.get("/function/probe.attackers/spew?mib=10240")
+    });
+    assert!(
+        spew.status == 200 || spew.status == 502,
+        "{}: {}",
+        spew.status,
+        spew.body
+    );
+    assert!(!spew.body.contains("wrote 10240 MiB"), "{}", spew.body);
+
+    let body = vec![b'x'; 100 << 20];
+    let unread = while_serving(&node, || {
+        send(
+            node.request("POST", "/function/probe.attackers/sleep?ms=100"),
+            Some(&body),
+        )
+    });
+    assert_eq!(unread.status, 200, "{}", unread.body);
+}
