@@ -29,7 +29,7 @@ start() { # name url command...
     echo "bench: $name did not answer at $url" >&2; cat "$work/$name.err" >&2; exit 1
 }
 
-# One wrk run: prints "rps p50_ms p99_ms".
+# One wrk run: prints "rps p50_ms p99_ms", then "non2xx=N" and "errors=N" when there were any.
 load() { # url [script]
     nice -n -20 taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency "$@" 2>/dev/null | awk '
         function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
@@ -37,7 +37,8 @@ load() { # url [script]
         /^ +50%/ { p50 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
         /Non-2xx/ { bad = $4 }
-        END { printf "%d %.2f %.2f%s\n", rps, p50, p99, (bad ? " non2xx=" bad : "") }'
+        /Socket errors/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
+        END { printf "%d %.2f %.2f%s%s\n", rps, p50, p99, (bad ? " non2xx=" bad : ""), (err ? " errors=" err : "") }'
 }
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

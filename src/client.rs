@@ -10,7 +10,9 @@ use wisp_core::{
     },
     events::{CallInfo, CallList},
     telemetry::{Trace, Usage},
-    tenancy::{CreatedToken, NamespaceInfo, NewNamespace, NewToken, TokenInfo},
+    tenancy::{
+        CreatedToken, NamespaceInfo, NewNamespace, NewSecret, NewToken, SecretInfo, TokenInfo,
+    },
 };
 
 use crate::commands::{Remote, default_data_dir};
@@ -277,6 +279,30 @@ impl Client {
             self.request("DELETE", &format!("/system/tokens/{id}"))
                 .call(),
         )?;
+        Ok(())
+    }
+
+    /// Secrets (names, never values), filtered by the query string `query`.
+    pub fn secrets(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<SecretInfo>> {
+        self.get("/system/secrets", query)
+    }
+
+    /// Creates a secret, or replaces the value of an existing one.
+    pub fn put_secret(&self, request: &NewSecret, replace: bool) -> anyhow::Result<SecretInfo> {
+        self.send(
+            if replace { "PUT" } else { "POST" },
+            "/system/secrets",
+            request,
+        )
+    }
+
+    /// Removes a secret.
+    pub fn remove_secret(&self, name: &str, namespace: Option<&str>) -> anyhow::Result<()> {
+        let mut request = self.request("DELETE", &format!("/system/secrets/{name}"));
+        if let Some(namespace) = namespace {
+            request = request.query("namespace", namespace);
+        }
+        self.call(request.call())?;
         Ok(())
     }
 

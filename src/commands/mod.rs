@@ -10,6 +10,7 @@ mod ls;
 mod ns;
 mod rm;
 mod scale;
+mod secret;
 mod token;
 mod trace;
 mod up;
@@ -43,6 +44,7 @@ enum Command {
     Usage(usage::UsageCommand),
     Ns(ns::Ns),
     Token(token::TokenCommand),
+    Secret(secret::SecretCommand),
 }
 
 impl Cli {
@@ -63,6 +65,7 @@ impl Cli {
             Command::Usage(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Ns(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Token(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Secret(command) => command.execute().map(|()| ExitCode::SUCCESS),
         }
     }
 }

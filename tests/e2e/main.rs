@@ -11,6 +11,7 @@ mod refusals;
 mod restart;
 mod sandbox;
 mod scaling;
+mod secrets;
 mod tenants;
 mod ui;
 

@@ -95,6 +95,9 @@ pub struct FunctionDeployment {
     /// Whether invoking it needs a token of its namespace (or the node's); public when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private: Option<bool>,
+    /// Secrets of its namespace it is handed, by name (`wisp secret create`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// OpenFaaS's `limits` object.

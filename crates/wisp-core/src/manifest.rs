@@ -86,6 +86,9 @@ pub struct FunctionManifest {
     pub triggers: Vec<TriggerDeclaration>,
     /// Whether invoking it needs a token; public when absent.
     pub private: Option<bool>,
+    /// Secrets of its namespace it is handed, by name.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
@@ -153,6 +156,7 @@ impl FunctionManifest {
             async_concurrency: self.async_concurrency,
             triggers: self.triggers.clone(),
             private: self.private,
+            secrets: self.secrets.clone(),
         }
     }
 }

@@ -222,11 +222,37 @@ pub enum SpecError {
     /// A trigger does not parse.
     #[error("{0}")]
     Trigger(String),
+    /// A secret's name is not a DNS label, is given twice, or its
+    /// variable is also set in `env`.
+    #[error("secret `{0}`: {1}")]
+    Secret(String, String),
     /// `network` on a wasm function.
     #[error(
         "`network` is for process functions; a {0} function reaches only its allowed_outbound_hosts"
     )]
     Network(FunctionKind),
+}
+
+/// Checks the secrets a function names: DNS labels, each once, and none
+/// whose environment variable `env` sets as well.
+fn validate_secrets(secrets: &[String], env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for secret in secrets {
+        let refuse = |why: String| Err(SpecError::Secret(secret.clone(), why));
+        if let Err(error) = validate_name(secret) {
+            return refuse(error.to_string());
+        }
+        if !seen.insert(secret) {
+            return refuse("named twice".into());
+        }
+        let variable = crate::tenancy::secret_env_name(secret);
+        if env.contains_key(&variable) {
+            return refuse(format!(
+                "`env` sets {variable} as well, the variable the secret is handed over as"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a process function may reach on the network.
@@ -290,6 +316,9 @@ pub struct FunctionSpec {
     /// Whether invoking it needs a token of its namespace (or the node's).
     #[serde(default)]
     pub private: bool,
+    /// Secrets of its namespace it is handed, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// How a function's async calls (and triggered events) run.
@@ -441,6 +470,7 @@ impl FunctionSpec {
             async_concurrency,
             triggers,
             private,
+            secrets,
         } = deployment;
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -570,6 +600,7 @@ impl FunctionSpec {
         {
             return Err(SpecError::EnvName(bad.clone()));
         }
+        validate_secrets(&secrets, &env_vars)?;
         Ok(Self {
             name: service,
             namespace,
@@ -591,6 +622,7 @@ impl FunctionSpec {
             asynchronous,
             triggers,
             private: private.unwrap_or(false),
+            secrets,
         })
     }
 
@@ -629,6 +661,7 @@ impl FunctionSpec {
                 async_concurrency: self.asynchronous.concurrency,
                 triggers: self.triggers.iter().cloned().map(Into::into).collect(),
                 private: Some(self.private),
+                secrets: self.secrets.clone(),
             },
             invocation_count: observed.invocations,
             replicas: observed.replicas,
@@ -680,6 +713,28 @@ mod tests {
                     ..deployment(FunctionKind::WasmHttp)
                 },
                 "not a DNS label",
+            ),
+            (
+                FunctionDeployment {
+                    secrets: vec!["db-password".into(), "db-password".into()],
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "secret `db-password`: named twice",
+            ),
+            (
+                FunctionDeployment {
+                    secrets: vec!["DB".into()],
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "secret `DB`",
+            ),
+            (
+                FunctionDeployment {
+                    secrets: vec!["db-password".into()],
+                    env_vars: [("DB_PASSWORD".into(), "x".into())].into(),
+                    ..deployment(FunctionKind::Process)
+                },
+                "`env` sets DB_PASSWORD",
             ),
             (
                 FunctionDeployment {

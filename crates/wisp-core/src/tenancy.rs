@@ -1,7 +1,7 @@
 //! Tenants: namespaces with their quotas, tokens that hold one role in one
 //! namespace, and the one rule that decides what a caller may do
-//! ([`Principal::allow`]); with the JSON shapes of `/system/namespaces` and
-//! `/system/tokens`.
+//! ([`Principal::allow`]); with the JSON shapes of `/system/namespaces`,
+//! `/system/tokens` and `/system/secrets`.
 //!
 //! The decision is pure, so the server checks every route the same way: it
 //! resolves the bearer token to a [`Principal`], then asks it about the
@@ -19,8 +19,8 @@ use crate::ByteSize;
 pub enum Role {
     /// Everything inside the namespace, its tokens included.
     Admin,
-    /// Deploy, update, scale and remove functions, upload artifacts, read
-    /// functions, logs, traces, usage and calls; invoke.
+    /// Deploy, update, scale and remove functions, upload artifacts, manage
+    /// secrets, read functions, logs, traces, usage and calls; invoke.
     Deploy,
     /// Invoke private functions, list and describe functions.
     Invoke,
@@ -79,6 +79,8 @@ pub enum Action {
     Observe,
     /// Create, list and revoke the namespace's tokens.
     ManageTokens,
+    /// Create, list, replace and remove the namespace's secrets.
+    ManageSecrets,
 }
 
 impl fmt::Display for Action {
@@ -89,6 +91,7 @@ impl fmt::Display for Action {
             Self::Deploy => "deploy functions",
             Self::Observe => "read logs, traces, usage and calls",
             Self::ManageTokens => "manage tokens",
+            Self::ManageSecrets => "manage secrets",
         })
     }
 }
@@ -374,6 +377,61 @@ pub struct CreatedToken {
     pub info: TokenInfo,
 }
 
+/// `POST` and `PUT /system/secrets`. Its `Debug` leaves the value out, so
+/// it cannot reach a log line by accident.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewSecret {
+    /// The secret's name, a DNS label.
+    pub name: String,
+    /// Its namespace; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The value; never shown again.
+    pub value: String,
+}
+
+impl fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSecret")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret as listed: its name, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretInfo {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// The largest secret value: it has to fit in an environment variable.
+pub const MAX_SECRET_SIZE: usize = 64 << 10;
+
+/// Checks a secret's value: not empty, at most [`MAX_SECRET_SIZE`], no NUL
+/// (an environment variable cannot hold one). The message never quotes it.
+pub fn validate_secret_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > MAX_SECRET_SIZE || value.contains('\0') {
+        return Err(format!(
+            "a secret's value must be 1 byte to {} KiB, without NUL bytes",
+            MAX_SECRET_SIZE >> 10
+        ));
+    }
+    Ok(())
+}
+
+/// The environment variable a secret is handed over as: `db-password` is `DB_PASSWORD`.
+pub fn secret_env_name(secret: &str) -> String {
+    secret.to_ascii_uppercase().replace('-', "_")
+}
+
 /// The longest token label.
 pub const MAX_TOKEN_LABEL: usize = 100;
 
@@ -400,15 +458,29 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_named_as_variables_and_never_printed() {
+        assert_eq!(secret_env_name("db-password"), "DB_PASSWORD");
+        let secret = NewSecret {
+            name: "db-password".into(),
+            namespace: None,
+            value: "hunter2".into(),
+        };
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert!(validate_secret_value("").is_err());
+        assert!(validate_secret_value("a\0b").is_err());
+        assert!(validate_secret_value("hunter2").is_ok());
+    }
+
+    #[test]
     fn roles_permit_what_the_table_says() {
         use Action::*;
         let table = [
-            (Role::Admin, [true, true, true, true, true]),
-            (Role::Deploy, [true, true, true, true, false]),
-            (Role::Invoke, [true, true, false, false, false]),
+            (Role::Admin, [true, true, true, true, true, true]),
+            (Role::Deploy, [true, true, true, true, false, true]),
+            (Role::Invoke, [true, true, false, false, false, false]),
         ];
         for (role, expected) in table {
-            for (action, allowed) in [Read, Invoke, Deploy, Observe, ManageTokens]
+            for (action, allowed) in [Read, Invoke, Deploy, Observe, ManageTokens, ManageSecrets]
                 .into_iter()
                 .zip(expected)
             {

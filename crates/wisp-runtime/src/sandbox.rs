@@ -33,6 +33,8 @@ pub const UIDS: u32 = 65_536;
 /// Where a sandboxed function finds its own files (read-only), its working
 /// directory and `$HOME`.
 pub const FUNCTION_DIR: &str = "/function";
+/// Where a function finds its secrets, one file each (as in OpenFaaS).
+pub const SECRETS_DIR: &str = "/run/secrets";
 /// The size of a sandbox's private `/tmp`.
 pub const TMP_SIZE: u64 = 64 << 20;
 /// The most processes (and threads) one call may have at once, when the node is root.
@@ -40,6 +42,8 @@ pub const MAX_PROCESSES: u64 = 64;
 /// The most processes (and threads) one `process-http` replica may have at
 /// once, when the node is root: a thread per connection is common.
 pub const MAX_REPLICA_TASKS: u64 = 1024;
+/// The niceness sandboxed processes run at.
+pub const NICENESS: libc::c_int = 10;
 /// The most files one process may have open.
 pub const MAX_OPEN_FILES: u64 = 256;
 /// The descriptors bubblewrap reads its two seccomp programs from.
@@ -115,6 +119,7 @@ impl Sandbox {
             cpu_time: Some(Duration::from_secs(1)),
             network: Network::None,
             serves: false,
+            secrets: None,
         };
         let (mut command, _lease) = jail
             .command(Path::new("/"), Path::new("/usr/bin/true"))
@@ -179,6 +184,9 @@ pub struct Jail {
     /// Whether it serves HTTP on `$PORT` (a `process-http` replica): it then
     /// shares the host's network, so the gateway can reach it, and may listen.
     pub serves: bool,
+    /// A directory of the function's secret files, mounted read-only at
+    /// [`SECRETS_DIR`].
+    pub secrets: Option<PathBuf>,
 }
 
 impl Jail {
@@ -220,6 +228,11 @@ impl Jail {
             .args(["--tmpfs", "/tmp", "--ro-bind"])
             .arg(dir)
             .args([FUNCTION_DIR, "--chdir", FUNCTION_DIR]);
+        if let Some(secrets) = &self.secrets {
+            // bubblewrap would make `/run` 0700, out of the function's reach.
+            command.args(["--perms", "0755", "--dir", "/run", "--ro-bind"]);
+            command.arg(secrets).arg(SECRETS_DIR);
+        }
         if self.serves || self.network == Network::Outbound {
             for file in [
                 "/etc/resolv.conf",
@@ -324,6 +337,13 @@ impl Limits {
             set(libc::RLIMIT_AS, bytes)?;
         }
         set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
+        // Below the node's own threads, so busy processes cannot take the
+        // gateway's CPU; and for good, as an unprivileged process cannot
+        // raise it again.
+        // SAFETY: setpriority(2) on this process, with no pointers.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICENESS) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         set(libc::RLIMIT_CORE, 0)?;
         if let Some(seconds) = self.cpu_time {
             set(libc::RLIMIT_CPU, seconds)?;

@@ -171,36 +171,13 @@ async fn deploy(
             return Err(exceeded.into());
         }
     }
-    let prepared = {
-        let (node, spec) = (node.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || node.prepare(&spec))
-            .await
-            .map_err(ApiError::internal)?
-    };
-    let executor = match prepared {
+    let executor = match ready(&node, &spec).await {
         Ok(executor) => executor,
         Err(error) => {
             refuse_artifact(&node, &spec)?;
-            return Err(match error {
-                PrepareError::InvalidArtifact(message) => {
-                    ApiError::bad_request(format!("function {}: {message}", spec.name))
-                }
-                PrepareError::Internal(message) => ApiError::internal(message),
-            });
+            return Err(error);
         }
     };
-    // An app takes over only once its new replicas are ready, so a redeploy
-    // fails no request and a broken app is refused here.
-    if let Executor::App(app) = &executor
-        && let Err(error) = app.warm().await
-    {
-        drop(executor);
-        refuse_artifact(&node, &spec)?;
-        return Err(ApiError::bad_request(format!(
-            "function {}: {error}",
-            spec.name
-        )));
-    }
     if namespace.is_none() {
         node.tenants
             .create_namespace(&node.store, &spec.namespace, &Quotas::default())?;
@@ -213,6 +190,33 @@ async fn deploy(
     node.install(spec.clone(), executor);
     tracing::info!("deployed {}.{} ({})", spec.name, spec.namespace, spec.kind);
     Ok(status_of(&node, &spec))
+}
+
+/// Prepares (compiles) a function off the async threads and, for an app,
+/// waits until its new replicas are ready: an app takes over only then, so
+/// a redeploy fails no request and a broken app is refused (400).
+pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Executor, ApiError> {
+    let prepared = {
+        let (node, spec) = (node.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || node.prepare(&spec))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let executor = prepared.map_err(|error| match error {
+        PrepareError::InvalidArtifact(message) => {
+            ApiError::bad_request(format!("function {}: {message}", spec.name))
+        }
+        PrepareError::Internal(message) => ApiError::internal(message),
+    })?;
+    if let Executor::App(app) = &executor
+        && let Err(error) = app.warm().await
+    {
+        return Err(ApiError::bad_request(format!(
+            "function {}: {error}",
+            spec.name
+        )));
+    }
+    Ok(executor)
 }
 
 /// Removes the artifact of a refused deploy, unless another function uses it.
@@ -284,6 +288,9 @@ async fn remove(
     };
     node.store.delete_function(namespace, name)?;
     node.uninstall(namespace, name);
+    if let Err(error) = node.secret_files.remove(namespace, name) {
+        tracing::warn!("could not remove the secret files of {name}.{namespace}: {error}");
+    }
     if let Some(digest) = &stored.spec.artifact
         && !node.store.artifact_in_use(digest)?
     {

@@ -3,7 +3,8 @@
 //! [`dispatch`], the one place an invocation's outcome becomes a status, and
 //! [`events`], the durable queue of async calls and the triggers feeding it,
 //! [`telemetry`]: metrics, the call log, traces and usage; [`tenants`]:
-//! namespaces, their quotas and tokens, checked by [`auth`]; and the web UI.
+//! namespaces, their quotas and tokens, checked by [`auth`]; [`secrets`]
+//! handed to the functions that declare them; and the web UI.
 //!
 //! The invocation path reads only memory: deployed functions and tenants'
 //! tokens live in in-memory tables that every change writes through to the
@@ -18,6 +19,7 @@ mod error;
 mod events;
 mod invoke;
 mod node;
+mod secrets;
 mod telemetry;
 mod tenants;
 mod ui;
@@ -40,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(events::routes::system_routes())
         .merge(telemetry::routes::system_routes())
         .merge(tenants::routes::system_routes())
+        .merge(secrets::system_routes())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             auth::authenticate,

@@ -11,7 +11,9 @@ use std::{
     },
 };
 
-use wisp_core::{FunctionKind, FunctionSpec, Observed, Route, spec::DEFAULT_NAMESPACE};
+use wisp_core::{
+    FunctionKind, FunctionSpec, Observed, Route, spec::DEFAULT_NAMESPACE, tenancy::secret_env_name,
+};
 use wisp_runtime::{
     Executor, Output, PrepareError,
     app::AppFunction,
@@ -25,6 +27,7 @@ use crate::{
     Config, ConfigError,
     admission::Limit,
     events,
+    secrets::{self, SecretFiles},
     telemetry::{
         FunctionOutput, Telemetry,
         metrics::{FunctionLabels, Metrics},
@@ -110,6 +113,8 @@ pub struct Node {
     empty_dir: PathBuf,
     /// Where process functions run; none when the node runs unsandboxed.
     sandbox: Option<Arc<Sandbox>>,
+    /// The secret files of sandboxed process functions.
+    pub(crate) secret_files: SecretFiles,
 }
 
 impl Node {
@@ -154,6 +159,13 @@ impl Node {
             path: empty_dir.clone(),
             source,
         })?;
+        let secrets_dir = config.data_dir.join("secrets");
+        let secret_files =
+            SecretFiles::open(&config.data_dir).map_err(|source| StoreError::Io {
+                action: "create directory",
+                path: secrets_dir,
+                source,
+            })?;
         let sandbox = config.sandbox.then(Sandbox::new).transpose()?;
         let tenants = Tenants::load(&store, config.namespace_max_concurrency)?;
         let node = Arc::new_cyclic(|me| Self {
@@ -174,6 +186,7 @@ impl Node {
             tenants,
             empty_dir,
             sandbox,
+            secret_files,
         });
         for stored in node.store.functions()? {
             let spec = stored.spec;
@@ -223,20 +236,49 @@ impl Node {
     }
 
     /// Turns a spec into something that runs: compiles or loads the
-    /// component, or unpacks the process tree. Blocking.
+    /// component, or unpacks the process tree; reads its secrets. Blocking.
     pub(crate) fn prepare(&self, spec: &FunctionSpec) -> Result<Executor, PrepareError> {
-        let env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         let store_error = |error: StoreError| match error {
             StoreError::UnknownArtifact(_) | StoreError::BadArchive { .. } => {
                 PrepareError::InvalidArtifact(error.to_string())
             }
             other => PrepareError::Internal(other.to_string()),
         };
+        let secret_values = self
+            .store
+            .secret_values(&spec.namespace, &spec.secrets)
+            .map_err(store_error)?
+            .map_err(|name| {
+                PrepareError::InvalidArtifact(secrets::missing(&name, &spec.namespace))
+            })?;
+        let env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(
+                spec.secrets
+                    .iter()
+                    .map(|name| secret_env_name(name))
+                    .zip(secret_values.iter().cloned()),
+            )
+            .collect();
         if spec.kind.is_process() {
+            // Files only in the sandbox: unsandboxed, there is nowhere private to put them.
+            let secret_dir = match &self.sandbox {
+                Some(_) if !spec.secrets.is_empty() => {
+                    self.secret_files.write(spec, &secret_values).map(Some)
+                }
+                _ => self
+                    .secret_files
+                    .remove(&spec.namespace, &spec.name)
+                    .map(|()| None),
+            }
+            .map_err(|error| {
+                PrepareError::Internal(format!(
+                    "write the secret files of {}.{}: {error}",
+                    spec.name, spec.namespace
+                ))
+            })?;
             let dir = match &spec.artifact {
                 Some(digest) => self.store.artifact_tree(digest).map_err(store_error)?,
                 None => self.empty_dir.clone(),
@@ -253,6 +295,7 @@ impl Node {
                     .then_some(spec.timeout.0.max(spec.asynchronous.timeout.0)),
                 network: spec.network,
                 serves: spec.scale.is_some(),
+                secrets: secret_dir,
             });
             return Ok(match &spec.scale {
                 Some(scale) => Executor::App(AppFunction::new(

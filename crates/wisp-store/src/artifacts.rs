@@ -251,25 +251,49 @@ mod tests {
     }
 
     #[test]
-    fn tar_artifacts_unpack_with_modes_and_refuse_traversal() {
+    fn tar_artifacts_unpack_with_plain_modes_and_refuse_traversal() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(10);
-        header.set_mode(0o755);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, "bin/run.sh", &b"#!/bin/sh\n"[..])
-            .unwrap();
+        // A setuid executable and a private file: both end up plain and readable.
+        for (name, mode) in [("bin/run.sh", 0o4750), ("secret.txt", 0o600)] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(10);
+            header.set_mode(mode);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, &b"#!/bin/sh\n"[..])
+                .unwrap();
+        }
         let good = store.put_artifact(&builder.into_inner().unwrap()).unwrap();
         let tree = store.artifact_tree(&good.digest).unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(tree.join("bin/run.sh"))
-                .unwrap()
-                .permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o755);
+        let mode = |path: &str| {
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(tree.join(path)).unwrap().permissions(),
+            ) & 0o7777
+        };
+        assert_eq!(mode("bin/run.sh"), 0o755);
+        assert_eq!(mode("secret.txt"), 0o644);
+        assert_eq!(mode(""), 0o755);
+
+        // A symlink out of the tree, then an entry written through it.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder.append_link(&mut link, "out", dir.path()).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "out/planted", &b"x"[..])
+            .unwrap();
+        let through = store.put_artifact(&builder.into_inner().unwrap()).unwrap();
+        assert!(matches!(
+            store.artifact_tree(&through.digest),
+            Err(StoreError::BadArchive { .. })
+        ));
+        assert!(!dir.path().join("planted").exists());
 
         let mut evil = Vec::new();
         let mut header = tar::Header::new_gnu();

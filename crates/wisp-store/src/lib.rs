@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 pub use artifacts::ArtifactUpload;
 pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
 pub use registry::{
-    NamespaceContents, NamespaceRemoval, StoredFunction, StoredNamespace, StoredToken,
+    NamespaceContents, NamespaceRemoval, SecretWrite, StoredFunction, StoredNamespace,
+    StoredSecret, StoredToken,
 };
 pub use telemetry::{
     LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals, record_line,

@@ -1,6 +1,7 @@
 //! The function registry: one row per function, its validated spec as JSON;
-//! and the tenants: namespaces with their quotas, and tokens, kept only as
-//! SHA-256 hashes (they are random and long, so a fast hash is enough).
+//! and the tenants: namespaces with their quotas, tokens, kept only as
+//! SHA-256 hashes (they are random and long, so a fast hash is enough), and
+//! secrets, kept as they are: the data directory is their trust boundary.
 //!
 //! `default`, and every namespace a function lives in, always has a row: the
 //! schema inserts them, so a data directory from before namespaces were
@@ -46,6 +47,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     hash       BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secrets (
+    namespace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
 ";
 
 /// A namespace as stored.
@@ -76,6 +84,30 @@ pub struct StoredToken {
     pub created_at: i64,
 }
 
+/// A secret as listed: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// When it was first created (seconds since the Unix epoch).
+    pub created_at: i64,
+}
+
+/// What writing a secret did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretWrite {
+    /// There was none by that name; now there is.
+    Created,
+    /// The value of the existing one was replaced.
+    Replaced,
+    /// One exists and replacing was not asked for, so nothing changed.
+    Exists,
+    /// There was none to replace, so nothing changed.
+    Unknown,
+}
+
 /// What a namespace's functions hold, as its quotas count it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceContents {
@@ -98,7 +130,7 @@ impl NamespaceContents {
 /// What removing a namespace did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamespaceRemoval {
-    /// It is gone, with its tokens.
+    /// It is gone, with its tokens and secrets.
     Removed,
     /// There was none by that name.
     Unknown,
@@ -247,7 +279,7 @@ impl Store {
         }))
     }
 
-    /// Removes an empty namespace and its tokens, in one transaction.
+    /// Removes an empty namespace, its tokens and secrets, in one transaction.
     pub fn delete_namespace(&self, name: &str) -> Result<NamespaceRemoval, StoreError> {
         let mut db = self.db();
         let transaction = db.transaction()?;
@@ -260,6 +292,7 @@ impl Store {
             return Ok(NamespaceRemoval::InUse(functions));
         }
         transaction.execute("DELETE FROM tokens WHERE namespace = ?1", params![name])?;
+        transaction.execute("DELETE FROM secrets WHERE namespace = ?1", params![name])?;
         let deleted =
             transaction.execute("DELETE FROM namespaces WHERE name = ?1", params![name])?;
         transaction.commit()?;
@@ -358,6 +391,103 @@ impl Store {
             .db()
             .execute("DELETE FROM tokens WHERE id = ?1", params![id])?
             > 0)
+    }
+
+    /// A namespace's secrets (or every one), ordered by namespace and name.
+    pub fn secrets(&self, namespace: Option<&str>) -> Result<Vec<StoredSecret>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT name, namespace, created_at FROM secrets
+             WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, name",
+        )?;
+        let rows = statement
+            .query_map(params![namespace], |row| {
+                Ok(StoredSecret {
+                    name: row.get(0)?,
+                    namespace: row.get(1)?,
+                    created_at: row.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Creates a secret, or (with `replace`) replaces the value of an existing one.
+    pub fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &str,
+        replace: bool,
+    ) -> Result<SecretWrite, StoreError> {
+        let db = self.db();
+        let exists: bool = db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM secrets WHERE namespace = ?1 AND name = ?2)",
+            params![namespace, name],
+            |row| row.get(0),
+        )?;
+        Ok(match (exists, replace) {
+            (true, false) => SecretWrite::Exists,
+            (false, true) => SecretWrite::Unknown,
+            (true, true) => {
+                db.execute(
+                    "UPDATE secrets SET value = ?3 WHERE namespace = ?1 AND name = ?2",
+                    params![namespace, name, value],
+                )?;
+                SecretWrite::Replaced
+            }
+            (false, false) => {
+                db.execute(
+                    "INSERT INTO secrets (namespace, name, value, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![namespace, name, value, now()],
+                )?;
+                SecretWrite::Created
+            }
+        })
+    }
+
+    /// The values of the named secrets of `namespace`, in the order asked;
+    /// `Err` names the first that does not exist.
+    pub fn secret_values(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<Result<Vec<String>, String>, StoreError> {
+        let db = self.db();
+        let mut statement =
+            db.prepare_cached("SELECT value FROM secrets WHERE namespace = ?1 AND name = ?2")?;
+        let mut values = Vec::with_capacity(names.len());
+        for name in names {
+            match statement
+                .query_row(params![namespace, name], |row| row.get(0))
+                .optional()?
+            {
+                Some(value) => values.push(value),
+                None => return Ok(Err(name.clone())),
+            }
+        }
+        Ok(Ok(values))
+    }
+
+    /// The functions of `namespace` that name the secret, ordered by name.
+    pub fn secret_users(&self, namespace: &str, name: &str) -> Result<Vec<String>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT functions.name FROM functions, json_each(functions.spec, '$.secrets') AS secret
+             WHERE functions.namespace = ?1 AND secret.value = ?2 ORDER BY functions.name",
+        )?;
+        let rows = statement
+            .query_map(params![namespace, name], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Removes a secret; `false` if there was none.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.db().execute(
+            "DELETE FROM secrets WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+        )? > 0)
     }
 
     /// Whether any function's spec names this artifact.
@@ -462,6 +592,49 @@ mod tests {
             NamespaceRemoval::Unknown
         );
         assert_eq!(store.namespaces().unwrap()[1], created);
+    }
+
+    #[test]
+    fn secrets_are_kept_per_namespace_and_know_their_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.put_secret("default", "db", "one", true).unwrap(),
+            SecretWrite::Unknown
+        );
+        assert_eq!(
+            store.put_secret("default", "db", "one", false).unwrap(),
+            SecretWrite::Created
+        );
+        assert_eq!(
+            store.put_secret("default", "db", "two", false).unwrap(),
+            SecretWrite::Exists
+        );
+        assert_eq!(
+            store.put_secret("default", "db", "two", true).unwrap(),
+            SecretWrite::Replaced
+        );
+        let names = ["db".to_owned()];
+        assert_eq!(
+            store.secret_values("default", &names).unwrap(),
+            Ok(vec!["two".to_owned()])
+        );
+        assert_eq!(
+            store.secret_values("other", &names).unwrap(),
+            Err("db".to_owned())
+        );
+        let mut spec = spec("uses");
+        spec.secrets = names.to_vec();
+        store.put_function(&spec).unwrap();
+        assert_eq!(store.secret_users("default", "db").unwrap(), ["uses"]);
+        assert_eq!(
+            store.secret_users("other", "db").unwrap(),
+            [] as [String; 0]
+        );
+        let listed = store.secrets(None).unwrap();
+        assert_eq!((listed.len(), listed[0].name.as_str()), (1, "db"));
+        assert!(store.delete_secret("default", "db").unwrap());
+        assert!(!store.delete_secret("default", "db").unwrap());
     }
 
     #[test]

@@ -122,7 +122,7 @@ async fn remove_namespace(
     }
 }
 
-fn unknown_namespace(name: &str) -> ApiError {
+pub(crate) fn unknown_namespace(name: &str) -> ApiError {
     ApiError::not_found(format!(
         "namespace {name} does not exist: create it with `wisp ns create {name}`"
     ))
