@@ -198,3 +198,74 @@ fn an_interrupted_upload_leaves_nothing_behind() {
     );
     assert_empty(&node);
 }
+
+/// Reads one response from `stream`: its head, lowercased, and its body
+/// (sized by `Content-Length`, or chunked).
+fn read_response(stream: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8>) {
+    use std::io::{BufRead as _, Read as _};
+    let read_line = |stream: &mut std::io::BufReader<_>| {
+        let mut line = String::new();
+        assert_ne!(stream.read_line(&mut line).unwrap(), 0, "EOF");
+        line
+    };
+    let mut head = String::new();
+    loop {
+        let line = read_line(stream);
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let mut body = Vec::new();
+    if head.contains("transfer-encoding: chunked") {
+        loop {
+            let size = usize::from_str_radix(read_line(stream).trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            stream.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk[..size]);
+            if size == 0 {
+                return (head, body);
+            }
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |length| length.trim().parse().unwrap());
+    body.resize(length, 0);
+    stream.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+#[test]
+fn a_request_refused_before_its_body_is_read_says_the_connection_closes() {
+    use std::io::Write as _;
+    let node = crate::node_with_probe(json!({}));
+    let address = node.url.trim_start_matches("http://");
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+
+    // A body read to its end keeps the connection open for the next request.
+    write!(
+        writer,
+        "POST /function/probe HTTP/1.1\r\nHost: {address}\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    .unwrap();
+    let (head, _) = read_response(&mut reader);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    // Refused on a header while the body is still on its way: the client is
+    // told not to reuse the connection, rather than finding it closed later.
+    write!(
+        writer,
+        "POST /async-function/probe HTTP/1.1\r\nHost: {address}\r\nX-Callback-Url: not a url\r\nContent-Length: 5\r\n\r\n"
+    )
+    .unwrap();
+    writer.flush().unwrap();
+    let (head, body) = read_response(&mut reader);
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("X-Callback-Url"));
+}

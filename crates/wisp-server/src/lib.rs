@@ -14,6 +14,7 @@ mod admin;
 mod admission;
 mod auth;
 mod config;
+mod connection;
 mod dispatch;
 mod error;
 mod events;
@@ -58,6 +59,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
         .layer(middleware::from_fn(dispatch::call_id))
+        .layer(middleware::from_fn(connection::close_if_body_unread))
         .with_state(node)
 }
 
