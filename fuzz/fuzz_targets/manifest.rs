@@ -7,8 +7,13 @@ use wisp_core::{FunctionSpec, manifest::Manifest};
 
 fuzz_target!(|text: &str| {
     if let Ok(manifest) = Manifest::parse(text) {
+        // As `wisp deploy` would send it, with whatever it declared uploaded.
+        let digest = format!("sha256:{}", "0".repeat(64));
         for function in &manifest.function {
-            let _ = FunctionSpec::from_deployment(function.deployment(None));
+            let uploaded = |path: &Option<String>| path.as_ref().map(|_| digest.clone());
+            let _ = FunctionSpec::from_deployment(
+                function.deployment(uploaded(&function.artifact), uploaded(&function.files)),
+            );
         }
     }
 });

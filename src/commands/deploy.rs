@@ -45,8 +45,22 @@ impl Deploy {
                 Some(bytes) => Some(upload(&client, &function.name, bytes)?),
                 None => None,
             };
+            let files = match &function.files {
+                Some(files) => {
+                    let path = dir.join(files);
+                    if !path.is_dir() {
+                        bail!(
+                            "the files of {} at {} must be a directory",
+                            function.name,
+                            path.display()
+                        );
+                    }
+                    Some(upload(&client, &function.name, pack(&path)?)?)
+                }
+                None => None,
+            };
             let status = client
-                .deploy(&function.deployment(image))
+                .deploy(&function.deployment(image, files))
                 .with_context(|| format!("deploy {}", function.name))?;
             if !self.remote.json {
                 let route = status
@@ -69,8 +83,7 @@ impl Deploy {
     }
 }
 
-/// The bytes to upload: a `.wasm` file as it is, a process's directory as a
-/// reproducible tar archive (so unchanged trees are not uploaded again).
+/// The bytes to upload: a `.wasm` file as it is, a process's directory [packed](pack).
 fn artifact_bytes(function: &FunctionManifest, dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     let Some(artifact) = &function.artifact else {
         if function.kind.is_wasm() {
@@ -83,12 +96,7 @@ fn artifact_bytes(function: &FunctionManifest, dir: &Path) -> anyhow::Result<Opt
     };
     let path = dir.join(artifact);
     if function.kind.is_process() && path.is_dir() {
-        let mut archive = tar::Builder::new(Vec::new());
-        archive.mode(tar::HeaderMode::Deterministic);
-        archive.follow_symlinks(false);
-        append_sorted(&mut archive, &path, Path::new(""))
-            .with_context(|| format!("pack {} as a tar archive", path.display()))?;
-        return Ok(Some(archive.into_inner()?));
+        return pack(&path).map(Some);
     }
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
@@ -98,6 +106,16 @@ fn artifact_bytes(function: &FunctionManifest, dir: &Path) -> anyhow::Result<Opt
         )
     })?;
     Ok(Some(bytes))
+}
+
+/// A directory as a reproducible tar archive (so unchanged trees are not uploaded again).
+fn pack(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.mode(tar::HeaderMode::Deterministic);
+    archive.follow_symlinks(false);
+    append_sorted(&mut archive, path, Path::new(""))
+        .with_context(|| format!("pack {} as a tar archive", path.display()))?;
+    Ok(archive.into_inner()?)
 }
 
 /// Appends a directory's entries in name order, so the same tree gives the same bytes.

@@ -46,6 +46,30 @@ fn a_guest_that_grows_past_its_memory_limit_is_a_502() {
 }
 
 #[test]
+fn a_guest_that_burns_all_its_fuel_is_a_502() {
+    let node = node_with_probe(json!({ "fuel": 200_000_000u64, "timeout": "60s" }));
+    let echo = node.post("/function/probe", b"fuelled");
+    assert_eq!(echo.status, 200, "enough fuel for a call: {}", echo.body);
+    let looping = node.get("/function/probe/loop");
+    assert_eq!(looping.status, 502, "{}", looping.body);
+    assert!(
+        looping
+            .error()
+            .contains("used all of its fuel (200000000 units)"),
+        "{}",
+        looping.body
+    );
+    let status = send(node.admin("GET", "/system/function/probe"), None).json();
+    assert_eq!(status["fuel"], 200_000_000u64, "{status}");
+    // The same component without fuel runs beside it, on the engine that
+    // does not count fuel.
+    let digest = status["image"].as_str().unwrap();
+    node.deploy_ok(json!({ "service": "plain", "kind": "wasm-http", "image": digest }));
+    assert_eq!(node.post("/function/plain", b"x").status, 200);
+    assert_eq!(node.post("/function/probe", b"x").status, 200);
+}
+
+#[test]
 fn looping_and_sleeping_guests_time_out_and_are_stopped() {
     let node = node_with_probe(json!({ "timeout": "500ms" }));
     for path in ["/function/probe/loop", "/function/probe/sleep?ms=5000"] {

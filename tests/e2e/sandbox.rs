@@ -176,6 +176,45 @@ fn a_process_without_network_cannot_reach_the_admin_api_or_anything_else() {
 }
 
 #[test]
+fn landlock_keeps_a_process_from_running_planted_code_or_reaching_host_sockets() {
+    use std::os::{
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixListener, UnixStream},
+    };
+    let node = node();
+    // An abstract UNIX socket belongs to the network namespace, which an
+    // outbound function shares with the host.
+    let name = format!("wisp-test-{}", std::process::id());
+    let address = SocketAddr::from_abstract_name(&name).unwrap();
+    let _listener = UnixListener::bind_addr(&address).unwrap();
+    UnixStream::connect_addr(&address).expect("the host reaches its own socket");
+    let script = format!(
+        r#"#!/bin/sh
+try() {{ if "$@" >/dev/null 2>&1; then echo "LEAKED: $*"; else echo "refused: $*"; fi; }}
+cp /usr/bin/true /tmp/planted && echo copied
+try /tmp/planted
+try touch /dev/planted
+try python3 -c "import socket; socket.socket(socket.AF_UNIX).connect('\0{name}')"
+"#
+    );
+    attacker(&node, "planter", &script, json!({ "network": "outbound" }));
+    let response = while_serving(&node, || attack(&node, "planter", b""));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.body.starts_with("copied\n"),
+        "/tmp is writable: {}",
+        response.body
+    );
+    assert!(!response.body.contains("LEAKED"), "{}", response.body);
+    assert_eq!(
+        response.body.matches("refused: ").count(),
+        3,
+        "{}",
+        response.body
+    );
+}
+
+#[test]
 fn a_fork_bomb_is_bounded_and_gone_at_the_deadline() {
     let node = node();
     attacker(
@@ -340,6 +379,70 @@ fn wasm_guests_have_no_files_and_reach_only_declared_hosts() {
     assert!(
         logs.contains(&format!("outbound request to {admin} denied")),
         "the attempt is in the function's log: {logs}"
+    );
+}
+
+#[test]
+fn a_wasm_guest_reads_its_declared_files_and_nothing_else() {
+    let node = node();
+    let project = tempfile::tempdir().unwrap();
+    let files = project.path().join("static");
+    std::fs::create_dir_all(files.join("docs")).unwrap();
+    std::fs::write(files.join("docs/hello.txt"), "hello from a file\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", files.join("passwd")).unwrap();
+    std::fs::copy(wisp_testing::HTTP_PROBE, project.path().join("probe.wasm")).unwrap();
+    let manifest = project.path().join("wisp.toml");
+    std::fs::write(
+        &manifest,
+        "[[function]]\nname = \"reader\"\nnamespace = \"attackers\"\nkind = \"wasm-http\"\n\
+         artifact = \"probe.wasm\"\nfiles = \"static\"\n",
+    )
+    .unwrap();
+    let deployed = node
+        .cli(WISP)
+        .args(["deploy", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(deployed.status.success(), "{deployed:?}");
+
+    let read = |path: &str| node.get(&format!("/function/reader.attackers/read?path={path}"));
+    let hello = read("/docs/hello.txt");
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (200, "hello from a file\n")
+    );
+    for outside in ["/passwd", "/../etc/passwd", "/etc/passwd"] {
+        let refused = while_serving(&node, || read(outside));
+        assert_eq!(refused.status, 403, "{outside}: {}", refused.body);
+    }
+    let write = while_serving(&node, || {
+        node.get("/function/reader.attackers/write?path=/docs/new.txt")
+    });
+    assert_eq!(write.status, 403, "{}", write.body);
+    assert_eq!(read("/docs/new.txt").status, 403, "nothing was written");
+
+    let described = send(
+        node.admin("GET", "/system/function/reader?namespace=attackers"),
+        None,
+    );
+    let digest = described.json()["files"].as_str().unwrap().to_owned();
+    let removed = node
+        .cli(WISP)
+        .args(["rm", "reader.attackers"])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    let redeployed = node
+        .cli(WISP)
+        .args(["deploy", "--no-build", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&redeployed.stderr);
+    assert!(
+        stderr.contains(&format!("artifact {digest} is already on the gateway")),
+        "the unchanged files are not uploaded again: {stderr}"
     );
 }
 

@@ -59,6 +59,14 @@ pub struct FunctionDeployment {
     /// What a process function may reach: `none` (the default) or `outbound`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// A wasm function's read-only files: the digest of a tar artifact the
+    /// guest sees as its filesystem, at `/`. No filesystem when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+    /// A wasm function's fuel per call (about one unit per instruction);
+    /// a call that burns it all is a 502. Unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
     /// How long a request over `maxConcurrency` waits for a slot before its 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<HumanDuration>,

@@ -61,6 +61,11 @@ pub struct FunctionManifest {
     pub allowed_outbound_hosts: Vec<String>,
     /// What a process function may reach: `none` (the default) or `outbound`.
     pub network: Option<Network>,
+    /// A wasm function's read-only files: a directory, uploaded as a tar
+    /// archive, that the guest sees at `/`.
+    pub files: Option<String>,
+    /// A wasm function's fuel per call.
+    pub fuel: Option<u64>,
     /// How long a request over `max_concurrency` waits for a slot.
     pub queue_timeout: Option<HumanDuration>,
     /// `process-http`: replicas kept running when idle.
@@ -125,8 +130,9 @@ impl Manifest {
 }
 
 impl FunctionManifest {
-    /// The API deployment for this function, given its uploaded artifact's digest.
-    pub fn deployment(&self, image: Option<String>) -> FunctionDeployment {
+    /// The API deployment for this function, given the digests of its
+    /// uploaded artifact and files.
+    pub fn deployment(&self, image: Option<String>, files: Option<String>) -> FunctionDeployment {
         FunctionDeployment {
             service: self.name.clone(),
             namespace: self.namespace.clone(),
@@ -144,6 +150,8 @@ impl FunctionManifest {
             max_body_size: self.max_body_size,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             network: self.network,
+            files,
+            fuel: self.fuel,
             queue_timeout: self.queue_timeout,
             min_scale: self.min_scale,
             max_scale: self.max_scale,
@@ -201,7 +209,7 @@ triggers = [{ cron = "*/5 * * * *" }]
         let function = &manifest.function[0];
         assert_eq!(function.kind, FunctionKind::WasmHttp);
         assert_eq!(function.memory, Some(ByteSize(128 << 20)));
-        let deployment = function.deployment(Some("sha256:00".into()));
+        let deployment = function.deployment(Some("sha256:00".into()), None);
         assert_eq!(deployment.env_vars["GREETING"], "hi");
         assert_eq!(deployment.max_concurrency, Some(100));
         assert_eq!(deployment.retries, Some(5));

@@ -231,6 +231,14 @@ pub enum SpecError {
         "`network` is for process functions; a {0} function reaches only its allowed_outbound_hosts"
     )]
     Network(FunctionKind),
+    /// `files` on a process function.
+    #[error(
+        "`files` is for wasm functions; a {0} function sees its own artifact's files (read-only)"
+    )]
+    Files(FunctionKind),
+    /// `fuel` on a process function, or none at all.
+    #[error("`fuel` is for wasm functions, at least 1; a {0} function is bounded by its timeout")]
+    Fuel(FunctionKind),
 }
 
 /// Checks the secrets a function names: DNS labels, each once, and none
@@ -301,6 +309,12 @@ pub struct FunctionSpec {
     /// What a process function may reach on the network.
     #[serde(default)]
     pub network: Network,
+    /// The tar artifact a wasm function sees, read-only, as its filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+    /// The fuel a wasm function's call may burn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
     /// How long a request over `max_concurrency` may wait for a slot before its 429.
     #[serde(default)]
     pub queue_timeout: HumanDuration,
@@ -458,6 +472,8 @@ impl FunctionSpec {
             max_body_size,
             allowed_outbound_hosts,
             network,
+            files,
+            fuel,
             queue_timeout,
             min_scale,
             max_scale,
@@ -477,13 +493,21 @@ impl FunctionSpec {
         validate_name(&namespace)?;
         let kind = kind.ok_or(SpecError::MissingKind)?;
         let artifact = image.filter(|image| !image.is_empty());
-        if let Some(digest) = &artifact {
+        if artifact.is_none() && kind.is_wasm() {
+            return Err(SpecError::MissingArtifact(kind));
+        }
+        let files = files.filter(|files| !files.is_empty());
+        if files.is_some() && !kind.is_wasm() {
+            return Err(SpecError::Files(kind));
+        }
+        if fuel.is_some_and(|fuel| fuel == 0 || !kind.is_wasm()) {
+            return Err(SpecError::Fuel(kind));
+        }
+        for digest in artifact.iter().chain(&files) {
             let hex = digest.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(SpecError::BadDigest(digest.clone()));
             }
-        } else if kind.is_wasm() {
-            return Err(SpecError::MissingArtifact(kind));
         }
         let command = env_process.filter(|command| !command.trim().is_empty());
         if kind.is_process() && command.is_none() {
@@ -617,6 +641,8 @@ impl FunctionSpec {
             annotations,
             allowed_outbound_hosts,
             network,
+            files,
+            fuel,
             queue_timeout,
             scale,
             asynchronous,
@@ -624,6 +650,11 @@ impl FunctionSpec {
             private: private.unwrap_or(false),
             secrets,
         })
+    }
+
+    /// The artifacts it uses: its code and, for wasm, its files.
+    pub fn artifacts(&self) -> impl Iterator<Item = &str> {
+        self.artifact.iter().chain(&self.files).map(String::as_str)
     }
 
     /// The spec as the API shows it, with the counters the node keeps.
@@ -649,6 +680,8 @@ impl FunctionSpec {
                 max_body_size: self.max_body_size,
                 allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
                 network: Some(self.network),
+                files: self.files.clone(),
+                fuel: self.fuel,
                 queue_timeout: Some(self.queue_timeout),
                 min_scale: scale.map(|scale| scale.min),
                 max_scale: scale.map(|scale| scale.max),
@@ -756,6 +789,34 @@ mod tests {
                     ..deployment(FunctionKind::WasmHttp)
                 },
                 "sha256",
+            ),
+            (
+                FunctionDeployment {
+                    files: Some("static".into()),
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "sha256",
+            ),
+            (
+                FunctionDeployment {
+                    files: Some(format!("sha256:{}", "cd".repeat(32))),
+                    ..deployment(FunctionKind::Process)
+                },
+                "`files` is for wasm functions",
+            ),
+            (
+                FunctionDeployment {
+                    fuel: Some(1_000_000),
+                    ..deployment(FunctionKind::ProcessHttp)
+                },
+                "`fuel` is for wasm functions",
+            ),
+            (
+                FunctionDeployment {
+                    fuel: Some(0),
+                    ..deployment(FunctionKind::WasmStdio)
+                },
+                "at least 1",
             ),
             (
                 FunctionDeployment {

@@ -7,9 +7,10 @@
 //! Around that: rlimits on address space, CPU seconds, processes and open
 //! files; a seccomp filter (compiled here with `seccompiler`, handed to
 //! bubblewrap on a pipe) that refuses the syscalls a function has no business
-//! making; and, when the node runs as root, an unprivileged uid of its own per
-//! process in flight, so that the process limit counts one call's processes
-//! and no sandbox can signal or read another.
+//! making; and, inside, `wisp-jail` (see that crate), which drops to an
+//! unprivileged uid of its own per process in flight when the node runs as
+//! root (so the process limit counts one call's processes and no sandbox can
+//! signal or read another) and applies Landlock before it runs the function.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -25,16 +26,13 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use wisp_core::spec::Network;
+use wisp_jail::{Bind, Entry, JAIL_PATH};
 
 /// The first uid a sandboxed process may run as, when the node is root.
 pub const FIRST_UID: u32 = 300_000;
 /// How many uids sandboxes take turns with: the most processes in flight at once.
 pub const UIDS: u32 = 65_536;
-/// Where a sandboxed function finds its own files (read-only), its working
-/// directory and `$HOME`.
-pub const FUNCTION_DIR: &str = "/function";
-/// Where a function finds its secrets, one file each (as in OpenFaaS).
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub use wisp_jail::{FUNCTION_DIR, SECRETS_DIR};
 /// The size of a sandbox's private `/tmp`.
 pub const TMP_SIZE: u64 = 64 << 20;
 /// The most processes (and threads) one call may have at once, when the node is root.
@@ -52,12 +50,18 @@ const FILTER_FDS: [i32; 2] = [3, 4];
 /// Why the sandbox cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// bubblewrap (or, for a root node, util-linux's setpriv) is not installed.
+    /// bubblewrap is not installed.
     #[error(
-        "process functions run in a sandbox that needs the {0} package (apt install {0}), \
-         or start the node with --no-sandbox"
+        "process functions run in a sandbox that needs the bubblewrap package (apt install \
+         bubblewrap), or start the node with --no-sandbox"
     )]
-    Missing(&'static str),
+    NoBubblewrap,
+    /// `wisp-jail` is not installed beside the node's binary.
+    #[error(
+        "process functions enter their sandbox through {0}, which is missing: install wisp \
+         with both its programs, or start the node with --no-sandbox"
+    )]
+    NoJail(PathBuf),
     /// bubblewrap is there but cannot make a sandbox here (user namespaces off, ...).
     #[error("bubblewrap cannot create a sandbox on this machine: {0}")]
     Unusable(String),
@@ -66,45 +70,47 @@ pub enum SandboxError {
     Filter(String),
 }
 
-/// What the node's sandboxes share: where bubblewrap is, the compiled
-/// seccomp programs, and the uids they take turns with.
+/// What the node's sandboxes share: where bubblewrap and `wisp-jail` are,
+/// the compiled seccomp programs, and the uids they take turns with.
 #[derive(Debug)]
 pub struct Sandbox {
     bwrap: PathBuf,
+    jail: PathBuf,
     /// The seccomp program every sandbox gets: `clone3` is not there.
     clone3: Vec<u8>,
     /// The seccomp program for functions without a network.
     isolated: Vec<u8>,
     /// The seccomp program for functions with outbound network: no listening sockets either.
     outbound: Vec<u8>,
-    /// When the node is root: how a sandbox drops to its uid, and the
-    /// unprivileged uids sandboxes take turns with.
-    drop_to: Option<(PathBuf, Mutex<VecDeque<u32>>)>,
+    /// When the node is root: the unprivileged uids sandboxes take turns with.
+    uids: Option<Mutex<VecDeque<u32>>>,
 }
 
 impl Sandbox {
-    /// Finds bubblewrap and checks that it can make a sandbox here.
+    /// Finds bubblewrap, and `wisp-jail` beside the running program, and
+    /// checks that they can make a sandbox here.
     pub fn new() -> Result<Arc<Self>, SandboxError> {
-        let find = |name: &str| {
-            ["/usr/bin", "/usr/local/bin", "/bin"]
-                .into_iter()
-                .map(|dir| Path::new(dir).join(name))
-                .find(|path| path.is_file())
-        };
-        let bwrap = find("bwrap").ok_or(SandboxError::Missing("bubblewrap"))?;
+        let bwrap = ["/usr/bin", "/usr/local/bin", "/bin"]
+            .into_iter()
+            .map(|dir| Path::new(dir).join("bwrap"))
+            .find(|path| path.is_file())
+            .ok_or(SandboxError::NoBubblewrap)?;
+        let jail = std::env::current_exe()
+            .map_err(|error| SandboxError::Unusable(format!("find the running program: {error}")))?
+            .with_file_name("wisp-jail");
+        if !jail.is_file() {
+            return Err(SandboxError::NoJail(jail));
+        }
         // SAFETY: geteuid(2) has no preconditions.
-        let drop_to = if unsafe { libc::geteuid() } == 0 {
-            let setpriv = find("setpriv").ok_or(SandboxError::Missing("util-linux"))?;
-            Some((setpriv, Mutex::new((FIRST_UID..FIRST_UID + UIDS).collect())))
-        } else {
-            None
-        };
+        let uids = (unsafe { libc::geteuid() } == 0)
+            .then(|| Mutex::new((FIRST_UID..FIRST_UID + UIDS).collect()));
         let sandbox = Arc::new(Self {
             bwrap,
+            jail,
             clone3: clone3_filter()?,
             isolated: filter(false)?,
             outbound: filter(true)?,
-            drop_to,
+            uids,
         });
         sandbox.check()?;
         Ok(sandbox)
@@ -140,7 +146,7 @@ impl Sandbox {
     }
 
     fn lease(self: &Arc<Self>) -> std::io::Result<Option<Lease>> {
-        let Some((_, uids)) = &self.drop_to else {
+        let Some(uids) = &self.uids else {
             return Ok(None);
         };
         let uid = uids.lock().expect("uids").pop_front().ok_or_else(|| {
@@ -163,7 +169,7 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((_, uids)) = &self.sandbox.drop_to {
+        if let Some(uids) = &self.sandbox.uids {
             uids.lock().expect("uids").push_back(self.uid);
         }
     }
@@ -227,11 +233,13 @@ impl Jail {
             .args(["--perms", "1777", "--size", &TMP_SIZE.to_string()])
             .args(["--tmpfs", "/tmp", "--ro-bind"])
             .arg(dir)
-            .args([FUNCTION_DIR, "--chdir", FUNCTION_DIR]);
-        if let Some(secrets) = &self.secrets {
+            .args([FUNCTION_DIR, "--chdir", FUNCTION_DIR])
             // bubblewrap would make `/run` 0700, out of the function's reach.
-            command.args(["--perms", "0755", "--dir", "/run", "--ro-bind"]);
-            command.arg(secrets).arg(SECRETS_DIR);
+            .args(["--perms", "0755", "--dir", "/run", "--ro-bind"])
+            .arg(&self.sandbox.jail)
+            .arg(JAIL_PATH);
+        if let Some(secrets) = &self.secrets {
+            command.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
         }
         if self.serves || self.network == Network::Outbound {
             for file in [
@@ -247,16 +255,20 @@ impl Jail {
         for fd in FILTER_FDS {
             command.args(["--add-seccomp-fd", &fd.to_string()]);
         }
-        command.arg("--").current_dir("/");
-        if let (Some((setpriv, _)), Some(lease)) = (&self.sandbox.drop_to, &lease) {
-            // bubblewrap runs as root (so it can bind any path); the function
-            // runs as the leased uid, with every capability gone.
-            let uid = lease.uid.to_string();
-            command
-                .arg(setpriv)
-                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
-                .args(["--bounding-set=-all", "--inh-caps=-all", "--"]);
-        }
+        // When the node is root, bubblewrap runs as root (so it can bind any
+        // path) and `wisp-jail` drops to the leased uid.
+        let entry = Entry {
+            uid: lease.as_ref().map(|lease| lease.uid),
+            bind: match (self.serves, self.network) {
+                (true, _) => Bind::PortEnv,
+                (false, Network::Outbound) => Bind::None,
+                (false, Network::None) => Bind::Any,
+            },
+        };
+        command
+            .args(["--", JAIL_PATH])
+            .args(entry.args())
+            .current_dir("/");
         match program.strip_prefix(dir) {
             Ok(own) => command.arg(Path::new(FUNCTION_DIR).join(own)),
             Err(_) => command.arg(program),

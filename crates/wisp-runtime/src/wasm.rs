@@ -1,4 +1,5 @@
-//! WebAssembly components on wasmtime: one engine with the pooling allocator,
+//! WebAssembly components on wasmtime: one engine with the pooling allocator
+//! (and a second one, counting fuel, for functions with a fuel limit),
 //! components compiled once per artifact digest and engine version and cached
 //! on disk, and a fresh instance per request from an `InstancePre`.
 //!
@@ -10,7 +11,9 @@
 //! epoch deadlines: a ticker thread advances the epoch every [`EPOCH_TICK`],
 //! and on each tick a running guest yields to its executor (so looping guests
 //! share the guest threads fairly) and traps once its deadline has passed.
-//! Memory is bounded per store by a [`ResourceLimiter`].
+//! Memory is bounded per store by a [`ResourceLimiter`]. A guest sees only
+//! the environment its function declares and, if it declares files, their
+//! directory read-only.
 
 use std::{
     collections::HashMap,
@@ -32,7 +35,7 @@ use wasmtime::{
     component::{Component, Linker, ResourceTable},
 };
 use wasmtime_wasi::{
-    I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
     p2::{
         bindings::CommandPre,
         pipe::{MemoryInputPipe, MemoryOutputPipe},
@@ -77,10 +80,32 @@ pub struct WasmLimits {
     pub memory: u64,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// A directory the guest sees, read-only, at `/`; no filesystem when absent.
+    pub files: Option<PathBuf>,
+    /// Units of fuel (about one per WebAssembly instruction) a call may
+    /// burn; unbounded when absent. The component must have been loaded
+    /// [metered](WasmEngine::load).
+    pub fuel: Option<u64>,
     /// Outbound HTTP destinations the guest may call.
     pub allowed_outbound_hosts: Vec<String>,
     /// Where the guest's output lines go.
     pub output: Output,
+}
+
+impl WasmLimits {
+    /// A guest's WASI context as the function declares it: its environment
+    /// and, if it has files, their directory read-only at `/`.
+    fn wasi(&self) -> Result<WasiCtxBuilder, InvokeError> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.envs(&self.env);
+        if let Some(files) = &self.files {
+            wasi.preopened_dir(files, "/", FsPerms::ReadOnly)
+                .map_err(|error| {
+                    InvokeError::Internal(format!("open {}: {error}", files.display()))
+                })?;
+        }
+        Ok(wasi)
+    }
 }
 
 /// Compile-cache counters.
@@ -133,21 +158,53 @@ impl Drop for GuestRuntime {
     }
 }
 
-/// The one wasmtime engine of a node.
-pub struct WasmEngine {
+/// A wasmtime engine and what is tied to it: the linker, the compile cache
+/// and the components compiled for it.
+struct Flavour {
     engine: Engine,
-    guests: GuestRuntime,
     linker: Linker<GuestState>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Component>>,
+}
+
+impl Flavour {
+    /// An engine for `wasm`'s settings, its precompiled components cached
+    /// under `cache_dir`, in a directory named after its compatibility hash.
+    fn new(wasm: &wasmtime::Config, cache_dir: &Path) -> Result<Self, PrepareError> {
+        let internal =
+            |error: wasmtime::Error| PrepareError::Internal(format!("wasm engine: {error}"));
+        let engine = Engine::new(wasm).map_err(internal)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(internal)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_dir = cache_dir.join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&cache_dir).map_err(|error| {
+            PrepareError::Internal(format!("create {}: {error}", cache_dir.display()))
+        })?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            loaded: Mutex::default(),
+        })
+    }
+}
+
+/// The wasmtime engines of a node: one for most functions, and one that
+/// counts fuel for those with a fuel limit (counting slows every guest down,
+/// so only they pay for it).
+pub struct WasmEngine {
+    plain: Flavour,
+    metered: Flavour,
+    guests: GuestRuntime,
     stats: CacheStats,
 }
 
 impl WasmEngine {
-    /// Creates the engine and starts its epoch ticker.
+    /// Creates the engines and starts their epoch ticker.
     pub fn new(config: &WasmConfig) -> Result<Self, PrepareError> {
-        let internal =
-            |error: wasmtime::Error| PrepareError::Internal(format!("wasm engine: {error}"));
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             // A Rust or C component has a few core instances, memories and tables.
@@ -163,42 +220,44 @@ impl WasmEngine {
             // per instance) measured slower than faulting their few pages in.
             .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
         let mut wasm = wasmtime::Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(internal)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(internal)?;
+        wasm.wasm_component_model(true).epoch_interruption(true);
+        // Fuel-limited functions are the exception: their instances are
+        // allocated on demand rather than from a second pool.
+        let metered = Flavour::new(
+            wasm.clone().consume_fuel(true),
+            &config.cache_dir.join("fuel"),
+        )?;
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let plain = Flavour::new(&wasm, &config.cache_dir)?;
 
-        let ticker = engine.weak();
+        let tickers = [plain.engine.weak(), metered.engine.weak()];
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
+                while let Some(engines) = tickers
+                    .iter()
+                    .map(|engine| engine.upgrade())
+                    .collect::<Option<Vec<_>>>()
+                {
+                    engines.iter().for_each(Engine::increment_epoch);
+                    drop(engines);
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
             .map_err(|error| PrepareError::Internal(format!("epoch ticker: {error}")))?;
 
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let cache_dir = config.cache_dir.join(format!("{:016x}", hasher.finish()));
-        std::fs::create_dir_all(&cache_dir).map_err(|error| {
-            PrepareError::Internal(format!("create {}: {error}", cache_dir.display()))
-        })?;
         let guests = GuestRuntime::new()
             .map_err(|error| PrepareError::Internal(format!("guest runtime: {error}")))?;
         Ok(Self {
-            engine,
+            plain,
+            metered,
             guests,
-            linker,
-            cache_dir,
-            loaded: Mutex::default(),
             stats: CacheStats::default(),
         })
+    }
+
+    fn flavour(&self, metered: bool) -> &Flavour {
+        if metered { &self.metered } else { &self.plain }
     }
 
     /// Compile-cache counters.
@@ -206,18 +265,25 @@ impl WasmEngine {
         &self.stats
     }
 
-    /// Loads a component by digest: from memory, from the disk cache, or by
-    /// compiling `wasm` (then cached). Blocking: compilation takes a while.
-    pub fn load(&self, digest: &str, wasm: &Path) -> Result<Component, PrepareError> {
-        if let Some(component) = self.loaded.lock().expect("component map").get(digest) {
+    /// Loads a component by digest, `metered` to count fuel: from memory,
+    /// from the disk cache, or by compiling `wasm` (then cached). Blocking:
+    /// compilation takes a while.
+    pub fn load(
+        &self,
+        digest: &str,
+        wasm: &Path,
+        metered: bool,
+    ) -> Result<Component, PrepareError> {
+        let flavour = self.flavour(metered);
+        if let Some(component) = flavour.loaded.lock().expect("component map").get(digest) {
             return Ok(component.clone());
         }
         let hex = digest.trim_start_matches("sha256:");
-        let cached = self.cache_dir.join(format!("{hex}.cwasm"));
+        let cached = flavour.cache_dir.join(format!("{hex}.cwasm"));
         // SAFETY: the file was written by `Component::serialize` of an engine
         // with the same compatibility hash (it is in the directory name), into
         // a directory only this node writes, and renamed into place whole.
-        let component = match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+        let component = match unsafe { Component::deserialize_file(&flavour.engine, &cached) } {
             Ok(component) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 component
@@ -227,7 +293,7 @@ impl WasmEngine {
                     PrepareError::Internal(format!("read {}: {error}", wasm.display()))
                 })?;
                 check_is_component(&bytes)?;
-                let component = Component::new(&self.engine, &bytes).map_err(|error| {
+                let component = Component::new(&flavour.engine, &bytes).map_err(|error| {
                     PrepareError::InvalidArtifact(format!(
                         "the component does not compile: {}",
                         chain(&error)
@@ -238,7 +304,8 @@ impl WasmEngine {
                 component
             }
         };
-        self.loaded
+        flavour
+            .loaded
             .lock()
             .expect("component map")
             .insert(digest.to_owned(), component.clone());
@@ -247,7 +314,9 @@ impl WasmEngine {
 
     /// Forgets the in-memory copy of a component no function uses any more.
     pub fn unload(&self, digest: &str) {
-        self.loaded.lock().expect("component map").remove(digest);
+        for flavour in [&self.plain, &self.metered] {
+            flavour.loaded.lock().expect("component map").remove(digest);
+        }
     }
 
     /// Caching is an optimisation: a failure is logged, not returned.
@@ -272,7 +341,7 @@ impl WasmEngine {
         component: &Component,
         limits: WasmLimits,
     ) -> Result<HttpFunction, PrepareError> {
-        let pre = self.instantiate_pre(component)?;
+        let pre = self.instantiate_pre(component, &limits)?;
         let pre = ProxyPre::new(pre).map_err(|_| {
             PrepareError::InvalidArtifact(
                 "the component does not export wasi:http/incoming-handler@0.2 (a wasm-http function \
@@ -293,7 +362,7 @@ impl WasmEngine {
         component: &Component,
         limits: WasmLimits,
     ) -> Result<StdioFunction, PrepareError> {
-        let pre = self.instantiate_pre(component)?;
+        let pre = self.instantiate_pre(component, &limits)?;
         let pre = CommandPre::new(pre).map_err(|_| {
             PrepareError::InvalidArtifact(
                 "the component does not export wasi:cli/run@0.2 (a wasm-stdio function needs the \
@@ -311,8 +380,15 @@ impl WasmEngine {
     fn instantiate_pre(
         &self,
         component: &Component,
+        limits: &WasmLimits,
     ) -> Result<wasmtime::component::InstancePre<GuestState>, PrepareError> {
-        self.linker.instantiate_pre(component).map_err(|error| {
+        let flavour = self.flavour(limits.fuel.is_some());
+        if !Engine::same(component.engine(), &flavour.engine) {
+            return Err(PrepareError::Internal(
+                "the component was loaded for the other engine (metered or not)".into(),
+            ));
+        }
+        flavour.linker.instantiate_pre(component).map_err(|error| {
             PrepareError::InvalidArtifact(format!(
                 "the component needs imports wisp does not provide: {}",
                 chain(&error)
@@ -529,6 +605,11 @@ fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    if let Some(fuel) = limits.fuel {
+        store
+            .set_fuel(fuel)
+            .expect("a function with fuel runs on the metered engine");
+    }
     store.set_epoch_deadline(1);
     // The first tick can come a moment after the guest started: only a guest
     // still running at the second has used a whole slice and yields (and moves).
@@ -641,6 +722,11 @@ fn failure(
     if memory_denied {
         return InvokeError::OutOfMemory(limits.memory);
     }
+    if let Some(fuel) = limits.fuel
+        && error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel)
+    {
+        return InvokeError::Failed(format!("the guest used all of its fuel ({fuel} units)"));
+    }
     let message = chain(&error);
     if message.contains("maximum concurrent") || message.contains("pooling allocator") {
         return InvokeError::Busy(message);
@@ -667,10 +753,11 @@ impl HttpFunction {
         let started = tokio::time::Instant::now();
         let stdout = MemoryOutputPipe::new(MAX_STDERR);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
-        let wasi = WasiCtxBuilder::new()
+        let wasi = self
+            .limits
+            .wasi()?
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .envs(&self.limits.env)
             .build();
         let sliced = Arc::new(AtomicBool::new(false));
         let mut store = new_store(
@@ -778,13 +865,13 @@ impl StdioFunction {
         let started = tokio::time::Instant::now();
         let stdout = MemoryOutputPipe::new(MAX_STDOUT);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
-        let mut env = self.limits.env.clone();
-        env.extend(watchdog_env(&invocation));
-        let wasi = WasiCtxBuilder::new()
+        let wasi = self
+            .limits
+            .wasi()?
+            .envs(&watchdog_env(&invocation))
             .stdin(MemoryInputPipe::new(invocation.body.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .envs(&env)
             .arg(&self.limits.name)
             .build();
         let sliced = Arc::new(AtomicBool::new(false));

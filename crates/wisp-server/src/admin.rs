@@ -219,14 +219,14 @@ pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Execu
     Ok(executor)
 }
 
-/// Removes the artifact of a refused deploy, unless another function uses it.
+/// Removes the artifacts of a refused deploy, unless another function uses them.
 fn refuse_artifact(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
-    if let Some(digest) = &spec.artifact
-        && !node.store.artifact_in_use(digest)?
-    {
-        node.engine.unload(digest);
-        if let Err(cleanup) = node.store.delete_artifact(digest) {
-            tracing::warn!("could not remove refused artifact {digest}: {cleanup}");
+    for digest in spec.artifacts() {
+        if !node.store.artifact_in_use(digest)? {
+            node.engine.unload(digest);
+            if let Err(cleanup) = node.store.delete_artifact(digest) {
+                tracing::warn!("could not remove refused artifact {digest}: {cleanup}");
+            }
         }
     }
     Ok(())

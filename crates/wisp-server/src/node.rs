@@ -312,11 +312,19 @@ impl Node {
         }
         let digest = spec.artifact.as_deref().unwrap_or_default();
         let path = self.store.artifact_path(digest).map_err(store_error)?;
-        let component = self.engine.load(digest, &path)?;
+        let component = self.engine.load(digest, &path, spec.fuel.is_some())?;
+        let files = spec
+            .files
+            .as_deref()
+            .map(|digest| self.store.artifact_tree(digest))
+            .transpose()
+            .map_err(store_error)?;
         let limits = WasmLimits {
             name: spec.name.clone(),
             memory: spec.memory.0,
             env,
+            files,
+            fuel: spec.fuel,
             allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
             output: self.output(spec),
         };

@@ -319,7 +319,8 @@ impl Store {
         )?;
         let mut statement = db.prepare(
             "SELECT DISTINCT artifacts.digest, artifacts.size FROM functions
-             JOIN artifacts ON artifacts.digest = json_extract(functions.spec, '$.artifact')
+             JOIN artifacts ON artifacts.digest
+                 IN (json_extract(functions.spec, '$.artifact'), json_extract(functions.spec, '$.files'))
              WHERE functions.namespace = ?1 AND functions.name != ?2",
         )?;
         let artifacts = statement
@@ -490,10 +491,11 @@ impl Store {
         )? > 0)
     }
 
-    /// Whether any function's spec names this artifact.
+    /// Whether any function's spec names this artifact, as its code or its files.
     pub fn artifact_in_use(&self, digest: &str) -> Result<bool, StoreError> {
         Ok(self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM functions WHERE json_extract(spec, '$.artifact') = ?1)",
+            "SELECT EXISTS (SELECT 1 FROM functions
+             WHERE ?1 IN (json_extract(spec, '$.artifact'), json_extract(spec, '$.files')))",
             params![digest],
             |row| row.get(0),
         )?)

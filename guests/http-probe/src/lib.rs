@@ -1,7 +1,8 @@
 //! A `wasi:http` test guest whose behaviour is chosen by the request path:
 //! `/` echoes the request, and the other paths misbehave on purpose so the
 //! host's limits can be tested (`/trap`, `/loop`, `/sleep?ms=`, `/grow?mib=`,
-//! `/status?code=`, `/big?bytes=`, `/env`, `/read?path=` to open a file,
+//! `/status?code=`, `/big?bytes=`, `/env`, `/read?path=` to read a file,
+//! `/write?path=` to create one,
 //! `/spew?mib=` to flood STDOUT). With `PROBE_UPSTREAM` set to an
 //! `http://` URL, `/` instead calls that URL and answers with its answer, so
 //! chains of functions can be built.
@@ -52,6 +53,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),
             "/read" => match std::fs::read(text("path")) {
                 Ok(bytes) => respond(response_out, 200, &bytes),
+                Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
+            },
+            "/write" => match std::fs::write(text("path"), b"written by the guest\n") {
+                Ok(()) => respond(response_out, 200, b"written\n"),
                 Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
             },
             "/spew" => {

@@ -225,10 +225,10 @@ fn now() -> i64 {
 pub(crate) fn usage_with(store: &Store, spec: &FunctionSpec) -> Result<NamespaceUsage, StoreError> {
     let mut contents = store.namespace_contents(&spec.namespace, Some(&spec.name))?;
     contents.functions += 1;
-    if let Some(digest) = &spec.artifact
-        && let Some(artifact) = store.artifact(digest)?
-    {
-        contents.artifacts.insert(artifact.digest, artifact.size);
+    for digest in spec.artifacts() {
+        if let Some(artifact) = store.artifact(digest)? {
+            contents.artifacts.insert(artifact.digest, artifact.size);
+        }
     }
     Ok(contents.usage())
 }

@@ -1,0 +1,306 @@
+//! The last step into a process sandbox. bubblewrap builds the sandbox's
+//! namespaces and its view of the filesystem, then runs `wisp-jail`, which:
+//!
+//! 1. when the node is root, drops to the uid leased for this process, with
+//!    no groups and no capabilities, not even in the bounding set;
+//! 2. applies Landlock where the kernel has it: the function may read and
+//!    execute only what its view shows (`/usr`, its own files, its secrets,
+//!    `/proc`, the bound `/etc` files), write only to `/tmp` (and execute
+//!    nothing from it) and existing devices, create nothing in `/dev`, bind
+//!    only the TCP port it was
+//!    given (if it shares the host's network), and neither connect to
+//!    abstract UNIX sockets nor signal processes outside its sandbox;
+//! 3. executes the function's program.
+//!
+//! It is a program of its own because Landlock forbids mounting: it can only
+//! be applied once bubblewrap has finished building the view.
+
+use std::{ffi::OsString, os::unix::process::CommandExt as _};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, Scope, path_beneath_rules,
+};
+
+/// Where a sandboxed function finds its own files (read-only), its working
+/// directory and `$HOME`.
+pub const FUNCTION_DIR: &str = "/function";
+/// Where a function finds its secrets, one file each (as in OpenFaaS).
+pub const SECRETS_DIR: &str = "/run/secrets";
+/// Where the sandbox finds this program.
+pub const JAIL_PATH: &str = "/run/wisp-jail";
+/// The Landlock ABI whose rights this program asks for (Linux 6.12): older
+/// kernels enforce what they know of them.
+const ABI: ABI = ABI::V6;
+
+/// What `wisp-jail` could not do; the function's process then does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The command line is not one the node writes.
+    #[error("usage: wisp-jail [--uid UID] [--bind any|none|port-env] -- PROGRAM [ARG...]: {0}")]
+    Usage(String),
+    /// Dropping to the leased uid failed.
+    #[error("drop to uid {uid}: {error}")]
+    Drop {
+        /// The uid.
+        uid: u32,
+        /// The failed call.
+        error: std::io::Error,
+    },
+    /// A Landlock ruleset could not be built or enforced.
+    #[error("landlock: {0}")]
+    Landlock(#[from] RulesetError),
+    /// The program could not be executed.
+    #[error("execute {program}: {error}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// Which TCP ports the function may bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Any: it has a network namespace of its own, which nothing outside reaches.
+    Any,
+    /// None: it shares the host's network, outbound only.
+    None,
+    /// Only `$PORT`: it shares the host's network to serve on that port.
+    PortEnv,
+}
+
+impl Bind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::None => "none",
+            Self::PortEnv => "port-env",
+        }
+    }
+}
+
+/// How `wisp-jail` confines one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The uid (and gid) to run as, when the node is root.
+    pub uid: Option<u32>,
+    /// The TCP ports it may bind.
+    pub bind: Bind,
+}
+
+impl Entry {
+    /// The arguments that ask `wisp-jail` for this entry, up to and including `--`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(uid) = self.uid {
+            args.extend(["--uid".to_owned(), uid.to_string()]);
+        }
+        args.extend(["--bind".to_owned(), self.bind.as_str().to_owned()]);
+        args.push("--".to_owned());
+        args
+    }
+
+    /// Parses what [`Entry::args`] wrote, followed by the program and its arguments.
+    pub fn parse(
+        mut args: impl Iterator<Item = OsString>,
+    ) -> Result<(Self, Vec<OsString>), JailError> {
+        let usage = |why: &str| JailError::Usage(why.to_owned());
+        let mut entry = Self {
+            uid: None,
+            bind: Bind::Any,
+        };
+        loop {
+            let arg = args.next().ok_or_else(|| usage("no `--`"))?;
+            let mut value = || {
+                args.next()
+                    .and_then(|value| value.into_string().ok())
+                    .ok_or_else(|| usage("a flag without its value"))
+            };
+            match arg.to_str() {
+                Some("--") => break,
+                Some("--uid") => {
+                    entry.uid = Some(value()?.parse().map_err(|_| usage("a bad uid"))?);
+                }
+                Some("--bind") => {
+                    entry.bind = match value()?.as_str() {
+                        "any" => Bind::Any,
+                        "none" => Bind::None,
+                        "port-env" => Bind::PortEnv,
+                        _ => return Err(usage("a bad --bind")),
+                    };
+                }
+                _ => return Err(usage(&format!("unknown argument {arg:?}"))),
+            }
+        }
+        let program: Vec<OsString> = args.collect();
+        if program.is_empty() {
+            return Err(usage("no program"));
+        }
+        Ok((entry, program))
+    }
+
+    /// Confines this process and executes `program`; returns only on failure.
+    pub fn enter(&self, program: &[OsString]) -> JailError {
+        if let Some(uid) = self.uid
+            && let Err(error) = drop_to(uid)
+        {
+            return JailError::Drop { uid, error };
+        }
+        if let Err(error) = self.landlock() {
+            return error;
+        }
+        let error = std::process::Command::new(&program[0])
+            .args(&program[1..])
+            .exec();
+        JailError::Exec {
+            program: program[0].to_string_lossy().into_owned(),
+            error,
+        }
+    }
+
+    /// Applies the Landlock rules, as far as the kernel knows them.
+    fn landlock(&self) -> Result<(), JailError> {
+        let read = AccessFs::from_read(ABI);
+        let device = read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
+        let mut ruleset = Ruleset::default()
+            .handle_access(AccessFs::from_all(ABI))?
+            .scope(Scope::from_all(ABI))?;
+        if self.bind != Bind::Any {
+            ruleset = ruleset.handle_access(AccessNet::BindTcp)?;
+        }
+        let mut ruleset = ruleset
+            .create()?
+            .add_rules(path_beneath_rules(
+                [
+                    "/usr",
+                    "/bin",
+                    "/sbin",
+                    "/lib",
+                    "/lib64",
+                    "/etc",
+                    "/proc",
+                    FUNCTION_DIR,
+                    SECRETS_DIR,
+                ],
+                read,
+            ))?
+            .add_rules(path_beneath_rules(["/dev"], device))?
+            .add_rules(path_beneath_rules(
+                ["/tmp"],
+                AccessFs::from_all(ABI) & !AccessFs::Execute,
+            ))?;
+        if self.bind == Bind::PortEnv
+            && let Some(port) = std::env::var("PORT")
+                .ok()
+                .and_then(|port| port.parse::<u16>().ok())
+        {
+            ruleset = ruleset.add_rule(NetPort::new(port, AccessNet::BindTcp))?;
+        }
+        ruleset.restrict_self()?;
+        Ok(())
+    }
+}
+
+/// Becomes `uid` (and gid `uid`) with no supplementary groups and no
+/// capabilities left in any set.
+fn drop_to(uid: u32) -> std::io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on integers, and a pointer that setgroups(2)
+    // never reads with a count of 0.
+    unsafe {
+        // The bounding set needs CAP_SETPCAP, so it goes while this is root;
+        // the loop ends at the first capability the kernel does not know.
+        let mut cap = 0;
+        while libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 {
+            cap += 1;
+        }
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(uid, uid, uid))?;
+        // Leaving uid 0 clears the permitted, effective and ambient sets.
+        check(libc::setresuid(uid, uid, uid))?;
+    }
+    clear_inheritable()
+}
+
+/// Empties the inheritable capability set, which changing uid leaves alone.
+fn clear_inheritable() -> std::io::Result<()> {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let empty = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset(2) reads a valid header and two data structs, as
+    // version 3 asks; lowering every set is always allowed.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, empty.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_their_arguments() {
+        for entry in [
+            Entry {
+                uid: Some(300_001),
+                bind: Bind::PortEnv,
+            },
+            Entry {
+                uid: None,
+                bind: Bind::None,
+            },
+        ] {
+            let args = entry
+                .args()
+                .into_iter()
+                .chain(["/function/run.sh".to_owned(), "--flag".to_owned()])
+                .map(OsString::from);
+            let (parsed, program) = Entry::parse(args).unwrap();
+            assert_eq!(parsed, entry);
+            assert_eq!(program, ["/function/run.sh", "--flag"]);
+        }
+    }
+
+    #[test]
+    fn a_bad_command_line_is_refused() {
+        for args in [
+            &["--uid", "root", "--", "x"][..],
+            &["--bind", "all", "--", "x"],
+            &["--uid", "1"],
+            &["--", ""][..1],
+            &["--mystery", "--", "x"],
+        ] {
+            let parsed = Entry::parse(args.iter().map(OsString::from));
+            assert!(matches!(parsed, Err(JailError::Usage(_))), "{args:?}");
+        }
+    }
+}
