@@ -192,30 +192,27 @@ impl TraceParent {
         })
     }
 
-    /// The header value.
-    pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            self.flags
-        )
+    /// The header value. Written into a buffer rather than formatted: every
+    /// call writes one.
+    pub fn header(&self) -> [u8; 55] {
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let hex = |bytes: &[u8], into: &mut [u8]| {
+            hex::encode_to_slice(bytes, into).expect("the buffer fits");
+        };
+        hex(&self.trace_id, &mut value[3..35]);
+        hex(&self.parent_id, &mut value[36..52]);
+        hex(&[self.flags], &mut value[53..55]);
+        value
     }
-}
-
-/// Lowercase hex digits of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    // The specification allows lowercase digits only.
+    if !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut bytes = [0u8; N];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut bytes).ok()?;
     Some(bytes)
 }
 
@@ -228,7 +225,7 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(value).unwrap();
         assert_eq!(parsed.flags, 1);
-        assert_eq!(parsed.header(), value);
+        assert_eq!(parsed.header(), value.as_bytes());
     }
 
     #[test]

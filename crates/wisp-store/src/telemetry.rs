@@ -8,6 +8,14 @@
 //! Records and lines are bounded per function: once a function has more than
 //! its retention, its oldest are deleted. Usage totals are kept whole: they
 //! are what a bill is made of. Times are milliseconds since the Unix epoch.
+//!
+//! A record is written on every call, so its row is kept lean: trace and
+//! span ids are stored as bytes, and the function, call and trace lookups go
+//! through integer keys (hashes of the names and the call id, the low half of
+//! the trace id) whose index entries are a fraction of the size of the
+//! strings they stand for. A call log
+//! written by an earlier format is dropped when the node opens it (usage
+//! totals are kept).
 
 use std::{
     collections::HashMap,
@@ -22,21 +30,25 @@ use crate::StoreError;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS logs (
-    id        INTEGER PRIMARY KEY,
-    time      INTEGER NOT NULL,
+    id           INTEGER PRIMARY KEY,
+    function_key INTEGER NOT NULL,
+    time         INTEGER NOT NULL,
     namespace TEXT NOT NULL,
     function  TEXT NOT NULL,
     call_id   TEXT,
     stream    TEXT NOT NULL,
     message   TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS logs_by_function ON logs (namespace, function, id);
+CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function_key, id);
 CREATE TABLE IF NOT EXISTS records (
     id             INTEGER PRIMARY KEY,
+    function_key   INTEGER NOT NULL,
+    call_key       INTEGER NOT NULL,
     call_id        TEXT NOT NULL,
-    trace_id       TEXT NOT NULL,
-    span_id        TEXT NOT NULL,
-    parent_span_id TEXT,
+    trace_key      INTEGER NOT NULL,
+    trace_id       BLOB NOT NULL,
+    span_id        BLOB NOT NULL,
+    parent_span_id BLOB,
     namespace      TEXT NOT NULL,
     function       TEXT NOT NULL,
     source         TEXT NOT NULL,
@@ -48,9 +60,9 @@ CREATE TABLE IF NOT EXISTS records (
     memory_peak    INTEGER,
     cpu_us         INTEGER
 );
-CREATE INDEX IF NOT EXISTS records_by_function ON records (namespace, function, id);
-CREATE INDEX IF NOT EXISTS records_by_call ON records (call_id);
-CREATE INDEX IF NOT EXISTS records_by_trace ON records (trace_id);
+CREATE INDEX IF NOT EXISTS records_by_function ON records (function_key, id);
+CREATE INDEX IF NOT EXISTS records_by_call ON records (call_key);
+CREATE INDEX IF NOT EXISTS records_by_trace ON records (trace_key);
 CREATE TABLE IF NOT EXISTS usage (
     namespace   TEXT NOT NULL,
     function    TEXT NOT NULL,
@@ -63,6 +75,9 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (namespace, function, hour)
 );
 ";
+
+/// The call log's format, kept in `PRAGMA user_version`.
+const FORMAT: i64 = 2;
 
 const MILLIS_PER_HOUR: i64 = 3_600_000;
 const BYTES_PER_GB: f64 = (1u64 << 30) as f64;
@@ -94,16 +109,16 @@ pub struct StoredLine {
 }
 
 /// A call record to store; times in milliseconds and microseconds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewRecord {
     /// The call id.
     pub call_id: String,
-    /// The trace id (hex).
-    pub trace_id: String,
-    /// The span id (hex).
-    pub span_id: String,
-    /// The parent span id (hex).
-    pub parent_span_id: Option<String>,
+    /// The trace id.
+    pub trace_id: [u8; 16],
+    /// The span id.
+    pub span_id: [u8; 8],
+    /// The parent span id.
+    pub parent_span_id: Option<[u8; 8]>,
     /// The function's namespace.
     pub namespace: String,
     /// The function.
@@ -179,6 +194,13 @@ impl Telemetry {
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         // The indexes of a busy function's records stay in memory.
         db.pragma_update(None, "cache_size", -65_536)?;
+        let format: i64 = db.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if format != FORMAT {
+            db.execute_batch(&format!(
+                "DROP TABLE IF EXISTS logs; DROP TABLE IF EXISTS records;
+                 PRAGMA user_version = {FORMAT};"
+            ))?;
+        }
         db.execute_batch(SCHEMA)?;
         let last: i64 = db.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM logs), 0),
@@ -209,12 +231,14 @@ impl Telemetry {
         let mut id = first;
         {
             let mut insert_line = tx.prepare_cached(
-                "INSERT INTO logs (id, time, namespace, function, call_id, stream, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO logs (id, function_key, time, namespace, function, call_id, stream,
+                     message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for line in lines {
                 insert_line.execute(params![
                     id,
+                    function_key(&line.namespace, &line.function),
                     line.time,
                     line.namespace,
                     line.function,
@@ -225,10 +249,11 @@ impl Telemetry {
                 id += 1;
             }
             let mut insert_record = tx.prepare_cached(
-                "INSERT INTO records (id, call_id, trace_id, span_id, parent_span_id, namespace,
-                     function, source, started_at, duration_us, status, error, memory_limit,
-                     memory_peak, cpu_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                "INSERT INTO records (id, function_key, call_key, call_id, trace_key, trace_id,
+                     span_id, parent_span_id, namespace, function, source, started_at,
+                     duration_us, status, error, memory_limit, memory_peak, cpu_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18)",
             )?;
             let mut add_usage = tx.prepare_cached(
                 "INSERT INTO usage (namespace, function, hour, invocations, errors, duration_us,
@@ -245,7 +270,10 @@ impl Telemetry {
             for record in records {
                 insert_record.execute(params![
                     id,
+                    function_key(&record.namespace, &record.function),
+                    call_key(&record.call_id),
                     record.call_id,
+                    trace_key(&record.trace_id),
                     record.trace_id,
                     record.span_id,
                     record.parent_span_id,
@@ -304,11 +332,12 @@ impl Telemetry {
         for table in ["logs", "records"] {
             db.execute(
                 &format!(
-                    "DELETE FROM {table} WHERE namespace = ?1 AND function = ?2 AND id <= (
-                         SELECT id FROM {table} WHERE namespace = ?1 AND function = ?2
-                         ORDER BY id DESC LIMIT 1 OFFSET ?3)"
+                    "DELETE FROM {table} WHERE function_key = ?1 AND namespace = ?2
+                         AND function = ?3 AND id <= (
+                             SELECT id FROM {table} WHERE function_key = ?1 AND namespace = ?2
+                             AND function = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)"
                 ),
-                params![namespace, function, keep],
+                params![function_key(namespace, function), namespace, function, keep],
             )?;
         }
         Ok(())
@@ -377,19 +406,21 @@ impl Telemetry {
         let db = self.db();
         Ok(db
             .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE call_id = ?1 ORDER BY id DESC LIMIT 1"
+                "SELECT {RECORD_COLUMNS} FROM records WHERE call_key = ?1 AND call_id = ?2
+                 ORDER BY id DESC LIMIT 1"
             ))?
-            .query_row([call_id], read_record)
+            .query_row(params![call_key(call_id), call_id], read_record)
             .optional()?)
     }
 
     /// Every record of a trace, in the order the calls started.
-    pub fn trace(&self, trace_id: &str) -> Result<Vec<NewRecord>, StoreError> {
+    pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<NewRecord>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE trace_id = ?1 ORDER BY started_at, id"
+            "SELECT {RECORD_COLUMNS} FROM records WHERE trace_key = ?1 AND trace_id = ?2
+             ORDER BY started_at, id"
         ))?;
-        let rows = statement.query_map([trace_id], read_record)?;
+        let rows = statement.query_map(params![trace_key(trace_id), trace_id], read_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -402,10 +433,14 @@ impl Telemetry {
     ) -> Result<Vec<NewRecord>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE namespace = ?1 AND function = ?2
-             ORDER BY id DESC LIMIT ?3"
+            "SELECT {RECORD_COLUMNS} FROM records
+             WHERE function_key = ?1 AND namespace = ?2 AND function = ?3
+             ORDER BY id DESC LIMIT ?4"
         ))?;
-        let rows = statement.query_map(params![namespace, function, limit], read_record)?;
+        let rows = statement.query_map(
+            params![function_key(namespace, function), namespace, function, limit],
+            read_record,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -420,10 +455,14 @@ impl Telemetry {
         Ok(db
             .prepare_cached(
                 "SELECT message FROM logs
-                 WHERE namespace = ?1 AND function = ?2 AND call_id = ?3 AND stream = 'stderr'
+                 WHERE function_key = ?1 AND namespace = ?2 AND function = ?3 AND call_id = ?4
+                     AND stream = 'stderr'
                  ORDER BY id DESC LIMIT 1",
             )?
-            .query_row(params![namespace, function, call_id], |row| row.get(0))
+            .query_row(
+                params![function_key(namespace, function), namespace, function, call_id],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 
@@ -495,6 +534,31 @@ pub fn record_line(id: i64, record: &NewRecord) -> StoredLine {
     }
 }
 
+/// The 64-bit FNV-1a hash of `bytes`: stable, so keys survive restarts.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> i64 {
+    let hash = bytes.fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash as i64
+}
+
+/// The key a function's lines and records are found by.
+fn function_key(namespace: &str, function: &str) -> i64 {
+    // Names are DNS labels: a `/` cannot be part of either.
+    fnv1a(namespace.bytes().chain([b'/']).chain(function.bytes()))
+}
+
+/// The key a call is looked up by.
+fn call_key(call_id: &str) -> i64 {
+    fnv1a(call_id.bytes())
+}
+
+/// The key a trace is looked up by: the low half of its id, the half that
+/// is random however the trace was started.
+fn trace_key(trace_id: &[u8; 16]) -> i64 {
+    i64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"))
+}
+
 fn source_name(source: CallSource) -> &'static str {
     match source {
         CallSource::Http => "http",
@@ -549,8 +613,8 @@ mod tests {
     fn record(status: u16, started_at: i64) -> NewRecord {
         NewRecord {
             call_id: "c1".into(),
-            trace_id: "t".into(),
-            span_id: "s".into(),
+            trace_id: [7; 16],
+            span_id: [1; 8],
             parent_span_id: None,
             namespace: "default".into(),
             function: "f".into(),
@@ -590,6 +654,60 @@ mod tests {
             })
             .unwrap();
         assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn records_are_found_by_call_and_by_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::open(dir.path()).unwrap();
+        let other = NewRecord {
+            call_id: "c2".into(),
+            trace_id: [8; 16],
+            ..record(200, 30)
+        };
+        let child = NewRecord {
+            call_id: "c3".into(),
+            span_id: [2; 8],
+            parent_span_id: Some([1; 8]),
+            ..record(502, 20)
+        };
+        telemetry
+            .write(&[record(200, 10), other, child.clone()], &[])
+            .unwrap();
+        assert_eq!(telemetry.record("c3").unwrap(), Some(child));
+        assert_eq!(telemetry.record("c4").unwrap(), None);
+        let calls: Vec<String> = telemetry
+            .trace(&[7; 16])
+            .unwrap()
+            .into_iter()
+            .map(|record| record.call_id)
+            .collect();
+        assert_eq!(calls, ["c1", "c3"]);
+    }
+
+    #[test]
+    fn a_call_log_of_an_earlier_format_is_replaced_and_usage_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("telemetry.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE records (id INTEGER PRIMARY KEY, call_id TEXT, trace_id TEXT);
+             INSERT INTO records VALUES (1, 'old', 'abc');
+             CREATE TABLE usage (namespace TEXT NOT NULL, function TEXT NOT NULL,
+                 hour INTEGER NOT NULL, invocations INTEGER NOT NULL, errors INTEGER NOT NULL,
+                 duration_us INTEGER NOT NULL, gb_us REAL NOT NULL, cpu_us INTEGER NOT NULL,
+                 PRIMARY KEY (namespace, function, hour));
+             INSERT INTO usage VALUES ('default', 'f', 0, 4, 0, 8, 1.0, 0);",
+        )
+        .unwrap();
+        drop(db);
+        let telemetry = Telemetry::open(dir.path()).unwrap();
+        assert_eq!(telemetry.record("old").unwrap(), None);
+        telemetry.write(&[record(200, 10)], &[]).unwrap();
+        assert!(telemetry.record("c1").unwrap().is_some());
+        assert_eq!(telemetry.usage(None, 0).unwrap()[0].invocations, 5);
+        drop(telemetry);
+        let reopened = Telemetry::open(dir.path()).unwrap();
+        assert!(reopened.record("c1").unwrap().is_some(), "kept once upgraded");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
 };
 
 use axum::http::{HeaderMap, HeaderValue};
-use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent, hex};
+use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent};
 use wisp_runtime::{Meter, OutputSink};
 use wisp_store::{NewLine, NewRecord, StoredLine, Telemetry as CallLog, record_line};
 
@@ -153,9 +153,9 @@ impl Telemetry {
         let cpu = call.meter.cpu_time();
         self.send(Entry::Record(NewRecord {
             call_id: call.call_id.to_owned(),
-            trace_id: hex(&call.span.trace_id),
-            span_id: hex(&call.span.span_id),
-            parent_span_id: call.span.parent_id.map(|id| hex(&id)),
+            trace_id: call.span.trace_id,
+            span_id: call.span.span_id,
+            parent_span_id: call.span.parent_id,
             namespace: call.namespace.to_owned(),
             function: call.function.to_owned(),
             source: call.source,
@@ -217,7 +217,7 @@ impl Span {
             parent_id: span_id,
             flags,
         };
-        if let Ok(value) = HeaderValue::from_str(&own.header()) {
+        if let Ok(value) = HeaderValue::from_bytes(&own.header()) {
             headers.insert(TRACEPARENT, value);
         }
         Self {

@@ -134,12 +134,11 @@ fn span(record: &NewRecord) -> Span {
         attributes.push(integer("wisp.memory_peak", peak as i64));
     }
     Span {
-        trace_id: hex::decode(&record.trace_id).unwrap_or_default(),
-        span_id: hex::decode(&record.span_id).unwrap_or_default(),
+        trace_id: record.trace_id.to_vec(),
+        span_id: record.span_id.to_vec(),
         parent_span_id: record
             .parent_span_id
-            .as_deref()
-            .and_then(|id| hex::decode(id).ok())
+            .map(|id| id.to_vec())
             .unwrap_or_default(),
         name: format!("{}.{}", record.function, record.namespace),
         kind: SpanKind::Server as i32,

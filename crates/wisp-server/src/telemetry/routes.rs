@@ -196,9 +196,9 @@ fn matches(filter: &LogFilter, line: &LogEntry) -> bool {
 fn call_record(record: NewRecord) -> CallRecord {
     CallRecord {
         call_id: record.call_id,
-        trace_id: record.trace_id,
-        span_id: record.span_id,
-        parent_span_id: record.parent_span_id,
+        trace_id: hex::encode(record.trace_id),
+        span_id: hex::encode(record.span_id),
+        parent_span_id: record.parent_span_id.map(hex::encode),
         namespace: record.namespace,
         function: record.function,
         source: record.source,
@@ -243,7 +243,7 @@ async fn trace(
             });
         }
         Ok(Some(Ok(Trace {
-            trace_id: record.trace_id,
+            trace_id: hex::encode(record.trace_id),
             calls,
         })))
     })
