@@ -51,7 +51,8 @@ fn while_serving<T>(node: &Node, attack: impl FnOnce() -> T) -> T {
     std::thread::scope(|scope| {
         let bystander = scope.spawn(|| {
             let (mut served, mut failed) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
+            // At least one call, begun while the attack runs, however short it is.
+            while !stop.load(Ordering::Relaxed) || served + failed.len() == 0 {
                 let response = node.post("/function/echo.others", b"still here");
                 if response.status == 200 && response.body == "still here" {
                     served += 1;
@@ -242,7 +243,14 @@ fn a_fork_bomb_is_bounded_and_gone_at_the_deadline() {
             call.join().expect("the attack")
         })
     });
-    assert_eq!(response.status, 504, "{}", response.body);
+    // The deadline stops it (504), unless the limit stops its first shell
+    // first: a shell that cannot fork exits with status 2 (502).
+    assert!(
+        [502, 504].contains(&response.status),
+        "{}: {}",
+        response.status,
+        response.body
+    );
     assert!(
         node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
         "left behind: {:?}",

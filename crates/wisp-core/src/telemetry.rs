@@ -206,6 +206,39 @@ impl TraceParent {
     }
 }
 
+/// The trace a call starts when it joins none, for a call id as wisp makes
+/// them (a lowercase, hyphenated UUID): its 16 bytes. The trace id of such a
+/// call is then its call id without the hyphens, and the call log finds a
+/// trace's first call by its call id ([`call_of_trace`]).
+pub fn trace_of_call(call_id: &str) -> Option<[u8; 16]> {
+    let bytes = call_id.as_bytes();
+    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&at| bytes[at] != b'-') {
+        return None;
+    }
+    let mut digits = [0u8; 32];
+    for (digit, byte) in digits
+        .iter_mut()
+        .zip(bytes.iter().filter(|&&byte| byte != b'-'))
+    {
+        *digit = *byte;
+    }
+    let trace: [u8; 16] = decode_hex(std::str::from_utf8(&digits).ok()?)?;
+    (trace != [0; 16]).then_some(trace)
+}
+
+/// The call id whose trace [`trace_of_call`] makes `trace_id`.
+pub fn call_of_trace(trace_id: &[u8; 16]) -> String {
+    let digits = hex::encode(trace_id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &digits[..8],
+        &digits[8..12],
+        &digits[12..16],
+        &digits[16..20],
+        &digits[20..]
+    )
+}
+
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     // The specification allows lowercase digits only.
     if !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -226,6 +259,22 @@ mod tests {
         let parsed = TraceParent::parse(value).unwrap();
         assert_eq!(parsed.flags, 1);
         assert_eq!(parsed.header(), value.as_bytes());
+    }
+
+    #[test]
+    fn a_call_id_made_by_wisp_is_the_trace_it_starts() {
+        let call = "4bf92f35-77b3-4da6-a3ce-929d0e0e4736";
+        let trace = trace_of_call(call).unwrap();
+        assert_eq!(hex::encode(trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(call_of_trace(&trace), call);
+        for other in [
+            "4BF92F35-77B3-4DA6-A3CE-929D0E0E4736",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00000000-0000-0000-0000-000000000000",
+            "my-own-call-id",
+        ] {
+            assert_eq!(trace_of_call(other), None, "{other}");
+        }
     }
 
     #[test]

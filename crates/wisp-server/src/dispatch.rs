@@ -148,7 +148,7 @@ pub(crate) async fn invoke(
     if !node.config.telemetry {
         return function.executor.invoke(invocation).await;
     }
-    let span = Span::enter(&mut invocation.headers);
+    let span = Span::enter(&mut invocation.headers, &invocation.call_id);
     let call_id = invocation.call_id.clone();
     let meter = invocation.meter.clone();
     let started_at = std::time::SystemTime::now();

@@ -138,8 +138,7 @@ impl Node {
         };
         let telemetry = Arc::new(
             Telemetry::start(
-                wisp_store::Telemetry::open(&config.data_dir)?,
-                config.call_log_retention,
+                wisp_store::Telemetry::open(&config.data_dir, config.call_log_retention)?,
                 exporter,
             )
             .map_err(StartError::CallLog)?,

@@ -50,6 +50,14 @@ pub enum StoreError {
         /// Why it does not parse.
         source: serde_json::Error,
     },
+    /// A batch of the call log does not decode.
+    #[error("call log batch {id}: {source}")]
+    CorruptBatch {
+        /// The batch.
+        id: i64,
+        /// Why it does not decode.
+        source: prost::DecodeError,
+    },
     /// No artifact has that digest.
     #[error("no artifact {0}: upload it with PUT /system/artifacts")]
     UnknownArtifact(String),

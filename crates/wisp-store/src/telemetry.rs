@@ -3,19 +3,22 @@
 //! their own (`telemetry.db`) so that logging never waits on the queue's
 //! durable commits. Lines and records share one sequence of ids, and each
 //! record reads back as wisp's own log line for its call, so a call costs one
-//! row, not two.
+//! record, not a record and a line.
+//!
+//! A record is written on every call, so it is not a row of its own, nor an
+//! entry in an index: each commit stores one function's records as packed
+//! batches (protobuf) beside the keys of their calls and traces, 8 bytes a
+//! call. A lookup by call or trace scans those keys and decodes the batches
+//! that hold it: reads are rare next to writes. Only calls that belong to a
+//! longer trace (a caller's `traceparent`, or a call id wisp did not make)
+//! have a trace key: a trace that wisp starts takes its call's id as its trace
+//! id ([`trace_of_call`]), so its first call is found by its call key.
 //!
 //! Records and lines are bounded per function: once a function has more than
-//! its retention, its oldest are deleted. Usage totals are kept whole: they
-//! are what a bill is made of. Times are milliseconds since the Unix epoch.
-//!
-//! A record is written on every call, so its row is kept lean: trace and
-//! span ids are stored as bytes, and the function, call and trace lookups go
-//! through integer keys (hashes of the names and the call id, the low half of
-//! the trace id) whose index entries are a fraction of the size of the
-//! strings they stand for. A call log
-//! written by an earlier format is dropped when the node opens it (usage
-//! totals are kept).
+//! its retention, its oldest lines, and its oldest batches of records whole,
+//! are deleted. Usage totals are kept whole: they are what a bill is made of.
+//! Times are milliseconds since the Unix epoch. A call log written in an
+//! earlier format is dropped when the node opens it (usage totals are kept).
 
 use std::{
     collections::HashMap,
@@ -23,8 +26,9 @@ use std::{
     sync::atomic::{AtomicI64, Ordering},
 };
 
+use prost::Message as _;
 use rusqlite::{OptionalExtension as _, params};
-use wisp_core::telemetry::{CallSource, LogStream, is_failure};
+use wisp_core::telemetry::{CallSource, LogStream, call_of_trace, is_failure, trace_of_call};
 
 use crate::StoreError;
 
@@ -33,36 +37,26 @@ CREATE TABLE IF NOT EXISTS logs (
     id           INTEGER PRIMARY KEY,
     function_key INTEGER NOT NULL,
     time         INTEGER NOT NULL,
-    namespace TEXT NOT NULL,
-    function  TEXT NOT NULL,
-    call_id   TEXT,
-    stream    TEXT NOT NULL,
-    message   TEXT NOT NULL
+    namespace    TEXT NOT NULL,
+    function     TEXT NOT NULL,
+    call_id      TEXT,
+    stream       TEXT NOT NULL,
+    message      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function_key, id);
-CREATE TABLE IF NOT EXISTS records (
-    id             INTEGER PRIMARY KEY,
-    function_key   INTEGER NOT NULL,
-    call_key       INTEGER NOT NULL,
-    call_id        TEXT NOT NULL,
-    trace_key      INTEGER NOT NULL,
-    trace_id       BLOB NOT NULL,
-    span_id        BLOB NOT NULL,
-    parent_span_id BLOB,
-    namespace      TEXT NOT NULL,
-    function       TEXT NOT NULL,
-    source         TEXT NOT NULL,
-    started_at     INTEGER NOT NULL,
-    duration_us    INTEGER NOT NULL,
-    status         INTEGER NOT NULL,
-    error          TEXT,
-    memory_limit   INTEGER NOT NULL,
-    memory_peak    INTEGER,
-    cpu_us         INTEGER
+CREATE TABLE IF NOT EXISTS batches (
+    id           INTEGER PRIMARY KEY,
+    function_key INTEGER NOT NULL,
+    namespace    TEXT NOT NULL,
+    function     TEXT NOT NULL,
+    count        INTEGER NOT NULL,
+    last_id      INTEGER NOT NULL,
+    last_time    INTEGER NOT NULL,
+    calls        BLOB NOT NULL,
+    traces       BLOB NOT NULL,
+    records      BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_by_function ON records (function_key, id);
-CREATE INDEX IF NOT EXISTS records_by_call ON records (call_key);
-CREATE INDEX IF NOT EXISTS records_by_trace ON records (trace_key);
+CREATE INDEX IF NOT EXISTS batches_by_function ON batches (function_key, id);
 CREATE TABLE IF NOT EXISTS usage (
     namespace   TEXT NOT NULL,
     function    TEXT NOT NULL,
@@ -77,7 +71,7 @@ CREATE TABLE IF NOT EXISTS usage (
 ";
 
 /// The call log's format, kept in `PRAGMA user_version`.
-const FORMAT: i64 = 2;
+const FORMAT: i64 = 3;
 
 const MILLIS_PER_HOUR: i64 = 3_600_000;
 const BYTES_PER_GB: f64 = (1u64 << 30) as f64;
@@ -180,38 +174,50 @@ pub struct UsageTotals {
 /// The call log's database.
 pub struct Telemetry {
     db: std::sync::Mutex<rusqlite::Connection>,
+    /// The lines and the records kept per function.
+    retention: u32,
     /// The id the next line or record gets; changed only under the lock.
     next_id: AtomicI64,
 }
 
 impl Telemetry {
-    /// Opens (creating when needed) `telemetry.db` under `root`.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating when needed) `telemetry.db` under `root`, to keep
+    /// `retention` lines and `retention` records per function.
+    pub fn open(root: &Path, retention: u32) -> Result<Self, StoreError> {
         let db = rusqlite::Connection::open(root.join("telemetry.db"))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         // A power cut may lose the last lines; a crash of the node loses none.
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        // The indexes of a busy function's records stay in memory.
+        // The indexes of a busy function's calls stay in memory.
         db.pragma_update(None, "cache_size", -65_536)?;
         let format: i64 = db.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if format != FORMAT {
             db.execute_batch(&format!(
                 "DROP TABLE IF EXISTS logs; DROP TABLE IF EXISTS records;
-                 PRAGMA user_version = {FORMAT};"
+                 DROP TABLE IF EXISTS batches; PRAGMA user_version = {FORMAT};"
             ))?;
         }
         db.execute_batch(SCHEMA)?;
         let last: i64 = db.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM logs), 0),
-                        COALESCE((SELECT MAX(id) FROM records), 0))",
+                        COALESCE((SELECT MAX(last_id) FROM batches), 0))",
             [],
             |row| row.get(0),
         )?;
         Ok(Self {
             db: std::sync::Mutex::new(db),
+            retention,
             next_id: AtomicI64::new(last + 1),
         })
+    }
+
+    /// How many lines or records a function may write between two
+    /// [prunes](Self::prune): a tenth of the retention. A batch holds at most
+    /// this many records, so a function keeps fewer than `retention` plus
+    /// two steps of them.
+    pub fn prune_step(&self) -> u32 {
+        (self.retention / 10).max(1)
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
@@ -220,10 +226,10 @@ impl Telemetry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stores lines and records in one transaction (lines first), adds the
-    /// records to the usage totals (one update per function and hour), and
-    /// answers the first id: the lines and then the records have the ids
-    /// that follow it, in order.
+    /// Stores lines and records in one transaction (lines first, then each
+    /// function's records as one batch), adds the records to the usage totals
+    /// (one update per function and hour), and answers the first id: the
+    /// lines and then the records have the ids that follow it, in order.
     pub fn write(&self, records: &[NewRecord], lines: &[NewLine]) -> Result<i64, StoreError> {
         let mut db = self.db();
         let first = self.next_id.load(Ordering::Relaxed);
@@ -248,46 +254,13 @@ impl Telemetry {
                 ])?;
                 id += 1;
             }
-            let mut insert_record = tx.prepare_cached(
-                "INSERT INTO records (id, function_key, call_key, call_id, trace_key, trace_id,
-                     span_id, parent_span_id, namespace, function, source, started_at,
-                     duration_us, status, error, memory_limit, memory_peak, cpu_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18)",
-            )?;
-            let mut add_usage = tx.prepare_cached(
-                "INSERT INTO usage (namespace, function, hour, invocations, errors, duration_us,
-                     gb_us, cpu_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (namespace, function, hour) DO UPDATE SET
-                     invocations = invocations + excluded.invocations,
-                     errors = errors + excluded.errors,
-                     duration_us = duration_us + excluded.duration_us,
-                     gb_us = gb_us + excluded.gb_us,
-                     cpu_us = cpu_us + excluded.cpu_us",
-            )?;
+            let mut batches: HashMap<(&str, &str), Vec<Packed>> = HashMap::new();
             let mut totals: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
             for record in records {
-                insert_record.execute(params![
-                    id,
-                    function_key(&record.namespace, &record.function),
-                    call_key(&record.call_id),
-                    record.call_id,
-                    trace_key(&record.trace_id),
-                    record.trace_id,
-                    record.span_id,
-                    record.parent_span_id,
-                    record.namespace,
-                    record.function,
-                    source_name(record.source),
-                    record.started_at,
-                    record.duration_us,
-                    record.status,
-                    record.error,
-                    record.memory_limit as i64,
-                    record.memory_peak.map(|peak| peak as i64),
-                    record.cpu_us,
-                ])?;
+                batches
+                    .entry((&record.namespace, &record.function))
+                    .or_default()
+                    .push(Packed::of(id, record));
                 id += 1;
                 let hour = record.started_at.div_euclid(MILLIS_PER_HOUR) * MILLIS_PER_HOUR;
                 let total = totals
@@ -308,6 +281,47 @@ impl Telemetry {
                     record.duration_us as f64 * record.memory_limit as f64 / BYTES_PER_GB;
                 total.cpu_us += record.cpu_us.unwrap_or(0);
             }
+            let mut insert_batch = tx.prepare_cached(
+                "INSERT INTO batches (function_key, namespace, function, count, last_id,
+                     last_time, calls, traces, records)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let step = self.prune_step() as usize;
+            for ((namespace, function), mut rest) in batches {
+                while !rest.is_empty() {
+                    let more = rest.split_off(step.min(rest.len()));
+                    let records = std::mem::replace(&mut rest, more);
+                    let keys = |key: fn(&Packed) -> Option<i64>| -> Vec<u8> {
+                        records
+                            .iter()
+                            .filter_map(key)
+                            .flat_map(i64::to_le_bytes)
+                            .collect()
+                    };
+                    insert_batch.execute(params![
+                        function_key(namespace, function),
+                        namespace,
+                        function,
+                        records.len() as i64,
+                        records.last().map(|record| record.id),
+                        records.iter().map(Packed::time).max(),
+                        keys(|record| Some(call_key(&record.call_id))),
+                        keys(Packed::trace_key),
+                        PackedBatch { records }.encode_to_vec(),
+                    ])?;
+                }
+            }
+            let mut add_usage = tx.prepare_cached(
+                "INSERT INTO usage (namespace, function, hour, invocations, errors, duration_us,
+                     gb_us, cpu_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (namespace, function, hour) DO UPDATE SET
+                     invocations = invocations + excluded.invocations,
+                     errors = errors + excluded.errors,
+                     duration_us = duration_us + excluded.duration_us,
+                     gb_us = gb_us + excluded.gb_us,
+                     cpu_us = cpu_us + excluded.cpu_us",
+            )?;
             for ((_, _, hour), total) in totals {
                 add_usage.execute(params![
                     total.namespace,
@@ -326,20 +340,31 @@ impl Telemetry {
         Ok(first)
     }
 
-    /// Deletes a function's oldest lines and records beyond `keep` of each.
-    pub fn prune(&self, namespace: &str, function: &str, keep: u32) -> Result<(), StoreError> {
-        let db = self.db();
-        for table in ["logs", "records"] {
-            db.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE function_key = ?1 AND namespace = ?2
-                         AND function = ?3 AND id <= (
-                             SELECT id FROM {table} WHERE function_key = ?1 AND namespace = ?2
-                             AND function = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)"
-                ),
-                params![function_key(namespace, function), namespace, function, keep],
-            )?;
-        }
+    /// Deletes a function's oldest lines beyond the retention, and its
+    /// oldest batches of records while the retention remains without them.
+    pub fn prune(&self, namespace: &str, function: &str) -> Result<(), StoreError> {
+        let keep = self.retention;
+        let mut db = self.db();
+        let key = function_key(namespace, function);
+        let tx = db.transaction()?;
+        tx.prepare_cached(
+            "DELETE FROM logs WHERE function_key = ?1 AND namespace = ?2 AND function = ?3
+                 AND id <= (SELECT id FROM logs WHERE function_key = ?1 AND namespace = ?2
+                     AND function = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+        )?
+        .execute(params![key, namespace, function, keep])?;
+        // A batch goes once the newer ones hold the retention without it.
+        tx.prepare_cached(
+            "DELETE FROM batches WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, SUM(count) OVER (
+                         ORDER BY id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                     ) AS newer
+                     FROM batches WHERE function_key = ?1 AND namespace = ?2 AND function = ?3)
+                 WHERE newer >= ?4)",
+        )?
+        .execute(params![key, namespace, function, keep])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -347,81 +372,145 @@ impl Telemetry {
     /// wisp's line for each call.
     pub fn lines(&self, filter: &LogFilter) -> Result<Vec<StoredLine>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare_cached(&format!(
-            "SELECT id, time, namespace, function, call_id, stream, message, {RECORD_COLUMNS} FROM (
-                 SELECT id, time, namespace, function, call_id, stream, message,
-                     NULL AS trace_id, NULL AS span_id, NULL AS parent_span_id, NULL AS source,
-                     NULL AS started_at, NULL AS duration_us, NULL AS status, NULL AS error,
-                     NULL AS memory_limit, NULL AS memory_peak, NULL AS cpu_us
-                 FROM logs
+        let tail = filter.tail as usize;
+        let mut lines = {
+            let mut statement = db.prepare_cached(
+                "SELECT id, time, namespace, function, call_id, stream, message FROM logs
                  WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
                    AND (?3 IS NULL OR call_id = ?3) AND (?4 IS NULL OR time >= ?4)
                    AND (?5 IS NULL OR id > ?5)
-                 UNION ALL
-                 SELECT id, started_at + duration_us / 1000, namespace, function, call_id, 'wisp',
-                     NULL, trace_id, span_id, parent_span_id, source, started_at, duration_us,
-                     status, error, memory_limit, memory_peak, cpu_us
-                 FROM records
-                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
-                   AND (?3 IS NULL OR call_id = ?3)
-                   AND (?4 IS NULL OR started_at + duration_us / 1000 >= ?4)
-                   AND (?5 IS NULL OR id > ?5)
-                 ORDER BY id DESC LIMIT ?6)
-             ORDER BY id"
-        ))?;
-        let rows = statement.query_map(
-            params![
-                filter.namespace,
-                filter.function,
-                filter.call_id,
-                filter.since,
-                filter.after_id,
-                filter.tail
-            ],
-            |row| {
-                let id = row.get(0)?;
-                let stream: String = row.get(5)?;
-                let message: Option<String> = row.get(6)?;
-                Ok(match message {
-                    Some(message) => StoredLine {
-                        id,
+                 ORDER BY id DESC LIMIT ?6",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    filter.namespace,
+                    filter.function,
+                    filter.call_id,
+                    filter.since,
+                    filter.after_id,
+                    filter.tail
+                ],
+                |row| {
+                    let stream: String = row.get(5)?;
+                    Ok(StoredLine {
+                        id: row.get(0)?,
                         line: NewLine {
                             time: row.get(1)?,
                             namespace: row.get(2)?,
                             function: row.get(3)?,
                             call_id: row.get(4)?,
                             stream: LogStream::parse(&stream).unwrap_or(LogStream::Wisp),
-                            message,
+                            message: row.get(6)?,
                         },
-                    },
-                    None => record_line(id, &read_record_at(row, 7)?),
-                })
-            },
+                    })
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        // The latest records: batches newest first, until the next one can
+        // hold none of the `tail` latest.
+        let mut records: Vec<(i64, NewRecord)> = Vec::new();
+        let mut statement = db.prepare_cached(
+            "SELECT id, namespace, function, last_id, calls, records FROM batches
+             WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
+               AND (?3 IS NULL OR last_time >= ?3) AND (?4 IS NULL OR last_id > ?4)
+             ORDER BY last_id DESC",
         )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = statement.query(params![
+            filter.namespace,
+            filter.function,
+            filter.since,
+            filter.after_id,
+        ])?;
+        let call = filter.call_id.as_deref().map(call_key);
+        while let Some(row) = rows.next()? {
+            let last_id: i64 = row.get(3)?;
+            if records.len() >= tail && records.iter().all(|(id, _)| *id > last_id) {
+                break;
+            }
+            if let Some(call) = call
+                && !holds(row, 4, call)?
+            {
+                continue;
+            }
+            let batch = unpack_row(row, 0, 5)?;
+            let (namespace, function): (String, String) = (row.get(1)?, row.get(2)?);
+            records.extend(
+                batch
+                    .records
+                    .into_iter()
+                    .filter(|record| {
+                        filter
+                            .call_id
+                            .as_ref()
+                            .is_none_or(|id| *id == record.call_id)
+                            && filter.since.is_none_or(|since| record.time() >= since)
+                            && filter.after_id.is_none_or(|after| record.id > after)
+                    })
+                    .map(|record| (record.id, record.unpack(&namespace, &function))),
+            );
+            records.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+            records.truncate(tail);
+        }
+        lines.extend(records.iter().map(|(id, record)| record_line(*id, record)));
+        lines.sort_unstable_by_key(|line| std::cmp::Reverse(line.id));
+        lines.truncate(tail);
+        lines.reverse();
+        Ok(lines)
     }
 
     /// The latest record of a call.
     pub fn record(&self, call_id: &str) -> Result<Option<NewRecord>, StoreError> {
         let db = self.db();
-        Ok(db
-            .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE call_key = ?1 AND call_id = ?2
-                 ORDER BY id DESC LIMIT 1"
-            ))?
-            .query_row(params![call_key(call_id), call_id], read_record)
-            .optional()?)
+        let mut statement = db.prepare_cached(
+            "SELECT id, namespace, function, calls, records FROM batches ORDER BY id DESC",
+        )?;
+        let mut rows = statement.query([])?;
+        let key = call_key(call_id);
+        while let Some(row) = rows.next()? {
+            if !holds(row, 3, key)? {
+                continue;
+            }
+            let batch = unpack_row(row, 0, 4)?;
+            if let Some(record) = batch
+                .records
+                .into_iter()
+                .rfind(|record| record.call_id == call_id)
+            {
+                return Ok(Some(
+                    record.unpack(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?),
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// Every record of a trace, in the order the calls started.
     pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<NewRecord>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE trace_key = ?1 AND trace_id = ?2
-             ORDER BY started_at, id"
-        ))?;
-        let rows = statement.query_map(params![trace_key(trace_id), trace_id], read_record)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // The calls that joined it, and the call that started it if wisp did.
+        let mut statement = db.prepare_cached(
+            "SELECT id, namespace, function, traces, calls, records FROM batches",
+        )?;
+        let mut rows = statement.query([])?;
+        let (trace, first) = (trace_key(trace_id), call_key(&call_of_trace(trace_id)));
+        let mut records = Vec::new();
+        while let Some(row) = rows.next()? {
+            if !holds(row, 3, trace)? && !holds(row, 4, first)? {
+                continue;
+            }
+            let batch = unpack_row(row, 0, 5)?;
+            let (namespace, function): (String, String) = (row.get(1)?, row.get(2)?);
+            records.extend(
+                batch
+                    .records
+                    .into_iter()
+                    .filter(|record| record.trace_id() == *trace_id)
+                    .map(|record| (record.id, record.unpack(&namespace, &function))),
+            );
+        }
+        records.sort_unstable_by_key(|(id, record)| (record.started_at, *id));
+        Ok(records.into_iter().map(|(_, record)| record).collect())
     }
 
     /// A function's latest records, newest first.
@@ -432,16 +521,30 @@ impl Telemetry {
         limit: u32,
     ) -> Result<Vec<NewRecord>, StoreError> {
         let db = self.db();
-        let mut statement = db.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records
-             WHERE function_key = ?1 AND namespace = ?2 AND function = ?3
-             ORDER BY id DESC LIMIT ?4"
-        ))?;
-        let rows = statement.query_map(
-            params![function_key(namespace, function), namespace, function, limit],
-            read_record,
+        let mut statement = db.prepare_cached(
+            "SELECT id, records FROM batches
+             WHERE function_key = ?1 AND namespace = ?2 AND function = ?3 ORDER BY id DESC",
         )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = statement.query(params![
+            function_key(namespace, function),
+            namespace,
+            function
+        ])?;
+        let mut records = Vec::new();
+        while records.len() < limit as usize
+            && let Some(row) = rows.next()?
+        {
+            let batch = unpack_row(row, 0, 1)?;
+            records.extend(
+                batch
+                    .records
+                    .into_iter()
+                    .rev()
+                    .take(limit as usize - records.len())
+                    .map(|record| record.unpack(namespace, function)),
+            );
+        }
+        Ok(records)
     }
 
     /// The last STDERR line a call of a function wrote.
@@ -460,7 +563,12 @@ impl Telemetry {
                  ORDER BY id DESC LIMIT 1",
             )?
             .query_row(
-                params![function_key(namespace, function), namespace, function, call_id],
+                params![
+                    function_key(namespace, function),
+                    namespace,
+                    function,
+                    call_id
+                ],
                 |row| row.get(0),
             )
             .optional()?)
@@ -499,9 +607,6 @@ impl Telemetry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
-
-const RECORD_COLUMNS: &str = "call_id, trace_id, span_id, parent_span_id, namespace, function, \
-     source, started_at, duration_us, status, error, memory_limit, memory_peak, cpu_us";
 
 /// A record as wisp's log line for its call: `200 in 1.52ms, memory 1088KiB, cpu 0.80ms`
 /// and, for a failed call, its error.
@@ -559,40 +664,136 @@ fn trace_key(trace_id: &[u8; 16]) -> i64 {
     i64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"))
 }
 
-fn source_name(source: CallSource) -> &'static str {
-    match source {
-        CallSource::Http => "http",
-        CallSource::Queue => "queue",
+/// A record as a batch holds it: the batch holds its function.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Packed {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(string, tag = "2")]
+    call_id: String,
+    #[prost(fixed64, tag = "3")]
+    trace_high: u64,
+    #[prost(fixed64, tag = "4")]
+    trace_low: u64,
+    #[prost(fixed64, tag = "5")]
+    span_id: u64,
+    #[prost(fixed64, optional, tag = "6")]
+    parent_span_id: Option<u64>,
+    #[prost(bool, tag = "7")]
+    queued: bool,
+    #[prost(int64, tag = "8")]
+    started_at: i64,
+    #[prost(int64, tag = "9")]
+    duration_us: i64,
+    #[prost(uint32, tag = "10")]
+    status: u32,
+    #[prost(string, optional, tag = "11")]
+    error: Option<String>,
+    #[prost(uint64, tag = "12")]
+    memory_limit: u64,
+    #[prost(uint64, optional, tag = "13")]
+    memory_peak: Option<u64>,
+    #[prost(int64, optional, tag = "14")]
+    cpu_us: Option<i64>,
+}
+
+/// One function's records of one commit.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PackedBatch {
+    #[prost(message, repeated, tag = "1")]
+    records: Vec<Packed>,
+}
+
+impl Packed {
+    fn of(id: i64, record: &NewRecord) -> Self {
+        let (high, low) = record.trace_id.split_at(8);
+        Self {
+            id,
+            call_id: record.call_id.clone(),
+            trace_high: u64::from_be_bytes(high.try_into().expect("8 bytes")),
+            trace_low: u64::from_be_bytes(low.try_into().expect("8 bytes")),
+            span_id: u64::from_be_bytes(record.span_id),
+            parent_span_id: record.parent_span_id.map(u64::from_be_bytes),
+            queued: record.source == CallSource::Queue,
+            started_at: record.started_at,
+            duration_us: record.duration_us,
+            status: u32::from(record.status),
+            error: record.error.clone(),
+            memory_limit: record.memory_limit,
+            memory_peak: record.memory_peak,
+            cpu_us: record.cpu_us,
+        }
+    }
+
+    fn unpack(self, namespace: &str, function: &str) -> NewRecord {
+        NewRecord {
+            trace_id: self.trace_id(),
+            call_id: self.call_id,
+            span_id: self.span_id.to_be_bytes(),
+            parent_span_id: self.parent_span_id.map(u64::to_be_bytes),
+            namespace: namespace.to_owned(),
+            function: function.to_owned(),
+            source: if self.queued {
+                CallSource::Queue
+            } else {
+                CallSource::Http
+            },
+            started_at: self.started_at,
+            duration_us: self.duration_us,
+            status: self.status as u16,
+            error: self.error,
+            memory_limit: self.memory_limit,
+            memory_peak: self.memory_peak,
+            cpu_us: self.cpu_us,
+        }
+    }
+
+    fn trace_id(&self) -> [u8; 16] {
+        let mut trace = [0; 16];
+        trace[..8].copy_from_slice(&self.trace_high.to_be_bytes());
+        trace[8..].copy_from_slice(&self.trace_low.to_be_bytes());
+        trace
+    }
+
+    /// When wisp's line for the call is dated: when the call ended.
+    fn time(&self) -> i64 {
+        self.started_at + self.duration_us / 1000
+    }
+
+    /// Its trace's key, if the trace index must find it: a call that joined a
+    /// caller's trace, or whose trace is not its call id.
+    fn trace_key(&self) -> Option<i64> {
+        let trace = self.trace_id();
+        (self.parent_span_id.is_some() || trace_of_call(&self.call_id) != Some(trace))
+            .then(|| trace_key(&trace))
     }
 }
 
-fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<NewRecord> {
-    read_record_at(row, 0)
+/// Whether the keys at column `keys` of a batch's row hold `key`. A scan of
+/// every batch's keys is what a lookup by call or trace costs: 8 bytes a
+/// record, read instead of written into an index on every call.
+fn holds(row: &rusqlite::Row<'_>, keys: usize, key: i64) -> rusqlite::Result<bool> {
+    let key = key.to_le_bytes();
+    let keys = row.get_ref(keys)?.as_blob()?;
+    Ok(keys.chunks_exact(8).any(|stored| *stored == key))
 }
 
-/// Reads [`RECORD_COLUMNS`] starting at column `at`.
-fn read_record_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<NewRecord> {
-    let source: String = row.get(at + 6)?;
-    Ok(NewRecord {
-        call_id: row.get(at)?,
-        trace_id: row.get(at + 1)?,
-        span_id: row.get(at + 2)?,
-        parent_span_id: row.get(at + 3)?,
-        namespace: row.get(at + 4)?,
-        function: row.get(at + 5)?,
-        source: if source == "queue" {
-            CallSource::Queue
-        } else {
-            CallSource::Http
-        },
-        started_at: row.get(at + 7)?,
-        duration_us: row.get(at + 8)?,
-        status: row.get(at + 9)?,
-        error: row.get(at + 10)?,
-        memory_limit: row.get::<_, i64>(at + 11)? as u64,
-        memory_peak: row.get::<_, Option<i64>>(at + 12)?.map(|peak| peak as u64),
-        cpu_us: row.get(at + 13)?,
-    })
+/// Decodes the batch in a row: its id and its records at those columns.
+fn unpack_row(
+    row: &rusqlite::Row<'_>,
+    id: usize,
+    records: usize,
+) -> Result<PackedBatch, StoreError> {
+    let records = row
+        .get_ref(records)?
+        .as_blob()
+        .map_err(rusqlite::Error::from)?;
+    unpack(row.get(id)?, records)
+}
+
+/// Decodes the records of batch `id`.
+fn unpack(id: i64, blob: &[u8]) -> Result<PackedBatch, StoreError> {
+    PackedBatch::decode(blob).map_err(|source| StoreError::CorruptBatch { id, source })
 }
 
 #[cfg(test)]
@@ -632,11 +833,11 @@ mod tests {
     #[test]
     fn lines_are_bounded_per_function() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::open(dir.path()).unwrap();
+        let telemetry = Telemetry::open(dir.path(), 3).unwrap();
         let lines: Vec<NewLine> = (0..10).map(|i| line("f", &format!("line {i}"))).collect();
         telemetry.write(&[], &lines).unwrap();
         telemetry.write(&[], &[line("g", "other")]).unwrap();
-        telemetry.prune("default", "f", 3).unwrap();
+        telemetry.prune("default", "f").unwrap();
         let kept = telemetry
             .lines(&LogFilter {
                 function: Some("f".into()),
@@ -659,7 +860,7 @@ mod tests {
     #[test]
     fn records_are_found_by_call_and_by_trace() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::open(dir.path()).unwrap();
+        let telemetry = Telemetry::open(dir.path(), 1_000).unwrap();
         let other = NewRecord {
             call_id: "c2".into(),
             trace_id: [8; 16],
@@ -686,6 +887,70 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_wisp_started_is_found_from_its_first_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::open(dir.path(), 1_000).unwrap();
+        let call_id = "4bf92f35-77b3-4da6-a3ce-929d0e0e4736";
+        let trace_id = trace_of_call(call_id).unwrap();
+        let root = NewRecord {
+            call_id: call_id.into(),
+            trace_id,
+            ..record(200, 10)
+        };
+        let child = NewRecord {
+            call_id: "c9".into(),
+            trace_id,
+            span_id: [2; 8],
+            parent_span_id: Some(root.span_id),
+            function: "g".into(),
+            ..record(200, 11)
+        };
+        telemetry.write(std::slice::from_ref(&root), &[]).unwrap();
+        telemetry
+            .write(&[child.clone(), record(200, 12)], &[])
+            .unwrap();
+        assert_eq!(telemetry.trace(&trace_id).unwrap(), [root, child]);
+    }
+
+    #[test]
+    fn records_are_pruned_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // A step of 2: batches of at most 2 records.
+        let telemetry = Telemetry::open(dir.path(), 20).unwrap();
+        for commit in 0..10 {
+            let records: Vec<NewRecord> = (0..3)
+                .map(|i| NewRecord {
+                    call_id: format!("c{commit}-{i}"),
+                    ..record(200, commit * 10 + i)
+                })
+                .collect();
+            telemetry.write(&records, &[]).unwrap();
+        }
+        telemetry.prune("default", "f").unwrap();
+        let kept = telemetry.recent("default", "f", 100).unwrap();
+        assert!(
+            (20..22).contains(&kept.len()),
+            "the retention, and less than a step more: {}",
+            kept.len()
+        );
+        assert_eq!(kept[0].call_id, "c9-2", "newest first");
+        assert_eq!(telemetry.record("c0-0").unwrap(), None, "pruned");
+        assert!(telemetry.record("c9-0").unwrap().is_some());
+        let lines = telemetry
+            .lines(&LogFilter {
+                function: Some("f".into()),
+                tail: 3,
+                ..LogFilter::default()
+            })
+            .unwrap();
+        let calls: Vec<_> = lines
+            .iter()
+            .map(|line| line.line.call_id.clone().unwrap())
+            .collect();
+        assert_eq!(calls, ["c9-0", "c9-1", "c9-2"], "the latest, oldest first");
+    }
+
+    #[test]
     fn a_call_log_of_an_earlier_format_is_replaced_and_usage_kept() {
         let dir = tempfile::tempdir().unwrap();
         let db = rusqlite::Connection::open(dir.path().join("telemetry.db")).unwrap();
@@ -700,20 +965,23 @@ mod tests {
         )
         .unwrap();
         drop(db);
-        let telemetry = Telemetry::open(dir.path()).unwrap();
+        let telemetry = Telemetry::open(dir.path(), 1_000).unwrap();
         assert_eq!(telemetry.record("old").unwrap(), None);
         telemetry.write(&[record(200, 10)], &[]).unwrap();
         assert!(telemetry.record("c1").unwrap().is_some());
         assert_eq!(telemetry.usage(None, 0).unwrap()[0].invocations, 5);
         drop(telemetry);
-        let reopened = Telemetry::open(dir.path()).unwrap();
-        assert!(reopened.record("c1").unwrap().is_some(), "kept once upgraded");
+        let reopened = Telemetry::open(dir.path(), 1_000).unwrap();
+        assert!(
+            reopened.record("c1").unwrap().is_some(),
+            "kept once upgraded"
+        );
     }
 
     #[test]
     fn usage_adds_up_gb_seconds_per_hour() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::open(dir.path()).unwrap();
+        let telemetry = Telemetry::open(dir.path(), 1_000).unwrap();
         telemetry
             .write(
                 &[

@@ -24,7 +24,7 @@ use std::{
 };
 
 use axum::http::{HeaderMap, HeaderValue};
-use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent};
+use wisp_core::telemetry::{CallSource, LogEntry, LogStream, TraceParent, trace_of_call};
 use wisp_runtime::{Meter, OutputSink};
 use wisp_store::{NewLine, NewRecord, StoredLine, Telemetry as CallLog, record_line};
 
@@ -67,13 +67,8 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the writer thread over `log`, keeping `retention` lines and
-    /// records per function, and exporting records to `exporter`.
-    pub(crate) fn start(
-        log: CallLog,
-        retention: u32,
-        exporter: Option<otlp::Exporter>,
-    ) -> std::io::Result<Self> {
+    /// Starts the writer thread over `log`, exporting records to `exporter`.
+    pub(crate) fn start(log: CallLog, exporter: Option<otlp::Exporter>) -> std::io::Result<Self> {
         let log = Arc::new(log);
         let (sender, receiver) = mpsc::sync_channel(BACKLOG);
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
@@ -83,7 +78,6 @@ impl Telemetry {
             flush_wanted: flush_wanted.clone(),
             log: log.clone(),
             live: live.clone(),
-            retention,
             since_pruned: HashMap::new(),
             exporter,
         };
@@ -194,9 +188,10 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    /// Joins the trace of the request's `traceparent`, or starts a new one,
-    /// and rewrites the header so the function sees this call as its parent.
-    pub(crate) fn enter(headers: &mut HeaderMap) -> Self {
+    /// Joins the trace of the request's `traceparent`, or starts a new one
+    /// (named after the call, when wisp made its id), and rewrites the header
+    /// so the function sees this call as its parent.
+    pub(crate) fn enter(headers: &mut HeaderMap, call_id: &str) -> Self {
         let caller = headers
             .get(TRACEPARENT)
             .and_then(|value| value.to_str().ok())
@@ -207,8 +202,11 @@ impl Span {
         let (trace_id, parent_id, flags) = match caller {
             Some(caller) => (caller.trace_id, Some(caller.parent_id), caller.flags),
             None => {
-                let mut trace_id: [u8; 16] = random[..16].try_into().expect("16 bytes");
-                trace_id[0] |= 1;
+                let trace_id = trace_of_call(call_id).unwrap_or_else(|| {
+                    let mut trace_id: [u8; 16] = random[..16].try_into().expect("16 bytes");
+                    trace_id[0] |= 1;
+                    trace_id
+                });
                 (trace_id, None, 1)
             }
         };
@@ -256,7 +254,6 @@ struct Writer {
     log: Arc<CallLog>,
     flush_wanted: Arc<AtomicBool>,
     live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
-    retention: u32,
     /// Entries written per function since it was last pruned.
     since_pruned: HashMap<(String, String), u32>,
     exporter: Option<otlp::Exporter>,
@@ -315,14 +312,14 @@ impl Writer {
         }
     }
 
-    /// Prunes a function once it has written a tenth of its retention again.
+    /// Prunes a function once it has written a prune step again.
     fn count(&mut self, namespace: &str, function: &str) {
         let key = (namespace.to_owned(), function.to_owned());
         let written = self.since_pruned.entry(key).or_default();
         *written += 1;
-        if *written >= (self.retention / 10).max(1) {
+        if *written >= self.log.prune_step() {
             *written = 0;
-            if let Err(error) = self.log.prune(namespace, function, self.retention) {
+            if let Err(error) = self.log.prune(namespace, function) {
                 tracing::error!("call log: prune {function}.{namespace}: {error}");
             }
         }
