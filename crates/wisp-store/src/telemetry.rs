@@ -433,22 +433,14 @@ impl Telemetry {
             {
                 continue;
             }
-            let batch = unpack_row(row, 0, 5)?;
-            let (namespace, function): (String, String) = (row.get(1)?, row.get(2)?);
-            records.extend(
-                batch
-                    .records
-                    .into_iter()
-                    .filter(|record| {
-                        filter
-                            .call_id
-                            .as_ref()
-                            .is_none_or(|id| *id == record.call_id)
-                            && filter.since.is_none_or(|since| record.time() >= since)
-                            && filter.after_id.is_none_or(|after| record.id > after)
-                    })
-                    .map(|record| (record.id, record.unpack(&namespace, &function))),
-            );
+            records.extend(records_in(row, 5, |record| {
+                filter
+                    .call_id
+                    .as_ref()
+                    .is_none_or(|id| *id == record.call_id)
+                    && filter.since.is_none_or(|since| record.time() >= since)
+                    && filter.after_id.is_none_or(|after| record.id > after)
+            })?);
             records.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
             records.truncate(tail);
         }
@@ -471,15 +463,9 @@ impl Telemetry {
             if !holds(row, 3, key)? {
                 continue;
             }
-            let batch = unpack_row(row, 0, 4)?;
-            if let Some(record) = batch
-                .records
-                .into_iter()
-                .rfind(|record| record.call_id == call_id)
+            if let Some((_, record)) = records_in(row, 4, |record| record.call_id == call_id)?.pop()
             {
-                return Ok(Some(
-                    record.unpack(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?),
-                ));
+                return Ok(Some(record));
             }
         }
         Ok(None)
@@ -499,15 +485,7 @@ impl Telemetry {
             if !holds(row, 3, trace)? && !holds(row, 4, first)? {
                 continue;
             }
-            let batch = unpack_row(row, 0, 5)?;
-            let (namespace, function): (String, String) = (row.get(1)?, row.get(2)?);
-            records.extend(
-                batch
-                    .records
-                    .into_iter()
-                    .filter(|record| record.trace_id() == *trace_id)
-                    .map(|record| (record.id, record.unpack(&namespace, &function))),
-            );
+            records.extend(records_in(row, 5, |record| record.trace_id() == *trace_id)?);
         }
         records.sort_unstable_by_key(|(id, record)| (record.started_at, *id));
         Ok(records.into_iter().map(|(_, record)| record).collect())
@@ -776,6 +754,24 @@ fn holds(row: &rusqlite::Row<'_>, keys: usize, key: i64) -> rusqlite::Result<boo
     let key = key.to_le_bytes();
     let keys = row.get_ref(keys)?.as_blob()?;
     Ok(keys.chunks_exact(8).any(|stored| *stored == key))
+}
+
+/// The records `keep` keeps of the batch in `row`, with their ids: its id,
+/// namespace and function are the row's first three columns, its records at
+/// column `records`.
+fn records_in(
+    row: &rusqlite::Row<'_>,
+    records: usize,
+    keep: impl Fn(&Packed) -> bool,
+) -> Result<Vec<(i64, NewRecord)>, StoreError> {
+    let batch = unpack_row(row, 0, records)?;
+    let (namespace, function): (String, String) = (row.get(1)?, row.get(2)?);
+    Ok(batch
+        .records
+        .into_iter()
+        .filter(|record| keep(record))
+        .map(|record| (record.id, record.unpack(&namespace, &function)))
+        .collect())
 }
 
 /// Decodes the batch in a row: its id and its records at those columns.
