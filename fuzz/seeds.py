@@ -63,6 +63,13 @@ seed("artifact_unpack", "tree", archive(
 ))
 seed("artifact_unpack", "traversal", archive(member("../escaped", b"out")))
 seed("artifact_unpack", "absolute", archive(member("/tmp/escaped", b"out")))
+# The file the target watches: an absolute entry must not change its mode.
+seed("artifact_unpack", "absolute-sentinel", archive(member("/tmp/wisp-fuzz-sentinel", b"x")))
+seed("artifact_unpack", "absolute-dir", archive(
+    member("/tmp/wisp-fuzz-sentinel", kind=tarfile.DIRTYPE, mode=0o755),
+))
+seed("artifact_unpack", "device", archive(member("sda", kind=tarfile.BLKTYPE)))
+seed("artifact_unpack", "fifo", archive(member("pipe", kind=tarfile.FIFOTYPE)))
 seed("artifact_unpack", "symlink-out", archive(
     member("etc", kind=tarfile.SYMTYPE, link="/etc"),
     member("etc/written", b"through the link"),

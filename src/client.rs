@@ -93,6 +93,11 @@ impl Client {
         self.json(response)
     }
 
+    /// The live nodes.
+    pub fn nodes(&self) -> anyhow::Result<Vec<wisp_core::api::NodeInfo>> {
+        self.get("/system/nodes", &[])
+    }
+
     /// One function.
     pub fn function(&self, reference: &str) -> anyhow::Result<FunctionStatus> {
         let response = self.call(
@@ -207,9 +212,13 @@ impl Client {
         self.get("/system/calls", query)
     }
 
-    /// One async call.
-    pub fn async_call(&self, id: &str) -> anyhow::Result<CallInfo> {
-        let response = self.call(self.request("GET", &format!("/system/calls/{id}")).call())?;
+    /// One async call; `function` (`name.namespace`) picks one when several share the id.
+    pub fn async_call(&self, id: &str, function: Option<&str>) -> anyhow::Result<CallInfo> {
+        let mut request = self.request("GET", &format!("/system/calls/{id}"));
+        if let Some(function) = function {
+            request = request.query("function", function);
+        }
+        let response = self.call(request.call())?;
         self.json(response)
     }
 
@@ -306,12 +315,13 @@ impl Client {
         Ok(())
     }
 
-    /// Queues a finished call again.
-    pub fn retry_call(&self, id: &str) -> anyhow::Result<CallInfo> {
-        let response = self.call(
-            self.request("POST", &format!("/system/calls/{id}/retry"))
-                .call(),
-        )?;
+    /// Queues a finished call again; `function` as for [`Self::async_call`].
+    pub fn retry_call(&self, id: &str, function: Option<&str>) -> anyhow::Result<CallInfo> {
+        let mut request = self.request("POST", &format!("/system/calls/{id}/retry"));
+        if let Some(function) = function {
+            request = request.query("function", function);
+        }
+        let response = self.call(request.call())?;
         self.json(response)
     }
 }

@@ -1,6 +1,7 @@
 //! Artifact unpacking: any bytes uploaded as a process artifact either
 //! unpack inside their tree or are refused; nothing is ever written next to
-//! the store.
+//! the store, and no host file changes mode (the seeds name the sentinel
+//! file below as an absolute entry).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -15,8 +16,20 @@ static STORE: LazyLock<(tempfile::TempDir, Store)> = LazyLock::new(|| {
     (outside, store)
 });
 
+/// A host file whose 0600 mode no archive may change.
+static SENTINEL: LazyLock<std::path::PathBuf> = LazyLock::new(|| {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::temp_dir().join("wisp-fuzz-sentinel");
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::write(&path, "sentinel").expect("the sentinel file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+});
+
 fuzz_target!(|archive: &[u8]| {
+    use std::os::unix::fs::PermissionsExt as _;
     let (outside, store) = &*STORE;
+    let sentinel = &*SENTINEL;
     let Ok(artifact) = store.put_artifact(archive) else {
         return;
     };
@@ -29,5 +42,7 @@ fuzz_target!(|archive: &[u8]| {
         .map(|entry| entry.file_name())
         .collect();
     assert_eq!(beside, ["store"], "written next to the store");
+    let mode = std::fs::metadata(sentinel).expect("the sentinel").permissions().mode();
+    assert_eq!(mode & 0o7777, 0o600, "a host file's mode changed");
     store.delete_artifact(&artifact.digest).expect("delete");
 });

@@ -33,6 +33,9 @@ enum Action {
     Show {
         /// The call id (`X-Call-Id`).
         id: String,
+        /// The call's function (`name.namespace`), when several namespaces use the id.
+        #[arg(long)]
+        function: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -40,6 +43,9 @@ enum Action {
     Retry {
         /// The call id (`X-Call-Id`).
         id: String,
+        /// The call's function (`name.namespace`), when several namespaces use the id.
+        #[arg(long)]
+        function: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -48,12 +54,20 @@ enum Action {
 impl Calls {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.action {
-            Some(Action::Show { id, remote }) => {
-                let call = Client::new(&remote).async_call(&id)?;
+            Some(Action::Show {
+                id,
+                function,
+                remote,
+            }) => {
+                let call = Client::new(&remote).async_call(&id, function.as_deref())?;
                 print_call(&call, remote.json)
             }
-            Some(Action::Retry { id, remote }) => {
-                let call = Client::new(&remote).retry_call(&id)?;
+            Some(Action::Retry {
+                id,
+                function,
+                remote,
+            }) => {
+                let call = Client::new(&remote).retry_call(&id, function.as_deref())?;
                 if remote.json {
                     println!("{}", serde_json::to_string_pretty(&call)?);
                 } else {

@@ -7,6 +7,7 @@ mod describe;
 mod invoke;
 mod logs;
 mod ls;
+mod nodes;
 mod ns;
 mod rm;
 mod scale;
@@ -30,12 +31,14 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Up(up::Up),
+    // Boxed: `wisp up` has many more flags than the client commands.
+    Up(Box<up::Up>),
     Build(build::Build),
     Deploy(deploy::Deploy),
     Invoke(invoke::Invoke),
     Calls(calls::Calls),
     Ls(ls::Ls),
+    Nodes(nodes::Nodes),
     Describe(describe::Describe),
     Rm(rm::Rm),
     Scale(scale::Scale),
@@ -57,6 +60,7 @@ impl Cli {
             Command::Invoke(command) => command.execute(),
             Command::Calls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Nodes(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Describe(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Rm(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Scale(command) => command.execute().map(|()| ExitCode::SUCCESS),

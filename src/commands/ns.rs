@@ -31,6 +31,12 @@ enum Action {
         /// The most bytes of distinct artifacts its functions may use (`100MiB`).
         #[arg(long)]
         max_artifact_bytes: Option<ByteSize>,
+        /// The most async calls it may have queued or running [default: the node's].
+        #[arg(long)]
+        max_queued_calls: Option<u32>,
+        /// The most bytes of async calls it may have queued or running (`256MiB`) [default: the node's].
+        #[arg(long)]
+        max_queued_bytes: Option<ByteSize>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -56,6 +62,8 @@ impl Ns {
                 max_functions,
                 max_concurrency,
                 max_artifact_bytes,
+                max_queued_calls,
+                max_queued_bytes,
                 remote,
             } => {
                 let request = NewNamespace {
@@ -64,6 +72,8 @@ impl Ns {
                         max_functions,
                         max_concurrency,
                         max_artifact_bytes,
+                        max_queued_calls,
+                        max_queued_bytes,
                     },
                 };
                 let created = Client::new(&remote).create_namespace(&request)?;

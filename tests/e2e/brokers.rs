@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wisp_testing::{Node, send};
 
-use crate::{WISP, deploy_probe, node_with_probe};
+use crate::{WISP, deploy_probe, node_with_probe, runtime, unique};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -42,25 +42,6 @@ fn wait_succeeded(node: &Node, count: usize) -> Vec<Value> {
     });
     assert!(done, "{count} calls expected: {calls:?}");
     calls
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", uuid_like())
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{nanos:x}{:x}", std::process::id())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

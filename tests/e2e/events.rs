@@ -258,7 +258,9 @@ impl Sink {
 
 #[test]
 fn the_result_is_posted_to_the_callback_url_until_it_is_taken() {
-    let node = node_with_probe(json!({}));
+    // The sink listens on loopback, which callbacks may reach only when the operator opens it.
+    let node = Node::start_args(WISP, &["--allow-egress", "127.0.0.0/8"]);
+    deploy_probe(&node, json!({}));
     let sink = Sink::start(vec![500]);
     let id = enqueue(
         &node,

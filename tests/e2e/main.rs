@@ -3,6 +3,8 @@
 
 mod brokers;
 mod cli;
+mod cluster;
+mod escapes;
 mod events;
 mod invoke;
 mod limits;
@@ -34,6 +36,24 @@ fn deploy_probe(node: &Node, extra: Value) {
     let mut deployment = json!({ "service": "probe", "kind": "wasm-http", "image": digest });
     merge(&mut deployment, extra);
     node.deploy_ok(deployment);
+}
+
+/// A name no other run of the tests uses, after `prefix`: brokers and
+/// process tables are shared with every other test and earlier runs.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos();
+    format!("{prefix}{nanos:x}{:x}", std::process::id())
+}
+
+/// A runtime for the async clients of brokers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 /// Shallow-merges the fields of `extra` into `base`.

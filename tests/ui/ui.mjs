@@ -1,18 +1,23 @@
 // Drives wisp's web UI in Debian's Chromium: log in, see the functions, invoke
-// one, see its log line and its call tree. Usage: node ui.mjs URL TOKEN SCREENSHOT
+// one, see its log line and its call tree; then check that a function's page
+// cannot get at the token. Usage: node ui.mjs URL UI_URL TOKEN SCREENSHOT
 import { chromium } from "playwright-core";
 
-const [url, token, screenshot] = process.argv.slice(2);
+const [url, ui, token, screenshot] = process.argv.slice(2);
+const uiOrigin = new URL(ui).origin;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+const page = await context.newPage();
 const problems = [];
 page.on("pageerror", (error) => problems.push(error.message));
 try {
+  // The node's address sends the browser on to the UI's own.
   await page.goto(`${url}/ui/`);
+  if (new URL(page.url()).origin !== uiOrigin) throw new Error(`the UI is served at ${page.url()}`);
 
   // A wrong token is refused with the API's message.
   await page.fill("#token", "not-the-token-at-all");
@@ -37,7 +42,7 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
 
   // The call tree of a failing call shows its error.
-  await page.goto(`${url}/ui/#/function/failing.default`);
+  await page.goto(`${ui}#/function/failing.default`);
   await page.waitForSelector("#invoke");
   await page.click("#invoke");
   await page.waitForSelector("#response-status:text('502')", { timeout: 10000 });
@@ -46,8 +51,28 @@ try {
   await page.waitForSelector("#tree:has-text('stderr: broken on purpose')");
 
   // The queue page lists async calls.
-  await page.goto(`${url}/ui/#/queue`);
+  await page.goto(`${ui}#/queue`);
   await page.waitForSelector("h1:text('Dead letters')", { timeout: 10000 });
+
+  // Still logged in, the user opens a function's page served by the node:
+  // whatever it tries, it does not get the token.
+  const thief = await context.newPage();
+  thief.on("pageerror", (error) => problems.push(`thief: ${error.message}`));
+  await thief.goto(`${url}/function/thief?ui=${encodeURIComponent(ui)}`);
+  await thief.waitForSelector("body[data-done]", { timeout: 30000 });
+  const loot = await thief.textContent("#loot");
+  if (!loot.includes("canary-seen")) throw new Error(`the thief did not run: ${loot}`);
+  if (loot.includes(token)) throw new Error(`a function page read the token: ${loot}`);
+  // The same page fetched through the UI's address (as the invoke form does)
+  // runs no script there.
+  await thief.goto(`${uiOrigin}/function/thief`);
+  await thief.waitForLoadState("load");
+  const ran = await thief.textContent("#loot");
+  if (ran !== "") throw new Error(`a function page ran on the UI's origin: ${ran}`);
+  await thief.close();
+  // And the UI still works.
+  await page.goto(`${ui}#/`);
+  await page.waitForSelector("tr[data-function=probe]", { timeout: 10000 });
 
   if (problems.length) throw new Error(`page errors: ${problems.join("; ")}`);
   console.log("ui: ok");

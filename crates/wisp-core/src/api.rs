@@ -179,6 +179,25 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// A live node, as `GET /system/nodes` lists it: in a cluster, from its
+/// heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The node's id, unique in the cluster.
+    pub id: String,
+    /// The version of wisp it runs.
+    pub version: String,
+    /// Where it serves, as `http://host:port`.
+    pub address: String,
+    /// Invocations running on it.
+    pub active: u64,
+    /// Functions it serves.
+    pub functions: u64,
+    /// Its last heartbeat, in milliseconds since the Unix epoch.
+    pub last_seen: u64,
+}
+
 /// `GET /system/info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

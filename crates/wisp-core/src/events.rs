@@ -31,7 +31,7 @@ pub struct TriggerDeclaration {
     /// NATS: a JetStream stream to consume from (at-least-once, acked after the call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_stream: Option<String>,
-    /// NATS: the durable consumer's name; `wisp-{function}-{namespace}` when absent.
+    /// NATS: the durable consumer's name; `{namespace}_{function}` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_consumer: Option<String>,
     /// An MQTT topic filter (wildcards `+` and `#` allowed).
@@ -173,6 +173,190 @@ fn valid_topic_filter(topic: &str) -> bool {
             (*level == "+" || !level.contains('+'))
                 && (*level == "#" && i == last || !level.contains('#'))
         })
+}
+
+/// What stands for the namespace in a [`TriggerScope`] pattern.
+pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
+
+/// Joins a namespace to the rest of a broker name it owns (a JetStream
+/// consumer, a NATS queue group, an MQTT client id): `_`, which no namespace
+/// or function name (a DNS label) can hold, so `a-b_c` and `a_b-c` can only
+/// be namespace `a-b`'s and namespace `a`'s.
+pub const NAME_SEPARATOR: char = '_';
+
+/// Where a namespace's broker triggers may subscribe: NATS subjects under
+/// one prefix and MQTT topics under another, each a pattern in which
+/// [`NAMESPACE_PLACEHOLDER`] is one whole token (NATS) or level (MQTT). Since
+/// a namespace holds no `.` or `/`, no namespace's prefix lies under
+/// another's, and a wildcard is only ever matched after the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerScope {
+    /// The NATS pattern, such as `{namespace}` or `tenants.{namespace}`.
+    pub nats: String,
+    /// The MQTT pattern, such as `{namespace}` or `tenants/{namespace}`.
+    pub mqtt: String,
+}
+
+impl Default for TriggerScope {
+    fn default() -> Self {
+        Self {
+            nats: NAMESPACE_PLACEHOLDER.to_owned(),
+            mqtt: NAMESPACE_PLACEHOLDER.to_owned(),
+        }
+    }
+}
+
+/// A broker trigger a namespace may not declare: a 400 that says what it may.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    /// A NATS subject or MQTT topic outside the namespace's prefix.
+    #[error(
+        "trigger {trigger}: namespace {namespace} may only subscribe to {what} under `{prefix}` \
+         (such as `{prefix}orders` or `{prefix}{wildcard}`)"
+    )]
+    OutsidePrefix {
+        /// The trigger's label.
+        trigger: String,
+        /// The namespace.
+        namespace: String,
+        /// `subjects` or `topics`.
+        what: &'static str,
+        /// The allowed prefix, separator included.
+        prefix: String,
+        /// The broker's multi-level wildcard.
+        wildcard: &'static str,
+    },
+    /// A consumer or queue group named outside the namespace's own names.
+    #[error(
+        "trigger {trigger}: `{key}` \"{value}\" is not namespace {namespace}'s own: \
+         names a namespace may use start with `{namespace}{NAME_SEPARATOR}`{default}"
+    )]
+    ForeignName {
+        /// The trigger's label.
+        trigger: String,
+        /// `nats_consumer` or `queue_group`.
+        key: &'static str,
+        /// The name given.
+        value: String,
+        /// The namespace.
+        namespace: String,
+        /// What leaving the name out gives, if anything.
+        default: String,
+    },
+}
+
+impl TriggerScope {
+    /// Checks both patterns; the error names the flag's value that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |pattern: &str, separator: char, broker: &str, valid: fn(&str) -> bool| {
+            let tokens = pattern.split(separator);
+            let placeholders = tokens
+                .filter(|token| *token == NAMESPACE_PLACEHOLDER)
+                .count();
+            let sample = pattern.replace(NAMESPACE_PLACEHOLDER, "ns");
+            let literal = !sample.contains(['*', '>', '+', '#', '{', '}']);
+            if placeholders != 1 || pattern.matches(NAMESPACE_PLACEHOLDER).count() != 1 {
+                return Err(format!(
+                    "the {broker} trigger prefix `{pattern}` must hold `{NAMESPACE_PLACEHOLDER}` \
+                     once, as a whole {}, so each namespace gets a prefix of its own",
+                    if separator == '.' { "token" } else { "level" }
+                ));
+            }
+            if !literal || !valid(&sample) || sample.ends_with(separator) {
+                return Err(format!(
+                    "the {broker} trigger prefix `{pattern}` is not a plain {broker} {} without wildcards",
+                    if separator == '.' { "subject" } else { "topic" }
+                ));
+            }
+            Ok(())
+        };
+        check(&self.nats, '.', "NATS", valid_subject)?;
+        check(&self.mqtt, '/', "MQTT", valid_topic_filter)
+    }
+
+    /// The prefix of every subject `namespace`'s functions may subscribe to, its last `.` included.
+    pub fn nats_prefix(&self, namespace: &str) -> String {
+        format!("{}.", self.nats.replace(NAMESPACE_PLACEHOLDER, namespace))
+    }
+
+    /// The prefix of every topic `namespace`'s functions may subscribe to, its last `/` included.
+    pub fn mqtt_prefix(&self, namespace: &str) -> String {
+        format!("{}/", self.mqtt.replace(NAMESPACE_PLACEHOLDER, namespace))
+    }
+
+    /// Whether a function of `namespace` may declare `trigger`: its subject or
+    /// topic lies under the namespace's prefix (so its wildcards come after
+    /// it), and its consumer or queue group, if named, is the namespace's own.
+    pub fn check(&self, namespace: &str, trigger: &Trigger) -> Result<(), ScopeError> {
+        let outside = |what, prefix: String, wildcard| ScopeError::OutsidePrefix {
+            trigger: trigger.label(),
+            namespace: namespace.to_owned(),
+            what,
+            prefix,
+            wildcard,
+        };
+        match trigger {
+            Trigger::Cron(_) => Ok(()),
+            Trigger::Mqtt(topic) => {
+                let prefix = self.mqtt_prefix(namespace);
+                if topic.starts_with(&prefix) {
+                    Ok(())
+                } else {
+                    Err(outside("topics", prefix, "#"))
+                }
+            }
+            Trigger::Nats(nats) => {
+                let prefix = self.nats_prefix(namespace);
+                if !nats.subject.starts_with(&prefix) {
+                    return Err(outside("subjects", prefix, ">"));
+                }
+                let consumer = nats.jetstream.as_ref().and_then(|(_, c)| c.as_ref());
+                for (key, value, default) in [
+                    ("nats_consumer", consumer, true),
+                    ("queue_group", nats.queue_group.as_ref(), false),
+                ] {
+                    if let Some(value) = value
+                        && !owns_name(namespace, value)
+                    {
+                        return Err(ScopeError::ForeignName {
+                            trigger: trigger.label(),
+                            key,
+                            value: value.clone(),
+                            namespace: namespace.to_owned(),
+                            default: if default {
+                                format!(
+                                    " (leave it out for the function's own, `{namespace}{NAME_SEPARATOR}FUNCTION`)"
+                                )
+                            } else {
+                                String::new()
+                            },
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a broker name (consumer, queue group) is `namespace`'s own:
+/// `{namespace}_...`.
+pub fn owns_name(namespace: &str, name: &str) -> bool {
+    name.strip_prefix(namespace)
+        .and_then(|rest| rest.strip_prefix(NAME_SEPARATOR))
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+/// The durable JetStream consumer of a function that names none:
+/// `{namespace}_{function}`, the namespace's own and no one else's.
+pub fn default_consumer(namespace: &str, function: &str) -> String {
+    format!("{namespace}{NAME_SEPARATOR}{function}")
+}
+
+/// The MQTT client id of a function's `index`th trigger:
+/// `wisp_{namespace}_{function}_{index}`, one per trigger and unambiguous.
+pub fn mqtt_client_id(namespace: &str, function: &str, index: usize) -> String {
+    format!("wisp{NAME_SEPARATOR}{namespace}{NAME_SEPARATOR}{function}{NAME_SEPARATOR}{index}")
 }
 
 impl From<Trigger> for TriggerDeclaration {
@@ -531,6 +715,91 @@ mod tests {
         assert_eq!(nats.label(), "nats \"orders.*\" (stream ORDERS)");
         let back: TriggerDeclaration = nats.into();
         assert_eq!(back.nats_stream.as_deref(), Some("ORDERS"));
+    }
+
+    #[test]
+    fn a_namespace_subscribes_only_under_its_prefix_with_its_own_names() {
+        let scope = TriggerScope::default();
+        let trigger = |json: &str| serde_json::from_str::<Trigger>(json).unwrap();
+        for good in [
+            r#"{"nats": "team-a.orders"}"#,
+            r#"{"nats": "team-a.>"}"#,
+            r#"{"nats": "team-a.*.eu", "queue_group": "team-a_workers"}"#,
+            r#"{"nats": "team-a.x", "nats_stream": "S", "nats_consumer": "team-a_x"}"#,
+            r##"{"mqtt": "team-a/#"}"##,
+            r#"{"mqtt": "team-a/+/temp"}"#,
+            r#"{"cron": "@hourly"}"#,
+        ] {
+            assert_eq!(scope.check("team-a", &trigger(good)), Ok(()), "{good}");
+        }
+        for (bad, expected) in [
+            (r#"{"nats": ">"}"#, "subjects under `team-a.`"),
+            (r#"{"nats": "*.orders"}"#, "subjects under `team-a.`"),
+            (r#"{"nats": "team-a"}"#, "subjects under `team-a.`"),
+            (r#"{"nats": "team-ab.x"}"#, "subjects under `team-a.`"),
+            (r#"{"nats": "team-b.>"}"#, "subjects under `team-a.`"),
+            (r##"{"mqtt": "#"}"##, "topics under `team-a/`"),
+            (r#"{"mqtt": "+/x"}"#, "topics under `team-a/`"),
+            (r##"{"mqtt": "$SYS/#"}"##, "topics under `team-a/`"),
+            (
+                r#"{"nats": "team-a.x", "queue_group": "workers"}"#,
+                "`queue_group` \"workers\" is not namespace team-a's own",
+            ),
+            (
+                r#"{"nats": "team-a.x", "nats_stream": "S", "nats_consumer": "team-b_x"}"#,
+                "start with `team-a_`",
+            ),
+            (
+                r#"{"nats": "team-a.x", "nats_stream": "S", "nats_consumer": "team-a_"}"#,
+                "start with `team-a_`",
+            ),
+        ] {
+            let error = scope
+                .check("team-a", &trigger(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "`{error}` should mention `{expected}`"
+            );
+        }
+        let custom = TriggerScope {
+            nats: "tenants.{namespace}".into(),
+            mqtt: "tenants/{namespace}/in".into(),
+        };
+        assert_eq!(custom.validate(), Ok(()));
+        assert_eq!(custom.nats_prefix("a"), "tenants.a.");
+        assert_eq!(custom.mqtt_prefix("a"), "tenants/a/in/");
+        for bad in [
+            "tenants",
+            "x{namespace}",
+            "{namespace}.{namespace}",
+            "a.>.{namespace}",
+            "{namespace}.",
+        ] {
+            let scope = TriggerScope {
+                nats: bad.into(),
+                ..TriggerScope::default()
+            };
+            assert!(scope.validate().is_err(), "{bad}");
+        }
+        assert!(
+            TriggerScope {
+                mqtt: "#/{namespace}".into(),
+                ..TriggerScope::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn derived_broker_names_tell_namespaces_apart() {
+        assert_ne!(default_consumer("a-b", "c"), default_consumer("a", "b-c"));
+        assert_ne!(mqtt_client_id("a-b", "c", 0), mqtt_client_id("a", "b-c", 0));
+        assert!(owns_name("a-b", &default_consumer("a-b", "c")));
+        assert!(!owns_name("a", &default_consumer("a-b", "c")));
+        assert!(!owns_name("a-b", &default_consumer("a", "b-c")));
     }
 
     #[test]

@@ -119,6 +119,15 @@ impl Route {
             path == self.path
         }
     }
+
+    /// Whether some request path is served by both routes, as
+    /// [`Self::matches`] decides: the same exact path, an exact path under a
+    /// prefix, or one prefix under the other. (Every route matches its own
+    /// `path`, so a path both match exists exactly when one route matches
+    /// the other's `path`.)
+    pub fn overlaps(&self, other: &Route) -> bool {
+        self.matches(&other.path) || other.matches(&self.path)
+    }
 }
 
 impl FromStr for Route {
@@ -219,6 +228,17 @@ pub enum SpecError {
     /// An environment variable name is not usable.
     #[error("environment variable name `{0}` is not valid")]
     EnvName(String),
+    /// An environment variable's value holds a NUL byte, which no
+    /// environment can carry.
+    #[error("the value of environment variable `{0}` holds a NUL byte")]
+    EnvValue(String),
+    /// Variables (from `env` or a secret's name) that would change how the
+    /// dynamic loader or the C library behave.
+    #[error(
+        "environment variable(s) {} change how programs are loaded or how the C library \
+         behaves, and are refused: {LOADER_VARIABLES_DOC}", .0.join(", ")
+    )]
+    LoaderVariables(Vec<String>),
     /// A trigger does not parse.
     #[error("{0}")]
     Trigger(String),
@@ -241,14 +261,53 @@ pub enum SpecError {
     Fuel(FunctionKind),
 }
 
+/// What [`is_loader_variable`] refuses, as error messages say it.
+pub const LOADER_VARIABLES_DOC: &str = "LD_*, MALLOC_*, GCONV_PATH, GETCONF_DIR, GLIBC_TUNABLES, \
+     HOSTALIASES, LOCALDOMAIN, LOCPATH, NIS_PATH, NLSPATH, RESOLV_HOST_CONF and RES_OPTIONS";
+
+/// Whether an environment variable changes how the dynamic loader or the C
+/// library behave (the variables glibc drops for setuid programs, but for
+/// `TMPDIR` and `TZDIR`). A function may not set one: should any program
+/// outside its sandbox ever see it, it would run the function's code there.
+/// Compared without regard to case, as no one needs `ld_preload` either.
+pub fn is_loader_variable(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    name.starts_with("LD_")
+        || name.starts_with("MALLOC_")
+        || matches!(
+            name.as_str(),
+            "GCONV_PATH"
+                | "GETCONF_DIR"
+                | "GLIBC_TUNABLES"
+                | "HOSTALIASES"
+                | "LOCALDOMAIN"
+                | "LOCPATH"
+                | "NIS_PATH"
+                | "NLSPATH"
+                | "RESOLV_HOST_CONF"
+                | "RES_OPTIONS"
+        )
+}
+
+/// Checks a secret's name where it is created: a DNS label whose variable
+/// is not a loader variable.
+pub fn validate_secret_name(secret: &str) -> Result<(), String> {
+    validate_name(secret).map_err(|error| error.to_string())?;
+    let variable = crate::tenancy::secret_env_name(secret);
+    if is_loader_variable(&variable) {
+        return Err(SpecError::LoaderVariables(vec![variable]).to_string());
+    }
+    Ok(())
+}
+
 /// Checks the secrets a function names: DNS labels, each once, and none
 /// whose environment variable `env` sets as well.
 fn validate_secrets(secrets: &[String], env: &BTreeMap<String, String>) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for secret in secrets {
         let refuse = |why: String| Err(SpecError::Secret(secret.clone(), why));
-        if let Err(error) = validate_name(secret) {
-            return refuse(error.to_string());
+        if let Err(error) = validate_secret_name(secret) {
+            return refuse(error);
         }
         if !seen.insert(secret) {
             return refuse("named twice".into());
@@ -624,6 +683,17 @@ impl FunctionSpec {
         {
             return Err(SpecError::EnvName(bad.clone()));
         }
+        if let Some((name, _)) = env_vars.iter().find(|(_, value)| value.contains('\0')) {
+            return Err(SpecError::EnvValue(name.clone()));
+        }
+        let loader: Vec<String> = env_vars
+            .keys()
+            .filter(|key| is_loader_variable(key))
+            .cloned()
+            .collect();
+        if !loader.is_empty() {
+            return Err(SpecError::LoaderVariables(loader));
+        }
         validate_secrets(&secrets, &env_vars)?;
         Ok(Self {
             name: service,
@@ -768,6 +838,33 @@ mod tests {
                     ..deployment(FunctionKind::Process)
                 },
                 "`env` sets DB_PASSWORD",
+            ),
+            (
+                FunctionDeployment {
+                    env_vars: [
+                        ("LD_PRELOAD".into(), "/function/evil.so".into()),
+                        ("GCONV_PATH".into(), "/function".into()),
+                        ("Malloc_Check_".into(), "3".into()),
+                        ("LDAP_HOST".into(), "fine".into()),
+                    ]
+                    .into(),
+                    ..deployment(FunctionKind::Process)
+                },
+                "environment variable(s) GCONV_PATH, LD_PRELOAD, Malloc_Check_ change how",
+            ),
+            (
+                FunctionDeployment {
+                    env_vars: [("A".into(), "x\0LD_PRELOAD=/function/evil.so".into())].into(),
+                    ..deployment(FunctionKind::Process)
+                },
+                "the value of environment variable `A` holds a NUL byte",
+            ),
+            (
+                FunctionDeployment {
+                    secrets: vec!["ld-library-path".into()],
+                    ..deployment(FunctionKind::Process)
+                },
+                "secret `ld-library-path`: environment variable(s) LD_LIBRARY_PATH change",
             ),
             (
                 FunctionDeployment {
@@ -931,6 +1028,33 @@ mod tests {
         assert!(!prefix.matches("/api/usersx"));
         for bad in ["hello", "/healthz", "/system/...", "/...", "/a?b", "/a//b"] {
             assert!(bad.parse::<Route>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_overlap_when_one_path_is_served_by_both() {
+        let route = |text: &str| text.parse::<Route>().unwrap();
+        for (a, b) in [
+            ("/api/login", "/api/login"),
+            ("/api/...", "/api/login"),
+            ("/api/...", "/api"),
+            ("/api/...", "/api/v1/..."),
+            ("/api/...", "/api/..."),
+            // `/api/login/...` serves `/api/login` itself.
+            ("/api/login", "/api/login/..."),
+        ] {
+            assert!(route(a).overlaps(&route(b)), "{a} {b}");
+            assert!(route(b).overlaps(&route(a)), "{b} {a}");
+        }
+        for (a, b) in [
+            ("/api/login", "/api/logout"),
+            ("/api/...", "/apix"),
+            ("/api/...", "/apix/..."),
+            ("/api/v1/...", "/api"),
+        ] {
+            let (a, b) = (route(a), route(b));
+            assert!(!a.overlaps(&b), "{a} {b}");
+            assert!(!b.overlaps(&a), "{b} {a}");
         }
     }
 }

@@ -232,6 +232,14 @@ pub struct Quotas {
     /// The total size of the distinct artifacts its functions use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_artifact_bytes: Option<ByteSize>,
+    /// Async calls it may have queued or running; it overrides the node's
+    /// per-namespace limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_calls: Option<u32>,
+    /// Bytes of async calls (requests as stored) it may have queued or
+    /// running; it overrides the node's per-namespace limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<ByteSize>,
 }
 
 /// What a namespace holds, as its quotas count it.
@@ -267,6 +275,25 @@ pub enum QuotaExceeded {
         /// Its quota.
         max: u64,
     },
+    /// An upload that would take the artifacts the namespace uploaded and
+    /// none of its functions uses yet over its artifact quota (or, when it
+    /// sets none, over the node's limit on unused uploads).
+    #[error(
+        "namespace {namespace}'s uploads that none of its functions uses would take {}, \
+         over its quota of {} ({quota}): deploy or wait for them to be collected",
+        ByteSize(*unused), ByteSize(*max)
+    )]
+    UnusedUploads {
+        /// The namespace.
+        namespace: String,
+        /// What its unused uploads would take with this one (at least).
+        unused: u64,
+        /// Its quota.
+        max: u64,
+        /// Which quota: `max_artifact_bytes`, or the node's
+        /// `--namespace-max-unused-upload-bytes`.
+        quota: &'static str,
+    },
 }
 
 impl Quotas {
@@ -279,6 +306,8 @@ impl Quotas {
                 "maxArtifactBytes",
                 self.max_artifact_bytes == Some(ByteSize(0)),
             ),
+            ("maxQueuedCalls", self.max_queued_calls == Some(0)),
+            ("maxQueuedBytes", self.max_queued_bytes == Some(ByteSize(0))),
         ];
         match zero.into_iter().find(|(_, zero)| *zero) {
             Some((quota, _)) => Err(format!("{quota} must be at least 1")),
@@ -538,6 +567,7 @@ mod tests {
             max_functions: Some(2),
             max_concurrency: Some(1),
             max_artifact_bytes: Some(ByteSize(1 << 20)),
+            ..Quotas::default()
         };
         let within = NamespaceUsage {
             functions: 2,

@@ -8,9 +8,12 @@
 //!    `/proc`, the bound `/etc` files), write only to `/tmp` (and execute
 //!    nothing from it) and existing devices, create nothing in `/dev`, bind
 //!    only the TCP port it was
-//!    given (if it shares the host's network), and neither connect to
+//!    given (a `process-http` replica), and neither connect to
 //!    abstract UNIX sockets nor signal processes outside its sandbox;
-//! 3. executes the function's program.
+//! 3. executes the function's program with the environment the node wrote
+//!    to [`ENV_FD`], and no other: bubblewrap and this program run with a
+//!    fixed one, so nothing a tenant declares (`LD_PRELOAD`, say) acts on a
+//!    program that runs outside the sandbox or with privileges inside it.
 //!
 //! It is a program of its own because Landlock forbids mounting: it can only
 //! be applied once bubblewrap has finished building the view.
@@ -29,6 +32,9 @@ pub const FUNCTION_DIR: &str = "/function";
 pub const SECRETS_DIR: &str = "/run/secrets";
 /// Where the sandbox finds this program.
 pub const JAIL_PATH: &str = "/run/wisp-jail";
+/// The descriptor `wisp-jail` reads the function's environment from:
+/// `NAME=VALUE` entries, each ending in a NUL byte.
+pub const ENV_FD: i32 = 6;
 /// The Landlock ABI whose rights this program asks for (Linux 6.12): older
 /// kernels enforce what they know of them.
 const ABI: ABI = ABI::V6;
@@ -47,6 +53,9 @@ pub enum JailError {
         /// The failed call.
         error: std::io::Error,
     },
+    /// The environment could not be read from [`ENV_FD`].
+    #[error("read the environment from descriptor {ENV_FD}: {0}")]
+    Environment(std::io::Error),
     /// A Landlock ruleset could not be built or enforced.
     #[error("landlock: {0}")]
     Landlock(#[from] RulesetError),
@@ -65,9 +74,10 @@ pub enum JailError {
 pub enum Bind {
     /// Any: it has a network namespace of its own, which nothing outside reaches.
     Any,
-    /// None: it shares the host's network, outbound only.
+    /// None: it reaches out through user-mode networking (or, on a node
+    /// that cannot set that up, the host's network), outbound only.
     None,
-    /// Only `$PORT`: it shares the host's network to serve on that port.
+    /// Only `$PORT`: it serves on that port (a `process-http` replica).
     PortEnv,
 }
 
@@ -141,18 +151,37 @@ impl Entry {
         Ok((entry, program))
     }
 
-    /// Confines this process and executes `program`; returns only on failure.
+    /// Confines this process and executes `program` with the environment
+    /// read from [`ENV_FD`]; returns only on failure.
     pub fn enter(&self, program: &[OsString]) -> JailError {
+        let env = match read_env() {
+            Ok(env) => env,
+            Err(error) => return JailError::Environment(error),
+        };
         if let Some(uid) = self.uid
             && let Err(error) = drop_to(uid)
         {
             return JailError::Drop { uid, error };
         }
-        if let Err(error) = self.landlock() {
+        // The last `PORT` is the one the program sees, and the node writes
+        // the replica's own after the function's variables.
+        let port = env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "PORT")
+            .and_then(|(_, port)| port.to_str()?.parse().ok());
+        if let Err(error) = self.landlock(port) {
             return error;
+        }
+        // Nothing but STDIN, STDOUT and STDERR passes on to the function
+        // (bubblewrap's options, which name host paths, were on a descriptor).
+        if let Err(error) = close_on_exec_from(3) {
+            return JailError::Environment(error);
         }
         let error = std::process::Command::new(&program[0])
             .args(&program[1..])
+            .env_clear()
+            .envs(env)
             .exec();
         JailError::Exec {
             program: program[0].to_string_lossy().into_owned(),
@@ -160,8 +189,9 @@ impl Entry {
         }
     }
 
-    /// Applies the Landlock rules, as far as the kernel knows them.
-    fn landlock(&self) -> Result<(), JailError> {
+    /// Applies the Landlock rules, as far as the kernel knows them; `port`
+    /// is the function's `$PORT`.
+    fn landlock(&self, port: Option<u16>) -> Result<(), JailError> {
         let read = AccessFs::from_read(ABI);
         let device = read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
         let mut ruleset = Ruleset::default()
@@ -192,15 +222,70 @@ impl Entry {
                 AccessFs::from_all(ABI) & !AccessFs::Execute,
             ))?;
         if self.bind == Bind::PortEnv
-            && let Some(port) = std::env::var("PORT")
-                .ok()
-                .and_then(|port| port.parse::<u16>().ok())
+            && let Some(port) = port
         {
             ruleset = ruleset.add_rule(NetPort::new(port, AccessNet::BindTcp))?;
         }
         ruleset.restrict_self()?;
         Ok(())
     }
+}
+
+/// Marks every descriptor from `first` on close-on-exec: with one
+/// close_range(2) call (Linux 5.11), or one by one on older kernels.
+fn close_on_exec_from(first: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: close_range(2) takes integers only.
+    let ranged = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ranged == 0 {
+        return Ok(());
+    }
+    let open: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first)
+        .collect();
+    for fd in open {
+        // SAFETY: fcntl(2) on an integer; a descriptor that was the
+        // directory listing's own is closed by now and fails harmlessly.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Reads the function's environment from [`ENV_FD`] and closes it.
+fn read_env() -> std::io::Result<Vec<(OsString, OsString)>> {
+    use std::{
+        io::Read as _,
+        os::{fd::FromRawFd as _, unix::ffi::OsStringExt as _},
+    };
+    // SAFETY: the node opened this descriptor for this program alone, and
+    // nothing else here uses it; the File closes it when dropped.
+    let mut file = unsafe { std::fs::File::from_raw_fd(ENV_FD) };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(parse_env(&bytes)
+        .map(|(name, value)| {
+            (
+                OsString::from_vec(name.to_vec()),
+                OsString::from_vec(value.to_vec()),
+            )
+        })
+        .collect())
+}
+
+/// The `NAME=VALUE` entries of NUL-terminated bytes; one without `=` is skipped.
+fn parse_env(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    bytes.split(|&byte| byte == 0).filter_map(|entry| {
+        let equals = entry.iter().position(|&byte| byte == b'=')?;
+        Some((&entry[..equals], &entry[equals + 1..]))
+    })
 }
 
 /// Becomes `uid` (and gid `uid`) with no supplementary groups and no
@@ -288,6 +373,19 @@ mod tests {
             assert_eq!(parsed, entry);
             assert_eq!(program, ["/function/run.sh", "--flag"]);
         }
+    }
+
+    #[test]
+    fn environments_are_read_as_the_node_writes_them() {
+        let env: Vec<_> = parse_env(b"PORT=8080\0A=b=c\0EMPTY=\0junk\0").collect();
+        assert_eq!(
+            env,
+            [
+                (&b"PORT"[..], &b"8080"[..]),
+                (b"A", b"b=c"),
+                (b"EMPTY", b""),
+            ]
+        );
     }
 
     #[test]

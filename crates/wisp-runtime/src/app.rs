@@ -18,7 +18,8 @@
 //! [`STOP_GRACE`], SIGKILL to its process group.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    fs::File,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -33,8 +34,8 @@ use http::header::{self, HeaderName};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader},
@@ -45,7 +46,9 @@ use wisp_core::{Readiness, Scale};
 
 use crate::{
     BoxError, Invocation, InvokeError, LogStream, Output, PrepareError, Response, ResponseBody,
+    netns::socket_in,
     process::{Program, kill_group, signal_group},
+    sandbox::Lease,
 };
 
 /// How often the autoscaler samples demand.
@@ -101,7 +104,9 @@ struct App {
     name: String,
     program: Program,
     scale: Scale,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<ReplicaConnector, Full<Bytes>>,
+    /// The network namespaces of replicas that have one, by port.
+    namespaces: Namespaces,
     state: Mutex<State>,
     /// Signalled whenever a replica becomes ready or fails to start.
     changed: Notify,
@@ -149,16 +154,16 @@ impl AppFunction {
         scale: Scale,
         output: Output,
     ) -> Result<Self, PrepareError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let namespaces = Namespaces::default();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(ReplicaConnector(namespaces.clone()));
         let app = Arc::new(App {
             name,
             program,
             scale,
             client,
+            namespaces,
             state: Mutex::default(),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -467,17 +472,23 @@ async fn autoscale(app: Arc<App>) {
 /// exits or is told to stop.
 async fn run_replica(app: Arc<App>) {
     let id = app.next_replica.fetch_add(1, Ordering::Relaxed);
-    let port = match free_port() {
-        Ok(port) => port,
+    let (reservation, port) = match free_port() {
+        Ok(free) => free,
         Err(error) => return app.start_failed(format!("no free port for a replica: {error}")),
     };
-    let (mut command, _lease) = match app.program.command() {
-        Ok(command) => command,
-        Err(error) => return app.start_failed(format!("could not sandbox a replica: {error}")),
-    };
-    command
-        .env("PORT", port.to_string())
-        .stdin(std::process::Stdio::null());
+    let (mut command, mut lease) =
+        match app.program.command(vec![("PORT".into(), port.to_string())]) {
+            Ok(command) => command,
+            Err(error) => return app.start_failed(format!("could not sandbox a replica: {error}")),
+        };
+    // A replica with a network of its own listens there, not on the host:
+    // the node holds its port on the host instead, so that no other replica
+    // of this app is given the same one. Otherwise the replica needs it now.
+    let _reserved = lease
+        .as_ref()
+        .is_some_and(Lease::has_own_network)
+        .then_some(reservation);
+    command.stdin(std::process::Stdio::null());
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls prctl(2), which is async-signal-safe.
     unsafe {
@@ -501,6 +512,19 @@ async fn run_replica(app: Arc<App>) {
         }
     };
     let group = child.id().map(|pid| pid as libc::pid_t);
+    if let Some(lease) = lease.as_mut()
+        && let Err(error) = lease.network_up().await
+    {
+        if let Some(group) = group {
+            kill_group(group);
+        }
+        let _ = child.wait().await;
+        return app.start_failed(format!("could not set up a replica's network: {error}"));
+    }
+    let _namespace = lease
+        .as_ref()
+        .and_then(|lease| lease.netns())
+        .map(|netns| Registered::new(app.namespaces.clone(), port, netns));
     let mut forwarders = Vec::new();
     for (stream, output) in [
         (
@@ -600,9 +624,7 @@ async fn wait_ready(app: &App, port: u16) {
     let mut interval = PROBE_INTERVAL;
     loop {
         let ready = match &app.scale.readiness {
-            Readiness::Tcp => tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok(),
+            Readiness::Tcp => connect(&app.namespaces, port).await.is_ok(),
             Readiness::Http(path) => match format!("http://127.0.0.1:{port}{path}").parse() {
                 Ok(uri) => {
                     let probe = app.client.get(uri);
@@ -658,11 +680,81 @@ fn full_response(parts: http::response::Parts, body: Bytes) -> Response {
     http::Response::from_parts(parts, body)
 }
 
-/// A port nobody listens on now, for a replica's `$PORT`.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The network namespaces of replicas that have one of their own, by port:
+/// there, `127.0.0.1:$PORT` is the replica's own loopback, not the host's.
+type Namespaces = Arc<Mutex<HashMap<u16, Arc<File>>>>;
+
+/// A replica's namespace, known to the connector while this lives.
+struct Registered {
+    namespaces: Namespaces,
+    port: u16,
+}
+
+impl Registered {
+    fn new(namespaces: Namespaces, port: u16, netns: Arc<File>) -> Self {
+        namespaces.lock().expect("namespaces").insert(port, netns);
+        Self { namespaces, port }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.namespaces
+            .lock()
+            .expect("namespaces")
+            .remove(&self.port);
+    }
+}
+
+/// Connects to a replica's `127.0.0.1:port`: in its own network namespace
+/// when it has one (the socket is made there), else on the host.
+async fn connect(namespaces: &Namespaces, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let netns = namespaces.lock().expect("namespaces").get(&port).cloned();
+    let stream = match netns {
+        Some(netns) => {
+            let socket = std::net::TcpStream::from(socket_in(&netns)?);
+            tokio::net::TcpSocket::from_std_stream(socket)
+                .connect(address)
+                .await?
+        }
+        None => tokio::net::TcpStream::connect(address).await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The gateway's connector to replicas: [`connect`] to the URI's port.
+#[derive(Clone)]
+struct ReplicaConnector(Namespaces);
+
+impl tower_service::Service<http::Uri> for ReplicaConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = std::io::Result<TokioIo<tokio::net::TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let namespaces = self.0.clone();
+        Box::pin(async move {
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| std::io::Error::other("a replica URI without a port"))?;
+            connect(&namespaces, port).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// A port nobody listens on now, for a replica's `$PORT`, held by the
+/// listener until it is dropped.
+fn free_port() -> std::io::Result<(std::net::TcpListener, u16)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {

@@ -2,12 +2,16 @@
 //! components run on wasmtime ([`wasm`], the only user of wasmtime in wisp)
 //! with a fresh instance per request; executables run as a fresh process per
 //! request ([`process`]); HTTP apps run as scaled replicas that requests are
-//! proxied to ([`app`]); processes of both start inside the [`sandbox`]. Each takes an [`Invocation`] with its deadline and
-//! answers a response or an [`InvokeError`], which the server turns into a
-//! status in one place. What a function writes goes to its [`Output`], line
+//! proxied to ([`app`]); processes of both start inside the [`sandbox`]; what
+//! functions send out goes through [`outbound`], under the node's egress
+//! policy. Each takes an [`Invocation`] with its deadline and answers a
+//! response or an [`InvokeError`], which the server turns into a status in
+//! one place. What a function writes goes to its [`Output`], line
 //! by line with the call's id, and what a call uses is read into its [`Meter`].
 
 pub mod app;
+pub mod netns;
+pub mod outbound;
 pub mod process;
 pub mod sandbox;
 pub mod wasm;
@@ -79,6 +83,32 @@ impl Meter {
     /// The CPU time, if measured.
     pub fn cpu_time(&self) -> Option<Duration> {
         self.cpu_us.get().map(|&us| Duration::from_micros(us))
+    }
+}
+
+/// Found in a response's extensions when the guest that answered may still
+/// be running: a `wasm-http` guest streams its body after the head, and may
+/// go on working after that. It is finished once the guest has returned,
+/// trapped or been stopped at its deadline, so whoever counts live instances
+/// (the server's concurrency slots) can hold the count until then.
+#[derive(Debug, Clone)]
+pub struct GuestRunning(tokio::sync::watch::Receiver<()>);
+
+impl GuestRunning {
+    /// A handle, and the token the guest's run holds until it is done.
+    pub(crate) fn new() -> (tokio::sync::watch::Sender<()>, Self) {
+        let (running, watched) = tokio::sync::watch::channel(());
+        (running, Self(watched))
+    }
+
+    /// Whether the guest is done.
+    pub fn is_finished(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+
+    /// Completes once the guest is done.
+    pub async fn finished(mut self) {
+        while self.0.changed().await.is_ok() {}
     }
 }
 

@@ -84,29 +84,38 @@ impl Program {
     }
 
     /// The command every process of a function starts from: its own process
-    /// group, its directory, only the environment it declared, output piped,
+    /// group, its directory, only the environment it declared and `extra`
+    /// (what this process is told: the request, its port), output piped,
     /// inside its jail if it has one (whose uid lease must then be kept
     /// until the process is gone). Unsandboxed, the program is an absolute
     /// path, which lets the standard library spawn with `posix_spawn`: no
     /// copy of the node's page tables, as `fork` makes.
-    pub fn command(&self) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
-        let (mut command, lease, home) = match &self.jail {
-            Some(jail) => {
-                let (command, lease) = jail.command(&self.dir, &self.program)?;
-                (command, lease, Path::new(FUNCTION_DIR))
-            }
+    pub fn command(
+        &self,
+        extra: Vec<(String, String)>,
+    ) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
+        let home = match &self.jail {
+            Some(_) => Path::new(FUNCTION_DIR),
+            None => self.dir.as_path(),
+        };
+        let env: Vec<(String, String)> = [
+            ("PATH".to_owned(), FUNCTION_PATH.to_owned()),
+            ("HOME".to_owned(), home.to_string_lossy().into_owned()),
+        ]
+        .into_iter()
+        .chain(self.env.iter().cloned())
+        .chain(extra)
+        .collect();
+        let (mut command, lease) = match &self.jail {
+            Some(jail) => jail.command(&self.dir, &self.program, &env)?,
             None => {
                 let mut command = tokio::process::Command::new(&self.program);
-                command.current_dir(&self.dir);
-                (command, None, self.dir.as_path())
+                command.current_dir(&self.dir).env_clear().envs(env);
+                (command, None)
             }
         };
         command
             .args(&self.args)
-            .env_clear()
-            .env("PATH", FUNCTION_PATH)
-            .env("HOME", home)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -131,15 +140,25 @@ impl ProcessFunction {
         let spawn_error = |error: std::io::Error| {
             InvokeError::Internal(format!("spawn {}: {error}", self.program.program.display()))
         };
-        let (mut command, _lease) = self.program.command().map_err(spawn_error)?;
-        let mut child = command
-            .envs(watchdog_env(&invocation))
-            .stdin(Stdio::piped())
-            .spawn()
+        let (mut command, mut lease) = self
+            .program
+            .command(watchdog_env(&invocation))
             .map_err(spawn_error)?;
+        let mut child = command.stdin(Stdio::piped()).spawn().map_err(spawn_error)?;
         drop(command);
-        let group = child.id().map(|pid| pid as libc::pid_t);
-        let exit = group.and_then(pidfd);
+        // From here on, however the call ends (cancelled while its network
+        // is set up, too), nothing of it outlives it.
+        let group = child.id().map(|pid| GroupGuard(pid as libc::pid_t));
+        if let Some(lease) = lease.as_mut()
+            && let Err(error) = lease.network_up().await
+        {
+            let _ = child.start_kill();
+            return Err(InvokeError::Internal(format!(
+                "set up the network of {}: {error}",
+                self.program.program.display()
+            )));
+        }
+        let exit = group.as_ref().and_then(|group| pidfd(group.0));
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -167,9 +186,7 @@ impl ProcessFunction {
         };
         let outcome = tokio::time::timeout_at(invocation.deadline, run).await;
         // Whatever happened, nothing of this request may outlive it.
-        if let Some(group) = group {
-            kill_group(group);
-        }
+        drop(group);
         let (stdout, stderr, status) = match outcome {
             Ok(finished) => finished,
             Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
@@ -201,6 +218,17 @@ impl ProcessFunction {
                 )))
             }
         }
+    }
+}
+
+/// Kills a process group when dropped, so nothing of a call outlives it
+/// however it ends: finished, timed out, or cancelled while its process runs
+/// (the client went away, the node is stopping).
+struct GroupGuard(libc::pid_t);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The process sandbox: every process a function starts runs inside
-//! bubblewrap (`bwrap`), in new user, mount, PID, IPC, UTS, cgroup and (unless
-//! the function declared `network = "outbound"`) network namespaces. It sees
+//! bubblewrap (`bwrap`), in new user, mount, PID, IPC, UTS, cgroup and
+//! network namespaces (an outbound process or a replica reaches out through
+//! slirp4netns, see [`crate::netns`], when the node is root). It sees
 //! `/usr` and the function's own files read-only, a private size-limited
 //! `/tmp`, a minimal `/dev` and its own `/proc`; nothing else of the host.
 //!
@@ -10,7 +11,8 @@
 //! making; and, inside, `wisp-jail` (see that crate), which drops to an
 //! unprivileged uid of its own per process in flight when the node runs as
 //! root (so the process limit counts one call's processes and no sandbox can
-//! signal or read another) and applies Landlock before it runs the function.
+//! signal or read another; each node on a machine draws from a block of uids
+//! no other node uses) and applies Landlock before it runs the function.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -25,13 +27,21 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
-use wisp_core::spec::Network;
-use wisp_jail::{Bind, Entry, JAIL_PATH};
+use wisp_core::{egress::Cidr, spec::Network};
+use wisp_jail::{Bind, ENV_FD, Entry, JAIL_PATH};
+
+use crate::netns::{self, NetConfig, Pending, RESOLV_CONF};
 
 /// The first uid a sandboxed process may run as, when the node is root.
 pub const FIRST_UID: u32 = 300_000;
-/// How many uids sandboxes take turns with: the most processes in flight at once.
+/// How many uids one node's sandboxes take turns with: the most processes
+/// in flight at once.
 pub const UIDS: u32 = 65_536;
+/// How many blocks of [`UIDS`] uids, from [`FIRST_UID`] on, nodes on one
+/// machine share out: each claims one for its life (see [`UidBlock`]).
+const UID_BLOCKS: u32 = 1024;
+/// Where nodes on one machine lock the uid block each uses.
+const UID_LOCKS: &str = "/run/wisp/uids";
 pub use wisp_jail::{FUNCTION_DIR, SECRETS_DIR};
 /// The size of a sandbox's private `/tmp`.
 pub const TMP_SIZE: u64 = 64 << 20;
@@ -44,8 +54,14 @@ pub const MAX_REPLICA_TASKS: u64 = 1024;
 pub const NICENESS: libc::c_int = 10;
 /// The most files one process may have open.
 pub const MAX_OPEN_FILES: u64 = 256;
-/// The descriptors bubblewrap reads its two seccomp programs from.
-const FILTER_FDS: [i32; 2] = [3, 4];
+/// The descriptors a sandboxed process starts with: bubblewrap reads its two
+/// seccomp programs from the first two, its options from [`ARGS_FD`], and
+/// `wisp-jail` the function's environment from [`ENV_FD`]. A sandbox with a
+/// network of its own also has bubblewrap's `--info-fd` (the sandbox's pid),
+/// `--block-fd` (held until the network is up) and its `resolv.conf`.
+const FDS: [i32; 7] = [3, 4, ARGS_FD, ENV_FD, 7, 8, 9];
+/// Where bubblewrap reads its options.
+const ARGS_FD: i32 = 5;
 
 /// Why the sandbox cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +98,21 @@ pub struct Sandbox {
     isolated: Vec<u8>,
     /// The seccomp program for functions with outbound network: no listening sockets either.
     outbound: Vec<u8>,
-    /// When the node is root: the unprivileged uids sandboxes take turns with.
-    uids: Option<Mutex<VecDeque<u32>>>,
+    /// When the node is root: the unprivileged uids sandboxes take turns
+    /// with, from the block this node holds.
+    uids: Option<(UidBlock, Mutex<VecDeque<u32>>)>,
+    /// When the node is root and slirp4netns is installed: how outbound
+    /// processes and replicas get a network namespace of their own.
+    net: Option<Arc<NetConfig>>,
 }
 
 impl Sandbox {
     /// Finds bubblewrap, and `wisp-jail` beside the running program, and
-    /// checks that they can make a sandbox here.
-    pub fn new() -> Result<Arc<Self>, SandboxError> {
+    /// checks that they can make a sandbox here. `allowed` are the ranges
+    /// the operator opened (`--allow-egress`): the rest of what the egress
+    /// policy denies, the node's own addresses included, is routed to
+    /// nowhere inside the namespaces of outbound processes and replicas.
+    pub fn new(allowed: &[Cidr]) -> Result<Arc<Self>, SandboxError> {
         let bwrap = ["/usr/bin", "/usr/local/bin", "/bin"]
             .into_iter()
             .map(|dir| Path::new(dir).join("bwrap"))
@@ -102,8 +125,28 @@ impl Sandbox {
             return Err(SandboxError::NoJail(jail));
         }
         // SAFETY: geteuid(2) has no preconditions.
-        let uids = (unsafe { libc::geteuid() } == 0)
-            .then(|| Mutex::new((FIRST_UID..FIRST_UID + UIDS).collect()));
+        let uids = if unsafe { libc::geteuid() } == 0 {
+            let block = UidBlock::claim().map_err(|error| {
+                SandboxError::Unusable(format!("claim a block of uids in {UID_LOCKS}: {error}"))
+            })?;
+            let first = block.first();
+            Some((block, Mutex::new((first..first + UIDS).collect())))
+        } else {
+            None
+        };
+        let net = match uids {
+            Some(_) => {
+                let net = NetConfig::new(allowed, &crate::outbound::local_addresses());
+                if net.is_none() {
+                    tracing::warn!(
+                        "slirp4netns is not installed (apt install slirp4netns): outbound \
+                         processes and process-http replicas share the host's network"
+                    );
+                }
+                net.map(Arc::new)
+            }
+            None => None,
+        };
         let sandbox = Arc::new(Self {
             bwrap,
             jail,
@@ -111,6 +154,7 @@ impl Sandbox {
             isolated: filter(false)?,
             outbound: filter(true)?,
             uids,
+            net,
         });
         sandbox.check()?;
         Ok(sandbox)
@@ -128,7 +172,7 @@ impl Sandbox {
             secrets: None,
         };
         let (mut command, _lease) = jail
-            .command(Path::new("/"), Path::new("/usr/bin/true"))
+            .command(Path::new("/"), Path::new("/usr/bin/true"), &[])
             .map_err(|error| SandboxError::Unusable(error.to_string()))?;
         let output = command
             .as_std_mut()
@@ -146,7 +190,7 @@ impl Sandbox {
     }
 
     fn lease(self: &Arc<Self>) -> std::io::Result<Option<Lease>> {
-        let Some(uids) = &self.uids else {
+        let Some((_, uids)) = &self.uids else {
             return Ok(None);
         };
         let uid = uids.lock().expect("uids").pop_front().ok_or_else(|| {
@@ -155,7 +199,55 @@ impl Sandbox {
         Ok(Some(Lease {
             uid,
             sandbox: self.clone(),
+            pending: None,
+            network: None,
         }))
+    }
+}
+
+/// The block of uids one node's sandboxes run as, locked for the node's
+/// life: the process limit counts every process of a uid on the machine, so
+/// two nodes on one machine (or a node and the leftovers of one just
+/// killed) must never hand out the same uid, or a fork bomb in one starves
+/// the other. The lock is an `flock`, gone with the process holding it.
+#[derive(Debug)]
+struct UidBlock {
+    index: u32,
+    _lock: std::fs::File,
+}
+
+impl UidBlock {
+    /// Locks the first free block, starting from one picked by the node's
+    /// pid so nodes starting together rarely race for the same lock.
+    fn claim() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(UID_LOCKS)?;
+        let start = std::process::id() % UID_BLOCKS;
+        for index in (0..UID_BLOCKS).map(|offset| (start + offset) % UID_BLOCKS) {
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(Path::new(UID_LOCKS).join(index.to_string()))?;
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Self { index, _lock: lock });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(error);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "all {UID_BLOCKS} blocks are held by other nodes"
+        )))
+    }
+
+    fn first(&self) -> u32 {
+        FIRST_UID + self.index * UIDS
     }
 }
 
@@ -165,11 +257,43 @@ impl Sandbox {
 pub struct Lease {
     uid: u32,
     sandbox: Arc<Sandbox>,
+    /// A network of its own, to set up once the sandbox is spawned.
+    pending: Option<Pending>,
+    /// That network, up; slirp4netns stops when it is dropped.
+    network: Option<netns::Network>,
+}
+
+impl Lease {
+    /// Sets up the network of a sandbox just spawned from the command this
+    /// lease came with, if it has one of its own, and lets the sandbox go
+    /// on; until then it waits, before anything of the function runs. On
+    /// failure the sandbox is killed.
+    pub async fn network_up(&mut self) -> std::io::Result<()> {
+        if let Some(pending) = self.pending.take() {
+            let network = tokio::task::spawn_blocking(move || pending.start())
+                .await
+                .map_err(std::io::Error::other)??;
+            self.network = Some(network);
+        }
+        Ok(())
+    }
+
+    /// Whether the sandbox has a network of its own, to be set up with
+    /// [`Lease::network_up`].
+    pub fn has_own_network(&self) -> bool {
+        self.pending.is_some() || self.network.is_some()
+    }
+
+    /// The sandbox's own network namespace, once up: where the node makes
+    /// the sockets that reach a replica.
+    pub fn netns(&self) -> Option<Arc<std::fs::File>> {
+        self.network.as_ref().map(netns::Network::netns)
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(uids) = &self.sandbox.uids {
+        if let Some((_, uids)) = &self.sandbox.uids {
             uids.lock().expect("uids").push_back(self.uid);
         }
     }
@@ -187,8 +311,9 @@ pub struct Jail {
     pub cpu_time: Option<Duration>,
     /// What the function may reach on the network.
     pub network: Network,
-    /// Whether it serves HTTP on `$PORT` (a `process-http` replica): it then
-    /// shares the host's network, so the gateway can reach it, and may listen.
+    /// Whether it serves HTTP on `$PORT` (a `process-http` replica): it may
+    /// listen there, and the gateway reaches it in its own network namespace
+    /// (or the host's, when the node cannot make one; see [`crate::netns`]).
     pub serves: bool,
     /// A directory of the function's secret files, mounted read-only at
     /// [`SECRETS_DIR`].
@@ -199,36 +324,70 @@ impl Jail {
     /// The command that runs `program` (an absolute path) inside the
     /// sandbox, with `dir` (the function's files) mounted read-only at
     /// [`FUNCTION_DIR`] as its working directory (a program in `dir` is run
-    /// from there). The caller adds arguments and environment; bubblewrap
-    /// passes the environment it is given on to the program. The lease must
-    /// be kept until the process has been killed.
+    /// from there), and `env` as its whole environment. The caller adds
+    /// arguments. The lease must be kept until the process has been killed.
+    ///
+    /// Nothing of the function reaches the programs that run outside the
+    /// sandbox or with privileges in it: bubblewrap starts with an empty
+    /// environment and reads its options (which name host paths) from a
+    /// descriptor, so they are not on its command line, which the sandbox
+    /// sees as its first process's; `wisp-jail` gets `env` on another
+    /// descriptor and sets it only on the function's program, as it execs it.
     pub fn command(
         &self,
         dir: &Path,
         program: &Path,
+        env: &[(String, String)],
     ) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
-        let lease = self.sandbox.lease()?;
-        let mut command = tokio::process::Command::new(&self.sandbox.bwrap);
-        command.args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
-        command.args(["--unshare-cgroup-try", "--die-with-parent"]);
+        let mut lease = self.sandbox.lease()?;
+        let wants_network = self.serves || self.network == Network::Outbound;
+        // Root, with slirp4netns: a namespace of its own even for the network.
+        let own_network = self
+            .sandbox
+            .net
+            .as_ref()
+            .filter(|_| wants_network && lease.is_some());
+        let mut network_fds = [None, None, None];
+        let mut options = Options::default();
+        options.args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
+        options.args(["--unshare-cgroup-try", "--die-with-parent"]);
         if lease.is_none() {
             // Not root: a user namespace is what lets bubblewrap make the
             // others; the sandbox may not make one of its own.
-            command.args(["--unshare-user", "--disable-userns"]);
+            options.args(["--unshare-user", "--disable-userns"]);
         }
-        if !(self.serves || self.network == Network::Outbound) {
-            command.arg("--unshare-net");
+        if !wants_network || own_network.is_some() {
+            options.arg("--unshare-net");
         }
-        command
+        if let (Some(config), Some(lease)) = (own_network, lease.as_mut()) {
+            let (info, info_write) = std::io::pipe()?;
+            let (block_read, block) = std::io::pipe()?;
+            options.args(["--info-fd", &FDS[4].to_string()]);
+            options.args(["--block-fd", &FDS[5].to_string()]);
+            // bubblewrap would make it 0600, root's: out of the function's reach.
+            options.args(["--perms", "0644", "--ro-bind-data", &FDS[6].to_string()]);
+            options.arg("/etc/resolv.conf");
+            network_fds = [
+                Some(OwnedFd::from(info_write)),
+                Some(block_read.into()),
+                Some(memory_file(RESOLV_CONF.to_vec())?),
+            ];
+            lease.pending = Some(Pending {
+                info: OwnedFd::from(info).into(),
+                block: OwnedFd::from(block).into(),
+                config: config.clone(),
+            });
+        }
+        options
             .args(["--hostname", "wisp"])
             .args(["--ro-bind", "/usr", "/usr"]);
         for link in ["/bin", "/lib", "/lib64", "/sbin"] {
             match std::fs::read_link(link) {
-                Ok(target) => command.arg("--symlink").arg(target).arg(link),
-                Err(_) => command.args(["--ro-bind-try", link, link]),
+                Ok(target) => options.arg("--symlink").arg(target).arg(link),
+                Err(_) => options.args(["--ro-bind-try", link, link]),
             };
         }
-        command
+        options
             .args(["--proc", "/proc", "--dev", "/dev"])
             .args(["--perms", "1777", "--size", &TMP_SIZE.to_string()])
             .args(["--tmpfs", "/tmp", "--ro-bind"])
@@ -239,21 +398,23 @@ impl Jail {
             .arg(&self.sandbox.jail)
             .arg(JAIL_PATH);
         if let Some(secrets) = &self.secrets {
-            command.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
+            options.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
         }
-        if self.serves || self.network == Network::Outbound {
+        if wants_network {
+            if own_network.is_none() {
+                options.args(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]);
+            }
             for file in [
-                "/etc/resolv.conf",
                 "/etc/hosts",
                 "/etc/nsswitch.conf",
                 "/etc/ssl",
                 "/etc/ca-certificates",
             ] {
-                command.args(["--ro-bind-try", file, file]);
+                options.args(["--ro-bind-try", file, file]);
             }
         }
-        for fd in FILTER_FDS {
-            command.args(["--add-seccomp-fd", &fd.to_string()]);
+        for fd in &FDS[..2] {
+            options.args(["--add-seccomp-fd", &fd.to_string()]);
         }
         // When the node is root, bubblewrap runs as root (so it can bind any
         // path) and `wisp-jail` drops to the leased uid.
@@ -265,19 +426,36 @@ impl Jail {
                 (false, Network::None) => Bind::Any,
             },
         };
+        let mut command = tokio::process::Command::new(&self.sandbox.bwrap);
         command
-            .args(["--", JAIL_PATH])
+            .env_clear()
+            .args(["--args", &ARGS_FD.to_string(), "--", JAIL_PATH])
             .args(entry.args())
             .current_dir("/");
         match program.strip_prefix(dir) {
             Ok(own) => command.arg(Path::new(FUNCTION_DIR).join(own)),
             Err(_) => command.arg(program),
         };
-        let program = match (self.network, self.serves) {
+        let filter = match (self.network, self.serves) {
             (Network::Outbound, false) => &self.sandbox.outbound,
             _ => &self.sandbox.isolated,
         };
-        let filters = [filter_pipe(&self.sandbox.clone3)?, filter_pipe(program)?];
+        let environment = env.iter().flat_map(|(name, value)| {
+            [name.as_bytes(), b"=", value.as_bytes(), b"\0"]
+                .into_iter()
+                .flatten()
+                .copied()
+        });
+        let [info, block, resolv] = network_fds;
+        let fds = [
+            Some(filter_pipe(&self.sandbox.clone3)?),
+            Some(filter_pipe(filter)?),
+            Some(memory_file(options.0.into_iter().collect())?),
+            Some(memory_file(environment.collect())?),
+            info,
+            block,
+            resolv,
+        ];
         let limits = Limits {
             memory: (!self.serves).then_some(self.memory),
             cpu_time: self.cpu_time.map(|time| time.as_secs().max(1) + 1),
@@ -292,12 +470,35 @@ impl Jail {
         // with values copied into it; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
-                // The pipes are closed in the parent when the command is
-                // dropped; the child has its own copies.
-                limits.apply(filters.each_ref().map(|fd| fd.as_raw_fd()))
+                // The descriptors are closed in the parent when the command
+                // is dropped; the child has its own copies.
+                limits.apply(
+                    fds.each_ref()
+                        .map(|fd| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
+                )
             });
         }
         Ok((command, lease))
+    }
+}
+
+/// bubblewrap's options, NUL-terminated, as `--args FD` reads them.
+#[derive(Default)]
+struct Options(Vec<u8>);
+
+impl Options {
+    fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        use std::os::unix::ffi::OsStrExt as _;
+        self.0.extend_from_slice(arg.as_ref().as_bytes());
+        self.0.push(0);
+        self
+    }
+
+    fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&mut self, args: I) -> &mut Self {
+        for arg in args {
+            self.arg(arg);
+        }
+        self
     }
 }
 
@@ -310,7 +511,8 @@ struct Limits {
 }
 
 impl Limits {
-    fn apply(self, filters: [i32; 2]) -> std::io::Result<()> {
+    /// `fds` go to [`FDS`]; -1 is none.
+    fn apply(self, fds: [i32; 7]) -> std::io::Result<()> {
         let set = |resource, value: u64| {
             let limit = libc::rlimit {
                 rlim_cur: value,
@@ -328,19 +530,22 @@ impl Limits {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // bubblewrap reads the filters from known descriptors, which
-            // must survive exec. Both are first moved out of the way (so
-            // placing one cannot overwrite the other), then placed with dup2,
+            // bubblewrap and `wisp-jail` read from known descriptors, which
+            // must survive exec. All are first moved out of the way (so
+            // placing one cannot overwrite another), then placed with dup2,
             // which clears close-on-exec.
-            let mut moved = [0; 2];
-            for (fd, slot) in filters.into_iter().zip(&mut moved) {
+            let mut moved = [-1; 7];
+            for (fd, slot) in fds.into_iter().zip(&mut moved) {
+                if fd < 0 {
+                    continue;
+                }
                 *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
                 if *slot < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for (fd, target) in moved.into_iter().zip(FILTER_FDS) {
-                if libc::dup2(fd, target) != target {
+            for (fd, target) in moved.into_iter().zip(FDS) {
+                if fd >= 0 && libc::dup2(fd, target) != target {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -376,6 +581,23 @@ fn filter_pipe(program: &[u8]) -> std::io::Result<OwnedFd> {
     (&write).write_all(program)?;
     drop(write);
     Ok(read.into())
+}
+
+/// A memory file holding `bytes`, read from the start: options and
+/// environments can be larger than a pipe holds.
+fn memory_file(bytes: Vec<u8>) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: memfd_create(2) with a NUL-terminated name; it returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"wisp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just made and nothing else owns it.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    (&file).write_all(&bytes)?;
+    std::io::Seek::rewind(&mut &file)?;
+    Ok(file.into())
 }
 
 /// Syscalls no function needs and a sandbox escape would: mounting,

@@ -11,9 +11,11 @@
 //! epoch deadlines: a ticker thread advances the epoch every [`EPOCH_TICK`],
 //! and on each tick a running guest yields to its executor (so looping guests
 //! share the guest threads fairly) and traps once its deadline has passed.
-//! Memory is bounded per store by a [`ResourceLimiter`]. A guest sees only
+//! Memory is bounded per store by a [`ResourceLimiter`]: all the linear
+//! memories and tables of a component's core instances count together
+//! against the function's `memory`. A guest sees only
 //! the environment its function declares and, if it declares files, their
-//! directory read-only.
+//! directory read-only; its outbound HTTP goes through [`crate::outbound`].
 
 use std::{
     collections::HashMap,
@@ -42,12 +44,16 @@ use wasmtime_wasi::{
     },
 };
 use wasmtime_wasi_http::{
-    WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+    WasiHttpCtx, WasiHttpCtxView, WasiHttpView,
     p2::bindings::{ProxyPre, http::types::Scheme},
 };
 
+use wisp_core::egress::EgressPolicy;
+
 use crate::{
-    Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
+    GuestRunning, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
+    full_response,
+    outbound::{OutboundPolicy, TRACEPARENT},
     stdio_content_type, watchdog_env,
 };
 
@@ -59,6 +65,19 @@ const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
 pub const MAX_STDOUT: usize = 64 << 20;
 /// The most of a guest's STDERR (and a `wasm-http` guest's STDOUT) kept for the log, per invocation.
 pub const MAX_STDERR: usize = 64 << 10;
+/// The most core instances one instance of a component may have. A Rust
+/// component has about four; one linked from shared libraries (Python's) a
+/// few more per library.
+pub const MAX_CORE_INSTANCES: u32 = 32;
+/// The most linear memories one instance of a component may have: one, or
+/// two with a WASI adapter, are usual. The pool reserves address space (about
+/// 4GiB) for this many memories per instance, `--max-instances` times over.
+pub const MAX_MEMORIES: u32 = 4;
+/// The most tables one instance of a component may have.
+pub const MAX_TABLES: u32 = 16;
+/// What a table element is charged against a function's `memory`: wasmtime
+/// keeps one pointer per element.
+const TABLE_ELEMENT_BYTES: u64 = std::mem::size_of::<usize>() as u64;
 
 /// Engine-wide settings, chosen by the node.
 #[derive(Debug, Clone)]
@@ -69,6 +88,8 @@ pub struct WasmConfig {
     pub max_instances: u32,
     /// The largest memory any function may be given.
     pub max_memory: u64,
+    /// The addresses guests may connect to, whatever their function allows.
+    pub egress: Arc<EgressPolicy>,
 }
 
 /// Per-function limits and environment.
@@ -200,6 +221,7 @@ pub struct WasmEngine {
     metered: Flavour,
     guests: GuestRuntime,
     stats: CacheStats,
+    egress: Arc<EgressPolicy>,
 }
 
 impl WasmEngine {
@@ -207,10 +229,16 @@ impl WasmEngine {
     pub fn new(config: &WasmConfig) -> Result<Self, PrepareError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
-            // A Rust or C component has a few core instances, memories and tables.
-            .total_core_instances(config.max_instances * 4)
-            .total_memories(config.max_instances * 2)
-            .total_tables(config.max_instances * 4)
+            // One instance cannot take a share of the pool out of proportion:
+            // a larger component is refused when it is loaded (a 400 at deploy).
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .max_memories_per_component(MAX_MEMORIES)
+            .max_tables_per_component(MAX_TABLES)
+            // Every instance may be at those maxima: one tenant's calls of a
+            // large component cannot empty the pool while instances are left.
+            .total_core_instances(config.max_instances.saturating_mul(MAX_CORE_INSTANCES))
+            .total_memories(config.max_instances.saturating_mul(MAX_MEMORIES))
+            .total_tables(config.max_instances.saturating_mul(MAX_TABLES))
             .total_stacks(config.max_instances)
             .max_memory_size(config.max_memory as usize)
             // The top of a reused fiber stack stays resident: every call
@@ -253,6 +281,7 @@ impl WasmEngine {
             metered,
             guests,
             stats: CacheStats::default(),
+            egress: config.egress.clone(),
         })
     }
 
@@ -353,6 +382,7 @@ impl WasmEngine {
             pre,
             limits: Arc::new(limits),
             guests: self.guests.handle(),
+            egress: self.egress.clone(),
         })
     }
 
@@ -374,6 +404,7 @@ impl WasmEngine {
             pre,
             limits: Arc::new(limits),
             guests: self.guests.handle(),
+            egress: self.egress.clone(),
         })
     }
 
@@ -449,139 +480,76 @@ impl WasiHttpView for GuestState {
     }
 }
 
-/// Bounds a store's linear memory, remembers whether the guest hit the
-/// bound, and meters the memory its instances hold.
+/// Bounds what one store (one call's instance, with all the core instances
+/// of its component) may allocate: its linear memories and tables together
+/// stay within the function's `memory`, and it may hold at most
+/// [`MAX_CORE_INSTANCES`], [`MAX_MEMORIES`] and [`MAX_TABLES`] (the pool
+/// refuses larger components at load; this also bounds the metered engine,
+/// which has no pool). It remembers whether the guest hit the bound, and
+/// meters the memory the store holds.
 struct MemoryLimiter {
     limit: u64,
     denied: bool,
-    /// Bytes of linear memory across the store's memories (they only grow).
+    /// Bytes across the store's memories and tables (they only grow, and
+    /// are freed only with the store).
     held: u64,
     meter: Arc<Meter>,
 }
 
+impl MemoryLimiter {
+    /// Takes the growth from `current` to `desired` bytes out of the
+    /// store's budget, if it fits.
+    fn grow(&mut self, current: u64, desired: u64) -> bool {
+        let wanted = self.held.saturating_add(desired.saturating_sub(current));
+        let allowed = wanted <= self.limit;
+        self.denied |= !allowed;
+        if allowed {
+            self.held = wanted;
+            self.meter.memory(self.held);
+        }
+        allowed
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
+    // Also called when a memory is created (from 0 to its minimum), so
+    // every memory of every core instance counts.
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired as u64 <= self.limit;
-        self.denied |= !allowed;
-        if allowed {
-            self.held += desired.saturating_sub(current) as u64;
-            self.meter.memory(self.held);
-        }
-        Ok(allowed)
+        Ok(self.grow(current as u64, desired as u64))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        let bytes = |elements: usize| (elements as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.grow(bytes(current), bytes(desired)))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES as usize
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES as usize
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES as usize
     }
 }
-
-/// Outbound HTTP only to the function's `allowed_outbound_hosts`, carrying
-/// the call's trace context.
-struct OutboundPolicy {
-    function: Arc<WasmLimits>,
-    /// The call, so a denied request is logged against it.
-    call_id: String,
-    /// The call's `traceparent`, added to requests that carry none, so the
-    /// functions a guest calls join its trace.
-    traceparent: Option<http::HeaderValue>,
-}
-
-impl OutboundPolicy {
-    fn allows(&self, uri: &http::Uri) -> bool {
-        let scheme = uri.scheme_str().unwrap_or("https");
-        let host = uri.host().unwrap_or_default();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "http" { 80 } else { 443 });
-        self.function
-            .allowed_outbound_hosts
-            .iter()
-            .any(|allowed| host_matches(allowed, scheme, host, port))
-    }
-}
-
-/// Whether `scheme://host:port` matches an allowlist entry such as
-/// `https://api.example.com`, `http://*.example.com:8080` or `*://localhost:*`.
-fn host_matches(allowed: &str, scheme: &str, host: &str, port: u16) -> bool {
-    let Some((allowed_scheme, rest)) = allowed.split_once("://") else {
-        return false;
-    };
-    let rest = rest.trim_end_matches('/');
-    let (allowed_host, allowed_port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (rest, None),
-    };
-    let default_port = if scheme == "http" { 80 } else { 443 };
-    let scheme_ok = allowed_scheme == "*" || allowed_scheme == scheme;
-    let host_ok = allowed_host == "*"
-        || allowed_host.eq_ignore_ascii_case(host)
-        || allowed_host.strip_prefix("*.").is_some_and(|suffix| {
-            host.len() > suffix.len()
-                && host
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
-        });
-    let port_ok = match allowed_port {
-        Some("*") => true,
-        Some(allowed) => allowed.parse::<u16>() == Ok(port),
-        None => port == default_port,
-    };
-    scheme_ok && host_ok && port_ok
-}
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        if self.allows(request.uri()) {
-            let mut request = request;
-            if let Some(traceparent) = &self.traceparent {
-                request
-                    .headers_mut()
-                    .entry(TRACEPARENT)
-                    .or_insert_with(|| traceparent.clone());
-            }
-            return wasmtime_wasi_http::default_hooks().send_request(request, options, fut);
-        }
-        // The function's log (where its owner looks) gets the attempt, with the call.
-        self.function.output.0.line(
-            Some(&self.call_id),
-            LogStream::Wisp,
-            &format!(
-                "outbound request to {} denied: not in allowed_outbound_hosts",
-                request.uri()
-            ),
-        );
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
-/// The W3C Trace Context header.
-const TRACEPARENT: &str = "traceparent";
 
 fn new_store(
     engine: &Engine,
     limits: &Arc<WasmLimits>,
+    egress: &Arc<EgressPolicy>,
     wasi: WasiCtx,
     invocation: &Invocation,
     sliced: Arc<AtomicBool>,
@@ -599,6 +567,7 @@ fn new_store(
         },
         outbound: OutboundPolicy {
             function: limits.clone(),
+            egress: egress.clone(),
             call_id: invocation.call_id.clone(),
             traceparent: invocation.headers.get(TRACEPARENT).cloned(),
         },
@@ -745,6 +714,7 @@ pub struct HttpFunction {
     pre: ProxyPre<GuestState>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
+    egress: Arc<EgressPolicy>,
 }
 
 impl HttpFunction {
@@ -763,6 +733,7 @@ impl HttpFunction {
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
+            &self.egress,
             wasi,
             &invocation,
             sliced.clone(),
@@ -800,8 +771,11 @@ impl HttpFunction {
         let deadline = invocation.deadline;
         let output = self.limits.output.clone();
         let call_id = invocation.call_id.clone();
+        let (running, guest_running) = GuestRunning::new();
         // The run is bounded by the deadline as a whole, body streaming included.
         let run = async move {
+            // Dropped with the run, finished or stopped: the guest is done then.
+            let _running = running;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -825,11 +799,18 @@ impl HttpFunction {
                 .await;
         match answer {
             Ok(Some(Ok(Ok(response)))) => {
+                // The body streams from the guest, which may run on after it:
+                // the response says so, so its slots can be held until then.
                 guest.detach(&self.guests);
-                Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                let mut response = response.map(|body| body.map_err(Into::into).boxed_unsync());
+                response.extensions_mut().insert(guest_running);
+                Ok(response)
             }
             Ok(Some(Ok(Err(code)))) => {
-                guest.detach(&self.guests);
+                // Nothing streams: the call is over once the guest is
+                // (its own deadline bounds the wait), and holds its slot till then.
+                // How it ends does not change the answer it gave.
+                let _ = guest.finish(&sliced, &self.guests).await?;
                 Err(InvokeError::Failed(format!(
                     "the guest answered with an error: {code:?}"
                 )))
@@ -857,6 +838,7 @@ pub struct StdioFunction {
     pre: CommandPre<GuestState>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
+    egress: Arc<EgressPolicy>,
 }
 
 impl StdioFunction {
@@ -878,6 +860,7 @@ impl StdioFunction {
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
+            &self.egress,
             wasi,
             &invocation,
             sliced.clone(),
@@ -925,45 +908,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outbound_hosts_match_scheme_host_and_port() {
-        assert!(host_matches(
-            "https://api.example.com",
-            "https",
-            "api.example.com",
-            443
-        ));
-        assert!(!host_matches(
-            "https://api.example.com",
-            "http",
-            "api.example.com",
-            80
-        ));
-        assert!(!host_matches(
-            "https://api.example.com",
-            "https",
-            "api.example.com",
-            8443
-        ));
-        assert!(host_matches(
-            "http://*.example.com:8080",
-            "http",
-            "a.example.com",
-            8080
-        ));
-        assert!(!host_matches(
-            "http://*.example.com:8080",
-            "http",
-            "example.com",
-            8080
-        ));
-        assert!(!host_matches(
-            "http://*.example.com:8080",
-            "http",
-            "evil-example.com",
-            8080
-        ));
-        assert!(host_matches("*://localhost:*", "http", "localhost", 3000));
-        assert!(!host_matches("localhost", "http", "localhost", 80));
+    fn every_memory_and_table_of_a_store_counts_against_its_limit() {
+        let mut limiter = MemoryLimiter {
+            limit: 16 << 20,
+            denied: false,
+            held: 0,
+            meter: Arc::default(),
+        };
+        assert!(limiter.memory_growing(0, 12 << 20, None).unwrap());
+        assert!(!limiter.denied);
+        assert!(
+            !limiter.memory_growing(0, 12 << 20, None).unwrap(),
+            "a second memory of the same store shares the limit"
+        );
+        assert!(limiter.denied);
+        assert!(limiter.memory_growing(12 << 20, 14 << 20, None).unwrap());
+        assert!(limiter.table_growing(0, 1000, None).unwrap());
+        assert!(
+            !limiter.table_growing(1000, 1 << 20, None).unwrap(),
+            "tables count too"
+        );
+        assert_eq!(
+            limiter.meter.memory_peak(),
+            Some((14 << 20) + 1000 * TABLE_ELEMENT_BYTES)
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `/system/*`: deploy, update, list, describe, scale and remove functions,
 //! upload artifacts, node info. Every route checks what the caller's token
 //! may do in the namespace it touches (see [`crate::auth`]); deploys check
-//! the namespace's quotas.
+//! the namespace's quotas. Uploads are charged to the uploader's namespace
+//! until a function uses them, and collected when nothing has used them for
+//! the grace period ([`collect_artifacts`]).
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -22,11 +24,11 @@ use wisp_core::{
         ScaleRequest, SystemInfo, VersionInfo,
     },
     spec::{DEFAULT_NAMESPACE, MAX_SCALE},
-    tenancy::{Action, Principal, Quotas},
+    tenancy::{Action, Principal, QuotaExceeded, Quotas},
 };
 use wisp_runtime::{Executor, PrepareError};
 
-use crate::{ApiError, node::Node};
+use crate::{ApiError, cluster, node::Node};
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -39,6 +41,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/artifacts", put(upload).get(artifacts))
         .route("/artifacts/{digest}", get(artifact))
         .route("/info", get(info))
+        .route("/nodes", get(cluster::nodes))
 }
 
 /// Parses a JSON body, answering 400 with serde's message (which names the field) when it does not fit.
@@ -64,6 +67,22 @@ fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
     status
 }
 
+/// A function's status as `principal` may see it: its environment and
+/// command only for a token that may deploy in its namespace. They often
+/// hold credentials, and an `invoke` token only needs to call the function.
+fn visible_to(principal: &Principal, mut status: FunctionStatus) -> FunctionStatus {
+    let namespace = status
+        .deployment
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    if principal.allow(namespace, Action::Deploy).is_err() {
+        status.deployment.env_vars.clear();
+        status.deployment.env_process = None;
+    }
+    status
+}
+
 async fn list(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -75,7 +94,7 @@ async fn list(
         functions
             .iter()
             .filter(|stored| scope.includes(&stored.spec.namespace))
-            .map(|stored| status_of(&node, &stored.spec))
+            .map(|stored| visible_to(&principal, status_of(&node, &stored.spec)))
             .collect(),
     ))
 }
@@ -93,7 +112,7 @@ async fn describe(
             "function {name} is not deployed in namespace {namespace}"
         ))
     })?;
-    Ok(Json(status_of(&node, &stored.spec)))
+    Ok(Json(visible_to(&principal, status_of(&node, &stored.spec))))
 }
 
 async fn create(
@@ -132,12 +151,23 @@ async fn deploy(
     )?;
     let spec = FunctionSpec::from_deployment(deployment)
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    // A function may lower the node's body limit, never raise it: the node's
+    // limit is what bounds the memory its buffered bodies take.
+    if let Some(size) = spec.max_body_size
+        && size.0 > node.config.max_body_size
+    {
+        return Err(ApiError::bad_request(format!(
+            "maxBodySize {size} is over this node's limit of {} (wisp up --max-body-size)",
+            wisp_core::ByteSize(node.config.max_body_size)
+        )));
+    }
     let _guard = node.deploy_lock.lock().await;
     let namespace = node.tenants.namespace(&spec.namespace);
     if namespace.is_none() {
         principal.allow_node("create namespaces")?;
     }
-    let exists = node.store.function(&spec.namespace, &spec.name)?.is_some();
+    let stored = node.store.function(&spec.namespace, &spec.name)?;
+    let exists = stored.is_some();
     match (exists, replace) {
         (true, false) => {
             return Err(ApiError::new(
@@ -156,28 +186,29 @@ async fn deploy(
         }
         _ => {}
     }
-    if let Some(route) = &spec.route
-        && let Some(owner) = node.route_owner(route, (&spec.namespace, &spec.name))
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("route {route} is already served by {owner}"),
-        ));
-    }
+    check_route(&node, &spec)?;
+    check_triggers(&node, principal, &spec, stored.as_ref().map(|s| &s.spec))?;
     if let Some(namespace) = &namespace {
         let usage = crate::tenants::usage_with(&node.store, &spec)?;
         if let Err(exceeded) = namespace.quotas.check(&spec.namespace, usage) {
-            refuse_artifact(&node, &spec)?;
+            refuse_artifact(&node, principal, &spec)?;
             return Err(exceeded.into());
         }
     }
     let executor = match ready(&node, &spec).await {
         Ok(executor) => executor,
         Err(error) => {
-            refuse_artifact(&node, &spec)?;
+            refuse_artifact(&node, principal, &spec)?;
             return Err(error);
         }
     };
+    if namespace.is_none() {
+        cluster::share_namespace(&node, &spec.namespace, &Quotas::default()).await?;
+    }
+    if let Err(conflict) = cluster::share_function(&node, &spec).await {
+        refuse_artifact(&node, principal, &spec)?;
+        return Err(conflict);
+    }
     if namespace.is_none() {
         node.tenants
             .create_namespace(&node.store, &spec.namespace, &Quotas::default())?;
@@ -188,8 +219,82 @@ async fn deploy(
     }
     node.store.put_function(&spec)?;
     node.install(spec.clone(), executor);
+    if let Some(old) = &stored {
+        release_artifacts(&node, &old.spec)?;
+    }
     tracing::info!("deployed {}.{} ({})", spec.name, spec.namespace, spec.kind);
     Ok(status_of(&node, &spec))
+}
+
+/// Refuses (409) a route that another function serves already: within a
+/// namespace, the same route (a longer prefix there may refine a shorter
+/// one, the namespace's own design); across namespaces, any route that
+/// shares a request path with another namespace's ([`wisp_core::Route::overlaps`]), so
+/// no tenant can take over or shadow part of another's paths, whichever
+/// route the longest-match router would pick. Stored functions are checked,
+/// loaded or not.
+fn check_route(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
+    let Some(route) = &spec.route else {
+        return Ok(());
+    };
+    for stored in node.store.functions()? {
+        let other = &stored.spec;
+        let Some(existing) = &other.route else {
+            continue;
+        };
+        if (other.namespace.as_str(), other.name.as_str())
+            == (spec.namespace.as_str(), spec.name.as_str())
+        {
+            continue;
+        }
+        let message = if other.namespace == spec.namespace {
+            (existing == route).then(|| {
+                format!(
+                    "route {route} is already served by {}.{}",
+                    other.name, other.namespace
+                )
+            })
+        } else {
+            existing.overlaps(route).then(|| {
+                format!(
+                    "route {route} overlaps route {existing} of function {} in namespace {}: \
+                     routes of different namespaces may not share a path",
+                    other.name, other.namespace
+                )
+            })
+        };
+        if let Some(message) = message {
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses (400) a namespace token's broker trigger outside its namespace's
+/// subjects or topics, or naming a consumer or queue group that is not the
+/// namespace's own ([`wisp_core::events::TriggerScope`]). The node's admin
+/// token may subscribe anywhere, and a trigger it gave a function stays
+/// when a namespace token updates the function with the trigger unchanged.
+fn check_triggers(
+    node: &Node,
+    principal: &Principal,
+    spec: &FunctionSpec,
+    stored: Option<&FunctionSpec>,
+) -> Result<(), ApiError> {
+    if *principal == Principal::Node {
+        return Ok(());
+    }
+    let granted = stored.map_or(&[][..], |stored| &stored.triggers[..]);
+    for trigger in &spec.triggers {
+        if granted.contains(trigger) {
+            continue;
+        }
+        node.config
+            .trigger_scope
+            .check(&spec.namespace, trigger)
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Prepares (compiles) a function off the async threads and, for an app,
@@ -219,17 +324,75 @@ pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Execu
     Ok(executor)
 }
 
-/// Removes the artifacts of a refused deploy, unless another function uses them.
-fn refuse_artifact(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
+/// Forgets the deploying token's own uploads of a refused deploy's
+/// artifacts, and removes those that no function uses and no one else
+/// uploaded: a refused deploy never removes what another token uploaded.
+fn refuse_artifact(
+    node: &Node,
+    principal: &Principal,
+    spec: &FunctionSpec,
+) -> Result<(), ApiError> {
+    let (uploader, _) = uploader(principal);
     for digest in spec.artifacts() {
-        if !node.store.artifact_in_use(digest)? {
-            node.engine.unload(digest);
-            if let Err(cleanup) = node.store.delete_artifact(digest) {
-                tracing::warn!("could not remove refused artifact {digest}: {cleanup}");
-            }
+        match node.store.forget_upload(digest, uploader) {
+            Ok(true) => node.engine.unload(digest),
+            Ok(false) => {}
+            Err(cleanup) => tracing::warn!("could not remove refused artifact {digest}: {cleanup}"),
         }
     }
     Ok(())
+}
+
+/// Starts the grace period of the artifacts `old` used that no function
+/// uses any more, and unloads them: they are collected unless deployed again.
+pub(crate) fn release_artifacts(node: &Node, old: &FunctionSpec) -> Result<(), ApiError> {
+    for digest in old.artifacts() {
+        if !node.store.artifact_in_use(digest)? {
+            node.engine.unload(digest);
+            node.store.release_artifact(digest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Who uploads, as uploads are recorded, and the namespace the upload is
+/// charged to: a namespace token's own, `default` for the node's token.
+fn uploader(principal: &Principal) -> (&str, &str) {
+    match principal {
+        Principal::Node => (wisp_store::NODE_UPLOADER, DEFAULT_NAMESPACE),
+        Principal::Tenant { id, namespace, .. } => (id, namespace),
+    }
+}
+
+/// Removes the artifacts nothing uses once their grace period is over,
+/// checking a few times per grace period (at least every second, at most
+/// every minute). Runs until the node stops.
+pub(crate) async fn collect_artifacts(node: Arc<Node>) {
+    let grace = node.config.artifact_grace_period;
+    let every = (grace / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // Deploys and uploads hold the lock, so no artifact goes while one
+        // is being checked, prepared or stored.
+        let _guard = node.deploy_lock.lock().await;
+        let cutoff = chrono::Utc::now().timestamp() - grace.as_secs() as i64;
+        let store = node.store.clone();
+        match tokio::task::spawn_blocking(move || store.collect_artifacts(cutoff)).await {
+            Ok(Ok(collected)) => {
+                for digest in collected {
+                    node.engine.unload(&digest);
+                    tracing::info!("collected artifact {digest}: nothing used it");
+                }
+            }
+            Ok(Err(error)) => tracing::warn!("could not collect unused artifacts: {error}"),
+            Err(error) => tracing::warn!("the artifact collector failed: {error}"),
+        }
+    }
 }
 
 /// Sets a fixed replica count for a `process-http` function (OpenFaaS's scale call).
@@ -286,28 +449,73 @@ async fn remove(
             "function {name} is not deployed in namespace {namespace}"
         )));
     };
+    cluster::unshare(&node, cluster::function_key(&stored.spec)).await?;
     node.store.delete_function(namespace, name)?;
     node.uninstall(namespace, name);
     if let Err(error) = node.secret_files.remove(namespace, name) {
         tracing::warn!("could not remove the secret files of {name}.{namespace}: {error}");
     }
-    if let Some(digest) = &stored.spec.artifact
-        && !node.store.artifact_in_use(digest)?
-    {
-        node.engine.unload(digest);
-    }
+    release_artifacts(&node, &stored.spec)?;
     tracing::info!("removed {name}.{namespace}");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Artifacts are shared by content, so any token that may deploy somewhere may upload.
+/// Artifacts are shared by content, so any token that may deploy somewhere
+/// may upload. The upload is charged to the uploader's namespace: the
+/// artifacts it uploaded that none of its functions uses may together take
+/// at most its `max_artifact_bytes`, or for a namespace token in a namespace
+/// without that quota, the node's `--namespace-max-unused-upload-bytes`;
+/// over it, nothing is stored (403). An upload that declares a length over
+/// what is left is refused before it is read, and one that grows past it is
+/// cut off there, its temporary file removed.
 async fn upload(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<ArtifactInfo>, ApiError> {
     principal.allow_somewhere(Action::Deploy)?;
     let limit = node.config.max_artifact_size;
+    let (uploader, namespace) = uploader(&principal);
+    let quota = match node
+        .tenants
+        .namespace(namespace)
+        .and_then(|stored| stored.quotas.max_artifact_bytes)
+    {
+        Some(max) => Some((max.0, "max_artifact_bytes")),
+        None if matches!(principal, Principal::Tenant { .. }) => Some((
+            node.config.namespace_max_unused_upload_bytes,
+            "--namespace-max-unused-upload-bytes",
+        )),
+        None => None,
+    };
+    let over = |unused: u64, (max, quota): (u64, &'static str)| QuotaExceeded::UnusedUploads {
+        namespace: namespace.to_owned(),
+        unused,
+        max,
+        quota,
+    };
+    // What may be written before the digest is known: what the quota has
+    // left, plus the largest artifact the namespace holds, which it may
+    // upload again at no cost. Checked exactly once the upload is read.
+    let (held, room) = match quota {
+        Some((max, _)) => {
+            let held = node.store.unused_upload_bytes(namespace, "")?;
+            let again = node.store.largest_namespace_artifact(namespace)?;
+            (held, max.saturating_sub(held).saturating_add(again))
+        }
+        None => (0, u64::MAX),
+    };
+    if let Some(quota) = quota {
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if let Some(declared) = declared
+            && declared > room
+        {
+            return Err(over(held.saturating_add(declared), quota).into());
+        }
+    }
     let mut upload = node.store.begin_artifact()?;
     let mut body = http_body_util::Limited::new(body, limit as usize);
     while let Some(frame) = body.frame().await {
@@ -325,10 +533,34 @@ async fn upload(
             }
         })?;
         if let Ok(data) = frame.into_data() {
+            let size = upload.size().saturating_add(data.len() as u64);
+            if let Some(quota) = quota
+                && size > room
+            {
+                // Dropping the upload removes its temporary file.
+                return Err(over(held.saturating_add(size), quota).into());
+            }
             upload.write(&data)?;
         }
     }
-    Ok(Json(upload.commit(&node.store)?))
+    let digest = upload.digest();
+    let _guard = node.deploy_lock.lock().await;
+    if let Some(quota) = quota
+        && !node.store.used_in_namespace(namespace, &digest)?
+    {
+        let unused = node.store.unused_upload_bytes(namespace, &digest)? + upload.size();
+        if unused > quota.0 {
+            return Err(over(unused, quota).into());
+        }
+    }
+    let info = upload.commit(&node.store)?;
+    node.store
+        .record_upload(&info.digest, uploader, namespace)?;
+    // Outside the lock: a large upload to the cluster holds no deploy up.
+    // A deploy of the artifact shares it anyway, if this fails.
+    drop(_guard);
+    cluster::share_artifact(&node, &info.digest).await?;
+    Ok(Json(info))
 }
 
 /// Every artifact for the node's token; for a namespace token, those its namespace's functions use.

@@ -4,15 +4,20 @@
 //! is turned away with 429 and `Retry-After`.
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A concurrency limit with its wait queue.
+/// A concurrency limit with its wait queue. A slot is an owned permit, so
+/// it can live as long as the call it admits: past the response head, until
+/// the body is sent and the guest is done.
 pub struct Limit {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     max: u32,
     waiting: AtomicU32,
     scope: String,
@@ -31,7 +36,7 @@ impl Limit {
     /// A limit of `max` concurrent invocations; `scope` names it in errors ("function hello").
     pub fn new(scope: String, max: u32) -> Self {
         Self {
-            slots: Semaphore::new(max as usize),
+            slots: Arc::new(Semaphore::new(max as usize)),
             max,
             waiting: AtomicU32::new(0),
             scope,
@@ -39,8 +44,8 @@ impl Limit {
     }
 
     /// A slot, at once or after waiting up to `queue_timeout`.
-    pub async fn acquire(&self, queue_timeout: Duration) -> Result<SemaphorePermit<'_>, Rejected> {
-        if let Ok(permit) = self.slots.try_acquire() {
+    pub async fn acquire(&self, queue_timeout: Duration) -> Result<OwnedSemaphorePermit, Rejected> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
         let reject = |why: &str| Rejected {
@@ -57,7 +62,8 @@ impl Limit {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(reject(" and its queue is full"));
         }
-        let acquired = tokio::time::timeout(queue_timeout, self.slots.acquire()).await;
+        let acquired =
+            tokio::time::timeout(queue_timeout, self.slots.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
             Ok(Ok(permit)) => Ok(permit),

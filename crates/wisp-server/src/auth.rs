@@ -58,6 +58,32 @@ fn resolve(node: &Node, token: &str) -> Option<Principal> {
     node.tenants.principal(token)
 }
 
+/// Lets a scrape of `/metrics` through: anyone when the node has no
+/// metrics token (`wisp up --metrics-token`), else that token or the node's
+/// admin token. Metrics name every tenant's functions, so a namespace
+/// token is refused (403) and no token, or an unknown one, is a 401.
+pub(crate) fn allow_metrics(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(metrics_token) = &node.config.metrics_token else {
+        return Ok(());
+    };
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized(
+            "/metrics needs the metrics token: send `Authorization: Bearer <token>`",
+        )
+    })?;
+    if constant_time_eq(token.as_bytes(), metrics_token.as_bytes()) {
+        return Ok(());
+    }
+    match resolve(node, token) {
+        Some(Principal::Node) => Ok(()),
+        Some(Principal::Tenant { .. }) => Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "metrics cover every namespace: only the metrics token or the node's admin token reads them",
+        )),
+        None => Err(ApiError::unauthorized("the token is not valid")),
+    }
+}
+
 /// Compares secrets without leaking where they differ through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -1,16 +1,17 @@
 //! Keep-alive honesty: a request refused before its body was read (a 400 on
-//! a bad header, a 404, a 413) leaves the rest of that body on the wire, so
-//! hyper closes the connection after answering. The answer then says
-//! `Connection: close`, or a client would pool the connection and lose its
-//! next request to a closed socket.
+//! a bad header, a 403, a 404) leaves the rest of that body on the wire.
+//! The node first reads and discards a bounded rest of it ([`DRAIN_LIMIT`]
+//! within [`DRAIN_TIME`]), so a client still sending an upload gets the
+//! answer rather than a broken pipe. Past those bounds hyper closes the
+//! connection after answering, and the answer says `Connection: close`, or a
+//! client would pool the connection and lose its next request to a closed
+//! socket.
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
@@ -20,24 +21,35 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use http_body_util::BodyExt as _;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-/// Answers `Connection: close` when the handler dropped the request's body
-/// before its end. Requests without a body pass untouched.
+/// The most of an unread request body the node reads and discards before
+/// answering.
+pub const DRAIN_LIMIT: usize = 1 << 20;
+/// How long the node spends reading and discarding an unread request body.
+pub const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Drains, within bounds, what the handler left of the request's body, and
+/// answers `Connection: close` when some is still left. Requests without a
+/// body pass untouched.
 pub async fn close_if_body_unread(request: Request, next: Next) -> Response {
     if request.body().is_end_stream() {
         return next.run(request).await;
     }
-    let abandoned = Arc::new(AtomicBool::new(false));
+    let left = Arc::new(Mutex::new(None));
     let request = request.map(|body| {
         Body::new(Watched {
-            body,
+            body: Some(body),
             finished: false,
-            abandoned: abandoned.clone(),
+            left: left.clone(),
         })
     });
     let mut response = next.run(request).await;
-    if abandoned.load(Ordering::Relaxed) {
+    let unread = left.lock().expect("the unread body").take();
+    if let Some(body) = unread
+        && !drain(body).await
+    {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -45,11 +57,22 @@ pub async fn close_if_body_unread(request: Request, next: Next) -> Response {
     response
 }
 
-/// A request body that notes being dropped before its end.
+/// Reads and discards `body` within [`DRAIN_LIMIT`] and [`DRAIN_TIME`];
+/// whether it was read to its end.
+async fn drain(body: Body) -> bool {
+    let limited = http_body_util::Limited::new(body, DRAIN_LIMIT);
+    matches!(
+        tokio::time::timeout(DRAIN_TIME, limited.collect()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A request body that hands what is left of it back when it is dropped
+/// before its end.
 struct Watched {
-    body: Body,
+    body: Option<Body>,
     finished: bool,
-    abandoned: Arc<AtomicBool>,
+    left: Arc<Mutex<Option<Body>>>,
 }
 
 impl HttpBody for Watched {
@@ -60,26 +83,31 @@ impl HttpBody for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+        let body = self.body.as_mut().expect("a body until it is dropped");
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || body.is_end_stream() {
             self.finished = true;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        if !self.finished {
-            self.abandoned.store(true, Ordering::Relaxed);
+        if !self.finished
+            && let Ok(mut left) = self.left.lock()
+        {
+            *left = self.body.take();
         }
     }
 }

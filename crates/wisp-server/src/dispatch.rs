@@ -3,7 +3,9 @@
 //! place a call is traced, logged and counted.
 
 use std::{
+    pin::Pin,
     sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -15,8 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt as _;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 use wisp_core::telemetry::CallSource;
-use wisp_runtime::{Invocation, InvokeError};
+use wisp_runtime::{GuestRunning, Invocation, InvokeError};
 
 use crate::{
     ApiError,
@@ -47,18 +51,18 @@ pub async fn call_id(mut request: Request, next: Next) -> Response {
 }
 
 /// Counts a running invocation for as long as it lives, even if the client goes away.
-pub(crate) struct Active<'a>(&'a Deployed, &'a Node);
+pub(crate) struct Active(Arc<Deployed>, Arc<Node>);
 
-impl<'a> Active<'a> {
+impl Active {
     /// Counts one more invocation of `function` in flight.
-    pub(crate) fn enter(function: &'a Deployed, node: &'a Node) -> Self {
+    pub(crate) fn enter(function: &Arc<Deployed>, node: &Arc<Node>) -> Self {
         function.active.fetch_add(1, Ordering::Relaxed);
         node.active.fetch_add(1, Ordering::Relaxed);
-        Self(function, node)
+        Self(function.clone(), node.clone())
     }
 }
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
         self.1.active.fetch_sub(1, Ordering::Relaxed);
@@ -75,15 +79,131 @@ pub struct Call {
     pub body: Body,
 }
 
-/// Runs one call of `function` and answers with its response or the status its failure maps to.
-pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Response {
+/// What an admitted call holds: its place in the active count and its
+/// function's and namespace's slots. It lives until the call is over (see
+/// [`Held`]), not just until the response head is out.
+struct Admission {
+    _function_slot: OwnedSemaphorePermit,
+    _namespace_slot: Option<OwnedSemaphorePermit>,
+    _active: Active,
+}
+
+/// A response body that holds its call's [`Admission`] until the call is
+/// over: the body sent or dropped and, if the guest that answered may still
+/// run ([`GuestRunning`]), the guest done too. A guest streaming its body, or
+/// working after it, still counts against every limit. The body ends only
+/// once its guest is done, so a client that has read a whole response and
+/// calls again finds the slot free.
+struct Held {
+    body: wisp_runtime::ResponseBody,
+    admission: Option<Admission>,
+    running: Option<GuestRunning>,
+    /// The wait for the guest, once the body itself has ended.
+    finishing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Held {
+    /// `response` with its body holding `admission`.
+    fn hold(mut response: wisp_runtime::Response, admission: Admission) -> Response {
+        let running = response.extensions_mut().remove::<GuestRunning>();
+        response.map(|body| {
+            Body::new(Self {
+                body,
+                admission: Some(admission),
+                running,
+                finishing: None,
+            })
+        })
+    }
+
+    /// Whether a guest may still be running.
+    fn guest_running(&self) -> bool {
+        self.finishing.is_some()
+            || self
+                .running
+                .as_ref()
+                .is_some_and(|guest| !guest.is_finished())
+    }
+}
+
+impl HttpBody for Held {
+    type Data = bytes::Bytes;
+    type Error = wisp_runtime::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.finishing.is_none() {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    let running = self.running.take();
+                    self.finishing = running.map(|guest| Box::pin(guest.finished()) as _);
+                }
+                polled => return polled,
+            }
+        }
+        if let Some(finishing) = &mut self.finishing {
+            std::task::ready!(finishing.as_mut().poll(cx));
+            self.finishing = None;
+        }
+        // Released before the end is written, so it is free once the client sees it.
+        self.admission = None;
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream() && !self.guest_running()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        // Dropped before its end (the client went away, or hyper stopped at
+        // the declared length): hold the slots until the guest is done.
+        let finishing = self.finishing.take().or_else(|| {
+            let running = self.running.take().filter(|guest| !guest.is_finished());
+            running.map(|guest| Box::pin(guest.finished()) as _)
+        });
+        if let Some(finishing) = finishing
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The guest's deadline bounds this wait.
+            runtime.spawn(async move {
+                finishing.await;
+                drop(admission);
+            });
+        }
+    }
+}
+
+/// Runs one call of `function` and answers with its response or the status
+/// its failure maps to. The call keeps its slots until its response body is
+/// done (see [`Held`]).
+pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> Response {
     let spec = &function.spec;
     let limit = body_limit(node, &function);
     if declared_length(&call.headers).is_some_and(|length| length > limit) {
         return too_large(limit).into_response();
     }
 
-    let _active = Active::enter(&function, node);
+    // The body is read before any slot is taken: a client that trickles it
+    // (or stops sending) holds only its connection and its buffer, bounded
+    // by the body limit and `--body-read-timeout`, never the function's or
+    // the namespace's capacity.
+    let body = match read_body(call.body, limit, node.config.body_read_timeout).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+
+    let active = Active::enter(&function, node);
     let queue_timeout = spec.queue_timeout.0;
     let rejected = |rejected: crate::admission::Rejected| {
         if node.config.telemetry {
@@ -91,12 +211,12 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         }
         busy(rejected.message, rejected.retry_after)
     };
-    let _slot = match function.limit.acquire(queue_timeout).await {
+    let function_slot = match function.limit.acquire(queue_timeout).await {
         Ok(slot) => slot,
         Err(error) => return rejected(error),
     };
     let namespace_limit = node.namespace_limit(&spec.namespace);
-    let _namespace_slot = match &namespace_limit {
+    let namespace_slot = match &namespace_limit {
         Some(limit) => match limit.acquire(queue_timeout).await {
             Ok(slot) => Some(slot),
             Err(error) => return rejected(error),
@@ -104,9 +224,10 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         None => None,
     };
 
-    let body = match read_body(call.body, limit).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
+    let admission = Admission {
+        _function_slot: function_slot,
+        _namespace_slot: namespace_slot,
+        _active: active,
     };
 
     let invocation = Invocation {
@@ -120,7 +241,7 @@ pub async fn dispatch(node: &Node, function: Arc<Deployed>, call: Call) -> Respo
         meter: Arc::default(),
     };
     match invoke(node, &function, invocation, CallSource::Http).await {
-        Ok(response) => response.map(Body::new),
+        Ok(response) => Held::hold(response, admission),
         Err(error) => match error {
             InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
             InvokeError::Internal(detail) => {
@@ -189,12 +310,14 @@ pub(crate) fn status_of(error: &InvokeError) -> StatusCode {
     }
 }
 
-/// The bound on a request body to `function`.
+/// The bound on a request body to `function`: its own, but never more than
+/// the node's (a function stored before the node's limit was lowered gets the node's).
 pub(crate) fn body_limit(node: &Node, function: &Deployed) -> u64 {
     function
         .spec
         .max_body_size
         .map_or(node.config.max_body_size, |size| size.0)
+        .min(node.config.max_body_size)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -204,28 +327,38 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads a whole request body, or answers 413 past `limit` (checked on the
-/// declared length first, so an oversized upload is refused before it is read).
+/// declared length first, so an oversized upload is refused before it is
+/// read) or 408 when it takes longer than `timeout`.
 pub(crate) async fn read_body_checked(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
+    timeout: Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     if declared_length(headers).is_some_and(|length| length > limit) {
         return Err(too_large(limit));
     }
-    read_body(body, limit).await
+    read_body(body, limit, timeout).await
 }
 
-async fn read_body(body: Body, limit: u64) -> Result<bytes::Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(error) => Err(ApiError::bad_request(format!(
+/// Reads a whole request body of at most `limit` bytes within `timeout`:
+/// a client that trickles its body, or stops sending it, is answered 408
+/// (and its connection closed) instead of holding a slot and a buffer.
+async fn read_body(body: Body, limit: u64, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
+    let read = http_body_util::Limited::new(body, limit as usize).collect();
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(error)) => Err(ApiError::bad_request(format!(
             "could not read the request body: {error}"
         ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body was not received within {}",
+                wisp_core::HumanDuration(timeout)
+            ),
+        )),
     }
 }
 

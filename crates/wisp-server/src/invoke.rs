@@ -35,15 +35,21 @@ async fn by_name(
     let Some(function) = node.function_by_reference(reference) else {
         return unknown(reference);
     };
-    // The function sees the raw path after `/function/{name}`, still percent-encoded.
-    let prefix_len = "/function/".len() + reference.len();
-    let rest = request.uri().path().get(prefix_len..).unwrap_or_default();
-    let path = if rest.is_empty() {
-        "/".to_owned()
-    } else {
-        rest.to_owned()
-    };
+    let path = path_after(request.uri().path(), "/function/");
     run(&node, function, call_id, path, request).await
+}
+
+/// The path a function sees: what follows `{prefix}{name}` in the raw
+/// request path, still percent-encoded as the client sent it (`/` when
+/// nothing does). The name is the raw segment, not its decoded form: a
+/// client may encode it (`%70robe` for `probe`), and the router routes by
+/// the decoded name, decoded once.
+pub(crate) fn path_after(raw: &str, prefix: &str) -> String {
+    let after_prefix = raw.strip_prefix(prefix).unwrap_or_default();
+    match after_prefix.find('/') {
+        Some(slash) => after_prefix[slash..].to_owned(),
+        None => "/".to_owned(),
+    }
 }
 
 async fn by_route(
@@ -70,7 +76,7 @@ async fn by_route(
 }
 
 async fn run(
-    node: &Node,
+    node: &Arc<Node>,
     function: Arc<Deployed>,
     call_id: String,
     path: String,
@@ -93,4 +99,22 @@ async fn run(
 
 fn unknown(reference: &str) -> Response {
     ApiError::not_found(format!("function {reference} is not deployed")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_after;
+
+    #[test]
+    fn the_path_follows_the_raw_name_segment() {
+        for (raw, seen) in [
+            ("/function/probe", "/"),
+            ("/function/probe/", "/"),
+            ("/function/probe/x/y", "/x/y"),
+            ("/function/%70robe/x/y", "/x/y"),
+            ("/function/%70rob%65.default/a%20b", "/a%20b"),
+        ] {
+            assert_eq!(path_after(raw, "/function/"), seen, "{raw}");
+        }
+    }
 }

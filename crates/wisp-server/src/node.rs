@@ -12,7 +12,8 @@ use std::{
 };
 
 use wisp_core::{
-    FunctionKind, FunctionSpec, Observed, Route, spec::DEFAULT_NAMESPACE, tenancy::secret_env_name,
+    FunctionKind, FunctionSpec, Observed, Route, egress::EgressPolicy, spec::DEFAULT_NAMESPACE,
+    tenancy::secret_env_name,
 };
 use wisp_runtime::{
     Executor, Output, PrepareError,
@@ -93,12 +94,23 @@ struct FunctionTable {
 /// A running node.
 pub struct Node {
     me: Weak<Node>,
+    /// The node's id: random, unique in a cluster.
+    pub(crate) id: String,
+    /// Where the node serves, `http://host:port`, once it listens, or the
+    /// URL it advertises.
+    pub(crate) address: std::sync::OnceLock<String>,
+    /// The cluster whose registry this node caches, in cluster mode.
+    pub(crate) cluster: Option<Arc<wisp_cluster::Cluster>>,
+    /// The generation of each namespace the node holds, in cluster mode.
+    pub(crate) generations: crate::cluster::Generations,
     pub(crate) config: Config,
     pub(crate) admin_token: String,
     pub(crate) store: Arc<Store>,
     pub(crate) queue: events::Queue,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) metrics: Metrics,
+    /// The addresses functions and callbacks may not connect to.
+    pub(crate) egress: Arc<EgressPolicy>,
     /// The running tasks of each function's triggers, once events have started.
     triggers: Mutex<HashMap<(String, String), Vec<tokio::task::AbortHandle>>>,
     events_started: AtomicBool,
@@ -122,8 +134,29 @@ impl Node {
     /// A function that cannot be loaded is logged and left out, so one broken
     /// artifact cannot keep the node from serving the others.
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        Self::open(config, None)
+    }
+
+    /// Starts a node of a cluster: like [`Node::start`], with an empty
+    /// registry that [`crate::join`] then fills from the cluster's.
+    pub fn start_in_cluster(
+        config: Config,
+        cluster: Arc<wisp_cluster::Cluster>,
+    ) -> Result<Arc<Self>, StartError> {
+        Self::open(config, Some(cluster))
+    }
+
+    fn open(
+        config: Config,
+        cluster: Option<Arc<wisp_cluster::Cluster>>,
+    ) -> Result<Arc<Self>, StartError> {
         config.validate()?;
         let store = Arc::new(Store::open(&config.data_dir)?);
+        if cluster.is_some() {
+            // What the node held is a cache, perhaps stale: the cluster's
+            // snapshot fills it again.
+            store.clear_registry()?;
+        }
         let queue =
             events::Queue::new(store.clone(), config.async_workers).map_err(StartError::Queue)?;
         let exporter = match &config.otlp_endpoint {
@@ -147,10 +180,15 @@ impl Node {
             Some(token) => token.clone(),
             None => load_or_create_token(&config.data_dir.join("admin-token"))?,
         };
+        let egress = Arc::new(EgressPolicy::new(
+            config.allow_egress.clone(),
+            own_addresses(config.listen.ip(), config.ui_listen),
+        ));
         let engine = WasmEngine::new(&WasmConfig {
             cache_dir: config.data_dir.join("cache"),
             max_instances: config.max_instances,
             max_memory: wisp_core::spec::MAX_MEMORY,
+            egress: egress.clone(),
         })?;
         let empty_dir = config.data_dir.join("empty");
         std::fs::create_dir_all(&empty_dir).map_err(|source| StoreError::Io {
@@ -165,16 +203,24 @@ impl Node {
                 path: secrets_dir,
                 source,
             })?;
-        let sandbox = config.sandbox.then(Sandbox::new).transpose()?;
+        let sandbox = config
+            .sandbox
+            .then(|| Sandbox::new(&config.allow_egress))
+            .transpose()?;
         let tenants = Tenants::load(&store, config.namespace_max_concurrency)?;
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            id: wisp_cluster::node_id(),
+            address: std::sync::OnceLock::new(),
+            generations: crate::cluster::Generations::open(&config.data_dir),
+            cluster,
             config,
             admin_token,
             store,
             queue,
             telemetry,
             metrics: Metrics::new(me.clone()),
+            egress,
             triggers: Mutex::default(),
             events_started: AtomicBool::new(false),
             engine,
@@ -199,6 +245,12 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// Sets the URL the node is listed with (`GET /system/nodes`) instead
+    /// of the address it listens on; before it serves.
+    pub fn advertise(&self, url: String) {
+        let _ = self.address.set(url);
     }
 
     /// The admin token.
@@ -424,22 +476,6 @@ impl Node {
             .map(|(_, deployed)| deployed.clone())
     }
 
-    /// Another function that already has this exact route, if any.
-    pub(crate) fn route_owner(&self, route: &Route, except: (&str, &str)) -> Option<String> {
-        let table = self.functions.read().expect("function table");
-        table
-            .routed
-            .iter()
-            .find(|(existing, deployed)| {
-                existing == route
-                    && (
-                        deployed.spec.namespace.as_str(),
-                        deployed.spec.name.as_str(),
-                    ) != except
-            })
-            .map(|(_, deployed)| format!("{}.{}", deployed.spec.name, deployed.spec.namespace))
-    }
-
     /// What the node observes of a function: counters and replicas; all zero when not loaded.
     pub(crate) fn observed(&self, namespace: &str, name: &str) -> Observed {
         let Some(function) = self.function(namespace, name) else {
@@ -488,21 +524,63 @@ pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
         .unwrap_or((reference, DEFAULT_NAMESPACE))
 }
 
+/// The addresses the node answers on, which its egress policy denies: every
+/// interface's (a listener bound to one address is still reached through
+/// the others' routes, and brokers or replicas may listen on all of them),
+/// the listen address and the web UI's.
+fn own_addresses(
+    listen: std::net::IpAddr,
+    ui_listen: Option<std::net::SocketAddr>,
+) -> Vec<std::net::IpAddr> {
+    let mut addresses = wisp_runtime::outbound::local_addresses();
+    addresses.push(listen);
+    addresses.extend(ui_listen.map(|ui| ui.ip()));
+    addresses
+}
+
+/// How often the node's own addresses are read again, so interfaces that
+/// come up after the start are denied too.
+const OWN_ADDRESSES_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the egress policy's list of the node's own addresses current.
+/// Runs until the node stops.
+pub(crate) async fn refresh_own_addresses(node: Arc<Node>) {
+    let mut ticks = tokio::time::interval(OWN_ADDRESSES_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (listen, ui_listen) = (node.config.listen.ip(), node.config.ui_listen);
+        match tokio::task::spawn_blocking(move || own_addresses(listen, ui_listen)).await {
+            Ok(addresses) => node.egress.set_node(addresses),
+            Err(error) => tracing::warn!("could not read the node's addresses: {error}"),
+        }
+    }
+}
+
 /// Reads the token kept in the data directory, or creates one (mode 0600).
+/// A fresh admin token: 24 random bytes, in hex.
+pub fn new_admin_token() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
+}
+
 fn load_or_create_token(path: &Path) -> Result<String, StartError> {
     let error = |source| StartError::Token {
         path: path.to_owned(),
         source,
     };
     match std::fs::read_to_string(path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(token) if !token.trim().is_empty() => {
+            // A token file copied in by hand may be readable by others.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(error)?;
+            return Ok(token.trim().to_owned());
+        }
         Ok(_) => {}
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => return Err(error(source)),
         Err(_) => {}
     }
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| error(std::io::Error::other(e.to_string())))?;
-    let token = hex::encode(bytes);
+    let token = new_admin_token();
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -513,4 +591,33 @@ fn load_or_create_token(path: &Path) -> Result<String, StartError> {
         .map_err(error)?;
     file.write_all(token.as_bytes()).map_err(error)?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    #[test]
+    fn a_node_on_loopback_still_counts_every_interface_and_the_ui_as_its_own() {
+        let listen: IpAddr = "127.0.0.1".parse().unwrap();
+        let ui = "127.0.0.3:8081".parse().unwrap();
+        let own = own_addresses(listen, Some(ui));
+        let interfaces = wisp_runtime::outbound::local_addresses();
+        for address in &interfaces {
+            assert!(own.contains(address), "{address} is missing from {own:?}");
+        }
+        assert!(own.contains(&listen) && own.contains(&ui.ip()), "{own:?}");
+        // The machine's non-loopback addresses are what a guest could
+        // otherwise reach the node's other listeners through.
+        let outside: Vec<_> = interfaces.iter().filter(|a| !a.is_loopback()).collect();
+        if outside.is_empty() {
+            eprintln!("this machine has no interface address besides loopback");
+        }
+        let policy = EgressPolicy::new(Vec::new(), own);
+        for address in outside {
+            assert!(policy.check(*address).is_err(), "{address} is reachable");
+        }
+    }
 }

@@ -27,13 +27,14 @@ use axum::{
 use serde::Deserialize;
 use wisp_core::{
     FunctionSpec,
-    spec::DEFAULT_NAMESPACE,
+    spec::{DEFAULT_NAMESPACE, validate_secret_name},
     tenancy::{Action, NewSecret, Principal, SecretInfo, validate_secret_value},
-    validate_name,
 };
 use wisp_store::{SecretWrite, StoredSecret};
 
-use crate::{ApiError, admin::ready, node::Node, telemetry::rfc3339_millis};
+use wisp_cluster::Key;
+
+use crate::{ApiError, admin::ready, cluster, node::Node, telemetry::rfc3339_millis};
 
 /// The per-function directories of secret files under `data/secrets`,
 /// which only the node's user may enter.
@@ -183,11 +184,19 @@ async fn write(
     } = parse(body)?;
     let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     principal.allow(&namespace, Action::ManageSecrets)?;
-    validate_name(&name).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    validate_secret_name(&name).map_err(ApiError::bad_request)?;
     validate_secret_value(&value).map_err(ApiError::bad_request)?;
     let _guard = node.deploy_lock.lock().await;
     if node.tenants.namespace(&namespace).is_none() {
         return Err(crate::tenants::routes::unknown_namespace(&namespace));
+    }
+    let exists = node
+        .store
+        .secret_values(&namespace, std::slice::from_ref(&name))?
+        .is_ok();
+    // Only a write that will happen goes to the cluster; the rest is refused below.
+    if exists == replace {
+        cluster::share_secret(&node, &namespace, &name, &value).await?;
     }
     let status = match node.store.put_secret(&namespace, &name, &value, replace)? {
         SecretWrite::Created => {
@@ -225,7 +234,11 @@ async fn write(
 /// Prepares again, and swaps in, every function that uses the secret, so
 /// its new value takes effect; one that cannot be prepared keeps running
 /// with the old value, and a warning says so.
-async fn reload(node: &Arc<Node>, namespace: &str, secret: &str) -> Result<(), ApiError> {
+pub(crate) async fn reload(
+    node: &Arc<Node>,
+    namespace: &str,
+    secret: &str,
+) -> Result<(), ApiError> {
     for name in node.store.secret_users(namespace, secret)? {
         let Some(stored) = node.store.function(namespace, &name)? else {
             continue;
@@ -262,6 +275,20 @@ async fn remove(
                 users.join(", ")
             ),
         ));
+    }
+    if node
+        .store
+        .secret_values(namespace, std::slice::from_ref(&name))?
+        .is_ok()
+    {
+        cluster::unshare(
+            &node,
+            Key::Secret {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+            },
+        )
+        .await?;
     }
     if !node.store.delete_secret(namespace, &name)? {
         return Err(ApiError::not_found(format!(

@@ -31,6 +31,16 @@ impl ArtifactUpload {
             .map_err(StoreError::io("write artifact", self.file.path()))
     }
 
+    /// The bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The digest of the bytes written so far (`sha256:...`), before they are committed.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+
     /// Stores the artifact under its digest; a no-op if those bytes are already stored.
     pub fn commit(self, store: &Store) -> Result<ArtifactInfo, StoreError> {
         let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
@@ -183,30 +193,65 @@ impl Store {
 
 /// Unpacks a tar archive into a directory.
 ///
-/// Every file and directory ends up owned by the node and readable by all,
-/// executables and directories `0755`, the rest `0644`: sandboxed processes
-/// run as uids of their own and must read the function's files, and no mode
-/// bit from the archive (setuid, say) reaches the host.
+/// Entries with absolute names, `..` components, or that are devices or
+/// FIFOs are refused, and so is any entry the tar crate finds would land
+/// outside `into` (through a symlink unpacked before it, say). Then every
+/// file and directory that was made is given a plain mode, without following
+/// symlinks: executables and directories `0755`, the rest `0644`. Sandboxed
+/// processes run as uids of their own and must read the function's files,
+/// and no mode bit from the archive (setuid, say) reaches the host.
 fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     let mut archive = tar::Archive::new(std::fs::File::open(archive)?);
     archive.set_overwrite(false);
-    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755))?;
     for entry in archive.entries()? {
         let mut entry = entry?;
-        // `unpack_in` refuses `..` and absolute paths; it returns false for them.
         let path = entry.path()?.into_owned();
+        check_entry(&path, entry.header().entry_type())
+            .map_err(|why| std::io::Error::other(format!("entry {}: {why}", path.display())))?;
         if !entry.unpack_in(into)? {
             return Err(std::io::Error::other(format!(
                 "entry {} points outside the archive",
                 path.display()
             )));
         }
-        let kind = entry.header().entry_type();
-        if kind.is_file() || kind.is_dir() {
-            let executable = kind.is_dir() || entry.header().mode()? & 0o111 != 0;
+    }
+    plain_modes(into)
+}
+
+/// Why an entry may not be unpacked, if it may not: its name must stay
+/// inside the tree by itself (a leading `./`, as `tar -C dir .` writes, is
+/// harmless and accepted), and it must be a file, a directory or a link.
+fn check_entry(path: &Path, kind: tar::EntryType) -> Result<(), &'static str> {
+    use std::path::Component;
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::Prefix(_) => return Err("absolute names are refused"),
+            Component::ParentDir => return Err("`..` is refused"),
+            Component::CurDir | Component::Normal(_) => {}
+        }
+    }
+    match kind {
+        tar::EntryType::Block | tar::EntryType::Char => Err("devices are refused"),
+        tar::EntryType::Fifo => Err("FIFOs are refused"),
+        _ => Ok(()),
+    }
+}
+
+/// Gives the directories and files under `dir` (itself included) plain
+/// modes; symlinks are neither followed nor changed.
+fn plain_modes(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            plain_modes(&path)?;
+        } else if kind.is_file() {
+            let executable = entry.metadata()?.permissions().mode() & 0o111 != 0;
             let mode = if executable { 0o755 } else { 0o644 };
-            std::fs::set_permissions(into.join(&path), std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }
     }
     Ok(())
@@ -313,5 +358,58 @@ mod tests {
             store.artifact_tree(&store.put_artifact(b"not a tar").unwrap().digest),
             Err(StoreError::BadArchive { .. })
         ));
+    }
+
+    /// A one-entry archive whose name is written as is, as a hostile client would.
+    fn raw_archive(name: &str, kind: tar::EntryType) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o755);
+        header.set_size(if kind.is_file() { 1 } else { 0 });
+        header.set_cksum();
+        let mut archive = header.as_bytes().to_vec();
+        if kind.is_file() {
+            archive.extend_from_slice(&[b'x'; 512]);
+        }
+        archive.extend_from_slice(&[0; 1024]);
+        archive
+    }
+
+    #[test]
+    fn absolute_names_devices_and_fifos_are_refused_and_touch_nothing() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let host_file = dir.path().join("private");
+        std::fs::write(&host_file, "host").unwrap();
+        std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let host_name = host_file.to_str().unwrap();
+        for (name, kind, why) in [
+            (host_name, tar::EntryType::Regular, "absolute names"),
+            (host_name, tar::EntryType::Directory, "absolute names"),
+            ("dev/sda", tar::EntryType::Block, "devices"),
+            ("dev/tty", tar::EntryType::Char, "devices"),
+            ("pipe", tar::EntryType::Fifo, "FIFOs"),
+            ("a/../../b", tar::EntryType::Regular, "`..`"),
+        ] {
+            let digest = store.put_artifact(&raw_archive(name, kind)).unwrap().digest;
+            match store.artifact_tree(&digest) {
+                Err(StoreError::BadArchive { reason, .. }) => {
+                    assert!(reason.contains(why), "{name}: {reason}");
+                }
+                other => panic!("{name} as {kind:?} was unpacked: {other:?}"),
+            }
+        }
+        let mode = std::fs::metadata(&host_file).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the host file's mode changed");
+        assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host");
+        // `./` as `tar -C dir .` writes it is fine.
+        let digest = store
+            .put_artifact(&raw_archive("./run.sh", tar::EntryType::Regular))
+            .unwrap()
+            .digest;
+        let tree = store.artifact_tree(&digest).unwrap();
+        assert!(tree.join("run.sh").is_file());
     }
 }

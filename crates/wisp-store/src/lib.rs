@@ -8,16 +8,25 @@
 //! a temporary directory and renamed, so a crash never leaves half an artifact
 //! where a reader could find it. The invocation path never touches SQLite:
 //! the server keeps its routing table in memory and writes through.
+//!
+//! The data directory is private to the node's user (`0700`, databases
+//! `0600`): it holds secrets and every tenant's code and logs. Sandboxed
+//! processes never need to walk it: the sandbox, set up as root or as the
+//! node's user, binds a function's tree to `/function` for them.
 
 mod artifacts;
 mod queue;
 mod registry;
 mod telemetry;
+mod uploads;
 
 use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
-pub use queue::{CallFilter, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall};
+pub use queue::{
+    CallFilter, CallOrigin, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall,
+    call_key,
+};
 pub use registry::{
     NamespaceContents, NamespaceRemoval, SecretWrite, StoredFunction, StoredNamespace,
     StoredSecret, StoredToken,
@@ -25,6 +34,7 @@ pub use registry::{
 pub use telemetry::{
     LogFilter, NewLine, NewRecord, StoredLine, Telemetry, UsageTotals, record_line,
 };
+pub use uploads::NODE_UPLOADER;
 
 /// A failure of the store. Every variant names what it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +107,18 @@ impl Store {
             root.join("trees"),
             root.join("tmp"),
         ] {
-            std::fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+            private_dir(&dir)?;
         }
-        let db = rusqlite::Connection::open(root.join("wisp.db"))?;
+        let path = root.join("wisp.db");
+        private_database(&path)?;
+        let db = rusqlite::Connection::open(&path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(registry::SCHEMA)?;
         db.execute_batch(queue::SCHEMA)?;
+        queue::migrate(&db)?;
+        db.execute_batch(uploads::SCHEMA)?;
         Ok(Self {
             root: root.to_owned(),
             db: std::sync::Mutex::new(db),
@@ -123,4 +137,44 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Creates a directory (and its parents) readable by the node's user only,
+/// and makes an existing one so: data directories made by an older wisp were
+/// readable by everyone.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(StoreError::io("create directory", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(StoreError::io("restrict", dir))
+}
+
+/// Makes a SQLite database and its journal files readable by the node's
+/// user only, creating the database file (empty, as SQLite accepts it) when
+/// it is new. SQLite gives the `-wal` and `-shm` files it creates the
+/// database file's mode.
+pub(crate) fn private_database(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(StoreError::io("create", path))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("restrict", &file)(error));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,13 @@
 //! state and attempts, and the latest result. Writes go through a
 //! [`QueueBatch`], so a writer can commit many of them in one transaction.
 //! Times are milliseconds since the Unix epoch.
+//!
+//! A call has two names: its `id`, the one users see (`X-Call-Id`, `ce-id`,
+//! `/system/calls/{id}`), and its `key`, the one it is unique under. The key
+//! puts the id in the space of whoever chose it ([`CallOrigin`]): a caller's
+//! id is unique within its function's namespace, a trigger's within its
+//! function. So no caller can take an id another namespace uses, or one a
+//! JetStream message will get, and have that call dropped as a duplicate.
 
 use rusqlite::{OptionalExtension as _, params};
 use wisp_core::CallState;
@@ -12,7 +19,8 @@ use crate::{Store, StoreError};
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
-    id             TEXT PRIMARY KEY,
+    key            TEXT PRIMARY KEY,
+    id             TEXT NOT NULL,
     namespace      TEXT NOT NULL,
     function       TEXT NOT NULL,
     state          TEXT NOT NULL,
@@ -39,11 +47,56 @@ CREATE TABLE IF NOT EXISTS trigger_firings (
 );
 ";
 
+/// Who chose a call's id, and so the space it must be unique in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOrigin {
+    /// A caller of `/async-function/` (its `X-Call-Id`, or a fresh one):
+    /// unique within the function's namespace.
+    Caller,
+    /// A trigger (a JetStream message's `nats-{stream}-{sequence}`, or a
+    /// fresh one): unique within the function, out of callers' reach.
+    Trigger,
+}
+
+/// The key a call is unique under: `caller/{namespace}/{id}` or
+/// `trigger/{namespace}/{function}/{id}`. Names are DNS labels, so a `/`
+/// ends each, and the two spaces never meet.
+pub fn call_key(origin: CallOrigin, namespace: &str, function: &str, id: &str) -> String {
+    match origin {
+        CallOrigin::Caller => format!("caller/{namespace}/{id}"),
+        CallOrigin::Trigger => format!("trigger/{namespace}/{function}/{id}"),
+    }
+}
+
+/// Gives the calls of a database from before keys their key, and indexes ids.
+pub(crate) fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
+    let keyed: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('calls') WHERE name = 'key')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !keyed {
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE calls RENAME COLUMN id TO key;
+             ALTER TABLE calls ADD COLUMN id TEXT NOT NULL DEFAULT '';
+             UPDATE calls SET id = key, key = CASE WHEN source = 'http'
+                 THEN 'caller/' || namespace || '/' || key
+                 ELSE 'trigger/' || namespace || '/' || function || '/' || key END;
+             COMMIT;",
+        )?;
+    }
+    db.execute_batch("CREATE INDEX IF NOT EXISTS calls_by_id ON calls (id);")?;
+    Ok(())
+}
+
 /// A call to accept.
 #[derive(Debug, Clone)]
 pub struct NewCall {
-    /// Its id.
+    /// Its id, as users see it.
     pub id: String,
+    /// Who chose the id.
+    pub origin: CallOrigin,
     /// The function's namespace.
     pub namespace: String,
     /// The function.
@@ -58,9 +111,18 @@ pub struct NewCall {
     pub created_at: i64,
 }
 
+impl NewCall {
+    /// The key it is unique under.
+    pub fn key(&self) -> String {
+        call_key(self.origin, &self.namespace, &self.function, &self.id)
+    }
+}
+
 /// A call a worker has just taken.
 #[derive(Debug, Clone)]
 pub struct StartedCall {
+    /// Its id, as users see it.
+    pub id: String,
     /// The encoded event.
     pub event: Vec<u8>,
     /// Attempts including this one.
@@ -72,8 +134,8 @@ pub struct StartedCall {
 /// A call that waits to run: what the scheduler needs to hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCall {
-    /// Its id.
-    pub id: String,
+    /// Its key.
+    pub key: String,
     /// The function's namespace.
     pub namespace: String,
     /// The function.
@@ -85,7 +147,9 @@ pub struct PendingCall {
 /// A call as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRow {
-    /// Its id.
+    /// Its key.
+    pub key: String,
+    /// Its id, as users see it.
     pub id: String,
     /// The function's namespace.
     pub namespace: String,
@@ -139,34 +203,35 @@ pub struct QueueCounts {
     pub dead: u64,
 }
 
-const CALL_COLUMNS: &str = "id, namespace, function, state, attempts, source, created_at, due_at, \
+const CALL_COLUMNS: &str = "key, id, namespace, function, state, attempts, source, created_at, due_at, \
      started_at, finished_at, error, result, callback_url, callback_state";
 
 fn call_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
-    let state: String = row.get(3)?;
+    let state: String = row.get(4)?;
     Ok(CallRow {
-        id: row.get(0)?,
-        namespace: row.get(1)?,
-        function: row.get(2)?,
+        key: row.get(0)?,
+        id: row.get(1)?,
+        namespace: row.get(2)?,
+        function: row.get(3)?,
         state: state.parse().map_err(|error: String| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, error.into())
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, error.into())
         })?,
-        attempts: row.get(4)?,
-        source: row.get(5)?,
-        created_at: row.get(6)?,
-        due_at: row.get(7)?,
-        started_at: row.get(8)?,
-        finished_at: row.get(9)?,
-        error: row.get(10)?,
-        result: row.get(11)?,
-        callback_url: row.get(12)?,
-        callback_state: row.get(13)?,
+        attempts: row.get(5)?,
+        source: row.get(6)?,
+        created_at: row.get(7)?,
+        due_at: row.get(8)?,
+        started_at: row.get(9)?,
+        finished_at: row.get(10)?,
+        error: row.get(11)?,
+        result: row.get(12)?,
+        callback_url: row.get(13)?,
+        callback_state: row.get(14)?,
     })
 }
 
 fn pending_call(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingCall> {
     Ok(PendingCall {
-        id: row.get(0)?,
+        key: row.get(0)?,
         namespace: row.get(1)?,
         function: row.get(2)?,
         due_at: row.get(3)?,
@@ -177,11 +242,11 @@ fn pending_call(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingCall> {
 pub struct QueueBatch<'a>(&'a rusqlite::Transaction<'a>);
 
 impl QueueBatch<'_> {
-    /// Stores a new call as queued; `false` if a call with its id exists.
+    /// Stores a new call as queued; `false` if a call with its key exists.
     pub fn enqueue(&self, call: &NewCall) -> Result<bool, StoreError> {
         let inserted = self.0.prepare_cached(
-            "INSERT OR IGNORE INTO calls (id, namespace, function, state, source, event, callback_url, callback_state, created_at, due_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, NULL, ?7, ?7)",
+            "INSERT OR IGNORE INTO calls (key, id, namespace, function, state, source, event, callback_url, callback_state, created_at, due_at)
+             VALUES (?8, ?1, ?2, ?3, 'queued', ?4, ?5, ?6, NULL, ?7, ?7)",
         )?
         .execute(params![
             call.id,
@@ -190,25 +255,27 @@ impl QueueBatch<'_> {
             call.source,
             call.event,
             call.callback_url,
-            call.created_at
+            call.created_at,
+            call.key()
         ])?;
         Ok(inserted == 1)
     }
 
     /// Marks a queued call running and counts the attempt; `None` if it is not queued.
-    pub fn start(&self, id: &str, now: i64) -> Result<Option<StartedCall>, StoreError> {
+    pub fn start(&self, key: &str, now: i64) -> Result<Option<StartedCall>, StoreError> {
         Ok(self
             .0
             .prepare_cached(
                 "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = ?2
-                 WHERE id = ?1 AND state = 'queued'
-                 RETURNING event, attempts, callback_url",
+                 WHERE key = ?1 AND state = 'queued'
+                 RETURNING id, event, attempts, callback_url",
             )?
-            .query_row(params![id, now], |row| {
+            .query_row(params![key, now], |row| {
                 Ok(StartedCall {
-                    event: row.get(0)?,
-                    attempts: row.get(1)?,
-                    callback_url: row.get(2)?,
+                    id: row.get(0)?,
+                    event: row.get(1)?,
+                    attempts: row.get(2)?,
+                    callback_url: row.get(3)?,
                 })
             })
             .optional()?)
@@ -217,7 +284,7 @@ impl QueueBatch<'_> {
     /// Records a call's final state and its latest result.
     pub fn finish(
         &self,
-        id: &str,
+        key: &str,
         state: CallState,
         now: i64,
         error: Option<&str>,
@@ -227,48 +294,48 @@ impl QueueBatch<'_> {
             .prepare_cached(
                 "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4, result = ?5,
                      callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END
-                 WHERE id = ?1",
+                 WHERE key = ?1",
             )?
-            .execute(params![id, state.as_str(), now, error, result])?;
+            .execute(params![key, state.as_str(), now, error, result])?;
         Ok(())
     }
 
     /// Puts a failed attempt's call back in the queue, due at `due_at`.
     pub fn retry(
         &self,
-        id: &str,
+        key: &str,
         due_at: i64,
         error: &str,
         result: Option<&str>,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
-                "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4 WHERE id = ?1",
+                "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4 WHERE key = ?1",
             )?
-            .execute(params![id, due_at, error, result])?;
+            .execute(params![key, due_at, error, result])?;
         Ok(())
     }
 
     /// Queues a finished call again with fresh attempts; `None` if it is not
     /// finished (or does not exist).
-    pub fn requeue(&self, id: &str, now: i64) -> Result<Option<PendingCall>, StoreError> {
+    pub fn requeue(&self, key: &str, now: i64) -> Result<Option<PendingCall>, StoreError> {
         Ok(self
             .0
             .prepare_cached(
                 "UPDATE calls SET state = 'queued', attempts = 0, due_at = ?2, finished_at = NULL,
                      callback_state = NULL
-                 WHERE id = ?1 AND state IN ('succeeded', 'failed', 'dead')
-                 RETURNING id, namespace, function, due_at",
+                 WHERE key = ?1 AND state IN ('succeeded', 'failed', 'dead')
+                 RETURNING key, namespace, function, due_at",
             )?
-            .query_row(params![id, now], pending_call)
+            .query_row(params![key, now], pending_call)
             .optional()?)
     }
 
     /// Records how a call's callback went: `delivered` or `failed`.
-    pub fn set_callback_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+    pub fn set_callback_state(&self, key: &str, state: &str) -> Result<(), StoreError> {
         self.0
-            .prepare_cached("UPDATE calls SET callback_state = ?2 WHERE id = ?1")?
-            .execute(params![id, state])?;
+            .prepare_cached("UPDATE calls SET callback_state = ?2 WHERE key = ?1")?
+            .execute(params![key, state])?;
         Ok(())
     }
 
@@ -322,7 +389,7 @@ impl Store {
             [],
         )? as u64;
         let mut statement = db.prepare(
-            "SELECT id, namespace, function, due_at FROM calls WHERE state = 'queued' ORDER BY due_at",
+            "SELECT key, namespace, function, due_at FROM calls WHERE state = 'queued' ORDER BY due_at",
         )?;
         let pending = statement
             .query_map([], pending_call)?
@@ -342,16 +409,29 @@ impl Store {
         Ok(rows)
     }
 
-    /// One call, if it exists.
-    pub fn call(&self, id: &str) -> Result<Option<CallRow>, StoreError> {
+    /// The call with this key, if it exists.
+    pub fn call(&self, key: &str) -> Result<Option<CallRow>, StoreError> {
         Ok(self
             .db()
             .query_row(
-                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"),
-                params![id],
+                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE key = ?1"),
+                params![key],
                 call_row,
             )
             .optional()?)
+    }
+
+    /// Every call users know by this id (in several namespaces or
+    /// functions, it may name several), newest first.
+    pub fn calls_with_id(&self, id: &str) -> Result<Vec<CallRow>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1 ORDER BY created_at DESC, key"
+        ))?;
+        let rows = statement
+            .query_map(params![id], call_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// Calls matching `filter`, newest first.
@@ -360,7 +440,7 @@ impl Store {
         let mut statement = db.prepare(&format!(
             "SELECT {CALL_COLUMNS} FROM calls
              WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR state = ?3)
-             ORDER BY created_at DESC, id LIMIT ?4"
+             ORDER BY created_at DESC, key LIMIT ?4"
         ))?;
         let rows = statement
             .query_map(
@@ -412,6 +492,34 @@ impl Store {
     }
 }
 
+/// The queue's backlog per namespace, which its quota bounds.
+impl Store {
+    /// Calls queued or running, per namespace: `(namespace, calls, bytes of their events)`.
+    pub fn queue_backlog(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT namespace, count(*), coalesce(sum(length(event)), 0) FROM calls
+             WHERE state IN ('queued', 'running') GROUP BY namespace",
+        )?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The size of a call's stored event, if the call exists.
+    pub fn event_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT length(event) FROM calls WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +527,7 @@ mod tests {
     fn call(id: &str, created_at: i64) -> NewCall {
         NewCall {
             id: id.into(),
+            origin: CallOrigin::Caller,
             namespace: "default".into(),
             function: "f".into(),
             source: "http".into(),
@@ -426,6 +535,10 @@ mod tests {
             callback_url: Some("http://127.0.0.1:9/cb".into()),
             created_at,
         }
+    }
+
+    fn key(id: &str) -> String {
+        call_key(CallOrigin::Caller, "default", "f", id)
     }
 
     #[test]
@@ -441,15 +554,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(inserted, [true, false]);
-        let started = store.batch(|b| b.start("a", 5).unwrap()).unwrap().unwrap();
+        let started = store
+            .batch(|b| b.start(&key("a"), 5).unwrap())
+            .unwrap()
+            .unwrap();
         assert_eq!((started.event, started.attempts), (vec![1, 2, 3], 1));
-        assert!(store.batch(|b| b.start("a", 6).unwrap()).unwrap().is_none());
+        assert!(
+            store
+                .batch(|b| b.start(&key("a"), 6).unwrap())
+                .unwrap()
+                .is_none()
+        );
         store
-            .batch(|b| b.retry("a", 100, "502", None).unwrap())
+            .batch(|b| b.retry(&key("a"), 100, "502", None).unwrap())
             .unwrap();
         assert_eq!(
             store
-                .batch(|b| b.start("a", 100).unwrap())
+                .batch(|b| b.start(&key("a"), 100).unwrap())
                 .unwrap()
                 .unwrap()
                 .attempts,
@@ -457,18 +578,18 @@ mod tests {
         );
         store
             .batch(|b| {
-                b.finish("a", CallState::Dead, 200, Some("boom"), None)
+                b.finish(&key("a"), CallState::Dead, 200, Some("boom"), None)
                     .unwrap()
             })
             .unwrap();
-        let row = store.call("a").unwrap().unwrap();
+        let row = store.call(&key("a")).unwrap().unwrap();
         assert_eq!((row.state, row.attempts), (CallState::Dead, 2));
         assert_eq!(row.callback_state.as_deref(), Some("pending"));
         assert_eq!(store.pending_callbacks().unwrap().len(), 1);
         assert_eq!(store.queue_counts().unwrap().dead, 1);
-        let requeued = store.batch(|b| b.requeue("a", 300).unwrap()).unwrap();
+        let requeued = store.batch(|b| b.requeue(&key("a"), 300).unwrap()).unwrap();
         assert_eq!(requeued.map(|p| p.due_at), Some(300));
-        assert_eq!(store.call("a").unwrap().unwrap().attempts, 0);
+        assert_eq!(store.call(&key("a")).unwrap().unwrap().attempts, 0);
     }
 
     #[test]
@@ -481,16 +602,17 @@ mod tests {
                     for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
                         b.enqueue(&call(id, at)).unwrap();
                     }
-                    b.start("b", 10).unwrap();
-                    b.start("c", 11).unwrap();
-                    b.finish("c", CallState::Succeeded, 12, None, None).unwrap();
+                    b.start(&key("b"), 10).unwrap();
+                    b.start(&key("c"), 11).unwrap();
+                    b.finish(&key("c"), CallState::Succeeded, 12, None, None)
+                        .unwrap();
                 })
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let (pending, redelivered) = store.recover_calls().unwrap();
-        let ids: Vec<_> = pending.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!((ids, redelivered), (vec!["a", "b"], 1));
+        let keys: Vec<_> = pending.iter().map(|p| p.key.clone()).collect();
+        assert_eq!((keys, redelivered), (vec![key("a"), key("b")], 1));
         let dead = store
             .calls(&CallFilter {
                 state: Some(CallState::Succeeded),
@@ -499,5 +621,63 @@ mod tests {
             })
             .unwrap();
         assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn ids_are_unique_only_in_the_space_of_whoever_chose_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut mine = call("nats-S-1", 1);
+        let mut other_namespace = call("nats-S-1", 2);
+        other_namespace.namespace = "team-b".into();
+        let mut message = call("nats-S-1", 3);
+        message.origin = CallOrigin::Trigger;
+        let mut same_message_other_function = message.clone();
+        same_message_other_function.function = "g".into();
+        let inserted = store
+            .batch(|b| {
+                [
+                    &mine,
+                    &other_namespace,
+                    &message,
+                    &same_message_other_function,
+                    &message,
+                ]
+                .map(|call| b.enqueue(call).unwrap())
+            })
+            .unwrap();
+        assert_eq!(inserted, [true, true, true, true, false]);
+        let found = store.calls_with_id("nats-S-1").unwrap();
+        assert_eq!(found.len(), 4);
+        assert!(found.iter().all(|row| row.id == "nats-S-1"));
+        mine.id = "other".into();
+        assert!(store.batch(|b| b.enqueue(&mine).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn calls_stored_before_keys_get_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = rusqlite::Connection::open(dir.path().join("wisp.db")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE calls (
+                    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, function TEXT NOT NULL,
+                    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, source TEXT NOT NULL,
+                    event BLOB NOT NULL, callback_url TEXT, callback_state TEXT,
+                    created_at INTEGER NOT NULL, due_at INTEGER NOT NULL, started_at INTEGER,
+                    finished_at INTEGER, error TEXT, result TEXT);
+                 INSERT INTO calls (id, namespace, function, state, source, event, created_at, due_at)
+                 VALUES ('a', 'default', 'f', 'queued', 'http', x'01', 1, 1),
+                        ('nats-S-1', 'default', 'f', 'queued', 'nats \"x\"', x'01', 2, 2);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (pending, _) = store.recover_calls().unwrap();
+        let keys: Vec<_> = pending.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, [key("a").as_str(), "trigger/default/f/nats-S-1"]);
+        assert_eq!(store.calls_with_id("a").unwrap()[0].key, key("a"));
+        drop(store);
+        Store::open(dir.path()).expect("opens again");
     }
 }

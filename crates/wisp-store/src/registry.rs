@@ -130,7 +130,7 @@ impl NamespaceContents {
 /// What removing a namespace did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamespaceRemoval {
-    /// It is gone, with its tokens and secrets.
+    /// It is gone, with its tokens, secrets, async calls and uploads.
     Removed,
     /// There was none by that name.
     Unknown,
@@ -147,6 +147,18 @@ pub struct StoredFunction {
     pub created_at: i64,
     /// When it was last deployed.
     pub updated_at: i64,
+}
+
+/// A removed namespace's async calls and uploads go with it: a later
+/// namespace of the same name must not read the calls, nor be charged for
+/// the uploads.
+fn forget_calls_and_uploads(
+    transaction: &rusqlite::Transaction<'_>,
+    name: &str,
+) -> Result<(), StoreError> {
+    transaction.execute("DELETE FROM calls WHERE namespace = ?1", params![name])?;
+    transaction.execute("DELETE FROM uploads WHERE namespace = ?1", params![name])?;
+    Ok(())
 }
 
 pub(crate) fn now() -> i64 {
@@ -171,6 +183,20 @@ fn parse(
 }
 
 impl Store {
+    /// Forgets every function, namespace (but `default`), token and secret:
+    /// a node of a cluster fills its registry from the cluster's at start.
+    pub fn clear_registry(&self) -> Result<(), StoreError> {
+        self.db().execute_batch(
+            "BEGIN;
+             DELETE FROM functions;
+             DELETE FROM tokens;
+             DELETE FROM secrets;
+             DELETE FROM namespaces WHERE name <> 'default';
+             COMMIT;",
+        )?;
+        Ok(())
+    }
+
     /// Inserts or replaces a function.
     pub fn put_function(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
         let json = serde_json::to_string(spec).expect("a spec always serializes");
@@ -279,7 +305,8 @@ impl Store {
         }))
     }
 
-    /// Removes an empty namespace, its tokens and secrets, in one transaction.
+    /// Removes an empty namespace, its tokens, secrets, async calls and
+    /// uploads, in one transaction.
     pub fn delete_namespace(&self, name: &str) -> Result<NamespaceRemoval, StoreError> {
         let mut db = self.db();
         let transaction = db.transaction()?;
@@ -293,6 +320,7 @@ impl Store {
         }
         transaction.execute("DELETE FROM tokens WHERE namespace = ?1", params![name])?;
         transaction.execute("DELETE FROM secrets WHERE namespace = ?1", params![name])?;
+        forget_calls_and_uploads(&transaction, name)?;
         let deleted =
             transaction.execute("DELETE FROM namespaces WHERE name = ?1", params![name])?;
         transaction.commit()?;
@@ -301,6 +329,16 @@ impl Store {
         } else {
             NamespaceRemoval::Unknown
         })
+    }
+
+    /// Forgets the async calls and uploads of a namespace that is gone, or
+    /// gone and made again, while the node was not looking (cluster mode).
+    pub fn forget_namespace_calls(&self, name: &str) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        forget_calls_and_uploads(&transaction, name)?;
+        transaction.commit()?;
+        Ok(())
     }
 
     /// What the functions of `namespace` hold, leaving out the function

@@ -184,7 +184,9 @@ impl Telemetry {
     /// Opens (creating when needed) `telemetry.db` under `root`, to keep
     /// `retention` lines and `retention` records per function.
     pub fn open(root: &Path, retention: u32) -> Result<Self, StoreError> {
-        let db = rusqlite::Connection::open(root.join("telemetry.db"))?;
+        let path = root.join("telemetry.db");
+        crate::private_database(&path)?;
+        let db = rusqlite::Connection::open(&path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         // A power cut may lose the last lines; a crash of the node loses none.
         db.pragma_update(None, "synchronous", "NORMAL")?;
@@ -368,6 +370,22 @@ impl Telemetry {
         Ok(())
     }
 
+    /// Deletes everything a namespace left in the call log: its lines, its
+    /// records and its usage totals, so a later namespace of the same name
+    /// starts with none of them.
+    pub fn forget_namespace(&self, namespace: &str) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for table in ["logs", "batches", "usage"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE namespace = ?1"),
+                params![namespace],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Log lines matching `filter`, oldest first: the functions' lines and
     /// wisp's line for each call.
     pub fn lines(&self, filter: &LogFilter) -> Result<Vec<StoredLine>, StoreError> {
@@ -451,8 +469,14 @@ impl Telemetry {
         Ok(lines)
     }
 
-    /// The latest record of a call.
-    pub fn record(&self, call_id: &str) -> Result<Option<NewRecord>, StoreError> {
+    /// The latest record of a call that `keep` keeps: call ids are the
+    /// callers' to choose, so several namespaces' calls may share one, and a
+    /// lookup keeps only those the asker may see.
+    pub fn record(
+        &self,
+        call_id: &str,
+        keep: impl Fn(&NewRecord) -> bool,
+    ) -> Result<Option<NewRecord>, StoreError> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT id, namespace, function, calls, records FROM batches ORDER BY id DESC",
@@ -463,7 +487,10 @@ impl Telemetry {
             if !holds(row, 3, key)? {
                 continue;
             }
-            if let Some((_, record)) = records_in(row, 4, |record| record.call_id == call_id)?.pop()
+            if let Some((_, record)) = records_in(row, 4, |record| record.call_id == call_id)?
+                .into_iter()
+                .rev()
+                .find(|(_, record)| keep(record))
             {
                 return Ok(Some(record));
             }
@@ -871,8 +898,8 @@ mod tests {
         telemetry
             .write(&[record(200, 10), other, child.clone()], &[])
             .unwrap();
-        assert_eq!(telemetry.record("c3").unwrap(), Some(child));
-        assert_eq!(telemetry.record("c4").unwrap(), None);
+        assert_eq!(telemetry.record("c3", |_| true).unwrap(), Some(child));
+        assert_eq!(telemetry.record("c4", |_| true).unwrap(), None);
         let calls: Vec<String> = telemetry
             .trace(&[7; 16])
             .unwrap()
@@ -930,8 +957,8 @@ mod tests {
             kept.len()
         );
         assert_eq!(kept[0].call_id, "c9-2", "newest first");
-        assert_eq!(telemetry.record("c0-0").unwrap(), None, "pruned");
-        assert!(telemetry.record("c9-0").unwrap().is_some());
+        assert_eq!(telemetry.record("c0-0", |_| true).unwrap(), None, "pruned");
+        assert!(telemetry.record("c9-0", |_| true).unwrap().is_some());
         let lines = telemetry
             .lines(&LogFilter {
                 function: Some("f".into()),
@@ -962,14 +989,14 @@ mod tests {
         .unwrap();
         drop(db);
         let telemetry = Telemetry::open(dir.path(), 1_000).unwrap();
-        assert_eq!(telemetry.record("old").unwrap(), None);
+        assert_eq!(telemetry.record("old", |_| true).unwrap(), None);
         telemetry.write(&[record(200, 10)], &[]).unwrap();
-        assert!(telemetry.record("c1").unwrap().is_some());
+        assert!(telemetry.record("c1", |_| true).unwrap().is_some());
         assert_eq!(telemetry.usage(None, 0).unwrap()[0].invocations, 5);
         drop(telemetry);
         let reopened = Telemetry::open(dir.path(), 1_000).unwrap();
         assert!(
-            reopened.record("c1").unwrap().is_some(),
+            reopened.record("c1", |_| true).unwrap().is_some(),
             "kept once upgraded"
         );
     }

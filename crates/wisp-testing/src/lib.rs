@@ -1,6 +1,7 @@
 //! Test support for wisp: the paths of the guest components built from
 //! `guests/` by this crate's build script, and [`Node`], a harness that runs
-//! the real `wisp up` on an ephemeral port and talks to it over HTTP.
+//! the real `wisp up` on an ephemeral port and talks to it over HTTP, and
+//! [`NatsCluster`], real NATS servers for nodes in cluster mode.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -10,8 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod components;
+mod nats;
+
+pub use components::{many_memories, many_memories_spinning};
+pub use nats::NatsCluster;
+
 /// A `wasi:http` guest: `/` echoes the request; `/trap`, `/loop`,
-/// `/sleep?ms=`, `/grow?mib=`, `/status?code=`, `/big?bytes=`, `/env` misbehave on purpose.
+/// `/sleep?ms=`, `/grow?mib=`, `/status?code=`, `/big?bytes=`, `/env`,
+/// `/stream?chunks=&ms=` (a slow streamed body), `/linger?ms=` (answers,
+/// then runs on for `ms` and logs when it stopped) misbehave on purpose.
 pub const HTTP_PROBE: &str = env!("WISP_GUEST_HTTP_PROBE");
 /// A `wasi:cli` command guest: the body `env`, `exit N`, `loop` or `trap` chooses, anything else is echoed.
 pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
@@ -144,9 +153,14 @@ pub struct Node {
     pub url: String,
     /// The admin token.
     pub token: String,
+    /// The web UI, `http://127.0.0.1:PORT/ui/`, on a listener of its own
+    /// (`None` when the node serves no UI).
+    pub ui_url: Option<String>,
     /// The data directory.
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// The node's NATS server, when it is a cluster of one (`WISP_TEST_CLUSTER`).
+    nats: Option<NatsCluster>,
     _scratch: tempfile::TempDir,
     agent: ureq::Agent,
 }
@@ -176,10 +190,26 @@ impl Node {
             .map(|n| scratch.path().join(format!("wisp-{n}.log")))
             .find(|path| !path.exists())
             .expect("a free log name");
+        // With WISP_TEST_CLUSTER set, every node is a cluster of one on a
+        // NATS server of its own, kept in the scratch directory across restarts.
+        let nats = (std::env::var_os("WISP_TEST_CLUSTER").is_some()
+            && !args.contains(&"--cluster"))
+        .then(|| NatsCluster::start_at(1, &scratch.path().join("nats")));
+        let cluster_args = nats.as_ref().map(|nats| {
+            let key = scratch.path().join("cluster.key");
+            std::fs::write(&key, "5e".repeat(32)).expect("write the cluster key");
+            vec![
+                "--cluster".to_owned(),
+                nats.urls_from(0),
+                "--cluster-key-file".to_owned(),
+                key.display().to_string(),
+            ]
+        });
         let mut child = Command::new(wisp)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(args)
+            .args(cluster_args.into_iter().flatten())
             .env("WISP_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -196,7 +226,7 @@ impl Node {
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut url, mut token) = (None, None);
+        let (mut url, mut token, mut ui_url) = (None, None, None);
         while url.is_none() || token.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match received.recv_timeout(left) {
@@ -205,6 +235,8 @@ impl Node {
                         url = Some(found.to_owned());
                     } else if let Some(found) = line.strip_prefix("admin token: ") {
                         token = Some(found.to_owned());
+                    } else if let Some(found) = line.strip_prefix("web UI on ") {
+                        ui_url = Some(found.to_owned());
                     }
                 }
                 Err(_) => {
@@ -220,8 +252,10 @@ impl Node {
             child: Some(child),
             url: url.expect("read above"),
             token: token.expect("read above"),
+            ui_url,
             data_dir,
             log,
+            nats,
             _scratch: scratch,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))
@@ -255,6 +289,8 @@ impl Node {
     }
 
     fn take_scratch(&mut self) -> tempfile::TempDir {
+        // Its NATS server stops with it; a restart starts one on the same store.
+        self.nats = None;
         std::mem::replace(
             &mut self._scratch,
             tempfile::tempdir().expect("temporary directory"),

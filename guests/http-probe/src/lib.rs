@@ -3,7 +3,10 @@
 //! host's limits can be tested (`/trap`, `/loop`, `/sleep?ms=`, `/grow?mib=`,
 //! `/status?code=`, `/big?bytes=`, `/env`, `/read?path=` to read a file,
 //! `/write?path=` to create one,
-//! `/spew?mib=` to flood STDOUT). With `PROBE_UPSTREAM` set to an
+//! `/spew?mib=` to flood STDOUT, `/stream?chunks=&ms=` to answer at once
+//! and then send its body a line every `ms` milliseconds, `/linger?ms=` to
+//! answer at once with the time it started, then go on running for `ms`
+//! milliseconds and log the time it stopped to STDERR). With `PROBE_UPSTREAM` set to an
 //! `http://` URL, `/` instead calls that URL and answers with its answer, so
 //! chains of functions can be built.
 
@@ -49,8 +52,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 let touched = block.iter().filter(|b| **b == 1).count();
                 respond(response_out, 200, format!("grew {touched} pages\n").as_bytes());
             }
+            "/linger" => {
+                let started = now_millis();
+                respond(response_out, 200, format!("started at {started}\n").as_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(param("ms")));
+                eprintln!("lingered until {}", now_millis());
+            }
             "/status" => respond(response_out, param("code") as u16, b"as asked\n"),
             "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),
+            "/stream" => stream_slowly(response_out, param("chunks"), param("ms")),
             "/read" => match std::fs::read(text("path")) {
                 Ok(bytes) => respond(response_out, 200, &bytes),
                 Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
@@ -148,6 +158,30 @@ fn method_name(method: &Method) -> String {
         Method::Trace => "TRACE".into(),
         Method::Other(other) => other.clone(),
     }
+}
+
+/// Sends the head at once, then `chunks` lines, one every `ms` milliseconds.
+fn stream_slowly(response_out: ResponseOutparam, chunks: u64, ms: u64) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("response body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let mut stream = outgoing.write().expect("body stream is taken once");
+    for chunk in 0..chunks {
+        stream
+            .write_all(format!("chunk {chunk}\n").as_bytes())
+            .expect("response body writes");
+        stream.flush().expect("response body flushes");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).expect("response body finishes");
+}
+
+/// The wall clock, in milliseconds since 1970.
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
 }
 
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {

@@ -2,7 +2,9 @@
 //! puts a CloudEvent (`dev.wisp.cron.tick`, with the firing time as `time`)
 //! on the queue, so a tick gets the queue's retries. Each firing is recorded
 //! with its call in one transaction; at start-up a trigger that missed
-//! firings while the node was down fires once, for the latest one.
+//! firings while the node was down fires once, for the latest one. In a
+//! cluster every node runs every cron trigger, and a firing goes ahead
+//! only on the node that claims its tick in the cluster first.
 
 use std::sync::Arc;
 
@@ -59,6 +61,26 @@ pub(super) async fn run(source: Source, schedule: Schedule) {
 }
 
 async fn fire(source: &Source, schedule: &Schedule, node: &Arc<Node>, time: DateTime<Utc>) {
+    // In a cluster, every node runs the trigger and the one that claims the tick fires it.
+    if let Some(cluster) = &node.cluster {
+        let trigger = format!(
+            "{}\n{}\n{}",
+            source.namespace, source.function, source.label
+        );
+        match cluster.claim_tick(&trigger, millis(time)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(
+                    "{}.{}: {} did not fire at {time}: {error}",
+                    source.function,
+                    source.namespace,
+                    source.label
+                );
+                return;
+            }
+        }
+    }
     let event = Event {
         id: None,
         r#type: record::CRON_TICK,

@@ -7,8 +7,10 @@
 //! scheduled again and calls that were running are run again (at-least-once).
 //! The scheduler keeps only ids in memory, one FIFO per function, and starts
 //! calls round-robin across functions, within the node's worker pool and each
-//! function's `async_concurrency`.
+//! function's `async_concurrency`. What each namespace may hold in the
+//! queue is bounded by its [`backlog`] quota.
 
+mod backlog;
 mod callback;
 mod cron;
 mod mqtt;
@@ -95,7 +97,8 @@ pub struct Queue {
     scheduler: Mutex<Scheduler>,
     workers: u32,
     pub(crate) counters: Counters,
-    callbacks: callback::Client,
+    /// What each namespace has queued or running, against its queue quota.
+    pub(crate) backlog: backlog::Backlog,
     /// The connections of broker triggers.
     pub(crate) links: triggers::Links,
     /// Who waits for a call to be over, by call id.
@@ -125,14 +128,14 @@ impl Queue {
             scheduler: Mutex::default(),
             workers,
             counters: Counters::default(),
-            callbacks: callback::Client::new(),
+            backlog: backlog::Backlog::default(),
             links: Mutex::default(),
             waiters: Mutex::default(),
         })
     }
 
-    /// Waits until call `id` is over and answers its final state; `None` if
-    /// the node stops first or the call is unknown.
+    /// Waits until the call with key `id` is over and answers its final
+    /// state; `None` if the node stops first or the call is unknown.
     pub(crate) async fn outcome(&self, store: &Store, id: &str) -> Option<CallState> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         self.waiters
@@ -175,11 +178,12 @@ impl Queue {
                 Ok::<_, wisp_store::StoreError>((
                     store.recover_calls()?,
                     store.pending_callbacks()?,
+                    store.queue_backlog()?,
                 ))
             })
             .await
         };
-        let ((pending, redelivered), callbacks) = match recovered {
+        let ((pending, redelivered), callbacks, backlog) = match recovered {
             Ok(Ok(recovered)) => recovered,
             Ok(Err(error)) => {
                 tracing::error!(
@@ -193,6 +197,7 @@ impl Queue {
             }
         };
         let queue = &node.queue;
+        queue.backlog.load(backlog);
         queue
             .counters
             .redelivered
@@ -226,7 +231,7 @@ impl Queue {
     }
 
     /// Accepts a call: commits it (with the trigger firing it stands for,
-    /// if any), then schedules it. `Ok(false)` if a call with its id exists.
+    /// if any), then schedules it. `Ok(false)` if a call with its key exists.
     /// Both happen on a task of their own, so a caller that goes away
     /// mid-way cannot leave a committed call unscheduled.
     pub(crate) async fn enqueue(
@@ -234,8 +239,24 @@ impl Queue {
         call: NewCall,
         fired: Option<(String, i64)>,
     ) -> Result<bool, String> {
+        let reservation = node
+            .queue
+            .backlog
+            .reserve(&call.namespace, call.event.len() as u64, None)
+            .expect("a reservation without a quota is always made");
+        Self::enqueue_reserved(node, call, fired, reservation).await
+    }
+
+    /// [`Self::enqueue`] for a call already counted in its namespace's
+    /// backlog: it stays counted only if it is committed as new.
+    pub(crate) async fn enqueue_reserved(
+        node: &Arc<Node>,
+        call: NewCall,
+        fired: Option<(String, i64)>,
+        reservation: backlog::Reservation,
+    ) -> Result<bool, String> {
         let pending = PendingCall {
-            id: call.id.clone(),
+            key: call.key(),
             namespace: call.namespace.clone(),
             function: call.function.clone(),
             due_at: call.created_at,
@@ -254,6 +275,7 @@ impl Queue {
                 unreachable!("an enqueue answers Enqueued")
             };
             if new {
+                reservation.keep();
                 node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
                 Self::schedule(&node, pending, Duration::ZERO);
             }
@@ -262,17 +284,25 @@ impl Queue {
         accepted.await.map_err(|error| error.to_string())?
     }
 
-    /// Queues a finished call again with fresh attempts; `Ok(false)` if it is
-    /// not finished or does not exist. Like [`Self::enqueue`], on a task of its own.
-    pub(crate) async fn requeue(node: &Arc<Node>, id: String) -> Result<bool, String> {
+    /// Queues the finished call with key `key` again with fresh attempts;
+    /// `Ok(false)` if it is not finished or does not exist. Like
+    /// [`Self::enqueue`], on a task of its own.
+    pub(crate) async fn requeue(node: &Arc<Node>, key: String) -> Result<bool, String> {
         let node = node.clone();
         let requeued = tokio::spawn(async move {
             let write = Write::Requeue {
-                id,
+                key,
                 now: millis(Utc::now()),
             };
             match node.queue.write(write).await? {
                 Written::Requeued(Some(pending)) => {
+                    // Queued again, it counts in its namespace's backlog again.
+                    let size = node.store.event_size(&pending.key).ok().flatten();
+                    node.queue
+                        .backlog
+                        .reserve(&pending.namespace, size.unwrap_or(0), None)
+                        .expect("a reservation without a quota is always made")
+                        .keep();
                     Self::schedule(&node, pending, Duration::ZERO);
                     Ok(true)
                 }
@@ -308,7 +338,7 @@ impl Queue {
                 .get_mut(&key)
                 .expect("just inserted")
                 .ids
-                .push_back(call.id);
+                .push_back(call.key);
         }
         self.pump(node);
     }
@@ -362,13 +392,13 @@ impl Queue {
         }
     }
 
-    /// Runs one attempt of a call and records what came of it.
-    async fn run(node: &Arc<Node>, key: &Key, id: String) {
+    /// Runs one attempt of the call with key `call_key` and records what came of it.
+    async fn run(node: &Arc<Node>, key: &Key, call_key: String) {
         let queue = &node.queue;
         let now = millis(Utc::now());
         let started = match queue
             .write(Write::Start {
-                id: id.clone(),
+                key: call_key.clone(),
                 now,
             })
             .await
@@ -376,9 +406,9 @@ impl Queue {
             Ok(Written::Started(Some(started))) => started,
             Ok(_) => return, // no longer queued: retried by hand or pruned
             Err(error) => {
-                tracing::error!("call {id} could not start, trying again in 1s: {error}");
+                tracing::error!("call {call_key} could not start, trying again in 1s: {error}");
                 let call = PendingCall {
-                    id,
+                    key: call_key,
                     namespace: key.0.clone(),
                     function: key.1.clone(),
                     due_at: now,
@@ -388,8 +418,8 @@ impl Queue {
             }
         };
         queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let attempt = Self::attempt(node, key, &id, &started.event).await;
-        Self::settle(node, key, id, started, attempt).await;
+        let attempt = Self::attempt(node, key, &started.id, &started.event).await;
+        Self::settle(node, key, call_key, started, attempt).await;
     }
 
     /// Runs a started call's request on its function.
@@ -446,7 +476,7 @@ impl Queue {
     async fn settle(
         node: &Arc<Node>,
         key: &Key,
-        id: String,
+        call_key: String,
         started: wisp_store::StartedCall,
         attempt: Attempt,
     ) {
@@ -472,8 +502,9 @@ impl Queue {
                     .unwrap_or_default();
                 if started.attempts <= policy.retries {
                     let delay = policy.retry_delay(started.attempts, jitter());
+                    let id = &started.id;
                     let retry = Write::Retry {
-                        id: id.clone(),
+                        key: call_key.clone(),
                         due_at: now + delay.as_millis() as i64,
                         error: error.clone(),
                         result: result.as_ref().map(to_json),
@@ -483,7 +514,7 @@ impl Queue {
                             queue.counters.retries.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(target: "wisp::call", call_id = %id, attempt = started.attempts, "retrying in {}ms: {error}", delay.as_millis());
                             let call = PendingCall {
-                                id,
+                                key: call_key,
                                 namespace: key.0.clone(),
                                 function: key.1.clone(),
                                 due_at: now,
@@ -499,8 +530,9 @@ impl Queue {
                 (CallState::Dead, Some(error), result, status, body)
             }
         };
+        let id = started.id;
         let finish = Write::Finish {
-            id: id.clone(),
+            key: call_key.clone(),
             state,
             now,
             error: error.clone(),
@@ -510,14 +542,15 @@ impl Queue {
             tracing::error!("call {id} could not be recorded as {state}: {store}");
             return;
         }
-        queue.notify(&id, state);
+        queue.backlog.release(&key.0, started.event.len() as u64);
+        queue.notify(&call_key, state);
         if state == CallState::Dead {
             tracing::warn!(target: "wisp::call", call_id = %id, "dead after {} attempts: {}", started.attempts, error.unwrap_or_default());
         }
         if let Some(url) = started.callback_url {
             let headers = result.map(|result| result.headers).unwrap_or_default();
             let function = format!("{}.{}", key.1, key.0);
-            callback::deliver(node, id, function, url, status, headers, body);
+            callback::deliver(node, call_key, id, function, url, status, headers, body);
         }
     }
 
@@ -573,8 +606,17 @@ async fn read_outcome(
             };
         }
     };
-    let (parts, body) = response.into_parts();
-    let body = match tokio::time::timeout_at(deadline, read_prefix(body, limit)).await {
+    let (mut parts, body) = response.into_parts();
+    let running = parts.extensions.remove::<wisp_runtime::GuestRunning>();
+    let read = tokio::time::timeout_at(deadline, read_prefix(body, limit)).await;
+    // A guest may go on running after its answer (and after its body is
+    // dropped past `limit`): the attempt, and so its worker and its
+    // `asyncConcurrency` share, lasts until the guest is done, which its
+    // deadline bounds.
+    if let Some(running) = running {
+        let _ = tokio::time::timeout_at(deadline, running.finished()).await;
+    }
+    let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(error)) => {
             return Attempt::Failed {

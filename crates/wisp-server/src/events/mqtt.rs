@@ -27,7 +27,22 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
             return;
         }
     };
-    let client_id = format!("wisp-{}-{}-{index}", source.namespace, source.function);
+    let mut client_id =
+        wisp_core::events::mqtt_client_id(&source.namespace, &source.function, index);
+    // In a cluster every node subscribes: each with a client id of its own
+    // (one id would have the broker drop one node for the other), sharing
+    // the subscription, so a message is delivered to one of them.
+    let mut topic = topic;
+    if let Some(node) = source.node.upgrade()
+        && node.cluster.is_some()
+    {
+        topic = format!("$share/{client_id}/{topic}");
+        client_id = format!(
+            "{client_id}{}{}",
+            wisp_core::events::NAME_SEPARATOR,
+            node.id
+        );
+    }
     let mut options = MqttOptions::new(client_id, host, port);
     options
         .set_keep_alive(Duration::from_secs(10))

@@ -13,7 +13,10 @@ use std::{sync::Arc, time::Duration};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chrono::Utc;
 use futures_util::StreamExt as _;
-use wisp_core::{CallState, events::NatsTrigger};
+use wisp_core::{
+    CallState,
+    events::{NatsTrigger, default_consumer},
+};
 
 use super::{
     record,
@@ -72,7 +75,7 @@ async fn session(source: &Source, trigger: &NatsTrigger, url: &str) -> Result<()
         Some((stream, consumer)) => {
             let consumer = consumer
                 .clone()
-                .unwrap_or_else(|| format!("wisp-{}-{}", source.function, source.namespace));
+                .unwrap_or_else(|| default_consumer(&source.namespace, &source.function));
             consume(source, client, &trigger.subject, stream, &consumer).await
         }
     }
@@ -102,8 +105,17 @@ async fn core(
     trigger: &NatsTrigger,
 ) -> Result<(), String> {
     let subject = trigger.subject.clone();
-    let mut subscriber = match &trigger.queue_group {
-        Some(group) => client.queue_subscribe(subject, group.clone()).await,
+    // In a cluster every node subscribes: in one queue group, so a message
+    // is delivered to one of them.
+    let in_cluster = source
+        .node
+        .upgrade()
+        .is_some_and(|node| node.cluster.is_some());
+    let group = trigger.queue_group.clone().or_else(|| {
+        in_cluster.then(|| wisp_core::events::default_consumer(&source.namespace, &source.function))
+    });
+    let mut subscriber = match group {
+        Some(group) => client.queue_subscribe(subject, group).await,
         None => client.subscribe(subject).await,
     }
     .map_err(|error| format!("cannot subscribe: {error}"))?;
@@ -177,7 +189,7 @@ async fn consume(
         source
             .queue_in_background(node, event, |queued| async move {
                 match queued {
-                    Ok(_) => acknowledge(waiter, message, id).await,
+                    Ok((key, _)) => acknowledge(waiter, message, key).await,
                     Err(error) => {
                         tracing::error!(
                             "{id} could not be queued; JetStream will deliver it again: {error}"
@@ -193,9 +205,10 @@ async fn consume(
     Err("the JetStream consumer ended".into())
 }
 
-/// Acknowledges a message once its call is over, keeping it in progress meanwhile.
-async fn acknowledge(node: Arc<Node>, message: jetstream::Message, id: String) {
-    let outcome = node.queue.outcome(&node.store, &id);
+/// Acknowledges a message once its call (with key `key`) is over, keeping
+/// it in progress meanwhile.
+async fn acknowledge(node: Arc<Node>, message: jetstream::Message, key: String) {
+    let outcome = node.queue.outcome(&node.store, &key);
     tokio::pin!(outcome);
     let state = loop {
         tokio::select! {
@@ -212,6 +225,6 @@ async fn acknowledge(node: Arc<Node>, message: jetstream::Message, id: String) {
         None => return,
     };
     if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!("{id}: the acknowledgement was not sent: {error}");
+        tracing::warn!("{key}: the acknowledgement was not sent: {error}");
     }
 }

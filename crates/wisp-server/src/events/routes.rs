@@ -1,5 +1,6 @@
 //! The queue's HTTP API: `POST /async-function/{name}[/rest]` accepts a
-//! call (a private function's needs a token, as a sync call does);
+//! call (a private function's needs a token, as a sync call does) within its
+//! namespace's queue quota, with a callback the egress policy allows;
 //! `/system/calls` lists calls, shows one and retries a finished one, each
 //! only in the namespaces the caller's token may see.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json, Router,
     extract::{Path, Query, Request, State},
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse as _, Response},
     routing::{get, post},
 };
@@ -19,9 +20,9 @@ use wisp_core::{
     events::{CallInfo, CallList},
     tenancy::{Action, Principal},
 };
-use wisp_store::{CallFilter, CallRow, NewCall};
+use wisp_store::{CallFilter, CallOrigin, CallRow, NewCall};
 
-use super::{Queue, callback, millis, record, rfc3339};
+use super::{Queue, backlog::QueueQuota, callback, millis, record, rfc3339};
 use crate::{ApiError, auth, dispatch, dispatch::CallId, node::Node};
 
 /// The most calls one list answers.
@@ -53,23 +54,25 @@ async fn enqueue(
         .function_by_reference(reference)
         .ok_or_else(|| ApiError::not_found(format!("function {reference} is not deployed")))?;
     auth::allow_invoke(&node, &function.spec, request.headers_mut())?;
-    let callback_url = request
-        .headers()
-        .get("x-callback-url")
-        .map(|value| {
+    let callback_url = match request.headers().get("x-callback-url") {
+        Some(value) => {
             let text = value
                 .to_str()
                 .map_err(|_| ApiError::bad_request("X-Callback-Url is not a URL"))?;
-            callback::parse_url(text).map_err(ApiError::bad_request)?;
-            Ok::<_, ApiError>(text.to_owned())
-        })
-        .transpose()?;
-    let prefix_len = "/async-function/".len() + reference.len();
-    let rest = request.uri().path().get(prefix_len..).unwrap_or_default();
-    let path = if rest.is_empty() { "/" } else { rest }.to_owned();
+            let url = callback::parse_url(text).map_err(ApiError::bad_request)?;
+            callback::check_destination(&node.egress, text, &url)
+                .await
+                .map_err(ApiError::bad_request)?;
+            Some(text.to_owned())
+        }
+        None => None,
+    };
+    let path = crate::invoke::path_after(request.uri().path(), "/async-function/");
     let (parts, body) = request.into_parts();
     let limit = dispatch::body_limit(&node, &function);
-    let body = dispatch::read_body_checked(&parts.headers, body, limit).await?;
+    let body =
+        dispatch::read_body_checked(&parts.headers, body, limit, node.config.body_read_timeout)
+            .await?;
     let now = Utc::now();
     let event = record::CloudEvent::http_request(
         id.clone(),
@@ -85,6 +88,7 @@ async fn enqueue(
     );
     let call = NewCall {
         id: id.clone(),
+        origin: CallOrigin::Caller,
         namespace: function.spec.namespace.clone(),
         function: function.spec.name.clone(),
         source: "http".into(),
@@ -92,11 +96,29 @@ async fn enqueue(
         callback_url,
         created_at: millis(now),
     };
-    match Queue::enqueue(&node, call, None).await {
+    let reservation = match node.queue.backlog.reserve(
+        &call.namespace,
+        call.event.len() as u64,
+        Some(queue_quota(&node, &call.namespace)),
+    ) {
+        Ok(reservation) => reservation,
+        Err(exceeded) => {
+            let mut response =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, exceeded.to_string()).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(QUEUE_RETRY_AFTER));
+            return Ok(response);
+        }
+    };
+    match Queue::enqueue_reserved(&node, call, None, reservation).await {
         Ok(true) => Ok(StatusCode::ACCEPTED.into_response()),
         Ok(false) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("a call with id {id} already exists: send a new X-Call-Id"),
+            format!(
+                "a call with id {id} already exists in namespace {}: send a new X-Call-Id",
+                function.spec.namespace
+            ),
         )),
         Err(error) => {
             tracing::error!("call {id} could not be queued: {error}");
@@ -105,6 +127,29 @@ async fn enqueue(
                 format!("the queue cannot store the call right now: {error}"),
             ))
         }
+    }
+}
+
+/// The `Retry-After` of an enqueue over its namespace's queue quota, in
+/// seconds: queued calls take a while to drain, so sooner is rarely useful.
+const QUEUE_RETRY_AFTER: u64 = 5;
+
+/// A namespace's queue quota: its own, else the node's per-namespace default.
+fn queue_quota(node: &Node, namespace: &str) -> QueueQuota {
+    let quotas = node
+        .tenants
+        .namespace(namespace)
+        .map(|stored| stored.quotas)
+        .unwrap_or_default();
+    QueueQuota {
+        calls: u64::from(
+            quotas
+                .max_queued_calls
+                .unwrap_or(node.config.namespace_max_queued_calls),
+        ),
+        bytes: quotas
+            .max_queued_bytes
+            .map_or(node.config.namespace_max_queued_bytes, |bytes| bytes.0),
     }
 }
 
@@ -151,13 +196,77 @@ async fn list(
     }))
 }
 
+/// Narrows a lookup by id: `function` (`name` or `name.namespace`) and `namespace`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhichCall {
+    namespace: Option<String>,
+    function: Option<String>,
+}
+
+/// The one call `id` names among those the caller may see with `action`.
+/// Ids are unique only per namespace (and a trigger's per function), so a
+/// namespace token only ever finds its namespace's call, never one another
+/// namespace gave the same id; a call it may not see is a 403 only when it
+/// has none of its own by that id. Several visible calls (for the node's
+/// token, in several namespaces) are a 409 that names them, to be narrowed
+/// with `?function=name.namespace`.
+fn find_call(
+    node: &Node,
+    principal: &Principal,
+    id: &str,
+    which: &WhichCall,
+    action: Action,
+) -> Result<CallRow, ApiError> {
+    let (function, namespace) = match which.function.as_deref() {
+        Some(reference) => match reference.split_once('.') {
+            Some((name, namespace)) => (Some(name), Some(namespace)),
+            None => (Some(reference), which.namespace.as_deref()),
+        },
+        None => (None, which.namespace.as_deref()),
+    };
+    let rows: Vec<CallRow> = node
+        .store
+        .calls_with_id(id)?
+        .into_iter()
+        .filter(|row| namespace.is_none_or(|namespace| row.namespace == namespace))
+        .filter(|row| function.is_none_or(|function| row.function == function))
+        .collect();
+    let mut forbidden = None;
+    let mut visible = Vec::new();
+    for row in rows {
+        match principal.allow(&row.namespace, action) {
+            Ok(()) => visible.push(row),
+            Err(error) => forbidden = forbidden.or(Some(error)),
+        }
+    }
+    match visible.len() {
+        0 => Err(forbidden.map_or_else(|| unknown(id), ApiError::from)),
+        1 => Ok(visible.pop().expect("one")),
+        _ => {
+            let names: Vec<String> = visible
+                .iter()
+                .map(|row| format!("{}.{}", row.function, row.namespace))
+                .collect();
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} calls have id {id}, of {}: name one with ?function=NAME.NAMESPACE",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
 async fn show(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(which): Query<WhichCall>,
 ) -> Result<Json<CallInfo>, ApiError> {
-    let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
-    principal.allow(&row.namespace, Action::Observe)?;
+    let row = find_call(&node, &principal, &id, &which, Action::Observe)?;
     Ok(Json(info(row)))
 }
 
@@ -165,18 +274,18 @@ async fn retry(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(which): Query<WhichCall>,
 ) -> Result<Response, ApiError> {
-    let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
-    principal.allow(&row.namespace, Action::Deploy)?;
-    if Queue::requeue(&node, id.clone())
+    let key = find_call(&node, &principal, &id, &which, Action::Deploy)?.key;
+    if Queue::requeue(&node, key.clone())
         .await
         .map_err(ApiError::internal)?
     {
         tracing::info!("call {id} queued again by hand");
-        let row = node.store.call(&id)?.ok_or_else(|| unknown(&id))?;
+        let row = node.store.call(&key)?.ok_or_else(|| unknown(&id))?;
         return Ok((StatusCode::ACCEPTED, Json(info(row))).into_response());
     }
-    match node.store.call(&id)? {
+    match node.store.call(&key)? {
         Some(row) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(

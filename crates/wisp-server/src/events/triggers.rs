@@ -12,7 +12,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
-use wisp_store::NewCall;
+use wisp_store::{CallOrigin, NewCall};
 
 use super::{Queue, cron, millis, mqtt, nats, record, rfc3339};
 use crate::node::Node;
@@ -56,7 +56,8 @@ pub(super) struct Event {
 }
 
 impl Source {
-    /// Puts an event on the queue; the call id and whether the call is new.
+    /// Puts an event on the queue; the call's key (its id in the triggers'
+    /// own space, which no caller can write to) and whether the call is new.
     pub async fn queue(&self, node: &Arc<Node>, event: Event) -> Result<(String, bool), String> {
         let id = event.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let record = record::CloudEvent::trigger(
@@ -69,7 +70,8 @@ impl Source {
             event.content_type,
         );
         let call = NewCall {
-            id: id.clone(),
+            id,
+            origin: CallOrigin::Trigger,
             namespace: self.namespace.clone(),
             function: self.function.clone(),
             source: self.label.clone(),
@@ -78,12 +80,13 @@ impl Source {
             created_at: millis(Utc::now()),
         };
         let fired = event.fired_at.map(|at| (self.label.clone(), at));
+        let key = call.key();
         let new = Queue::enqueue(node, call, fired).await?;
         node.queue
             .counters
             .trigger_firings
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok((id, new))
+        Ok((key, new))
     }
 
     /// Queues an event on a task of its own, so a broker's messages are

@@ -27,15 +27,15 @@ pub enum Write {
     },
     /// Take a queued call for an attempt.
     Start {
-        /// The call.
-        id: String,
+        /// The call's key.
+        key: String,
         /// Now.
         now: i64,
     },
     /// Record a final state.
     Finish {
-        /// The call.
-        id: String,
+        /// The call's key.
+        key: String,
         /// Succeeded, failed or dead.
         state: CallState,
         /// Now.
@@ -47,8 +47,8 @@ pub enum Write {
     },
     /// Queue a failed attempt's call again.
     Retry {
-        /// The call.
-        id: String,
+        /// The call's key.
+        key: String,
         /// When the next attempt is due.
         due_at: i64,
         /// Why this attempt failed.
@@ -58,15 +58,15 @@ pub enum Write {
     },
     /// Queue a finished call again.
     Requeue {
-        /// The call.
-        id: String,
+        /// The call's key.
+        key: String,
         /// Now.
         now: i64,
     },
     /// Record how a callback went.
     Callback {
-        /// The call.
-        id: String,
+        /// The call's key.
+        key: String,
         /// `delivered` or `failed`.
         state: &'static str,
     },
@@ -102,29 +102,29 @@ impl Write {
                 batch.set_fired(&call.namespace, &call.function, trigger, *fired_at)?;
                 Written::Enqueued(new)
             }
-            Self::Start { id, now } => Written::Started(batch.start(id, *now)?),
+            Self::Start { key, now } => Written::Started(batch.start(key, *now)?),
             Self::Finish {
-                id,
+                key,
                 state,
                 now,
                 error,
                 result,
             } => {
-                batch.finish(id, *state, *now, error.as_deref(), result.as_deref())?;
+                batch.finish(key, *state, *now, error.as_deref(), result.as_deref())?;
                 Written::Done
             }
             Self::Retry {
-                id,
+                key,
                 due_at,
                 error,
                 result,
             } => {
-                batch.retry(id, *due_at, error, result.as_deref())?;
+                batch.retry(key, *due_at, error, result.as_deref())?;
                 Written::Done
             }
-            Self::Requeue { id, now } => Written::Requeued(batch.requeue(id, *now)?),
-            Self::Callback { id, state } => {
-                batch.set_callback_state(id, state)?;
+            Self::Requeue { key, now } => Written::Requeued(batch.requeue(key, *now)?),
+            Self::Callback { key, state } => {
+                batch.set_callback_state(key, state)?;
                 Written::Done
             }
             Self::Prune { before } => {

@@ -1,6 +1,7 @@
 //! The observability API: `GET /metrics` (no token, as Prometheus scrapes
-//! it), and behind the token `GET /system/logs` (newline-delimited JSON,
-//! optionally followed live), `GET /system/traces/{call_id}`,
+//! it, unless the node has a metrics token), and behind the token
+//! `GET /system/logs` (newline-delimited JSON, optionally followed live),
+//! `GET /system/traces/{call_id}`,
 //! `GET /system/records` (a function's latest calls) and `GET /system/usage`.
 //! A namespace token reads only its own namespace's lines, calls and usage.
 
@@ -35,7 +36,7 @@ const DEFAULT_TAIL: u32 = 100;
 /// The most records one `GET /system/records` answers.
 const MAX_RECORDS: u32 = 1000;
 
-/// `/metrics`, served without a token.
+/// `/metrics`, served without a token unless the node has a metrics token.
 pub(crate) fn public_routes() -> Router<Arc<Node>> {
     Router::new().route("/metrics", get(metrics))
 }
@@ -49,7 +50,11 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
         .route("/usage", get(usage))
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::auth::allow_metrics(&node, &headers)?;
     let text = node.metrics.encode().map_err(ApiError::internal)?;
     let mut response = text.into_response();
     response.headers_mut().insert(
@@ -221,12 +226,17 @@ async fn trace(
 ) -> Result<Json<Trace>, ApiError> {
     let wanted = call_id.clone();
     let found = read(&node, move |log| {
-        let Some(record) = log.record(&wanted)? else {
-            return Ok(None);
+        // Call ids are the callers' to choose: another namespace's call with
+        // the same id must not hide (or stand in for) the asker's own.
+        let visible =
+            |record: &NewRecord| principal.allow(&record.namespace, Action::Observe).is_ok();
+        let Some(record) = log.record(&wanted, visible)? else {
+            // Only calls the asker may not see are left: 403, as before.
+            return Ok(log
+                .record(&wanted, |_| true)?
+                .and_then(|hidden| principal.allow(&hidden.namespace, Action::Observe).err())
+                .map(Err));
         };
-        if let Err(forbidden) = principal.allow(&record.namespace, Action::Observe) {
-            return Ok(Some(Err(forbidden)));
-        }
         let mut calls = Vec::new();
         for record in log.trace(&record.trace_id)? {
             if principal.allow(&record.namespace, Action::Observe).is_err() {

@@ -158,14 +158,13 @@ impl Tenants {
         Ok(removal)
     }
 
-    /// Makes a token for `namespace`; the token itself is returned once and never kept.
-    pub(crate) fn create_token(
-        &self,
-        store: &Store,
+    /// Makes a token for `namespace`, not yet known (see
+    /// [`Tenants::add_token`]); the token itself is returned once and never kept.
+    pub(crate) fn new_token(
         namespace: &str,
         role: Role,
         name: Option<String>,
-    ) -> Result<(String, StoredToken), StoreError> {
+    ) -> (String, StoredToken) {
         let token = format!("{TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
         let stored = StoredToken {
             id: hex::encode(rand::random::<[u8; 8]>()),
@@ -175,9 +174,14 @@ impl Tenants {
             hash: hash(&token),
             created_at: now(),
         };
+        (token, stored)
+    }
+
+    /// Makes a token known: from the next request on, it acts in its namespace.
+    pub(crate) fn add_token(&self, store: &Store, stored: StoredToken) -> Result<(), StoreError> {
         store.put_token(&stored)?;
         self.write().tokens.insert(stored.hash, principal(&stored));
-        Ok((token, stored))
+        Ok(())
     }
 
     /// Revokes a token: from the next request on, it is unknown.

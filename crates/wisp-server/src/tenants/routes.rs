@@ -23,7 +23,10 @@ use wisp_core::{
 };
 use wisp_store::{NamespaceRemoval, Store, StoredNamespace, StoredToken};
 
-use crate::{ApiError, admin::json, node::Node, telemetry::rfc3339_millis};
+use wisp_cluster::Key;
+
+use super::Tenants;
+use crate::{ApiError, admin::json, cluster, node::Node, telemetry::rfc3339_millis};
 
 pub(crate) fn system_routes() -> Router<Arc<Node>> {
     Router::new()
@@ -82,6 +85,9 @@ async fn create_namespace(
     validate_name(&request.name).map_err(|error| ApiError::bad_request(error.to_string()))?;
     request.quotas.validate().map_err(ApiError::bad_request)?;
     let _guard = node.deploy_lock.lock().await;
+    if node.tenants.namespace(&request.name).is_none() {
+        cluster::share_namespace(&node, &request.name, &request.quotas).await?;
+    }
     let created = node
         .tenants
         .create_namespace(&node.store, &request.name, &request.quotas)?
@@ -109,17 +115,64 @@ async fn remove_namespace(
         ));
     }
     let _guard = node.deploy_lock.lock().await;
+    // Deploys wait on the lock, so what is checked here holds until the
+    // removal: the namespace exists and holds no function.
+    if node.tenants.namespace(&name).is_none() {
+        return Err(unknown_namespace(&name));
+    }
+    let functions = node.store.namespace_contents(&name, None)?.functions;
+    if functions > 0 {
+        return Err(in_use(&name, functions));
+    }
+    // Its call log goes first, so a later namespace of the same name reads
+    // none of its lines, records or usage: if this fails, the namespace is
+    // still there and its removal can be tried again.
+    let forgotten = {
+        let (node, name) = (node.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            node.telemetry.flush();
+            node.telemetry.log().forget_namespace(&name)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    forgotten?;
+    // Its tokens and secrets go with it, on every node.
+    for token in node.store.tokens()? {
+        if token.namespace == name {
+            cluster::unshare(&node, Key::Token(token.id)).await?;
+        }
+    }
+    for secret in node.store.secrets(Some(&name))? {
+        cluster::unshare(
+            &node,
+            Key::Secret {
+                namespace: name.clone(),
+                name: secret.name,
+            },
+        )
+        .await?;
+    }
+    cluster::unshare(&node, Key::Namespace(name.clone())).await?;
     match node.tenants.remove_namespace(&node.store, &name)? {
         NamespaceRemoval::Removed => {
+            // Its async calls went with it: so do their counts against its
+            // queue quota, or a namespace of the same name would inherit them.
+            node.queue.backlog.forget(&name);
+            cluster::forget_generation(&node, &name);
             tracing::info!("removed namespace {name}");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         NamespaceRemoval::Unknown => Err(unknown_namespace(&name)),
-        NamespaceRemoval::InUse(functions) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("namespace {name} still holds {functions} function(s): remove them first"),
-        )),
+        NamespaceRemoval::InUse(functions) => Err(in_use(&name, functions)),
     }
+}
+
+fn in_use(name: &str, functions: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("namespace {name} still holds {functions} function(s): remove them first"),
+    )
 }
 
 pub(crate) fn unknown_namespace(name: &str) -> ApiError {
@@ -164,9 +217,9 @@ async fn create_token(
     if node.tenants.namespace(&request.namespace).is_none() {
         return Err(unknown_namespace(&request.namespace));
     }
-    let (token, stored) =
-        node.tenants
-            .create_token(&node.store, &request.namespace, request.role, request.name)?;
+    let (token, stored) = Tenants::new_token(&request.namespace, request.role, request.name);
+    cluster::share_token(&node, &stored).await?;
+    node.tenants.add_token(&node.store, stored.clone())?;
     tracing::info!(
         "created token {} ({}) for namespace {}",
         stored.id,
@@ -191,6 +244,7 @@ async fn revoke_token(
     };
     principal.allow(&namespace, Action::ManageTokens)?;
     let _guard = node.deploy_lock.lock().await;
+    cluster::unshare(&node, Key::Token(id.clone())).await?;
     if !node.tenants.revoke_token(&node.store, &id)? {
         return Err(unknown());
     }

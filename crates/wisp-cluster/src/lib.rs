@@ -1,0 +1,781 @@
+//! A cluster's shared state on NATS JetStream, for nodes started with
+//! `wisp up --cluster`: the registry (functions, namespaces, tokens,
+//! secrets) in a key-value bucket every node follows, artifacts in an
+//! object store by digest, and the live members in a bucket whose entries
+//! expire when a node stops heartbeating.
+//!
+//! The registry is the cluster's source of truth; each node keeps a cache
+//! of it (its own SQLite, its in-memory tables) that it rebuilds from a
+//! [`Cluster::snapshot`] at start and keeps current by [`Cluster::follow`].
+//! Writes compare and set: a write names the revision of the key its node
+//! last saw, so of two nodes changing one key at once, one gets
+//! [`ClusterError::Conflict`] and nothing is mixed.
+//!
+//! Secrets are sealed (ChaCha20-Poly1305, with the key's name and its
+//! namespace's generation as associated data) with a key the operator gives
+//! every node, so reading the bucket with the NATS account's credentials
+//! does not reveal them. Cron ticks are claimed in a bucket of their own,
+//! so each fires on one node.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+use ring::aead;
+pub use wisp_core::api::NodeInfo as Member;
+
+/// The bucket of the registry.
+const REGISTRY: &str = "wisp_registry";
+/// The bucket of live members.
+const MEMBERS: &str = "wisp_members";
+/// The bucket of claimed cron ticks.
+const TICKS: &str = "wisp_ticks";
+/// How long a claimed tick is remembered: longer than any node is down and
+/// then catches up on it.
+const TICK_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The object store of artifacts.
+const ARTIFACTS: &str = "wisp_artifacts";
+/// The registry key of the sealed admin token.
+const ADMIN_TOKEN: &str = "node.admin-token";
+/// How long a node waits for the cluster's JetStream to be ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a node heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long after its last heartbeat a node is no longer listed.
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Why the cluster's state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server of the list answers.
+    #[error("connect to the cluster at {urls}: {reason}")]
+    Connect {
+        /// The servers tried.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another node changed the key since this node last saw it.
+    #[error("{0} was changed on another node at the same time: try again")]
+    Conflict(String),
+    /// JetStream refused or failed an operation.
+    #[error("cluster state, {action}: {reason}")]
+    JetStream {
+        /// What was being done.
+        action: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The sealing key is missing or malformed.
+    #[error("cluster key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A sealed value does not open with this node's key.
+    #[error("{0} does not open with this node's cluster key: is it the same on every node?")]
+    Unseal(String),
+    /// An artifact fetched from the cluster is not what its digest says.
+    #[error("artifact {0} fetched from the cluster does not match its digest")]
+    Corrupt(String),
+    /// A local file could not be used.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn jetstream_error(
+    action: impl Into<String>,
+) -> impl FnOnce(&dyn std::fmt::Display) -> ClusterError {
+    let action = action.into();
+    move |reason| ClusterError::JetStream {
+        action,
+        reason: reason.to_string(),
+    }
+}
+
+/// What a registry entry is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A function's spec, as JSON.
+    Function {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A namespace with its quotas, as JSON.
+    Namespace(String),
+    /// A namespace token (its hash, never the token), as JSON, by id.
+    Token(String),
+    /// A secret's sealed value.
+    Secret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl Key {
+    /// The bucket key: names are DNS labels and ids hex, so dots separate them unambiguously.
+    fn subject(&self) -> String {
+        match self {
+            Self::Function { namespace, name } => format!("function.{namespace}.{name}"),
+            Self::Namespace(name) => format!("namespace.{name}"),
+            Self::Token(id) => format!("token.{id}"),
+            Self::Secret { namespace, name } => format!("secret.{namespace}.{name}"),
+        }
+    }
+
+    fn parse(subject: &str) -> Option<Self> {
+        let mut parts = subject.split('.');
+        let key = match (parts.next()?, parts.next()?, parts.next()) {
+            ("function", namespace, Some(name)) => Self::Function {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            ("namespace", name, None) => Self::Namespace(name.to_owned()),
+            ("token", id, None) => Self::Token(id.to_owned()),
+            ("secret", namespace, Some(name)) => Self::Secret {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => return None,
+        };
+        parts.next().is_none().then_some(key)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Function { namespace, name } => write!(f, "function {name}.{namespace}"),
+            Self::Namespace(name) => write!(f, "namespace {name}"),
+            Self::Token(id) => write!(f, "token {id}"),
+            Self::Secret { namespace, name } => write!(f, "secret {name} of namespace {namespace}"),
+        }
+    }
+}
+
+/// A registry entry as it is now: its value, or `None` once deleted.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// What changed.
+    pub key: Key,
+    /// The new value; `None` when the key was deleted.
+    pub value: Option<Bytes>,
+    /// The registry's revision of the change.
+    revision: u64,
+}
+
+impl Change {
+    /// The registry's revision of this change: where to follow on from.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// The key secrets are sealed with, the same on every node of a cluster.
+pub struct SealingKey(aead::LessSafeKey);
+
+impl SealingKey {
+    /// Reads a key file: 64 hex digits (`openssl rand -hex 32`), surrounding space ignored.
+    pub fn from_file(path: &Path) -> Result<Self, ClusterError> {
+        let error = |reason: String| ClusterError::Key {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| error(source.to_string()))?;
+        let bytes = hex::decode(text.trim())
+            .ok()
+            .filter(|bytes| bytes.len() == 32)
+            .ok_or_else(|| {
+                error("must hold 64 hex digits, made with `openssl rand -hex 32`".to_owned())
+            })?;
+        let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &bytes)
+            .map_err(|_| error("not a ChaCha20-Poly1305 key".to_owned()))?;
+        Ok(Self(aead::LessSafeKey::new(key)))
+    }
+
+    /// A fresh nonce, then the ciphertext and its tag; `label` is bound to it.
+    fn seal(&self, label: &str, plaintext: &[u8]) -> Bytes {
+        let nonce: [u8; aead::NONCE_LEN] = random_bytes();
+        let mut sealed = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(label.as_bytes()),
+                &mut sealed,
+            )
+            .expect("a value far below ChaCha20-Poly1305's limit");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        out.into()
+    }
+
+    fn open(&self, label: &str, sealed: &[u8]) -> Result<Vec<u8>, ClusterError> {
+        let unseal = || ClusterError::Unseal(label.to_owned());
+        if sealed.len() < aead::NONCE_LEN {
+            return Err(unseal());
+        }
+        let (nonce, ciphertext) = sealed.split_at(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| unseal())?;
+        let mut buffer = ciphertext.to_vec();
+        let plaintext = self
+            .0
+            .open_in_place(nonce, aead::Aad::from(label.as_bytes()), &mut buffer)
+            .map_err(|_| unseal())?;
+        Ok(plaintext.to_vec())
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system's random source");
+    bytes
+}
+
+/// How a node joins a cluster.
+pub struct Config {
+    /// NATS servers, comma-separated (`nats://host:4222,nats://...`).
+    pub urls: String,
+    /// Copies JetStream keeps of each bucket: 3 on a cluster of three servers.
+    pub replicas: usize,
+    /// The key secrets are sealed with.
+    pub key: SealingKey,
+}
+
+/// A node's handle on the cluster's state.
+pub struct Cluster {
+    context: jetstream::Context,
+    registry: kv::Store,
+    members: kv::Store,
+    ticks: kv::Store,
+    artifacts: object_store::ObjectStore,
+    key: SealingKey,
+    /// The revision of each registry key this node last saw: what its next write expects.
+    revisions: Mutex<HashMap<String, u64>>,
+}
+
+impl Cluster {
+    /// Connects, and creates the buckets the first node of a cluster finds
+    /// missing; waits up to [`START_TIMEOUT`] for JetStream to be ready.
+    pub async fn connect(config: Config) -> Result<Self, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.urls.split(',').map(str::trim).collect::<Vec<_>>())
+            .await
+            .map_err(|error| ClusterError::Connect {
+                urls: config.urls.clone(),
+                reason: error.to_string(),
+            })?;
+        let context = jetstream::new(client);
+        // A cluster of NATS servers starting with the node elects its
+        // JetStream leader first; until then buckets cannot be made.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match Self::buckets(&context, config.replicas).await {
+                Ok((registry, members, ticks, artifacts)) => {
+                    return Ok(Self {
+                        context,
+                        registry,
+                        members,
+                        ticks,
+                        artifacts,
+                        key: config.key,
+                        revisions: Mutex::default(),
+                    });
+                }
+                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Opens the buckets, creating those the first node of a cluster finds missing.
+    async fn buckets(
+        context: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<(kv::Store, kv::Store, kv::Store, object_store::ObjectStore), ClusterError> {
+        let registry = key_value(
+            context,
+            kv::Config {
+                bucket: REGISTRY.to_owned(),
+                description: "wisp: functions, namespaces, tokens and sealed secrets".to_owned(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let members = key_value(
+            context,
+            kv::Config {
+                bucket: MEMBERS.to_owned(),
+                description: "wisp: the live nodes, by their heartbeats".to_owned(),
+                history: 1,
+                max_age: MEMBER_TIMEOUT * 2,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let artifacts = match context.get_object_store(ARTIFACTS).await {
+            Ok(store) => store,
+            Err(_) => context
+                .create_object_store(object_store::Config {
+                    bucket: ARTIFACTS.to_owned(),
+                    description: Some("wisp: artifacts by their SHA-256 digest".to_owned()),
+                    num_replicas: replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| jetstream_error("create the artifact store")(&error))?,
+        };
+        let ticks = key_value(
+            context,
+            kv::Config {
+                bucket: TICKS.to_owned(),
+                description: "wisp: cron ticks, each claimed by the one node that fires it"
+                    .to_owned(),
+                history: 1,
+                max_age: TICK_MEMORY,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok((registry, members, ticks, artifacts))
+    }
+
+    /// The cluster's admin token: made with `generate` by the first node to
+    /// ask, kept sealed, and the same on every node after.
+    pub async fn admin_token(
+        &self,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String, ClusterError> {
+        let fresh = generate();
+        let read = || async {
+            let entry = self
+                .registry
+                .entry(ADMIN_TOKEN)
+                .await
+                .map_err(|error| jetstream_error("read the admin token")(&error))?;
+            entry
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .map(|entry| self.key.open(ADMIN_TOKEN, &entry.value))
+                .transpose()
+        };
+        if let Some(token) = read().await? {
+            return String::from_utf8(token).map_err(|_| ClusterError::Unseal(ADMIN_TOKEN.into()));
+        }
+        match self
+            .registry
+            .create(ADMIN_TOKEN, self.key.seal(ADMIN_TOKEN, fresh.as_bytes()))
+            .await
+        {
+            Ok(_) => Ok(fresh),
+            // Another node made it first: use that one.
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => read()
+                .await?
+                .ok_or_else(|| ClusterError::Unseal(ADMIN_TOKEN.into()))
+                .and_then(|token| {
+                    String::from_utf8(token).map_err(|_| ClusterError::Unseal(ADMIN_TOKEN.into()))
+                }),
+            Err(error) => Err(jetstream_error("store the admin token")(&error)),
+        }
+    }
+
+    /// Every registry entry now, and the revision to follow from.
+    pub async fn snapshot(&self) -> Result<(Vec<Change>, u64), ClusterError> {
+        let last = self.last_revision().await?;
+        let mut keys: Vec<String> = self
+            .registry
+            .keys()
+            .await
+            .map_err(|error| jetstream_error("list the registry")(&error))?
+            .try_collect()
+            .await
+            .map_err(|error| jetstream_error("list the registry")(&error))?;
+        keys.sort();
+        let mut changes = Vec::new();
+        for subject in keys {
+            let Some(key) = Key::parse(&subject) else {
+                continue;
+            };
+            let entry = self
+                .registry
+                .entry(subject.as_str())
+                .await
+                .map_err(|error| jetstream_error(format!("read {key}"))(&error))?;
+            if let Some(change) = entry.and_then(|entry| self.observe(entry)) {
+                changes.push(change);
+            }
+        }
+        Ok((changes, last))
+    }
+
+    /// The registry's latest revision: a node whose watch has seen less
+    /// for a while has a watch that stalled.
+    pub async fn last_revision(&self) -> Result<u64, ClusterError> {
+        // Asked afresh: the bucket's own status is what it was when opened.
+        let mut stream = self
+            .context
+            .get_stream(format!("KV_{REGISTRY}"))
+            .await
+            .map_err(|error| jetstream_error("read the registry's state")(&error))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|error| jetstream_error("read the registry's state")(&error))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Every change to the registry after revision `after`, as it happens.
+    pub async fn follow(
+        &self,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<Change, ClusterError>> + '_, ClusterError> {
+        let watch = self
+            .registry
+            .watch_all_from_revision(after + 1)
+            .await
+            .map_err(|error| jetstream_error("follow the registry")(&error))?;
+        Ok(watch.filter_map(move |entry| async move {
+            match entry {
+                Ok(entry) => self.observe(entry).map(Ok),
+                Err(error) => Some(Err(jetstream_error("follow the registry")(&error))),
+            }
+        }))
+    }
+
+    /// Turns an entry into a change, if it is one.
+    fn observe(&self, entry: kv::Entry) -> Option<Change> {
+        let key = Key::parse(&entry.key)?;
+        let value = (entry.operation == kv::Operation::Put).then_some(entry.value);
+        Some(Change {
+            key,
+            value,
+            revision: entry.revision,
+        })
+    }
+
+    /// Notes that the node's cache holds `change`: the node's next write of
+    /// its key expects it. Noted only once applied, so a write never
+    /// replaces a value its node has not seen and checked against.
+    pub fn applied(&self, change: &Change) {
+        self.saw(change.key.subject(), change.revision);
+    }
+
+    fn revision(&self, subject: &str) -> Option<u64> {
+        self.revisions
+            .lock()
+            .expect("revisions")
+            .get(subject)
+            .copied()
+    }
+
+    fn saw(&self, subject: String, revision: u64) {
+        let mut revisions = self.revisions.lock().expect("revisions");
+        let seen = revisions.entry(subject).or_default();
+        *seen = (*seen).max(revision);
+    }
+
+    /// Writes a value, if the key is as this node last saw it (absent, or
+    /// at the revision it saw): otherwise [`ClusterError::Conflict`].
+    pub async fn put(&self, key: &Key, value: Bytes) -> Result<(), ClusterError> {
+        let subject = key.subject();
+        let written = match self.revision(&subject) {
+            None => match self.registry.create(&subject, value).await {
+                Ok(revision) => revision,
+                // Lost a race to create it: the key is there now.
+                Err(_) if self.exists(&subject).await => {
+                    return Err(ClusterError::Conflict(key.to_string()));
+                }
+                Err(error) => return Err(jetstream_error(format!("write {key}"))(&error)),
+            },
+            Some(revision) => self
+                .registry
+                .update(&subject, value, revision)
+                .await
+                .map_err(|error| match error.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => {
+                        ClusterError::Conflict(key.to_string())
+                    }
+                    _ => jetstream_error(format!("write {key}"))(&error),
+                })?,
+        };
+        self.saw(subject, written);
+        Ok(())
+    }
+
+    async fn exists(&self, subject: &str) -> bool {
+        matches!(
+            self.registry.entry(subject).await,
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put
+        )
+    }
+
+    /// Deletes a key, if it is as this node last saw it.
+    pub async fn delete(&self, key: &Key) -> Result<(), ClusterError> {
+        let subject = key.subject();
+        let expected = self.revision(&subject);
+        self.registry
+            .delete_expect_revision(&subject, expected)
+            .await
+            .map_err(|error| match error.kind() {
+                kv::DeleteErrorKind::WrongLastRevision => ClusterError::Conflict(key.to_string()),
+                _ => jetstream_error(format!("delete {key}"))(&error),
+            })?;
+        // Made again before the deletion comes back, the key is created
+        // anew, over the deletion, unless another node made it first.
+        self.revisions.lock().expect("revisions").remove(&subject);
+        Ok(())
+    }
+
+    /// Seals a secret's value for its key.
+    /// `generation` names the life of its namespace the secret belongs to:
+    /// bound to the sealed value, it opens for that life only.
+    pub fn seal(&self, key: &Key, generation: &str, value: &str) -> Bytes {
+        self.key
+            .seal(&format!("{}@{generation}", key.subject()), value.as_bytes())
+    }
+
+    /// Opens a secret's value sealed for `generation` of its namespace.
+    pub fn open(&self, key: &Key, generation: &str, sealed: &[u8]) -> Result<String, ClusterError> {
+        let label = format!("{}@{generation}", key.subject());
+        String::from_utf8(self.key.open(&label, sealed)?).map_err(|_| ClusterError::Unseal(label))
+    }
+
+    /// Stores the artifact at `path` under its digest, unless it is there already.
+    pub async fn upload(&self, digest: &str, path: &Path) -> Result<(), ClusterError> {
+        if self.artifacts.info(digest).await.is_ok() {
+            return Ok(());
+        }
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClusterError::Io {
+                action: format!("read {}", path.display()),
+                source,
+            })?;
+        self.artifacts
+            .put(digest, &mut file)
+            .await
+            .map_err(|error| jetstream_error(format!("store artifact {digest}"))(&error))?;
+        Ok(())
+    }
+
+    /// Fetches an artifact, handing its bytes to `write` chunk by chunk;
+    /// `false` if the cluster does not have it.
+    pub async fn download(
+        &self,
+        digest: &str,
+        mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<bool, ClusterError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut object = match self.artifacts.get(digest).await {
+            Ok(object) => object,
+            Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
+                return Ok(false);
+            }
+            Err(error) => return Err(jetstream_error(format!("fetch artifact {digest}"))(&error)),
+        };
+        let mut buffer = vec![0; 128 << 10];
+        loop {
+            let read = object
+                .read(&mut buffer)
+                .await
+                .map_err(|source| ClusterError::Io {
+                    action: format!("fetch artifact {digest}"),
+                    source,
+                })?;
+            if read == 0 {
+                return Ok(true);
+            }
+            write(&buffer[..read]).map_err(|source| ClusterError::Io {
+                action: format!("keep artifact {digest}"),
+                source,
+            })?;
+        }
+    }
+
+    /// Claims one firing of a cron trigger for this node: `true` for the
+    /// one node of the cluster that claims it first, `false` for the rest.
+    /// `trigger` is anything naming the trigger (its function and label).
+    pub async fn claim_tick(&self, trigger: &str, at_millis: i64) -> Result<bool, ClusterError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, trigger.as_bytes());
+        let key = format!("{}.{at_millis}", hex::encode(&digest.as_ref()[..12]));
+        match self.ticks.create(key.as_str(), Bytes::new()).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(jetstream_error(format!(
+                "claim the tick {trigger} at {at_millis}"
+            ))(&error)),
+        }
+    }
+
+    /// Says this node is alive, with what it is doing.
+    pub async fn heartbeat(&self, member: &Member) -> Result<(), ClusterError> {
+        let value = serde_json::to_vec(member).expect("a member serializes");
+        self.members
+            .put(member.id.as_str(), value.into())
+            .await
+            .map_err(|error| jetstream_error("heartbeat")(&error))?;
+        Ok(())
+    }
+
+    /// Says this node is leaving, so it is not listed until it times out.
+    pub async fn leave(&self, id: &str) -> Result<(), ClusterError> {
+        self.members
+            .delete(id)
+            .await
+            .map_err(|error| jetstream_error("leave the cluster")(&error))
+    }
+
+    /// The nodes that heartbeated within [`MEMBER_TIMEOUT`], by id.
+    pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        let keys: Vec<String> = match self.members.keys().await {
+            Ok(keys) => keys
+                .try_collect()
+                .await
+                .map_err(|error| jetstream_error("list the members")(&error))?,
+            Err(error) => return Err(jetstream_error("list the members")(&error)),
+        };
+        let now = now_millis();
+        let mut members = Vec::new();
+        for key in keys {
+            let value = self
+                .members
+                .get(key.as_str())
+                .await
+                .map_err(|error| jetstream_error("read a member")(&error))?;
+            if let Some(member) =
+                value.and_then(|value| serde_json::from_slice::<Member>(&value).ok())
+                && now.saturating_sub(member.last_seen) <= MEMBER_TIMEOUT.as_millis() as u64
+            {
+                members.push(member);
+            }
+        }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(members)
+    }
+}
+
+/// Opens a key-value bucket, creating it when it is missing.
+async fn key_value(
+    context: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = context.get_key_value(config.bucket.as_str()).await {
+        return Ok(store);
+    }
+    let bucket = config.bucket.clone();
+    match context.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another node made it in between, or it cannot be made.
+        Err(error) => context
+            .get_key_value(bucket.as_str())
+            .await
+            .map_err(|_| jetstream_error(format!("create bucket {bucket}"))(&error)),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// A new node id: random, so restarts and copies of one machine never clash.
+pub fn node_id() -> String {
+    hex::encode(random_bytes::<6>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    fn key(byte: u8) -> SealingKey {
+        SealingKey::from_file(key_file(&hex::encode([byte; 32])).path()).unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_and_refuse_other_shapes() {
+        for key in [
+            Key::Function {
+                namespace: "team-a".into(),
+                name: "echo".into(),
+            },
+            Key::Namespace("team-a".into()),
+            Key::Token("0123abcd".into()),
+            Key::Secret {
+                namespace: "team-a".into(),
+                name: "db-password".into(),
+            },
+        ] {
+            assert_eq!(Key::parse(&key.subject()), Some(key));
+        }
+        for other in [
+            ADMIN_TOKEN,
+            "function.a",
+            "function.a.b.c",
+            "token",
+            "other.x",
+        ] {
+            assert_eq!(Key::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_own_name_and_key() {
+        let sealing = key(7);
+        let sealed = sealing.seal("secret.a.b", b"hunter2");
+        assert!(!sealed.windows(7).any(|window| window == b"hunter2"));
+        assert_eq!(sealing.open("secret.a.b", &sealed).unwrap(), b"hunter2");
+        // Moved to another secret's name, it does not open.
+        assert!(matches!(
+            sealing.open("secret.a.c", &sealed),
+            Err(ClusterError::Unseal(_))
+        ));
+        // Nor with another key.
+        assert!(key(8).open("secret.a.b", &sealed).is_err());
+        // Two seals of one value differ: a fresh nonce each.
+        assert_ne!(sealing.seal("secret.a.b", b"hunter2"), sealed);
+    }
+
+    #[test]
+    fn malformed_key_files_say_what_they_need() {
+        let file = key_file("not hex");
+        let error = SealingKey::from_file(file.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("64 hex digits"), "{error}");
+    }
+}

@@ -1,0 +1,655 @@
+//! Cluster mode: three real `nats-server` processes routed to each other,
+//! and wisp nodes started with `--cluster` on them. What is deployed,
+//! removed, granted, revoked or kept secret through one node holds on every
+//! node within a second, concurrent writes of one name never mix, a node
+//! that was down catches up, and secrets never reach NATS unsealed.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use wisp_testing::{NatsCluster, Node, Response, send};
+
+use crate::WISP;
+
+/// How soon a change made through one node must hold on the others.
+const EVERYWHERE: Duration = Duration::from_secs(1);
+
+/// The sealing key, the same for every node of a test.
+fn key_file(dir: &Path) -> String {
+    let path = dir.join("cluster.key");
+    std::fs::write(&path, format!("{}\n", "5e".repeat(32))).unwrap();
+    path.display().to_string()
+}
+
+/// The arguments of a node on `nats`, connecting to server `first` first.
+fn cluster_args(nats: &NatsCluster, first: usize, key: &str) -> Vec<String> {
+    [
+        "--cluster",
+        &nats.urls_from(first),
+        "--cluster-key-file",
+        key,
+        "--cluster-replicas",
+        "3",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Three NATS servers and `count` wisp nodes spread over them.
+fn cluster(count: usize) -> (NatsCluster, tempfile::TempDir, String, Vec<Node>) {
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let nodes = (0..count)
+        .map(|index| {
+            let args = cluster_args(&nats, index, &key);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Node::start_args(WISP, &args)
+        })
+        .collect();
+    (nats, dir, key, nodes)
+}
+
+fn call(node: &Node, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
+    let request = node
+        .request(method, path)
+        .set("Authorization", &format!("Bearer {token}"));
+    let body = body.map(|body| body.to_string());
+    send(request, body.as_deref().map(str::as_bytes))
+}
+
+/// A process function answering `word`.
+fn says(name: &str, word: &str) -> Value {
+    json!({ "service": name, "kind": "process", "envProcess": format!("echo {word}") })
+}
+
+/// Whether every node answers `path` with `status` (and `body`, when given) within [`EVERYWHERE`].
+fn everywhere(nodes: &[&Node], path: &str, status: u16, body: Option<&str>) -> bool {
+    let started = Instant::now();
+    nodes.iter().all(|node| {
+        let left = EVERYWHERE.saturating_sub(started.elapsed());
+        node.eventually(left, || {
+            let response = node.post(path, b"");
+            response.status == status && body.is_none_or(|body| response.body.trim() == body)
+        })
+    })
+}
+
+#[test]
+fn what_one_node_changes_holds_on_every_node_within_a_second() {
+    let (nats, _dir, _key, nodes) = cluster(3);
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    assert!(
+        nodes.iter().all(|node| node.token == a.token),
+        "one admin token for the cluster"
+    );
+
+    a.deploy_ok(says("hello", "hi"));
+    assert!(
+        everywhere(&[b, c], "/function/hello", 200, Some("hi")),
+        "deployed everywhere"
+    );
+    let updated = send(
+        c.admin("PUT", "/system/functions"),
+        Some(says("hello", "hey").to_string().as_bytes()),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert!(
+        everywhere(&[a, b], "/function/hello", 200, Some("hey")),
+        "updated everywhere"
+    );
+    let removed = send(
+        c.admin("DELETE", "/system/functions"),
+        Some(json!({ "functionName": "hello" }).to_string().as_bytes()),
+    );
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    assert!(
+        everywhere(&[a, b], "/function/hello", 404, None),
+        "removed everywhere"
+    );
+
+    // A component uploaded to one node is fetched, checked and compiled by the others.
+    let digest = b.upload_file(wisp_testing::HTTP_PROBE);
+    b.deploy_ok(json!({ "service": "probe", "kind": "wasm-http", "image": digest }));
+    for node in [a, c] {
+        assert!(
+            node.eventually(Duration::from_secs(10), || {
+                let echo = node.post("/function/probe", b"ping");
+                echo.status == 200 && echo.body.contains("ping")
+            }),
+            "the component runs on every node: {}",
+            node.log()
+        );
+    }
+
+    // Namespaces and their tokens, granted on one node, revoked on another.
+    let created = call(
+        a,
+        &a.token,
+        "POST",
+        "/system/namespaces",
+        Some(json!({ "name": "team" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = call(
+        a,
+        &a.token,
+        "POST",
+        "/system/tokens",
+        Some(json!({ "namespace": "team", "role": "deploy" })),
+    );
+    assert_eq!(token.status, 201, "{}", token.body);
+    let (id, secret_token) = (
+        token.json()["id"].as_str().unwrap().to_owned(),
+        token.json()["token"].as_str().unwrap().to_owned(),
+    );
+    let listing = "/system/functions?namespace=team";
+    for node in [b, c] {
+        assert!(
+            node.eventually(EVERYWHERE, || call(
+                node,
+                &secret_token,
+                "GET",
+                listing,
+                None
+            )
+            .status
+                == 200),
+            "the token works on every node"
+        );
+    }
+    let revoked = call(c, &c.token, "DELETE", &format!("/system/tokens/{id}"), None);
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    for node in [a, b] {
+        assert!(
+            node.eventually(EVERYWHERE, || call(
+                node,
+                &secret_token,
+                "GET",
+                listing,
+                None
+            )
+            .status
+                == 401),
+            "the revoked token stops working on every node"
+        );
+    }
+
+    // A secret set on one node reaches a function deployed on another,
+    // and the NATS servers only ever hold it sealed.
+    let value = "cluster-s3cr3t-9931";
+    let secret = call(
+        a,
+        &a.token,
+        "POST",
+        "/system/secrets",
+        Some(json!({ "name": "db-password", "namespace": "team", "value": value })),
+    );
+    assert_eq!(secret.status, 201, "{}", secret.body);
+    let image = b.upload(&wisp_testing::script_archive(
+        "run.sh",
+        "#!/bin/sh\nprintf '%s' \"$DB_PASSWORD\"\n",
+    ));
+    let deploy = || {
+        b.deploy(json!({
+            "service": "reader", "namespace": "team", "kind": "process",
+            "image": image, "envProcess": "./run.sh", "secrets": ["db-password"],
+        }))
+    };
+    assert!(
+        b.eventually(EVERYWHERE, || deploy().status == 201),
+        "the secret reached b"
+    );
+    assert!(everywhere(
+        &[a, c],
+        "/function/reader.team",
+        200,
+        Some(value)
+    ));
+    let stored: Vec<u8> = nats
+        .stores()
+        .iter()
+        .flat_map(|store| files_under(store))
+        .flat_map(|file| std::fs::read(file).unwrap_or_default())
+        .collect();
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        stored.contains("db-password"),
+        "the stores hold the registry"
+    );
+    assert!(
+        !stored.contains(value),
+        "a secret's value is sealed in NATS"
+    );
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn two_nodes_deploying_one_name_at_once_give_one_409_and_never_a_mix() {
+    let (_nats, _dir, _key, nodes) = cluster(2);
+    let [a, b] = [&nodes[0], &nodes[1]];
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let (first, second) = std::thread::scope(|scope| {
+            let first = scope.spawn(|| a.deploy(says(&name, "a")));
+            let second = scope.spawn(|| b.deploy(says(&name, "b")));
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        let mut statuses = [first.status, second.status];
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "{} / {}", first.body, second.body);
+        let (winner, loser) = if first.status == 201 {
+            ("a", &second)
+        } else {
+            ("b", &first)
+        };
+        // Refused by the cluster's compare-and-set, or by the node itself
+        // when the winner's deploy reached it first.
+        let error = loser.error();
+        assert!(
+            error.contains("another node") || error.contains("already exists"),
+            "{error}"
+        );
+        let path = format!("/function/{name}");
+        assert!(
+            everywhere(&[a, b], &path, 200, Some(winner)),
+            "one version everywhere"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_was_down_catches_up_at_start() {
+    let (nats, _dir, key, mut nodes) = cluster(2);
+    nodes[0].deploy_ok(says("stays", "here"));
+    nodes[0].deploy_ok(says("goes", "soon"));
+    assert!(everywhere(&[&nodes[1]], "/function/goes", 200, None));
+    let down = nodes.pop().unwrap();
+    let data_dir = down.data_dir.clone();
+    let scratch = down.kill();
+
+    let a = &nodes[0];
+    let removed = send(
+        a.admin("DELETE", "/system/functions"),
+        Some(json!({ "functionName": "goes" }).to_string().as_bytes()),
+    );
+    assert_eq!(removed.status, 204);
+    a.deploy_ok(says("new", "arrival"));
+
+    let args = cluster_args(&nats, 1, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let back = Node::start_with(WISP, scratch, data_dir, &args);
+    // Serving only once it knows the cluster's functions: no waiting here.
+    assert_eq!(back.post("/function/new", b"").body.trim(), "arrival");
+    assert_eq!(back.post("/function/stays", b"").body.trim(), "here");
+    assert_eq!(back.post("/function/goes", b"").status, 404);
+}
+
+#[test]
+fn the_live_nodes_are_listed_and_a_dead_one_is_dropped() {
+    let (_nats, _dir, _key, mut nodes) = cluster(3);
+    let listed = |node: &Node| -> Vec<String> {
+        let response = node.admin("GET", "/system/nodes").call().unwrap();
+        let nodes: Vec<Value> = response.into_json().unwrap();
+        let mut addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| node["address"].as_str().unwrap().to_owned())
+            .collect();
+        addresses.sort();
+        addresses
+    };
+    let mut everyone: Vec<String> = nodes.iter().map(|node| node.url.clone()).collect();
+    everyone.sort();
+    let a = &nodes[0];
+    assert!(
+        a.eventually(Duration::from_secs(5), || listed(a) == everyone),
+        "{:?}",
+        listed(a)
+    );
+    let output = a.cli(WISP).arg("nodes").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(everyone.iter().all(|url| table.contains(url)), "{table}");
+    // A namespace token may not list them.
+    assert_eq!(
+        call(a, "wisp_not-a-token", "GET", "/system/nodes", None).status,
+        401
+    );
+
+    let dead = nodes.pop().unwrap();
+    let dead_url = dead.url.clone();
+    drop(dead.kill());
+    let a = &nodes[0];
+    assert!(
+        a.eventually(Duration::from_secs(10), || !listed(a).contains(&dead_url)),
+        "a node that stops heartbeating is dropped in seconds"
+    );
+    assert_eq!(listed(&nodes[1]).len(), 2);
+}
+
+#[test]
+fn a_single_node_lists_itself_by_the_url_it_advertises() {
+    let node = Node::start(WISP);
+    let response = node.admin("GET", "/system/nodes").call().unwrap();
+    let nodes: Vec<Value> = response.into_json().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["address"], node.url);
+    assert_eq!(nodes[0]["version"], env!("CARGO_PKG_VERSION"));
+
+    let advertised = Node::start_args(WISP, &["--advertise-url", "http://wisp-1.internal:8080"]);
+    let response = advertised.admin("GET", "/system/nodes").call().unwrap();
+    let nodes: Vec<Value> = response.into_json().unwrap();
+    assert_eq!(nodes[0]["address"], "http://wisp-1.internal:8080");
+}
+
+/// The succeeded calls of `probe` on every node, together.
+fn succeeded_everywhere(nodes: &[Node]) -> Vec<Value> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            send(
+                node.admin("GET", "/system/calls?function=probe&status=succeeded"),
+                None,
+            )
+            .json()["calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The lines of the probe's answers that start with `prefix`, one per call.
+fn lines_of(calls: &[Value], prefix: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter_map(|call| {
+            let body = call["result"]["body"].as_str()?;
+            body.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Deploys the http probe with `triggers` through the first node and waits
+/// until every node serves it.
+fn deploy_triggered_probe(nodes: &[Node], triggers: Value) {
+    let digest = nodes[0].upload_file(wisp_testing::HTTP_PROBE);
+    nodes[0].deploy_ok(json!({
+        "service": "probe", "kind": "wasm-http", "image": digest, "triggers": triggers,
+    }));
+    for node in nodes {
+        assert!(
+            node.eventually(Duration::from_secs(10), || node
+                .post("/function/probe", b"")
+                .status
+                == 200),
+            "{}",
+            node.log()
+        );
+    }
+}
+
+#[test]
+fn a_cron_trigger_fires_once_per_tick_across_the_cluster() {
+    let (_nats, _dir, _key, nodes) = cluster(3);
+    deploy_triggered_probe(&nodes, json!([{ "cron": "@every 1s" }]));
+    let mut ticks = Vec::new();
+    let enough = nodes[0].eventually(Duration::from_secs(15), || {
+        ticks = lines_of(&succeeded_everywhere(&nodes), "header ce-time=");
+        ticks.len() >= 4
+    });
+    assert!(enough, "ticks: {ticks:?}");
+    let mut distinct = ticks.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        ticks.len(),
+        "no tick fired twice: {ticks:?}"
+    );
+}
+
+#[test]
+fn broker_messages_are_taken_once_per_cluster() {
+    let (_nats, _dir, _key, nodes) = cluster(3);
+    let subject = crate::unique("wisp.cluster.");
+    let base = crate::unique("wisp/cluster/");
+    deploy_triggered_probe(
+        &nodes,
+        json!([{ "nats": subject }, { "mqtt": format!("{base}/#") }]),
+    );
+    for node in &nodes {
+        let connected = node.eventually(Duration::from_secs(10), || {
+            let status = send(node.admin("GET", "/system/function/probe"), None).json();
+            status["triggerStatus"]
+                .as_array()
+                .is_some_and(|links| links.iter().all(|link| link["state"] == "connected"))
+        });
+        assert!(connected, "{}", node.log());
+    }
+    const MESSAGES: usize = 12;
+    crate::runtime().block_on(async {
+        let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+        for n in 0..MESSAGES {
+            client
+                .publish(subject.clone(), format!("nats {n}").into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let options = rumqttc::MqttOptions::new(crate::unique("wisp-test-"), "127.0.0.1", 1883);
+        let (mqtt, mut events) = rumqttc::AsyncClient::new(options, 64);
+        for n in 0..MESSAGES {
+            mqtt.publish(
+                format!("{base}/n"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                format!("mqtt {n}"),
+            )
+            .await
+            .unwrap();
+        }
+        let mut acked = 0;
+        while acked < MESSAGES {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                acked += 1;
+            }
+        }
+    });
+    let mut bodies = Vec::new();
+    let all = nodes[0].eventually(Duration::from_secs(15), || {
+        bodies = lines_of(&succeeded_everywhere(&nodes), "body=");
+        bodies.len() >= 2 * MESSAGES
+    });
+    assert!(all, "{bodies:?}");
+    // Give a second delivery the time to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut bodies = lines_of(&succeeded_everywhere(&nodes), "body=");
+    bodies.sort();
+    let mut expected: Vec<String> = (0..MESSAGES)
+        .flat_map(|n| [format!("mqtt {n}"), format!("nats {n}")])
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each message once, on one node");
+}
+
+#[test]
+fn losing_one_nats_server_of_three_loses_nothing() {
+    let (mut nats, _dir, _key, nodes) = cluster(3);
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    a.deploy_ok(says("before", "kept"));
+    assert!(everywhere(&[b, c], "/function/before", 200, Some("kept")));
+    // Node a connected to the first server first: it has to move, and the
+    // streams led from there elect new leaders, which takes seconds.
+    nats.kill(0);
+    // On this two-core machine, with seven processes on it, the streams'
+    // new leaders take up to about 20 s to serve again.
+    let recovery = Duration::from_secs(45);
+    // A deploy whose answer was lost in the election may have gone
+    // through: then the next attempt finds it deployed (409).
+    let deployed = a.eventually(recovery, || {
+        matches!(a.deploy(says("after", "arrived")).status, 201 | 409)
+    });
+    assert!(deployed, "deploys go on: {}", a.log());
+    for node in [a, b, c] {
+        assert!(
+            node.eventually(recovery, || node.post("/function/after", b"").body.trim()
+                == "arrived"),
+            "served everywhere: {}",
+            node.log()
+        );
+        assert_eq!(node.post("/function/before", b"").body.trim(), "kept");
+    }
+    let removed = send(
+        b.admin("DELETE", "/system/functions"),
+        Some(json!({ "functionName": "before" }).to_string().as_bytes()),
+    );
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    for node in [a, c] {
+        assert!(
+            node.eventually(recovery, || node.post("/function/before", b"").status
+                == 404)
+        );
+    }
+}
+
+#[test]
+fn a_node_down_while_a_namespace_is_made_again_keeps_nothing_of_the_old_one() {
+    let (nats, _dir, key, mut nodes) = cluster(2);
+    let a = &nodes[0];
+    let create = |node: &Node| {
+        call(
+            node,
+            &node.token,
+            "POST",
+            "/system/namespaces",
+            Some(json!({ "name": "team" })),
+        )
+    };
+    assert_eq!(create(a).status, 201);
+    let mut old = says("old", "first tenant");
+    old["namespace"] = json!("team");
+    a.deploy_ok(old);
+    let c = &nodes[1];
+    assert!(everywhere(
+        &[c],
+        "/function/old.team",
+        200,
+        Some("first tenant")
+    ));
+    let logged = |node: &Node| {
+        // wisp's line for each call of the old function.
+        let response = send(node.admin("GET", "/system/logs?name=old.team"), None);
+        assert_eq!(response.status, 200, "{}", response.body);
+        !response.body.trim().is_empty()
+    };
+    assert!(
+        c.eventually(Duration::from_secs(5), || logged(c)),
+        "c logged the call"
+    );
+
+    let down = nodes.pop().unwrap();
+    let data_dir = down.data_dir.clone();
+    let scratch = down.kill();
+    let a = &nodes[0];
+    let removed = send(
+        a.admin("DELETE", "/system/functions"),
+        Some(
+            json!({ "functionName": "old", "namespace": "team" })
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    assert_eq!(
+        call(a, &a.token, "DELETE", "/system/namespaces/team", None).status,
+        204
+    );
+    assert_eq!(create(a).status, 201, "made again, for someone else");
+
+    let args = cluster_args(&nats, 1, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let back = Node::start_with(WISP, scratch, data_dir, &args);
+    assert_eq!(back.post("/function/old.team", b"").status, 404);
+    assert!(
+        !logged(&back),
+        "the old namespace's logs are gone: {}",
+        back.log()
+    );
+}
+
+#[test]
+fn a_token_written_to_a_namespace_since_removed_works_nowhere() {
+    let (nats, _dir, _key, nodes) = cluster(2);
+    let a = &nodes[0];
+    let created = call(
+        a,
+        &a.token,
+        "POST",
+        "/system/namespaces",
+        Some(json!({ "name": "team" })),
+    );
+    assert_eq!(created.status, 201);
+    // What a node behind the cluster writes: a token of a generation of the
+    // namespace that is gone (here, one that never was).
+    let token = "wisp_stale-generation-token-0000000000000000000000000000000000";
+    let hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    let value = json!({
+        "generation": "0123456789abcdef01234567",
+        "value": { "namespace": "team", "role": "admin", "name": null, "hash": hash, "created_at": 0 },
+    });
+    crate::runtime().block_on(async {
+        let first = nats.urls_from(0);
+        let client = async_nats::connect(first.split(',').next().unwrap())
+            .await
+            .unwrap();
+        let registry = async_nats::jetstream::new(client)
+            .get_key_value("wisp_registry")
+            .await
+            .unwrap();
+        registry
+            .put("token.00000000deadbeef", value.to_string().into())
+            .await
+            .unwrap();
+    });
+    // A token of the namespace's own generation, made after it, reaches every node...
+    let fresh = call(
+        a,
+        &a.token,
+        "POST",
+        "/system/tokens",
+        Some(json!({ "namespace": "team", "role": "admin" })),
+    );
+    assert_eq!(fresh.status, 201);
+    let fresh = fresh.json()["token"].as_str().unwrap().to_owned();
+    for node in &nodes {
+        assert!(node.eventually(EVERYWHERE, || {
+            call(node, &fresh, "GET", "/system/tokens", None).status == 200
+        }));
+        // ... and the stale one works on none.
+        assert_eq!(call(node, token, "GET", "/system/tokens", None).status, 401);
+    }
+}
