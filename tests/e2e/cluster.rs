@@ -358,21 +358,155 @@ fn a_single_node_lists_itself_by_the_url_it_advertises() {
     assert_eq!(nodes[0]["address"], "http://wisp-1.internal:8080");
 }
 
-/// The succeeded calls of `probe` on every node, together.
+/// The succeeded calls of `probe` on every node, as one node answers for all.
 fn succeeded_everywhere(nodes: &[Node]) -> Vec<Value> {
-    nodes
+    send(
+        nodes[0].admin("GET", "/system/calls?function=probe&status=succeeded"),
+        None,
+    )
+    .json()["calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `GET path` on `node` with its admin token.
+fn read(node: &Node, path: &str) -> Response {
+    send(node.admin("GET", path), None)
+}
+
+#[test]
+fn any_node_answers_for_the_calls_and_call_logs_of_every_node() {
+    let (_nats, _dir, _key, nodes) = cluster(2);
+    let (asker, holder) = (&nodes[0], &nodes[1]);
+    let image = asker.upload(&wisp_testing::script_archive(
+        "run.sh",
+        "#!/bin/sh\nread word\necho \"said $word\" >&2\necho ok\n",
+    ));
+    asker.deploy_ok(json!({
+        "service": "talker", "kind": "process", "image": image, "envProcess": "./run.sh",
+    }));
+    assert!(everywhere(
+        &nodes.iter().collect::<Vec<_>>(),
+        "/function/talker",
+        200,
+        Some("ok")
+    ));
+    let invoke = |node: &Node, path: &str, id: &str, word: &str| {
+        send(
+            node.request("POST", path).set("X-Call-Id", id),
+            Some(format!("{word}\n").as_bytes()),
+        )
+    };
+    let here = invoke(asker, "/function/talker", "here", "hello");
+    assert_eq!(here.status, 200, "{}", here.body);
+    let there = invoke(holder, "/function/talker", "there", "bonjour");
+    assert_eq!(there.status, 200, "{}", there.body);
+    let queued = invoke(holder, "/async-function/talker", "queued", "hola");
+    assert_eq!(queued.status, 202, "{}", queued.body);
+
+    // The async call the other node holds, by id and in the list.
+    assert!(
+        asker.eventually(Duration::from_secs(10), || {
+            let call = read(asker, "/system/calls/queued");
+            call.status == 200 && call.json()["status"] == "succeeded"
+        }),
+        "{}",
+        read(asker, "/system/calls/queued").body
+    );
+    let listed = read(asker, "/system/calls?function=talker").json();
+    let ids: Vec<&str> = listed["calls"]
+        .as_array()
+        .unwrap()
         .iter()
-        .flat_map(|node| {
-            send(
-                node.admin("GET", "/system/calls?function=probe&status=succeeded"),
-                None,
-            )
-            .json()["calls"]
+        .filter_map(|call| call["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["queued"]);
+
+    // Log lines, traces, records and usage of calls served by either node.
+    let logs = read(asker, "/system/logs?name=talker").body;
+    for word in ["said hello", "said bonjour", "said hola"] {
+        assert!(logs.contains(word), "{word} in {logs}");
+    }
+    let trace = read(asker, "/system/traces/there");
+    assert_eq!(trace.status, 200, "{}", trace.body);
+    assert_eq!(
+        trace.json()["calls"][0]["callId"],
+        "there",
+        "{}",
+        trace.body
+    );
+    let records = read(asker, "/system/records?name=talker").body;
+    for id in ["here", "there", "queued"] {
+        assert!(records.contains(&format!("\"{id}\"")), "{id} in {records}");
+    }
+    for node in [asker, holder] {
+        let usage = read(node, "/system/usage").json();
+        let talker = usage
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|usage| usage["function"] == "talker")
+            .cloned()
+            .unwrap_or_default();
+        // Three calls, and the readiness probes of `everywhere` on each node.
+        assert!(talker["invocations"].as_u64().unwrap_or(0) >= 5, "{usage}");
+        assert_eq!(
+            talker["invocations"],
+            read(holder, "/system/usage")
+                .json()
                 .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect()
+                .unwrap()
+                .iter()
+                .find(|usage| usage["function"] == "talker")
+                .unwrap()["invocations"]
+        );
+    }
+
+    // A retry goes to the node that holds the call.
+    let retried = send(asker.admin("POST", "/system/calls/queued/retry"), None);
+    assert_eq!(retried.status, 202, "{}", retried.body);
+
+    // Another namespace's token finds nothing of it on any node.
+    let created = call(
+        asker,
+        &asker.token,
+        "POST",
+        "/system/namespaces",
+        Some(json!({ "name": "nosy" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = call(
+        asker,
+        &asker.token,
+        "POST",
+        "/system/tokens",
+        Some(json!({ "namespace": "nosy", "role": "admin" })),
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        asker.eventually(EVERYWHERE, || call(
+            holder,
+            &token,
+            "GET",
+            "/system/calls",
+            None
+        )
+        .status
+            == 200),
+        "the token works on the holder"
+    );
+    let hidden = call(asker, &token, "GET", "/system/calls/queued", None);
+    assert_eq!(hidden.status, 403, "{}", hidden.body);
+    let trace = call(asker, &token, "GET", "/system/traces/there", None);
+    assert_eq!(trace.status, 403, "{}", trace.body);
+    let listed = call(asker, &token, "GET", "/system/calls", None);
+    assert_eq!(listed.json()["calls"], json!([]), "{}", listed.body);
+    let logs = call(asker, &token, "GET", "/system/logs", None);
+    assert!(!logs.body.contains("said"), "{}", logs.body);
 }
 
 /// The lines of the probe's answers that start with `prefix`, one per call.

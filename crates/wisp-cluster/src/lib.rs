@@ -16,11 +16,16 @@
 //! every node, so reading the bucket with the NATS account's credentials
 //! does not reveal them. Cron ticks are claimed in a bucket of their own,
 //! so each fires on one node.
+//!
+//! What each node keeps to itself (its async calls, its call log) is read
+//! across the cluster by asking: [`Cluster::ask`] sends a question to every
+//! other live node and gathers their answers, both sealed with the same key,
+//! so the NATS account's credentials alone can neither ask nor read.
 
 use std::{
     collections::HashMap,
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -49,6 +54,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long after its last heartbeat a node is no longer listed.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(6);
+/// The subject nodes ask each other questions on.
+const QUESTIONS: &str = "wisp.questions";
+/// How long a node waits for the others' answers.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How old a question may be when it is answered: an older one is a replay.
+const QUESTION_TTL: Duration = Duration::from_secs(30);
+/// Sealing adds a nonce and a tag to every message.
+const SEAL_OVERHEAD: usize = aead::NONCE_LEN + 16;
 
 /// Why the cluster's state cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +96,9 @@ pub enum ClusterError {
     /// A sealed value does not open with this node's key.
     #[error("{0} does not open with this node's cluster key: is it the same on every node?")]
     Unseal(String),
+    /// An answer does not fit in one of the cluster's NATS messages.
+    #[error("an answer of {0} bytes is over the cluster's message size")]
+    TooLarge(usize),
     /// An artifact fetched from the cluster is not what its digest says.
     #[error("artifact {0} fetched from the cluster does not match its digest")]
     Corrupt(String),
@@ -189,7 +205,8 @@ impl Change {
 }
 
 /// The key secrets are sealed with, the same on every node of a cluster.
-pub struct SealingKey(aead::LessSafeKey);
+#[derive(Clone)]
+pub struct SealingKey(Arc<aead::LessSafeKey>);
 
 impl SealingKey {
     /// Reads a key file: 64 hex digits (`openssl rand -hex 32`), surrounding space ignored.
@@ -207,7 +224,7 @@ impl SealingKey {
             })?;
         let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &bytes)
             .map_err(|_| error("not a ChaCha20-Poly1305 key".to_owned()))?;
-        Ok(Self(aead::LessSafeKey::new(key)))
+        Ok(Self(Arc::new(aead::LessSafeKey::new(key))))
     }
 
     /// A fresh nonce, then the ciphertext and its tag; `label` is bound to it.
@@ -302,7 +319,10 @@ impl Cluster {
                     });
                 }
                 Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(error) => {
+                    tracing::debug!("{error}; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
         }
     }
@@ -678,6 +698,171 @@ impl Cluster {
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(members)
     }
+
+    /// Asks every other live member `question` and gathers their answers:
+    /// returns once each answered, or after [`ASK_TIMEOUT`] with those that did.
+    pub async fn ask(&self, me: &str, question: &[u8]) -> Result<Vec<Vec<u8>>, ClusterError> {
+        let others = self
+            .members()
+            .await?
+            .iter()
+            .filter(|member| member.id != me)
+            .count();
+        if others == 0 {
+            return Ok(Vec::new());
+        }
+        let nats_error = |error: &dyn std::fmt::Display| ClusterError::JetStream {
+            action: "ask the other nodes".to_owned(),
+            reason: error.to_string(),
+        };
+        let client = self.context.client();
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| nats_error(&error))?;
+        let (headers, sealed) = Question::seal(&self.key, me, now_millis(), question);
+        client
+            .publish_with_reply_and_headers(QUESTIONS, inbox.clone(), headers, sealed)
+            .await
+            .map_err(|error| nats_error(&error))?;
+        let label = answer_label(&inbox);
+        let mut gathered = Vec::with_capacity(others);
+        let deadline = tokio::time::sleep(ASK_TIMEOUT);
+        tokio::pin!(deadline);
+        while gathered.len() < others {
+            tokio::select! {
+                answer = answers.next() => match answer {
+                    Some(answer) => match self.key.open(&label, &answer.payload) {
+                        Ok(answer) => gathered.push(answer),
+                        Err(error) => tracing::warn!("{error}"),
+                    },
+                    None => break,
+                },
+                () = &mut deadline => {
+                    tracing::warn!(
+                        "{} of the {others} other nodes answered within {}s",
+                        gathered.len(),
+                        ASK_TIMEOUT.as_secs()
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(gathered)
+    }
+
+    /// The questions the other nodes ask this one, each opened and checked
+    /// (sealed with the cluster's key, and recent); the others are dropped.
+    pub async fn questions(
+        &self,
+        me: &str,
+    ) -> Result<impl Stream<Item = Question> + use<>, ClusterError> {
+        let subscriber = self
+            .context
+            .client()
+            .subscribe(QUESTIONS)
+            .await
+            .map_err(|error| ClusterError::JetStream {
+                action: "follow the other nodes' questions".to_owned(),
+                reason: error.to_string(),
+            })?;
+        let (me, key) = (me.to_owned(), self.key.clone());
+        Ok(subscriber.filter_map(move |message| {
+            let question = Question::open(&key, &me, message);
+            std::future::ready(question)
+        }))
+    }
+
+    /// Answers a question, sealed for the node that asked it.
+    pub async fn answer(&self, question: &Question, answer: &[u8]) -> Result<(), ClusterError> {
+        let client = self.context.client();
+        let sealed = self.key.seal(&answer_label(&question.reply), answer);
+        let limit = client.server_info().max_payload;
+        if sealed.len() > limit {
+            return Err(ClusterError::TooLarge(answer.len()));
+        }
+        client
+            .publish(question.reply.clone(), sealed)
+            .await
+            .map_err(|error| ClusterError::JetStream {
+                action: "answer another node".to_owned(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// The largest answer that fits in one of the cluster's messages.
+    pub fn max_answer(&self) -> usize {
+        self.context
+            .client()
+            .server_info()
+            .max_payload
+            .saturating_sub(SEAL_OVERHEAD)
+    }
+}
+
+/// A question another node asked this one.
+#[derive(Debug)]
+pub struct Question {
+    /// The asking node's id.
+    pub from: String,
+    /// What it asks.
+    pub body: Vec<u8>,
+    reply: String,
+}
+
+impl Question {
+    /// A question's headers (who asks, and when) and its sealed body.
+    fn seal(
+        key: &SealingKey,
+        from: &str,
+        sent_at: u64,
+        question: &[u8],
+    ) -> (async_nats::HeaderMap, Bytes) {
+        let sent_at = sent_at.to_string();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Wisp-From", from);
+        headers.insert("Wisp-Sent-At", sent_at.as_str());
+        let sealed = key.seal(&question_label(from, &sent_at), question);
+        (headers, sealed)
+    }
+
+    fn open(key: &SealingKey, me: &str, message: async_nats::Message) -> Option<Self> {
+        let headers = message.headers.as_ref()?;
+        let from = headers.get("Wisp-From")?.as_str().to_owned();
+        let sent_at = headers.get("Wisp-Sent-At")?.as_str().to_owned();
+        if from == me {
+            return None;
+        }
+        let age = now_millis().abs_diff(sent_at.parse().ok()?);
+        if age > QUESTION_TTL.as_millis() as u64 {
+            tracing::warn!("ignored a question from node {from} sent {age} ms ago");
+            return None;
+        }
+        let body = match key.open(&question_label(&from, &sent_at), &message.payload) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!("ignored a question: {error}");
+                return None;
+            }
+        };
+        Some(Self {
+            from,
+            body,
+            reply: message.reply?.to_string(),
+        })
+    }
+}
+
+/// What a question is sealed with: who asked, and when.
+fn question_label(from: &str, sent_at: &str) -> String {
+    format!("question from {from} at {sent_at}")
+}
+
+/// What an answer is sealed with: the question's own reply subject, so it
+/// answers that question only.
+fn answer_label(reply: &str) -> String {
+    format!("answer to {reply}")
 }
 
 /// Opens a key-value bucket, creating it when it is missing.
@@ -767,6 +952,54 @@ mod tests {
         assert!(key(8).open("secret.a.b", &sealed).is_err());
         // Two seals of one value differ: a fresh nonce each.
         assert_ne!(sealing.seal("secret.a.b", b"hunter2"), sealed);
+    }
+
+    #[test]
+    fn questions_open_only_sealed_with_the_key_as_sent_and_recent() {
+        let message = |key: &SealingKey, from: &str, sent_at: u64, from_header: &str| {
+            let (mut headers, payload) = Question::seal(key, from, sent_at, b"GET /system/logs");
+            headers.insert("Wisp-From", from_header);
+            async_nats::Message {
+                subject: QUESTIONS.into(),
+                reply: Some("_INBOX.asker".into()),
+                payload,
+                headers: Some(headers),
+                status: None,
+                description: None,
+                length: 0,
+            }
+        };
+        let (cluster_key, now) = (key(7), now_millis());
+        let opened = Question::open(&cluster_key, "me", message(&cluster_key, "a", now, "a"))
+            .expect("a question of the cluster's");
+        assert_eq!(
+            (opened.from.as_str(), opened.body.as_slice()),
+            ("a", &b"GET /system/logs"[..])
+        );
+        for (why, question) in [
+            ("sealed with another key", message(&key(8), "a", now, "a")),
+            (
+                "replayed later",
+                message(&cluster_key, "a", now - 60_000, "a"),
+            ),
+            (
+                "passed off as another node's",
+                message(&cluster_key, "a", now, "b"),
+            ),
+            ("this node's own", message(&cluster_key, "me", now, "me")),
+        ] {
+            assert!(
+                Question::open(&cluster_key, "me", question).is_none(),
+                "{why}"
+            );
+        }
+        // An answer opens only for the question it answers.
+        let answer = cluster_key.seal(&answer_label("_INBOX.asker"), b"{}");
+        assert!(
+            cluster_key
+                .open(&answer_label("_INBOX.other"), &answer)
+                .is_err()
+        );
     }
 
     #[test]

@@ -96,8 +96,9 @@ impl fmt::Display for Action {
     }
 }
 
-/// Who a request comes from, once its bearer token is resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a request comes from, once its bearer token is resolved. It
+/// serializes so a node can ask the others of a cluster on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Principal {
     /// The node's admin token: everything, everywhere.
     Node,

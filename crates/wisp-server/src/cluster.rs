@@ -297,6 +297,7 @@ pub async fn join(node: &Arc<Node>) -> Result<(), ClusterError> {
         apply(node, &cluster, change, &mut failed).await;
     }
     tokio::spawn(follow(Arc::downgrade(node), cluster.clone(), last, failed));
+    tokio::spawn(crate::reads::answer(Arc::downgrade(node), cluster.clone()));
     let member = Arc::downgrade(node);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(wisp_cluster::HEARTBEAT);

@@ -22,6 +22,7 @@ mod error;
 mod events;
 mod invoke;
 mod node;
+mod reads;
 mod secrets;
 mod telemetry;
 mod tenants;
@@ -70,8 +71,7 @@ pub fn ui_router(node: Arc<Node>) -> Router {
 /// Every route but the UI's, for both listeners.
 fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
     let system = admin::routes()
-        .merge(events::routes::system_routes())
-        .merge(telemetry::routes::system_routes())
+        .merge(spanning_routes(node))
         .merge(tenants::routes::system_routes())
         .merge(secrets::system_routes())
         .route_layer(middleware::from_fn_with_state(
@@ -87,6 +87,14 @@ fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .merge(telemetry::routes::public_routes())
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
+}
+
+/// The `/system` routes that answer from the whole cluster in cluster mode
+/// (the async calls and the call log, which each node keeps for itself).
+fn spanning_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
+    events::routes::system_routes()
+        .merge(telemetry::routes::system_routes())
+        .route_layer(middleware::from_fn_with_state(node.clone(), reads::span))
 }
 
 /// How many scheduler ticks a worker runs before it looks at timers and
