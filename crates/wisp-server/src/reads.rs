@@ -276,19 +276,19 @@ fn limit(query: &str, default: usize) -> usize {
 /// several did, else this node's 403 or 404 when none did.
 fn found(local: Answer, others: Vec<Answer>) -> Response {
     let mut hits: Vec<Answer> = Vec::new();
-    let mut forbidden = None;
+    let (mut forbidden, mut missing) = (None, None);
     for answer in std::iter::once(local).chain(others) {
         match answer.status {
-            404 => {}
+            404 => missing = missing.or(Some(answer)),
             403 => forbidden = forbidden.or(Some(answer)),
             _ => hits.push(answer),
         }
     }
     match hits.len() {
-        0 => forbidden.map_or_else(
-            || ApiError::not_found("not found on any node of the cluster").into_response(),
-            Answer::into_response,
-        ),
+        0 => forbidden
+            .or(missing)
+            .expect("this node's own answer")
+            .into_response(),
         1 => hits.pop().expect("one").into_response(),
         n => ApiError::new(
             StatusCode::CONFLICT,
