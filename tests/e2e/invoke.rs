@@ -28,6 +28,14 @@ fn wasm_http_sees_method_path_query_headers_and_body() {
     }
     let root = node.get("/function/probe");
     assert!(root.body.contains("path=/\n"), "{}", root.body);
+    // A slash after the name is the root too, as OpenFaaS and browsers have it.
+    for path in ["/function/probe/", "/function/probe.default/"] {
+        let slashed = node.get(path);
+        assert_eq!(slashed.status, 200, "{path}: {}", slashed.body);
+        assert!(slashed.body.contains("path=/\n"), "{path}: {}", slashed.body);
+    }
+    let queued = node.post("/async-function/probe/", b"");
+    assert_eq!(queued.status, 202, "{}", queued.body);
 }
 
 #[test]

@@ -21,6 +21,8 @@ use crate::{
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/function/{name}", any(by_name))
+        // A slash after the name is the function's root, as in OpenFaaS.
+        .route("/function/{name}/", any(by_name))
         .route("/function/{name}/{*rest}", any(by_name))
         .fallback(by_route)
 }

@@ -32,6 +32,7 @@ const MAX_LIST: u32 = 1000;
 pub(crate) fn invoke_routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/async-function/{name}", post(enqueue))
+        .route("/async-function/{name}/", post(enqueue))
         .route("/async-function/{name}/{*rest}", post(enqueue))
 }
 
