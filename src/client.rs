@@ -93,6 +93,26 @@ impl Client {
         self.json(response)
     }
 
+    /// The functions of one namespace.
+    pub fn functions_in(&self, namespace: &str) -> anyhow::Result<Vec<FunctionStatus>> {
+        self.get("/system/functions", &[("namespace", namespace.to_owned())])
+    }
+
+    /// One function, `None` when it is not deployed.
+    pub fn function_if_any(&self, reference: &str) -> anyhow::Result<Option<FunctionStatus>> {
+        match self.function(reference) {
+            Ok(status) => Ok(Some(status)),
+            Err(error)
+                if error
+                    .downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 404) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The live nodes.
     pub fn nodes(&self) -> anyhow::Result<Vec<wisp_core::api::NodeInfo>> {
         self.get("/system/nodes", &[])

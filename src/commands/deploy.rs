@@ -1,6 +1,8 @@
-//! `wisp deploy`: build, upload each artifact once, deploy.
+//! `wisp deploy`: build, upload each artifact once, deploy what changed,
+//! and with `--prune` remove what the manifest no longer lists.
 
 use std::{
+    collections::BTreeSet,
     io::Read as _,
     path::{Path, PathBuf},
 };
@@ -8,7 +10,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use sha2::{Digest as _, Sha256};
-use wisp_core::manifest::FunctionManifest;
+use wisp_core::{
+    api::{FunctionDeployment, FunctionStatus},
+    manifest::FunctionManifest,
+    spec::{DEFAULT_NAMESPACE, FunctionSpec},
+};
 
 use super::{Remote, build};
 use crate::client::Client;
@@ -25,8 +31,21 @@ pub struct Deploy {
     /// Skip the build commands.
     #[arg(long)]
     no_build: bool,
+    /// Deploy only this function of the manifest (repeatable).
+    #[arg(long = "filter", value_name = "NAME")]
+    filter: Vec<String>,
+    /// Remove the functions of the manifest's namespaces that it no longer lists.
+    #[arg(long)]
+    prune: bool,
     #[command(flatten)]
     remote: Remote,
+}
+
+/// What happened to one function of the manifest.
+enum Outcome {
+    Deployed(Box<FunctionStatus>),
+    Unchanged(Box<FunctionStatus>),
+    Failed(anyhow::Error),
 }
 
 impl Deploy {
@@ -35,51 +54,170 @@ impl Deploy {
         if manifest.function.is_empty() {
             bail!("{} declares no [[function]]", self.file.display());
         }
+        if let Some(unknown) = self
+            .filter
+            .iter()
+            .find(|name| !manifest.function.iter().any(|f| &f.name == *name))
+        {
+            bail!(
+                "--filter {unknown}: {} declares no such function",
+                self.file.display()
+            );
+        }
         let client = Client::new(&self.remote);
-        let mut deployed = Vec::new();
-        for function in &manifest.function {
-            if !self.no_build {
-                build::run_build(function, &dir)?;
-            }
-            let image = match artifact_bytes(function, &dir)? {
-                Some(bytes) => Some(upload(&client, &function.name, bytes)?),
-                None => None,
-            };
-            let files = match &function.files {
-                Some(files) => {
-                    let path = dir.join(files);
-                    if !path.is_dir() {
-                        bail!(
-                            "the files of {} at {} must be a directory",
-                            function.name,
-                            path.display()
-                        );
-                    }
-                    Some(upload(&client, &function.name, pack(&path)?)?)
-                }
-                None => None,
-            };
-            let status = client
-                .deploy(&function.deployment(image, files))
-                .with_context(|| format!("deploy {}", function.name))?;
-            if !self.remote.json {
-                let route = status
-                    .deployment
-                    .route
-                    .as_deref()
-                    .map(|r| format!(" and {}{r}", self.remote.url))
-                    .unwrap_or_default();
-                println!(
-                    "deployed {} ({}) at {}/function/{}{route}",
-                    function.name, function.kind, self.remote.url, function.name
-                );
-            }
-            deployed.push(status);
+        let chosen = manifest
+            .function
+            .iter()
+            .filter(|f| self.filter.is_empty() || self.filter.contains(&f.name));
+        let mut outcomes = Vec::new();
+        for function in chosen {
+            let outcome = self
+                .deploy_one(&client, function, &dir)
+                .with_context(|| format!("deploy {}", function.name));
+            outcomes.push(outcome.unwrap_or_else(Outcome::Failed));
         }
+        let pruned = if self.prune {
+            self.prune(&client, &manifest.function)?
+        } else {
+            0
+        };
+        let count = |wanted: fn(&Outcome) -> bool| outcomes.iter().filter(|o| wanted(o)).count();
+        let failed = count(|o| matches!(o, Outcome::Failed(_)));
         if self.remote.json {
-            println!("{}", serde_json::to_string_pretty(&deployed)?);
+            let statuses: Vec<&FunctionStatus> = outcomes
+                .iter()
+                .filter_map(|outcome| match outcome {
+                    Outcome::Deployed(status) | Outcome::Unchanged(status) => Some(&**status),
+                    Outcome::Failed(_) => None,
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&statuses)?);
+        } else {
+            let mut summary = format!(
+                "{} deployed, {} unchanged, {failed} failed",
+                count(|o| matches!(o, Outcome::Deployed(_))),
+                count(|o| matches!(o, Outcome::Unchanged(_))),
+            );
+            if self.prune {
+                summary.push_str(&format!(", {pruned} removed"));
+            }
+            println!("{summary}");
         }
-        Ok(())
+        let total = outcomes.len();
+        let mut errors = outcomes.into_iter().filter_map(|outcome| match outcome {
+            Outcome::Failed(error) => Some(error),
+            _ => None,
+        });
+        match (errors.next(), failed) {
+            (None, _) => Ok(()),
+            (Some(error), 1) => Err(error),
+            (Some(first), _) => {
+                for error in std::iter::once(first).chain(errors) {
+                    eprintln!("error: {error:#}");
+                }
+                bail!("{failed} of {total} functions failed to deploy")
+            }
+        }
+    }
+
+    /// Builds, uploads and deploys one function, unless the node runs it as it is.
+    fn deploy_one(
+        &self,
+        client: &Client,
+        function: &FunctionManifest,
+        dir: &Path,
+    ) -> anyhow::Result<Outcome> {
+        if !self.no_build {
+            build::run_build(function, dir)?;
+        }
+        let image = match artifact_bytes(function, dir)? {
+            Some(bytes) => Some(upload(client, &function.name, bytes)?),
+            None => None,
+        };
+        let files = match &function.files {
+            Some(files) => {
+                let path = dir.join(files);
+                if !path.is_dir() {
+                    bail!(
+                        "the files of {} at {} must be a directory",
+                        function.name,
+                        path.display()
+                    );
+                }
+                Some(upload(client, &function.name, pack(&path)?)?)
+            }
+            None => None,
+        };
+        let deployment = function.deployment(image, files);
+        let namespace = deployment.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        if let Some(current) = client.function_if_any(&format!("{}.{namespace}", function.name))?
+            && same(&current.deployment, &deployment)
+        {
+            if !self.remote.json {
+                println!("unchanged {}", function.name);
+            }
+            return Ok(Outcome::Unchanged(Box::new(current)));
+        }
+        let status = client.deploy(&deployment)?;
+        if !self.remote.json {
+            let route = status
+                .deployment
+                .route
+                .as_deref()
+                .map(|r| format!(" and {}{r}", self.remote.url))
+                .unwrap_or_default();
+            println!(
+                "deployed {} ({}) at {}/function/{}{route}",
+                function.name, function.kind, self.remote.url, function.name
+            );
+        }
+        Ok(Outcome::Deployed(Box::new(status)))
+    }
+
+    /// Removes the functions of the manifest's namespaces it does not list;
+    /// returns how many.
+    fn prune(&self, client: &Client, functions: &[FunctionManifest]) -> anyhow::Result<usize> {
+        let namespace_of = |f: &FunctionManifest| {
+            f.namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+        };
+        let namespaces: BTreeSet<String> = functions.iter().map(namespace_of).collect();
+        let mut removed = 0;
+        for namespace in namespaces {
+            for status in client.functions_in(&namespace)? {
+                let name = &status.deployment.service;
+                if functions
+                    .iter()
+                    .any(|f| &f.name == name && namespace_of(f) == namespace)
+                {
+                    continue;
+                }
+                client
+                    .remove(name, Some(namespace.clone()))
+                    .with_context(|| format!("remove {name}.{namespace}"))?;
+                if !self.remote.json {
+                    println!(
+                        "removed {name}.{namespace}: {} no longer lists it",
+                        self.file.display()
+                    );
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether a deployment would change nothing of the function deployed:
+/// both read the same once every default is filled in.
+fn same(current: &FunctionDeployment, wanted: &FunctionDeployment) -> bool {
+    match (
+        FunctionSpec::from_deployment(current.clone()),
+        FunctionSpec::from_deployment(wanted.clone()),
+    ) {
+        (Ok(current), Ok(wanted)) => current == wanted,
+        _ => false,
     }
 }
 

@@ -206,3 +206,97 @@ fn cli_errors_are_one_line_and_exit_non_zero() {
             .starts_with("error: cannot reach wisp at http://127.0.0.1:1")
     );
 }
+
+#[test]
+fn deploy_changes_only_what_changed_filters_prunes_and_sums_up() {
+    let node = Node::start(WISP);
+    // A function of another namespace, which no prune of this manifest touches.
+    node.deploy_ok(serde_json::json!({
+        "service": "keep", "namespace": "elsewhere", "kind": "process", "envProcess": "echo kept",
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wisp.toml");
+    let write = |functions: &[(&str, &str)]| {
+        let text: String = functions
+            .iter()
+            .map(|(name, word)| {
+                format!("[[function]]\nname = \"{name}\"\nkind = \"process\"\ncommand = \"echo {word}\"\n\n")
+            })
+            .collect();
+        std::fs::write(&manifest, text).unwrap();
+    };
+    let deploy = |extra: &[&str]| {
+        let mut command = node.cli(WISP);
+        command.args(["deploy", "-f"]).arg(&manifest).args(extra);
+        run(command, b"")
+    };
+    let stdout = |output: &Output| String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    write(&[("a", "one"), ("b", "two"), ("c", "three")]);
+    let first = deploy(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).ends_with("3 deployed, 0 unchanged, 0 failed\n"),
+        "{}",
+        stdout(&first)
+    );
+    let again = deploy(&[]);
+    assert!(
+        stdout(&again).ends_with("0 deployed, 3 unchanged, 0 failed\n"),
+        "{}",
+        stdout(&again)
+    );
+
+    // Only the filtered function is deployed, though another changed too.
+    write(&[("a", "uno"), ("b", "dos"), ("c", "three")]);
+    let filtered = deploy(&["--filter", "b"]);
+    assert!(
+        stdout(&filtered).ends_with("1 deployed, 0 unchanged, 0 failed\n"),
+        "{}",
+        stdout(&filtered)
+    );
+    assert_eq!(node.post("/function/b", b"").body.trim(), "dos");
+    assert_eq!(node.post("/function/a", b"").body.trim(), "one");
+    let unknown = deploy(&["--filter", "nope"]);
+    assert!(!unknown.status.success());
+    assert_eq!(stderr(&unknown).lines().count(), 1, "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("--filter nope"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // c left the manifest; d cannot deploy: c is removed, a is deployed, and
+    // the failure is one line and a non-zero exit.
+    let mut text = String::new();
+    for (name, word) in [("a", "uno"), ("b", "dos")] {
+        text.push_str(&format!(
+            "[[function]]\nname = \"{name}\"\nkind = \"process\"\ncommand = \"echo {word}\"\n\n"
+        ));
+    }
+    text.push_str(
+        "[[function]]\nname = \"d\"\nkind = \"wasm-http\"\nartifact = \"missing.wasm\"\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let pruned = deploy(&["--prune"]);
+    assert!(!pruned.status.success(), "{}", stdout(&pruned));
+    assert_eq!(stderr(&pruned).lines().count(), 1, "{}", stderr(&pruned));
+    assert!(stderr(&pruned).contains("deploy d"), "{}", stderr(&pruned));
+    assert!(
+        stdout(&pruned).contains("removed c.default"),
+        "{}",
+        stdout(&pruned)
+    );
+    assert!(
+        stdout(&pruned).ends_with("1 deployed, 1 unchanged, 1 failed, 1 removed\n"),
+        "{}",
+        stdout(&pruned)
+    );
+    assert_eq!(node.post("/function/a", b"").body.trim(), "uno");
+    assert_eq!(node.post("/function/c", b"").status, 404);
+    assert_eq!(
+        node.post("/function/keep.elsewhere", b"").body.trim(),
+        "kept"
+    );
+}

@@ -32,7 +32,11 @@ fn wasm_http_sees_method_path_query_headers_and_body() {
     for path in ["/function/probe/", "/function/probe.default/"] {
         let slashed = node.get(path);
         assert_eq!(slashed.status, 200, "{path}: {}", slashed.body);
-        assert!(slashed.body.contains("path=/\n"), "{path}: {}", slashed.body);
+        assert!(
+            slashed.body.contains("path=/\n"),
+            "{path}: {}",
+            slashed.body
+        );
     }
     let queued = node.post("/async-function/probe/", b"");
     assert_eq!(queued.status, 202, "{}", queued.body);
