@@ -72,7 +72,12 @@ impl Invoke {
                     |_| String::from_utf8_lossy(&answer.body).into_owned(),
                     |body| body.error,
                 );
-            eprintln!("error: {} ({})", message.trim(), answer.status);
+            // The call id leads to the call's lines: `wisp logs NAME --call ID`.
+            let call = answer
+                .call_id
+                .map(|id| format!(", call {id}"))
+                .unwrap_or_default();
+            eprintln!("error: {} ({}{call})", message.trim(), answer.status);
             return Ok(ExitCode::FAILURE);
         }
         if self.asynchronous {

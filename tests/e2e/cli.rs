@@ -103,9 +103,12 @@ fn the_examples_deploy_and_answer_through_the_cli() {
     gone.args(["invoke", "shout"]);
     let output = run(gone, b"");
     assert!(!output.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        "error: function shout is not deployed (404)\n"
+    // One line, with the call id that finds the call's log lines.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: function shout is not deployed (404, call "),
+        "{stderr}"
     );
 }
 
