@@ -93,6 +93,15 @@ impl Client {
         self.json(response)
     }
 
+    /// Whether a node answers `/healthz` at the client's URL.
+    pub fn healthy(&self) -> bool {
+        self.agent
+            .get(&format!("{}/healthz", self.base))
+            .timeout(std::time::Duration::from_secs(2))
+            .call()
+            .is_ok()
+    }
+
     /// The functions of one namespace.
     pub fn functions_in(&self, namespace: &str) -> anyhow::Result<Vec<FunctionStatus>> {
         self.get("/system/functions", &[("namespace", namespace.to_owned())])

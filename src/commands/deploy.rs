@@ -42,7 +42,7 @@ pub struct Deploy {
 }
 
 /// What happened to one function of the manifest.
-enum Outcome {
+pub(crate) enum Outcome {
     Deployed(Box<FunctionStatus>),
     Unchanged(Box<FunctionStatus>),
     Failed(anyhow::Error),
@@ -71,8 +71,7 @@ impl Deploy {
             .filter(|f| self.filter.is_empty() || self.filter.contains(&f.name));
         let mut outcomes = Vec::new();
         for function in chosen {
-            let outcome = self
-                .deploy_one(&client, function, &dir)
+            let outcome = deploy_function(&client, function, &dir, !self.no_build, &self.remote)
                 .with_context(|| format!("deploy {}", function.name));
             outcomes.push(outcome.unwrap_or_else(Outcome::Failed));
         }
@@ -120,60 +119,6 @@ impl Deploy {
         }
     }
 
-    /// Builds, uploads and deploys one function, unless the node runs it as it is.
-    fn deploy_one(
-        &self,
-        client: &Client,
-        function: &FunctionManifest,
-        dir: &Path,
-    ) -> anyhow::Result<Outcome> {
-        if !self.no_build {
-            build::run_build(function, dir)?;
-        }
-        let image = match artifact_bytes(function, dir)? {
-            Some(bytes) => Some(upload(client, &function.name, bytes)?),
-            None => None,
-        };
-        let files = match &function.files {
-            Some(files) => {
-                let path = dir.join(files);
-                if !path.is_dir() {
-                    bail!(
-                        "the files of {} at {} must be a directory",
-                        function.name,
-                        path.display()
-                    );
-                }
-                Some(upload(client, &function.name, pack(&path)?)?)
-            }
-            None => None,
-        };
-        let deployment = function.deployment(image, files);
-        let namespace = deployment.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        if let Some(current) = client.function_if_any(&format!("{}.{namespace}", function.name))?
-            && same(&current.deployment, &deployment)
-        {
-            if !self.remote.json {
-                println!("unchanged {}", function.name);
-            }
-            return Ok(Outcome::Unchanged(Box::new(current)));
-        }
-        let status = client.deploy(&deployment)?;
-        if !self.remote.json {
-            let route = status
-                .deployment
-                .route
-                .as_deref()
-                .map(|r| format!(" and {}{r}", self.remote.url))
-                .unwrap_or_default();
-            println!(
-                "deployed {} ({}) at {}/function/{}{route}",
-                function.name, function.kind, self.remote.url, function.name
-            );
-        }
-        Ok(Outcome::Deployed(Box::new(status)))
-    }
-
     /// Removes the functions of the manifest's namespaces it does not list;
     /// returns how many.
     fn prune(&self, client: &Client, functions: &[FunctionManifest]) -> anyhow::Result<usize> {
@@ -207,6 +152,61 @@ impl Deploy {
         }
         Ok(removed)
     }
+}
+
+/// Builds, uploads and deploys one function, unless the node runs it as it is.
+pub(crate) fn deploy_function(
+    client: &Client,
+    function: &FunctionManifest,
+    dir: &Path,
+    build: bool,
+    remote: &Remote,
+) -> anyhow::Result<Outcome> {
+    if build {
+        build::run_build(function, dir)?;
+    }
+    let image = match artifact_bytes(function, dir)? {
+        Some(bytes) => Some(upload(client, &function.name, bytes)?),
+        None => None,
+    };
+    let files = match &function.files {
+        Some(files) => {
+            let path = dir.join(files);
+            if !path.is_dir() {
+                bail!(
+                    "the files of {} at {} must be a directory",
+                    function.name,
+                    path.display()
+                );
+            }
+            Some(upload(client, &function.name, pack(&path)?)?)
+        }
+        None => None,
+    };
+    let deployment = function.deployment(image, files);
+    let namespace = deployment.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    if let Some(current) = client.function_if_any(&format!("{}.{namespace}", function.name))?
+        && same(&current.deployment, &deployment)
+    {
+        if !remote.json {
+            println!("unchanged {}", function.name);
+        }
+        return Ok(Outcome::Unchanged(Box::new(current)));
+    }
+    let status = client.deploy(&deployment)?;
+    if !remote.json {
+        let route = status
+            .deployment
+            .route
+            .as_deref()
+            .map(|r| format!(" and {}{r}", remote.url))
+            .unwrap_or_default();
+        println!(
+            "deployed {} ({}) at {}/function/{}{route}",
+            function.name, function.kind, remote.url, function.name
+        );
+    }
+    Ok(Outcome::Deployed(Box::new(status)))
 }
 
 /// Whether a deployment would change nothing of the function deployed:

@@ -4,6 +4,7 @@ mod build;
 mod calls;
 mod deploy;
 mod describe;
+mod dev;
 mod invoke;
 mod logs;
 mod ls;
@@ -35,6 +36,7 @@ enum Command {
     Up(Box<up::Up>),
     Build(build::Build),
     Deploy(deploy::Deploy),
+    Dev(dev::Dev),
     Invoke(invoke::Invoke),
     Calls(calls::Calls),
     Ls(ls::Ls),
@@ -57,6 +59,7 @@ impl Cli {
             Command::Up(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Build(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Deploy(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Dev(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Invoke(command) => command.execute(),
             Command::Calls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),

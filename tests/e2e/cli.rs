@@ -303,3 +303,145 @@ fn deploy_changes_only_what_changed_filters_prunes_and_sums_up() {
         "kept"
     );
 }
+
+/// Collects what a child writes to `pipe`, as it comes.
+fn collect(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    text
+}
+
+#[test]
+fn wisp_dev_starts_a_node_deploys_redeploys_on_change_and_shows_logs() {
+    use std::time::{Duration, Instant};
+    let project = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    std::fs::create_dir(dir.join("app")).unwrap();
+    let script = |word: &str| {
+        let path = dir.join("app/run.sh");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"greeting with {word}\" >&2\necho {word}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    script("v1");
+    std::fs::write(
+        dir.join("wisp.toml"),
+        "[[function]]\nname = \"greet\"\nkind = \"process\"\nbuild = \"test ! -e broken\"\n\
+         artifact = \"app\"\ncommand = \"./run.sh\"\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut dev = Command::new(WISP)
+        .arg("dev")
+        .current_dir(dir)
+        .env("WISP_URL", &url)
+        .env("WISP_DATA_DIR", data.path())
+        .env_remove("WISP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (
+        collect(dev.stdout.take().unwrap()),
+        collect(dev.stderr.take().unwrap()),
+    );
+    let agent = ureq::Agent::new();
+    let greet = |id: &str| {
+        agent
+            .post(&format!("{url}/function/greet"))
+            .set("X-Call-Id", id)
+            .call()
+            .ok()
+            .and_then(|response| response.into_string().ok())
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let eventually = |mut condition: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    let output = || format!("{}{}", stderr.lock().unwrap(), stdout.lock().unwrap());
+    assert!(
+        eventually(Box::new(|| greet("first") == "v1")),
+        "{}",
+        output()
+    );
+    assert!(output().contains("started a node at"), "{}", output());
+
+    // The function's lines come with their call ids.
+    assert!(
+        eventually(Box::new(|| {
+            greet("dev-call-7");
+            stdout
+                .lock()
+                .unwrap()
+                .contains("greet dev-call-7 [stderr] greeting with v1")
+        })),
+        "{}",
+        output()
+    );
+
+    // A change is built and deployed.
+    script("v2");
+    assert!(
+        eventually(Box::new(|| greet("second") == "v2")),
+        "{}",
+        output()
+    );
+
+    // A build that fails is shown; the last good version keeps serving.
+    std::fs::write(dir.join("broken"), "").unwrap();
+    script("v3");
+    assert!(
+        eventually(Box::new(
+            || output().contains("the last good version keeps serving")
+        )),
+        "{}",
+        output()
+    );
+    assert!(
+        output().contains("the build of greet failed"),
+        "{}",
+        output()
+    );
+    assert_eq!(greet("third"), "v2");
+
+    // Ctrl-C stops the command and the node it started.
+    // SAFETY: kill(2) on the pid of a child not yet waited for.
+    assert_eq!(unsafe { libc::kill(dev.id() as i32, libc::SIGINT) }, 0);
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "{status}: {}", output());
+    assert!(
+        eventually(Box::new(|| std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err())),
+        "the node stopped"
+    );
+}

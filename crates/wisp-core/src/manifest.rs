@@ -94,6 +94,10 @@ pub struct FunctionManifest {
     /// Secrets of its namespace it is handed, by name.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// What `wisp dev` watches to build and deploy the function again:
+    /// globs relative to the manifest's directory.
+    #[serde(default)]
+    pub watch: Vec<String>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.

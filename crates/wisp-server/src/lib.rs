@@ -184,6 +184,7 @@ pub async fn serve(
         });
     }
     drop((listener, ui));
+    node.telemetry.stop_following();
     collector.abort();
     own_addresses.abort();
     tokio::select! {

@@ -59,6 +59,9 @@ pub(crate) struct Telemetry {
     log: Arc<CallLog>,
     sender: mpsc::SyncSender<Entry>,
     live: tokio::sync::broadcast::Sender<Arc<LogEntry>>,
+    /// Set when the node stops: followers end, so they do not hold its
+    /// graceful stop for the whole grace period.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Entries dropped because the writer was behind.
     pub(crate) dropped: Arc<AtomicU64>,
     /// Set (and the writer unparked) when a reader wants a commit now.
@@ -92,6 +95,7 @@ impl Telemetry {
             log,
             sender,
             live,
+            stopping: tokio::sync::watch::Sender::new(false),
             dropped,
         })
     }
@@ -101,9 +105,19 @@ impl Telemetry {
         &self.log
     }
 
-    /// Follows lines as they are committed.
-    pub(crate) fn follow(&self) -> tokio::sync::broadcast::Receiver<Arc<LogEntry>> {
-        self.live.subscribe()
+    /// Follows lines as they are committed, until the node stops.
+    pub(crate) fn follow(
+        &self,
+    ) -> (
+        tokio::sync::broadcast::Receiver<Arc<LogEntry>>,
+        tokio::sync::watch::Receiver<bool>,
+    ) {
+        (self.live.subscribe(), self.stopping.subscribe())
+    }
+
+    /// Ends every follower: the node is stopping.
+    pub(crate) fn stop_following(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Waits until everything queued so far is committed. Blocking.

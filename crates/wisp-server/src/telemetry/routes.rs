@@ -150,15 +150,19 @@ async fn logs(
     let mut response = match live {
         None => Body::from_stream(head).into_response(),
         Some(live) => {
-            let follow = futures_util::stream::unfold(live, move |mut live| {
+            let follow = futures_util::stream::unfold(live, move |(mut live, mut stopping)| {
                 let filter = filter.clone();
                 async move {
                     loop {
-                        match live.recv().await {
+                        let line = tokio::select! {
+                            line = live.recv() => line,
+                            _ = stopping.wait_for(|stopping| *stopping) => return None,
+                        };
+                        match line {
                             Ok(line) if line.id > last_id && matches(&filter, &line) => {
                                 let mut text = String::new();
                                 push_json(&mut text, &line);
-                                return Some((Ok(Bytes::from(text)), live));
+                                return Some((Ok(Bytes::from(text)), (live, stopping)));
                             }
                             Ok(_) => {}
                             // A slow reader misses lines rather than slowing the node.
