@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
+    io::{IsTerminal as _, Read as _},
     path::{Path, PathBuf},
 };
 
@@ -193,7 +193,9 @@ pub(crate) fn deploy_function(
         }
         return Ok(Outcome::Unchanged(Box::new(current)));
     }
-    let status = client.deploy(&deployment)?;
+    let status = with_spinner(&format!("deploying {}", function.name), || {
+        client.deploy(&deployment)
+    })?;
     if !remote.json {
         let route = status
             .deployment
@@ -207,6 +209,19 @@ pub(crate) fn deploy_function(
         );
     }
     Ok(Outcome::Deployed(Box::new(status)))
+}
+
+/// Runs `work` with a spinner on a terminal: a deploy waits while the node
+/// compiles a component or starts an app's replicas.
+fn with_spinner<T>(message: &str, work: impl FnOnce() -> T) -> T {
+    if !std::io::stderr().is_terminal() {
+        return work();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message.to_owned());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let result = work();
+    spinner.finish_and_clear();
+    result
 }
 
 /// Whether a deployment would change nothing of the function deployed:

@@ -787,3 +787,69 @@ fn a_token_written_to_a_namespace_since_removed_works_nowhere() {
         assert_eq!(call(node, token, "GET", "/system/tokens", None).status, 401);
     }
 }
+
+#[test]
+fn artifacts_nothing_uses_leave_the_cluster_after_the_grace_period() {
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let nodes: Vec<Node> = (0..2)
+        .map(|index| {
+            let mut args = cluster_args(&nats, index, &key);
+            args.extend(["--artifact-grace-period".to_owned(), "1s".to_owned()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Node::start_args(WISP, &args)
+        })
+        .collect();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let in_cluster = |digest: &str| {
+        crate::runtime().block_on(async {
+            let urls = nats.urls_from(0);
+            let first = urls.split(',').next().unwrap();
+            let client = async_nats::connect(first).await.unwrap();
+            let store = async_nats::jetstream::new(client)
+                .get_object_store("wisp_artifacts")
+                .await
+                .unwrap();
+            store.info(digest).await.is_ok_and(|info| !info.deleted)
+        })
+    };
+    let probe = a.upload_file(wisp_testing::HTTP_PROBE);
+    let script = a.upload(&wisp_testing::script_archive(
+        "run.sh",
+        "#!/bin/sh\necho kept\n",
+    ));
+    a.deploy_ok(json!({ "service": "probe", "kind": "wasm-http", "image": probe }));
+    a.deploy_ok(json!({
+        "service": "kept", "kind": "process", "image": script, "envProcess": "./run.sh",
+    }));
+    assert!(in_cluster(&probe) && in_cluster(&script));
+
+    // Removed through the other node, the probe's artifact goes after the
+    // grace period; the artifact still in use stays.
+    assert!(everywhere(&[b], "/function/probe", 200, None));
+    let removed = call(
+        b,
+        &b.token,
+        "DELETE",
+        "/system/functions",
+        Some(json!({ "functionName": "probe" })),
+    );
+    assert!(removed.status < 300, "{}", removed.body);
+    assert!(
+        a.eventually(Duration::from_secs(15), || !in_cluster(&probe)),
+        "the unused artifact left the cluster's store"
+    );
+    assert!(in_cluster(&script), "the artifact in use stays");
+    assert_eq!(a.post("/function/kept", b"").body.trim(), "kept");
+
+    // Deployed again, it is stored again, and served by the other node.
+    let probe = a.upload_file(wisp_testing::HTTP_PROBE);
+    a.deploy_ok(json!({ "service": "probe", "kind": "wasm-http", "image": probe }));
+    assert!(in_cluster(&probe));
+    assert!(
+        everywhere(&[b], "/function/probe", 200, None),
+        "{}",
+        b.log()
+    );
+}

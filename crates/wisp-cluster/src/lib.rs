@@ -588,7 +588,13 @@ impl Cluster {
 
     /// Stores the artifact at `path` under its digest, unless it is there already.
     pub async fn upload(&self, digest: &str, path: &Path) -> Result<(), ClusterError> {
-        if self.artifacts.info(digest).await.is_ok() {
+        // A deleted object keeps its info, marked deleted: that one is stored again.
+        if self
+            .artifacts
+            .info(digest)
+            .await
+            .is_ok_and(|info| !info.deleted)
+        {
             return Ok(());
         }
         let mut file = tokio::fs::File::open(path)
@@ -602,6 +608,26 @@ impl Cluster {
             .await
             .map_err(|error| jetstream_error(format!("store artifact {digest}"))(&error))?;
         Ok(())
+    }
+
+    /// The digests of the artifacts in the cluster's store.
+    pub async fn artifacts(&self) -> Result<Vec<String>, ClusterError> {
+        let list = |error: &dyn std::fmt::Display| jetstream_error("list the artifacts")(error);
+        let objects = self.artifacts.list().await.map_err(|error| list(&error))?;
+        objects
+            .map_ok(|info| info.name)
+            .try_collect()
+            .await
+            .map_err(|error| list(&error))
+    }
+
+    /// Deletes an artifact from the cluster's store; one already gone is no error.
+    pub async fn delete_artifact(&self, digest: &str) -> Result<(), ClusterError> {
+        match self.artifacts.delete(digest).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(error) => Err(jetstream_error(format!("delete artifact {digest}"))(&error)),
+        }
     }
 
     /// Fetches an artifact, handing its bytes to `write` chunk by chunk;

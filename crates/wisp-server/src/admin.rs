@@ -375,11 +375,13 @@ pub(crate) async fn collect_artifacts(node: Arc<Node>) {
     );
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unused_in_cluster = std::collections::HashMap::new();
     loop {
         ticks.tick().await;
         // Deploys and uploads hold the lock, so no artifact goes while one
         // is being checked, prepared or stored.
         let _guard = node.deploy_lock.lock().await;
+        cluster::collect_artifacts(&node, &mut unused_in_cluster).await;
         let cutoff = chrono::Utc::now().timestamp() - grace.as_secs() as i64;
         let store = node.store.clone();
         match tokio::task::spawn_blocking(move || store.collect_artifacts(cutoff)).await {

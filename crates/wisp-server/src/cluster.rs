@@ -27,7 +27,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::http::StatusCode;
@@ -246,6 +246,50 @@ pub(crate) async fn share_artifact(node: &Node, digest: &str) -> Result<(), ApiE
         cluster.upload(digest, &path).await?;
     }
     Ok(())
+}
+
+/// Deletes from the cluster's object store the artifacts no function of
+/// the registry has used for the artifact grace period, as this node has
+/// seen it: `unused` keeps when each was first seen unused. Every node
+/// collects; a deploy that uses an artifact again within the grace period
+/// keeps it.
+pub(crate) async fn collect_artifacts(node: &Node, unused: &mut HashMap<String, Instant>) {
+    let Some(cluster) = &node.cluster else {
+        return;
+    };
+    let used: std::collections::HashSet<String> = match node.store.functions() {
+        Ok(functions) => functions
+            .iter()
+            .flat_map(|stored| stored.spec.artifacts())
+            .map(str::to_owned)
+            .collect(),
+        Err(error) => {
+            tracing::warn!("could not list the functions to collect artifacts: {error}");
+            return;
+        }
+    };
+    let stored = match cluster.artifacts().await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!("{error}");
+            return;
+        }
+    };
+    unused.retain(|digest, _| stored.contains(digest) && !used.contains(digest));
+    let grace = node.config.artifact_grace_period;
+    for digest in stored.into_iter().filter(|digest| !used.contains(digest)) {
+        let since = *unused.entry(digest.clone()).or_insert_with(Instant::now);
+        if since.elapsed() < grace {
+            continue;
+        }
+        match cluster.delete_artifact(&digest).await {
+            Ok(()) => {
+                unused.remove(&digest);
+                tracing::info!("collected artifact {digest} from the cluster: nothing used it");
+            }
+            Err(error) => tracing::warn!("{error}"),
+        }
+    }
 }
 
 /// Forgets a namespace's generation once it is removed.
