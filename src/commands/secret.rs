@@ -82,6 +82,7 @@ impl SecretCommand {
                     name,
                     namespace,
                     value: read_value()?,
+                    raw_value: None,
                 };
                 let info = Client::new(&remote).put_secret(&request, replace)?;
                 if remote.json {

@@ -9,6 +9,7 @@ mod events;
 mod invoke;
 mod limits;
 mod observability;
+mod openfaas;
 mod refusals;
 mod restart;
 mod sandbox;

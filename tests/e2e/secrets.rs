@@ -293,7 +293,7 @@ fn secrets_refuse_missing_names_and_other_namespaces() {
         "/system/functions",
         Some(deployment),
     );
-    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(deployed.status, 202, "{}", deployed.body);
     let env = node.get("/function/probe.team-a/env");
     assert!(env.body.contains(&format!("DB={VALUE}\n")), "{}", env.body);
 

@@ -121,6 +121,9 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
+    /// The function's name again, as OpenFaaS's clients (`faas-cli list`) read it.
+    #[serde(default)]
+    pub name: String,
     /// The deployment with every default filled in.
     #[serde(flatten)]
     pub deployment: FunctionDeployment,

@@ -195,7 +195,10 @@ pub enum SpecError {
     #[error(transparent)]
     Name(#[from] NameError),
     /// `kind` is missing.
-    #[error("`kind` is required: one of wasm-http, wasm-stdio, process, process-http")]
+    #[error(
+        "`kind` is required: one of wasm-http, wasm-stdio, process, process-http (only a \
+         deployment with `envProcess` may leave it out, for `process`)"
+    )]
     MissingKind,
     /// A wasm function has no `image`.
     #[error("a {0} function needs `image`: the artifact digest from PUT /system/artifacts")]
@@ -550,7 +553,11 @@ impl FunctionSpec {
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         validate_name(&namespace)?;
-        let kind = kind.ok_or(SpecError::MissingKind)?;
+        // Without a kind, a command is OpenFaaS's classic watchdog: a process.
+        let has_command = env_process.as_deref().is_some_and(|c| !c.trim().is_empty());
+        let kind = kind
+            .or(has_command.then_some(FunctionKind::Process))
+            .ok_or(SpecError::MissingKind)?;
         let artifact = image.filter(|image| !image.is_empty());
         if artifact.is_none() && kind.is_wasm() {
             return Err(SpecError::MissingArtifact(kind));
@@ -731,6 +738,7 @@ impl FunctionSpec {
     pub fn status(&self, observed: Observed) -> FunctionStatus {
         let scale = self.scale.as_ref();
         FunctionStatus {
+            name: self.name.clone(),
             deployment: FunctionDeployment {
                 service: self.name.clone(),
                 namespace: Some(self.namespace.clone()),
@@ -778,6 +786,17 @@ impl FunctionSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deployment_with_a_command_and_no_kind_is_a_process_as_in_openfaas() {
+        let spec = FunctionSpec::from_deployment(FunctionDeployment {
+            kind: None,
+            image: None,
+            ..deployment(FunctionKind::Process)
+        })
+        .unwrap();
+        assert_eq!(spec.kind, FunctionKind::Process);
+    }
 
     fn deployment(kind: FunctionKind) -> FunctionDeployment {
         FunctionDeployment {
@@ -869,6 +888,7 @@ mod tests {
             (
                 FunctionDeployment {
                     kind: None,
+                    env_process: None,
                     ..deployment(FunctionKind::WasmHttp)
                 },
                 "`kind` is required",

@@ -418,7 +418,12 @@ pub struct NewSecret {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The value; never shown again.
+    #[serde(default)]
     pub value: String,
+    /// The value as base64, as OpenFaaS's clients send a secret read from a
+    /// file; used when `value` is empty. It must decode to UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_value: Option<String>,
 }
 
 impl fmt::Debug for NewSecret {
@@ -494,8 +499,10 @@ mod tests {
             name: "db-password".into(),
             namespace: None,
             value: "hunter2".into(),
+            raw_value: Some("aHVudGVyMg==".into()),
         };
         assert!(!format!("{secret:?}").contains("hunter2"));
+        assert!(!format!("{secret:?}").contains("aHVudGVyMg"));
         assert!(validate_secret_value("").is_err());
         assert!(validate_secret_value("a\0b").is_err());
         assert!(validate_secret_value("hunter2").is_ok());

@@ -122,7 +122,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     deploy(node, &principal, json(&body)?, false)
         .await
-        .map(|status| (StatusCode::CREATED, Json(status)).into_response())
+        // 202, as OpenFaaS answers (and `faas-cli deploy` expects).
+        .map(|status| (StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
 async fn update(
@@ -459,7 +460,8 @@ async fn remove(
     }
     release_artifacts(&node, &stored.spec)?;
     tracing::info!("removed {name}.{namespace}");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // 200, as OpenFaaS answers (and `faas-cli remove` expects).
+    Ok(StatusCode::OK.into_response())
 }
 
 /// Artifacts are shared by content, so any token that may deploy somewhere

@@ -40,15 +40,22 @@ fn principal(node: &Node, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("this route needs a token: send `Authorization: Bearer <token>`")
     })?;
-    resolve(node, token).ok_or_else(|| ApiError::unauthorized("the token is not valid"))
+    resolve(node, &token).ok_or_else(|| ApiError::unauthorized("the token is not valid"))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+/// The token a request carries: `Authorization: Bearer <token>`, or basic
+/// authentication with the token as the password and any user name (what
+/// `faas-cli login -u admin -p <token>` sends).
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.to_owned());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim()).ok()?;
+    let (_user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(password.to_owned())
 }
 
 fn resolve(node: &Node, token: &str) -> Option<Principal> {
@@ -74,7 +81,7 @@ pub(crate) fn allow_metrics(node: &Node, headers: &HeaderMap) -> Result<(), ApiE
     if constant_time_eq(token.as_bytes(), metrics_token.as_bytes()) {
         return Ok(());
     }
-    match resolve(node, token) {
+    match resolve(node, &token) {
         Some(Principal::Node) => Ok(()),
         Some(Principal::Tenant { .. }) => Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -99,7 +106,7 @@ pub(crate) fn allow_invoke(
     headers: &mut HeaderMap,
 ) -> Result<(), ApiError> {
     let sent = bearer(headers).is_some();
-    let principal = bearer(headers).and_then(|token| resolve(node, token));
+    let principal = bearer(headers).and_then(|token| resolve(node, &token));
     if principal.is_some() {
         headers.remove(header::AUTHORIZATION);
     }

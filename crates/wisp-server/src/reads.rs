@@ -267,9 +267,12 @@ fn limit(query: &str, default: usize) -> usize {
         params
             .get("limit")
             .or_else(|| params.get("tail"))
-            .and_then(|limit| limit.parse().ok())
+            .and_then(|limit| limit.parse::<i64>().ok())
     })
-    .unwrap_or(default)
+    // A negative one (faas-cli's `tail=-1`) is as many as there are.
+    .map_or(default, |limit| {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    })
 }
 
 /// The answer of the one node that found what was asked for: a 409 when

@@ -115,7 +115,10 @@ pub(crate) fn missing(secret: &str, namespace: &str) -> String {
 
 pub(crate) fn system_routes() -> Router<Arc<Node>> {
     Router::new()
-        .route("/secrets", get(list).post(create).put(replace))
+        .route(
+            "/secrets",
+            get(list).post(create).put(replace).delete(remove_named),
+        )
         .route("/secrets/{name}", delete(remove))
 }
 
@@ -180,8 +183,15 @@ async fn write(
     let NewSecret {
         name,
         namespace,
-        value,
+        mut value,
+        raw_value,
     } = parse(body)?;
+    if let (true, Some(raw)) = (value.is_empty(), raw_value) {
+        value = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, raw)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| ApiError::bad_request("rawValue must be base64 of UTF-8 text"))?;
+    }
     let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     principal.allow(&namespace, Action::ManageSecrets)?;
     validate_secret_name(&name).map_err(ApiError::bad_request)?;
@@ -257,6 +267,7 @@ pub(crate) async fn reload(
     Ok(())
 }
 
+/// `DELETE /system/secrets/{name}[?namespace=N]`: 204.
 async fn remove(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -264,6 +275,37 @@ async fn remove(
     Query(query): Query<NamespaceQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = query.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    remove_secret(&node, &principal, namespace, name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The body of OpenFaaS's `DELETE /system/secrets`.
+#[derive(Deserialize)]
+struct SecretName {
+    name: String,
+    namespace: Option<String>,
+}
+
+/// `DELETE /system/secrets` with `{"name", "namespace"}`, as OpenFaaS's
+/// clients send it: 200, which `faas-cli secret remove` expects.
+async fn remove_named(
+    State(node): State<Arc<Node>>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: SecretName = crate::admin::json(&body)?;
+    let namespace = request.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    remove_secret(&node, &principal, namespace, request.name).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Removes a secret no function uses: 409 naming those that do.
+async fn remove_secret(
+    node: &Arc<Node>,
+    principal: &Principal,
+    namespace: &str,
+    name: String,
+) -> Result<(), ApiError> {
     principal.allow(namespace, Action::ManageSecrets)?;
     let _guard = node.deploy_lock.lock().await;
     let users = node.store.secret_users(namespace, &name)?;
@@ -282,7 +324,7 @@ async fn remove(
         .is_ok()
     {
         cluster::unshare(
-            &node,
+            node,
             Key::Secret {
                 namespace: namespace.to_owned(),
                 name: name.clone(),
@@ -296,5 +338,5 @@ async fn remove(
         )));
     }
     tracing::info!("removed secret {name} from namespace {namespace}");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }

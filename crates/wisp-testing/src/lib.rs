@@ -356,7 +356,7 @@ impl Node {
     /// Deploys and insists it worked.
     pub fn deploy_ok(&self, deployment: serde_json::Value) {
         let response = self.deploy(deployment);
-        assert_eq!(response.status, 201, "deploy: {}", response.body);
+        assert_eq!(response.status, 202, "deploy: {}", response.body);
     }
 
     /// The `wisp` CLI pointed at this node.

@@ -101,7 +101,8 @@ struct LogQuery {
     namespace: Option<String>,
     call: Option<String>,
     since: Option<String>,
-    tail: Option<u32>,
+    /// The latest lines to answer; a negative one (faas-cli's `-1`) is as many as may be.
+    tail: Option<i64>,
     #[serde(default)]
     follow: bool,
 }
@@ -135,7 +136,10 @@ async fn logs(
         call_id: query.call.clone(),
         since: query.since.as_deref().map(parse_since).transpose()?,
         after_id: None,
-        tail: query.tail.unwrap_or(DEFAULT_TAIL).min(MAX_TAIL),
+        tail: match query.tail {
+            None => DEFAULT_TAIL,
+            Some(tail) => u32::try_from(tail).unwrap_or(MAX_TAIL).min(MAX_TAIL),
+        },
     };
     // Subscribe before reading, so no line falls between the two.
     let live = query.follow.then(|| node.telemetry.follow());
@@ -144,14 +148,15 @@ async fn logs(
     let last_id = stored.last().map_or(0, |line| line.id);
     let mut text = String::new();
     for line in stored {
-        push_json(&mut text, &entry(line));
+        push_json(&mut text, &entry(line), &node.id);
     }
     let head = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(text)) });
     let mut response = match live {
         None => Body::from_stream(head).into_response(),
         Some(live) => {
+            let instance = node.id.clone();
             let follow = futures_util::stream::unfold(live, move |(mut live, mut stopping)| {
-                let filter = filter.clone();
+                let (filter, instance) = (filter.clone(), instance.clone());
                 async move {
                     loop {
                         let line = tokio::select! {
@@ -161,7 +166,7 @@ async fn logs(
                         match line {
                             Ok(line) if line.id > last_id && matches(&filter, &line) => {
                                 let mut text = String::new();
-                                push_json(&mut text, &line);
+                                push_json(&mut text, &line, &instance);
                                 return Some((Ok(Bytes::from(text)), (live, stopping)));
                             }
                             Ok(_) => {}
@@ -182,8 +187,27 @@ async fn logs(
     Ok(response)
 }
 
-fn push_json(text: &mut String, line: &LogEntry) {
-    if let Ok(json) = serde_json::to_string(line) {
+/// A log line as `/system/logs` writes it: wisp's fields, and OpenFaaS's
+/// (`name`, `instance`, `timestamp`, `text`) for `faas-cli logs`.
+#[derive(serde::Serialize)]
+struct WireLine<'a> {
+    #[serde(flatten)]
+    line: &'a LogEntry,
+    name: &'a str,
+    instance: &'a str,
+    timestamp: &'a str,
+    text: &'a str,
+}
+
+fn push_json(text: &mut String, line: &LogEntry, instance: &str) {
+    let wire = WireLine {
+        line,
+        name: &line.function,
+        instance,
+        timestamp: &line.time,
+        text: &line.message,
+    };
+    if let Ok(json) = serde_json::to_string(&wire) {
         text.push_str(&json);
         text.push('\n');
     }
