@@ -253,8 +253,8 @@ fn two_nodes_deploying_one_name_at_once_give_one_409_and_never_a_mix() {
         });
         let mut statuses = [first.status, second.status];
         statuses.sort();
-        assert_eq!(statuses, [201, 409], "{} / {}", first.body, second.body);
-        let (winner, loser) = if first.status == 201 {
+        assert_eq!(statuses, [202, 409], "{} / {}", first.body, second.body);
+        let (winner, loser) = if first.status == 202 {
             ("a", &second)
         } else {
             ("b", &first)

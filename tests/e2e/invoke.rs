@@ -155,6 +155,7 @@ fn functions_are_listed_described_updated_and_removed() {
     let mut update = probe.clone();
     update["timeout"] = json!("4s");
     for counter in [
+        "name",
         "invocationCount",
         "replicas",
         "availableReplicas",

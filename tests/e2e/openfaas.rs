@@ -35,6 +35,19 @@ fn faas_cli_requests_get_the_answers_faas_cli_expects() {
         faas(&node, "wrong", "GET", "/system/functions", None).status,
         401
     );
+    // A browser keeps basic credentials and sends them from any page of the
+    // node's origin, a function's too: from a browser, only a bearer token counts.
+    let credentials = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("admin:{token}"),
+    );
+    let from_a_page = send(
+        node.request("GET", "/system/secrets")
+            .set("Authorization", &format!("Basic {credentials}"))
+            .set("Sec-Fetch-Mode", "cors"),
+        None,
+    );
+    assert_eq!(from_a_page.status, 401, "{}", from_a_page.body);
 
     // deploy: PUT first, POST once that is a 404; no kind, a command: a process.
     let image = node.upload(&wisp_testing::script_archive(

@@ -528,7 +528,7 @@ fn quotas_refuse_with_their_name_and_leave_nothing_behind() {
         "/system/functions",
         Some(&deployment("one", "few", &digest)),
     );
-    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.status, 202, "{}", first.body);
     let before = snapshot(&node);
     for token in [&deployer, &node.token] {
         let over = call(

@@ -747,22 +747,34 @@ impl Cluster {
             .subscribe(inbox.clone())
             .await
             .map_err(|error| nats_error(&error))?;
-        let (headers, sealed) = Question::seal(&self.key, me, now_millis(), question);
+        let (headers, sealed) = Question::seal(&self.key, me, now_millis(), &inbox, question);
         client
             .publish_with_reply_and_headers(QUESTIONS, inbox.clone(), headers, sealed)
             .await
             .map_err(|error| nats_error(&error))?;
-        let label = answer_label(&inbox);
-        let mut gathered = Vec::with_capacity(others);
+        // One answer per node: a copy of one replayed into the inbox is dropped.
+        let mut gathered: HashMap<String, Vec<u8>> = HashMap::with_capacity(others);
         let deadline = tokio::time::sleep(ASK_TIMEOUT);
         tokio::pin!(deadline);
         while gathered.len() < others {
             tokio::select! {
                 answer = answers.next() => match answer {
-                    Some(answer) => match self.key.open(&label, &answer.payload) {
-                        Ok(answer) => gathered.push(answer),
-                        Err(error) => tracing::warn!("{error}"),
-                    },
+                    Some(answer) => {
+                        let Some(node) = answer
+                            .headers
+                            .as_ref()
+                            .and_then(|headers| headers.get("Wisp-From"))
+                            .map(|node| node.as_str().to_owned())
+                        else {
+                            continue;
+                        };
+                        match self.key.open(&answer_label(&inbox, &node), &answer.payload) {
+                            Ok(opened) => {
+                                gathered.entry(node).or_insert(opened);
+                            }
+                            Err(error) => tracing::warn!("{error}"),
+                        }
+                    }
                     None => break,
                 },
                 () = &mut deadline => {
@@ -775,11 +787,12 @@ impl Cluster {
                 }
             }
         }
-        Ok(gathered)
+        Ok(gathered.into_values().collect())
     }
 
     /// The questions the other nodes ask this one, each opened and checked
-    /// (sealed with the cluster's key, and recent); the others are dropped.
+    /// (sealed with the cluster's key, for its reply subject, recent, and
+    /// not seen before); the others are dropped.
     pub async fn questions(
         &self,
         me: &str,
@@ -794,22 +807,37 @@ impl Cluster {
                 reason: error.to_string(),
             })?;
         let (me, key) = (me.to_owned(), self.key.clone());
+        // The reply subjects of the questions answered within the TTL: a
+        // question replayed as it was is answered once.
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let memory = 2 * QUESTION_TTL.as_millis() as u64;
         Ok(subscriber.filter_map(move |message| {
-            let question = Question::open(&key, &me, message);
+            let question = Question::open(&key, &me, message).filter(|question| {
+                let now = now_millis();
+                seen.retain(|_, at| now.abs_diff(*at) <= memory);
+                seen.insert(question.reply.clone(), now).is_none()
+            });
             std::future::ready(question)
         }))
     }
 
-    /// Answers a question, sealed for the node that asked it.
-    pub async fn answer(&self, question: &Question, answer: &[u8]) -> Result<(), ClusterError> {
+    /// Answers a question, sealed for the node that asked it and naming this one.
+    pub async fn answer(
+        &self,
+        me: &str,
+        question: &Question,
+        answer: &[u8],
+    ) -> Result<(), ClusterError> {
         let client = self.context.client();
-        let sealed = self.key.seal(&answer_label(&question.reply), answer);
+        let sealed = self.key.seal(&answer_label(&question.reply, me), answer);
         let limit = client.server_info().max_payload;
         if sealed.len() > limit {
             return Err(ClusterError::TooLarge(answer.len()));
         }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Wisp-From", me);
         client
-            .publish(question.reply.clone(), sealed)
+            .publish_with_headers(question.reply.clone(), headers, sealed)
             .await
             .map_err(|error| ClusterError::JetStream {
                 action: "answer another node".to_owned(),
@@ -838,18 +866,20 @@ pub struct Question {
 }
 
 impl Question {
-    /// A question's headers (who asks, and when) and its sealed body.
+    /// A question's headers (who asks, and when) and its body, sealed with
+    /// those and the subject its answers go to.
     fn seal(
         key: &SealingKey,
         from: &str,
         sent_at: u64,
+        reply: &str,
         question: &[u8],
     ) -> (async_nats::HeaderMap, Bytes) {
         let sent_at = sent_at.to_string();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Wisp-From", from);
         headers.insert("Wisp-Sent-At", sent_at.as_str());
-        let sealed = key.seal(&question_label(from, &sent_at), question);
+        let sealed = key.seal(&question_label(from, &sent_at, reply), question);
         (headers, sealed)
     }
 
@@ -865,30 +895,28 @@ impl Question {
             tracing::warn!("ignored a question from node {from} sent {age} ms ago");
             return None;
         }
-        let body = match key.open(&question_label(&from, &sent_at), &message.payload) {
+        let reply = message.reply?.to_string();
+        let body = match key.open(&question_label(&from, &sent_at, &reply), &message.payload) {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!("ignored a question: {error}");
                 return None;
             }
         };
-        Some(Self {
-            from,
-            body,
-            reply: message.reply?.to_string(),
-        })
+        Some(Self { from, body, reply })
     }
 }
 
-/// What a question is sealed with: who asked, and when.
-fn question_label(from: &str, sent_at: &str) -> String {
-    format!("question from {from} at {sent_at}")
+/// What a question is sealed with: who asked, when, and where its answers
+/// go, so it cannot be replayed to another inbox.
+fn question_label(from: &str, sent_at: &str, reply: &str) -> String {
+    format!("question from {from} at {sent_at} for {reply}")
 }
 
 /// What an answer is sealed with: the question's own reply subject, so it
-/// answers that question only.
-fn answer_label(reply: &str) -> String {
-    format!("answer to {reply}")
+/// answers that question only, and the node that answers.
+fn answer_label(reply: &str, node: &str) -> String {
+    format!("answer to {reply} from {node}")
 }
 
 /// Opens a key-value bucket, creating it when it is missing.
@@ -983,7 +1011,8 @@ mod tests {
     #[test]
     fn questions_open_only_sealed_with_the_key_as_sent_and_recent() {
         let message = |key: &SealingKey, from: &str, sent_at: u64, from_header: &str| {
-            let (mut headers, payload) = Question::seal(key, from, sent_at, b"GET /system/logs");
+            let (mut headers, payload) =
+                Question::seal(key, from, sent_at, "_INBOX.asker", b"GET /system/logs");
             headers.insert("Wisp-From", from_header);
             async_nats::Message {
                 subject: QUESTIONS.into(),
@@ -1002,7 +1031,10 @@ mod tests {
             (opened.from.as_str(), opened.body.as_slice()),
             ("a", &b"GET /system/logs"[..])
         );
+        let mut elsewhere = message(&cluster_key, "a", now, "a");
+        elsewhere.reply = Some("_INBOX.eavesdropper".into());
         for (why, question) in [
+            ("sent on to another inbox", elsewhere),
             ("sealed with another key", message(&key(8), "a", now, "a")),
             (
                 "replayed later",
@@ -1019,11 +1051,21 @@ mod tests {
                 "{why}"
             );
         }
-        // An answer opens only for the question it answers.
-        let answer = cluster_key.seal(&answer_label("_INBOX.asker"), b"{}");
+        // An answer opens only for the question it answers, as the node that sealed it.
+        let answer = cluster_key.seal(&answer_label("_INBOX.asker", "b"), b"{}");
         assert!(
             cluster_key
-                .open(&answer_label("_INBOX.other"), &answer)
+                .open(&answer_label("_INBOX.asker", "b"), &answer)
+                .is_ok()
+        );
+        assert!(
+            cluster_key
+                .open(&answer_label("_INBOX.other", "b"), &answer)
+                .is_err()
+        );
+        assert!(
+            cluster_key
+                .open(&answer_label("_INBOX.asker", "c"), &answer)
                 .is_err()
         );
     }

@@ -45,11 +45,16 @@ fn principal(node: &Node, headers: &HeaderMap) -> Result<Principal, ApiError> {
 
 /// The token a request carries: `Authorization: Bearer <token>`, or basic
 /// authentication with the token as the password and any user name (what
-/// `faas-cli login -u admin -p <token>` sends).
+/// `faas-cli login -u admin -p <token>` sends), except from a browser.
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     if let Some(token) = value.strip_prefix("Bearer ") {
         return Some(token.to_owned());
+    }
+    // Not from a browser, which keeps basic credentials and sends them by
+    // itself, from any page of the node's origin (a function's included).
+    if headers.contains_key("sec-fetch-mode") || headers.contains_key(header::ORIGIN) {
+        return None;
     }
     let encoded = value.strip_prefix("Basic ")?;
     let decoded =

@@ -200,7 +200,13 @@ pub(crate) async fn share_function(node: &Node, spec: &FunctionSpec) -> Result<(
         function_key(spec),
         scoped(node, &spec.namespace, spec),
     )
-    .await
+    .await?;
+    // Another node may have collected an artifact, unused until now, in
+    // between: store it again.
+    for digest in spec.artifacts() {
+        share_artifact(node, digest).await?;
+    }
+    Ok(())
 }
 
 /// Grants a token in the cluster, when the node is in one.
@@ -257,6 +263,11 @@ pub(crate) async fn collect_artifacts(node: &Node, unused: &mut HashMap<String, 
     let Some(cluster) = &node.cluster else {
         return;
     };
+    // A node that could not apply a change may not know every function:
+    // what it takes for unused may be another node's.
+    if node.registry_behind.load(Ordering::Relaxed) {
+        return;
+    }
     let used: std::collections::HashSet<String> = match node.store.functions() {
         Ok(functions) => functions
             .iter()
@@ -394,6 +405,7 @@ async fn follow(
                         _ = retries.tick(), if !failed.is_empty() => {
                             let Some(node) = node.upgrade() else { return };
                             let again: Vec<Change> = std::mem::take(&mut failed).into_values().collect();
+                            node.registry_behind.store(true, Ordering::Relaxed);
                             for change in again {
                                 apply(&node, &cluster, change, &mut failed).await;
                             }
@@ -445,6 +457,8 @@ async fn apply(
             failed.insert(change.key.clone(), change);
         }
     }
+    node.registry_behind
+        .store(!failed.is_empty(), Ordering::Relaxed);
 }
 
 /// Reads a value of a namespace's, if it was written to the generation of

@@ -103,6 +103,9 @@ pub struct Node {
     pub(crate) cluster: Option<Arc<wisp_cluster::Cluster>>,
     /// The generation of each namespace the node holds, in cluster mode.
     pub(crate) generations: crate::cluster::Generations,
+    /// Whether changes of the cluster's registry wait to be applied here:
+    /// the node's view is behind, and it collects no artifact meanwhile.
+    pub(crate) registry_behind: std::sync::atomic::AtomicBool,
     pub(crate) config: Config,
     pub(crate) admin_token: String,
     pub(crate) store: Arc<Store>,
@@ -213,6 +216,7 @@ impl Node {
             id: wisp_cluster::node_id(),
             address: std::sync::OnceLock::new(),
             generations: crate::cluster::Generations::open(&config.data_dir),
+            registry_behind: std::sync::atomic::AtomicBool::new(false),
             cluster,
             config,
             admin_token,

@@ -26,8 +26,10 @@ use wisp_core::{
 
 use crate::{ApiError, node::Node};
 
-/// The largest answer one node reads from its own routes for another.
+/// The largest answer a node reads from its own routes for itself.
 const MAX_ANSWER: usize = 64 << 20;
+/// How many questions of the other nodes a node answers at once; more wait.
+const ANSWERING: usize = 8;
 
 /// A request one node asks the others to answer from what they hold.
 #[derive(Serialize, Deserialize)]
@@ -35,6 +37,9 @@ struct Question {
     principal: Principal,
     method: String,
     uri: String,
+    /// Only this node answers it; the others say 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
 }
 
 /// What a node answered: the status and body its own route gave.
@@ -42,6 +47,9 @@ struct Question {
 struct Answer {
     status: u16,
     body: String,
+    /// The node that answered.
+    #[serde(default)]
+    node: String,
 }
 
 /// Marks a request asked by another node: answered from this node alone.
@@ -99,12 +107,19 @@ pub(crate) async fn span(State(node): State<Arc<Node>>, request: Request, next: 
     else {
         return next.run(request).await;
     };
-    let mut question = Question {
+    let query = uri.query().unwrap_or_default().to_owned();
+    let follow = matches!(merge, Merge::Logs) && param(&query, "follow").as_deref() == Some("true");
+    // The others answer their stored lines; new ones stream from here only.
+    let asked_uri = match uri.query() {
+        Some(query) if follow => format!("{}?{}", uri.path(), without(query, "follow")),
+        _ => uri.to_string(),
+    };
+    let question = Question {
         principal,
         method: request.method().to_string(),
-        uri: uri.to_string(),
+        uri: asked_uri,
+        to: None,
     };
-    let query = uri.query().unwrap_or_default().to_owned();
     let ask = |question: Question| {
         let (node, cluster) = (node.clone(), cluster.clone());
         async move {
@@ -122,7 +137,8 @@ pub(crate) async fn span(State(node): State<Arc<Node>>, request: Request, next: 
         }
     };
     if let Merge::Retry = merge {
-        // Only where the call is: ask the others only when this node has none.
+        // Only where the call is: when this node has none, the one node
+        // that has it (found as `GET /system/calls/{id}` finds it) retries.
         let local = next.run(request).await;
         if !matches!(
             local.status(),
@@ -130,12 +146,33 @@ pub(crate) async fn span(State(node): State<Arc<Node>>, request: Request, next: 
         ) {
             return local;
         }
-        let local = Answer::read(local).await;
-        return found(local, ask(question).await);
-    }
-    if let Merge::Logs = merge {
-        // The others answer their stored lines; new ones stream from here only.
-        question.uri = question.uri.replace("follow=true", "follow=false");
+        let local = Answer::read(local, MAX_ANSWER).await;
+        let lookup = Question {
+            method: Method::GET.to_string(),
+            uri: format!(
+                "{}{}",
+                uri.path().strip_suffix("/retry").unwrap_or(uri.path()),
+                uri.query()
+                    .map(|query| format!("?{query}"))
+                    .unwrap_or_default()
+            ),
+            principal: question.principal.clone(),
+            to: None,
+        };
+        let holders: Vec<Answer> = ask(lookup)
+            .await
+            .into_iter()
+            .filter(|answer| answer.status == 200)
+            .collect();
+        let [holder] = holders.as_slice() else {
+            return found(local, holders);
+        };
+        let retry = Question {
+            to: Some(holder.node.clone()),
+            ..question
+        };
+        let answers = ask(retry).await;
+        return found(local, answers);
     }
     let (local, others) = tokio::join!(next.run(request), ask(question));
     // A bad request or a forbidden namespace is the same on every node;
@@ -143,11 +180,10 @@ pub(crate) async fn span(State(node): State<Arc<Node>>, request: Request, next: 
     if !local.status().is_success() && !matches!(merge, Merge::Call | Merge::Trace) {
         return local;
     }
-    let follow = matches!(merge, Merge::Logs) && query.split('&').any(|p| p == "follow=true");
     if follow {
         return follow_logs(local, others, &query);
     }
-    let local = Answer::read(local).await;
+    let local = Answer::read(local, MAX_ANSWER).await;
     match merge {
         Merge::Calls => {
             let limit = limit(&query, 100);
@@ -225,14 +261,21 @@ pub(crate) async fn span(State(node): State<Arc<Node>>, request: Request, next: 
 }
 
 impl Answer {
-    async fn read(response: Response) -> Self {
+    /// A response's status and body, or a 507 when the body is over `limit`.
+    async fn read(response: Response, limit: usize) -> Self {
         let status = response.status().as_u16();
-        match axum::body::to_bytes(response.into_body(), MAX_ANSWER).await {
+        match axum::body::to_bytes(response.into_body(), limit).await {
             Ok(body) => Self {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                node: String::new(),
             },
-            Err(error) => Self::error(ApiError::internal(error)),
+            Err(_) => Self::error(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "an answer is over the {limit} bytes a node may send another: ask for fewer"
+                ),
+            )),
         }
     }
 
@@ -243,6 +286,7 @@ impl Answer {
         Self {
             status: error.status.as_u16(),
             body: serde_json::to_string(&body).expect("an error serializes"),
+            node: String::new(),
         }
     }
 
@@ -257,22 +301,39 @@ impl Answer {
     }
 }
 
+/// A query's parameters, decoded as the routes decode them.
+fn params(query: &str) -> HashMap<String, String> {
+    format!("/?{query}")
+        .parse()
+        .ok()
+        .and_then(|uri| Query::<HashMap<String, String>>::try_from_uri(&uri).ok())
+        .map(|Query(params)| params)
+        .unwrap_or_default()
+}
+
+/// One parameter of a query, decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    params(query).remove(name)
+}
+
+/// A query without the parameter `name`, however it was encoded.
+fn without(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !params(pair).contains_key(name))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// `limit` (or `tail`) of a query, else `default`.
 fn limit(query: &str, default: usize) -> usize {
-    Query::<HashMap<String, String>>::try_from_uri(
-        &format!("/?{query}").parse().expect("a query makes a URI"),
-    )
-    .ok()
-    .and_then(|Query(params)| {
-        params
-            .get("limit")
-            .or_else(|| params.get("tail"))
-            .and_then(|limit| limit.parse::<i64>().ok())
-    })
-    // A negative one (faas-cli's `tail=-1`) is as many as there are.
-    .map_or(default, |limit| {
-        usize::try_from(limit).unwrap_or(usize::MAX)
-    })
+    param(query, "limit")
+        .or_else(|| param(query, "tail"))
+        .and_then(|limit| limit.parse::<i64>().ok())
+        // A negative one (faas-cli's `tail=-1`) is as many as there are.
+        .map_or(default, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        })
 }
 
 /// The answer of the one node that found what was asked for: a 409 when
@@ -280,15 +341,18 @@ fn limit(query: &str, default: usize) -> usize {
 fn found(local: Answer, others: Vec<Answer>) -> Response {
     let mut hits: Vec<Answer> = Vec::new();
     let (mut forbidden, mut missing) = (None, None);
+    let mut failed = None;
     for answer in std::iter::once(local).chain(others) {
         match answer.status {
             404 => missing = missing.or(Some(answer)),
             403 => forbidden = forbidden.or(Some(answer)),
-            _ => hits.push(answer),
+            200..300 | 409 => hits.push(answer),
+            _ => failed = failed.or(Some(answer)),
         }
     }
     match hits.len() {
-        0 => forbidden
+        0 => failed
+            .or(forbidden)
             .or(missing)
             .expect("this node's own answer")
             .into_response(),
@@ -346,6 +410,7 @@ fn follow_logs(local: Response, others: Vec<Answer>, query: &str) -> Response {
     let empty = Answer {
         status: 200,
         body: String::new(),
+        node: String::new(),
     };
     let theirs = merged_lines(&empty, &others, limit(query, 100));
     let (parts, body) = local.into_parts();
@@ -373,36 +438,55 @@ pub(crate) async fn answer(node: std::sync::Weak<Node>, cluster: Arc<wisp_cluste
         }
     };
     futures_util::pin_mut!(questions);
+    let answering = Arc::new(tokio::sync::Semaphore::new(ANSWERING));
     while let Some(question) = futures_util::StreamExt::next(&mut questions).await {
         let Some(node) = node.upgrade() else { return };
+        let Ok(permit) = answering.clone().acquire_owned().await else {
+            return;
+        };
         let cluster = cluster.clone();
         tokio::spawn(async move {
-            let answer = answer_one(&node, &question.body).await;
-            let mut bytes = serde_json::to_vec(&answer).expect("an answer serializes");
-            if bytes.len() > cluster.max_answer() {
-                let error = ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!(
-                        "node {}'s answer of {} bytes is over the cluster's message size: ask for fewer",
-                        node.id,
-                        bytes.len()
-                    ),
+            let limit = cluster.max_answer().saturating_sub(ANSWER_OVERHEAD);
+            // An answer later than the asker waits for is of no use.
+            let answered = tokio::time::timeout(
+                wisp_cluster::ASK_TIMEOUT,
+                answer_one(&node, &question.body, limit),
+            )
+            .await;
+            drop(permit);
+            let Ok(mut answer) = answered else {
+                tracing::warn!(
+                    "a question of node {} took too long to answer",
+                    question.from
                 );
-                let answer = Answer::error(error);
-                bytes = serde_json::to_vec(&answer).expect("an answer serializes");
-            }
-            if let Err(error) = cluster.answer(&question, &bytes).await {
+                return;
+            };
+            answer.node.clone_from(&node.id);
+            let bytes = serde_json::to_vec(&answer).expect("an answer serializes");
+            if let Err(error) = cluster.answer(&node.id, &question, &bytes).await {
                 tracing::warn!("could not answer node {}: {error}", question.from);
             }
         });
     }
 }
 
-/// Runs one question through this node's own spanning routes.
-async fn answer_one(node: &Arc<Node>, question: &[u8]) -> Answer {
+/// Room for an answer's status, node id and JSON escapes around its body.
+const ANSWER_OVERHEAD: usize = 4 << 10;
+
+/// Runs one question through this node's own spanning routes, reading at
+/// most `limit` bytes of the answer.
+async fn answer_one(node: &Arc<Node>, question: &[u8], limit: usize) -> Answer {
     let Ok(question) = serde_json::from_slice::<Question>(question) else {
         return Answer::error(ApiError::bad_request("not a question"));
     };
+    if question.to.as_ref().is_some_and(|to| *to != node.id) {
+        return Answer::error(ApiError::not_found("asked of another node"));
+    }
+    // Only the node asked follows a log: a stream never ends.
+    let query = question.uri.split_once('?').map_or("", |(_, query)| query);
+    if param(query, "follow").is_some_and(|follow| follow != "false") {
+        return Answer::error(ApiError::bad_request("only the node asked follows a log"));
+    }
     let request = axum::http::Request::builder()
         .method(question.method.as_str())
         .uri(question.uri.as_str())
@@ -418,7 +502,27 @@ async fn answer_one(node: &Arc<Node>, question: &[u8]) -> Answer {
         .with_state(node.clone());
     let service = hyper_util::service::TowerToHyperService::new(router);
     match hyper::service::Service::call(&service, request).await {
-        Ok(response) => Answer::read(response).await,
+        Ok(response) => Answer::read(response, limit).await,
         Err(infallible) => match infallible {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_found_and_dropped_however_they_are_encoded() {
+        for query in [
+            "name=x&follow=true",
+            "name=x&fo%6Clow=true",
+            "%66ollow=true&name=x",
+        ] {
+            assert_eq!(param(query, "follow").as_deref(), Some("true"), "{query}");
+            assert_eq!(without(query, "follow"), "name=x", "{query}");
+        }
+        assert_eq!(limit("tail=-1", 100), usize::MAX);
+        assert_eq!(limit("limit=%35", 100), 5);
+        assert_eq!(limit("", 100), 100);
     }
 }

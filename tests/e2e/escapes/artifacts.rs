@@ -284,7 +284,7 @@ fn a_failing_deploy_cannot_remove_another_namespaces_upload() {
         "/system/functions",
         &json!({ "service": "app", "namespace": "victim", "kind": "wasm-http", "image": digest }),
     );
-    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(deployed.status, 202, "{}", deployed.body);
     assert_eq!(node.get("/function/app.victim").status, 200);
 }
 

@@ -137,7 +137,7 @@ fn a_route_cannot_overlap_another_namespaces_route() {
     let a = tenant(&node, "team-a", "deploy");
     let b = tenant(&node, "team-b", "deploy");
     let login = probe(&node, "login", "team-a", json!({ "route": "/api/login" }));
-    assert_eq!(deploy(&node, &a, &login).status, 201);
+    assert_eq!(deploy(&node, &a, &login).status, 202);
     assert_eq!(node.get("/api/login").status, 200);
 
     for route in ["/api/...", "/api/login", "/api/login/..."] {
@@ -161,10 +161,10 @@ fn a_route_cannot_overlap_another_namespaces_route() {
 
     // Inside team-a, a wider prefix is team-a's own design, as before.
     let wide = probe(&node, "wide", "team-a", json!({ "route": "/api/..." }));
-    assert_eq!(deploy(&node, &a, &wide).status, 201);
+    assert_eq!(deploy(&node, &a, &wide).status, 202);
     // A neighbouring path that shares no request path is fine.
     let beside = probe(&node, "beside", "team-b", json!({ "route": "/apix/..." }));
-    assert_eq!(deploy(&node, &b, &beside).status, 201);
+    assert_eq!(deploy(&node, &b, &beside).status, 202);
 
     let answered = node.get("/api/login");
     assert_eq!(answered.status, 200, "{}", answered.body);
@@ -222,7 +222,7 @@ fn a_tenant_subscribes_only_to_its_own_subjects_and_topics() {
             { "mqtt": "team-a/+/temp" },
         ] }),
     );
-    assert_eq!(deploy(&node, &a, &own).status, 201);
+    assert_eq!(deploy(&node, &a, &own).status, 202);
 
     // The node's admin token is the operator's: it may subscribe anywhere.
     let wide = probe(
@@ -262,7 +262,7 @@ fn a_tenant_subscribes_only_to_its_own_subjects_and_topics() {
         "team-a",
         json!({ "triggers": [{ "nats": "tenants.team-a.x" }, { "mqtt": "tenants/team-a/#" }] }),
     );
-    assert_eq!(deploy(&moved, &a, &new).status, 201);
+    assert_eq!(deploy(&moved, &a, &new).status, 202);
 }
 
 /// Item 6: names derived from a namespace and a function cannot collide.
@@ -301,7 +301,7 @@ fn look_alike_namespaces_get_distinct_consumers_and_client_ids() {
         let deployment = probe(&node, name, namespace, json!({ "triggers": triggers }));
         let response = deploy(&node, &token, &deployment);
         assert_eq!(
-            response.status, 201,
+            response.status, 202,
             "{name}.{namespace}: {}",
             response.body
         );
@@ -477,7 +477,7 @@ fn a_call_id_is_a_namespaces_own() {
     for (token, namespace) in [(&a, "team-a"), (&b, "team-b")] {
         assert_eq!(
             deploy(&node, token, &probe(&node, "orders", namespace, json!({}))).status,
-            201
+            202
         );
     }
     let id = [("X-Call-Id", "order-42")];
