@@ -21,7 +21,7 @@ use wisp_core::{
     telemetry::LogEntry,
 };
 
-use super::{Remote, build, default_data_dir, deploy};
+use super::{Remote, build, default_data_dir, deploy, logs};
 use crate::client::Client;
 
 /// How often the sources are looked at.
@@ -223,13 +223,7 @@ fn follow_logs(remote: &Remote, namespace: String) {
                 Ok(reader) => {
                     for line in reader.lines().map_while(Result::ok) {
                         if let Ok(entry) = serde_json::from_str::<LogEntry>(&line) {
-                            println!(
-                                "{} {} [{}] {}",
-                                entry.function,
-                                entry.call_id.as_deref().unwrap_or("-"),
-                                entry.stream.as_str(),
-                                entry.message
-                            );
+                            logs::print_line(&entry.function, &entry);
                         }
                     }
                 }

@@ -52,14 +52,18 @@ impl Logs {
             }
             let entry: LogEntry = serde_json::from_str(&line)
                 .context("the gateway sent a log line that is not JSON")?;
-            println!(
-                "{} {} [{}] {}",
-                entry.time,
-                entry.call_id.as_deref().unwrap_or("-"),
-                entry.stream.as_str(),
-                entry.message
-            );
+            print_line(&entry.time, &entry);
         }
         Ok(())
     }
+}
+
+/// Prints a log line after `first` (its time, or its function's name).
+pub(crate) fn print_line(first: &str, entry: &LogEntry) {
+    println!(
+        "{first} {} [{}] {}",
+        entry.call_id.as_deref().unwrap_or("-"),
+        entry.stream.as_str(),
+        entry.message
+    );
 }

@@ -12,7 +12,7 @@ use std::{
 use serde_json::{Value, json};
 use wisp_testing::{NatsCluster, Node, Response, send};
 
-use crate::WISP;
+use crate::{WISP, call};
 
 /// How soon a change made through one node must hold on the others.
 const EVERYWHERE: Duration = Duration::from_secs(1);
@@ -51,14 +51,6 @@ fn cluster(count: usize) -> (NatsCluster, tempfile::TempDir, String, Vec<Node>) 
         })
         .collect();
     (nats, dir, key, nodes)
-}
-
-fn call(node: &Node, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
-    let request = node
-        .request(method, path)
-        .set("Authorization", &format!("Bearer {token}"));
-    let body = body.map(|body| body.to_string());
-    send(request, body.as_deref().map(str::as_bytes))
 }
 
 /// A process function answering `word`.

@@ -19,12 +19,27 @@ mod tenants;
 mod ui;
 
 use serde_json::{Value, json};
-use wisp_testing::Node;
+use wisp_testing::{Node, Response, send};
 
 /// The binary under test.
 const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 
 /// A node with the http probe deployed as `probe` (and `extra` fields merged into its deployment).
+/// Sends `method path` with `token` and a JSON `body`.
+pub(crate) fn call(
+    node: &Node,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
+    let request = node
+        .request(method, path)
+        .set("Authorization", &format!("Bearer {token}"));
+    let body = body.map(|body| body.to_string());
+    send(request, body.as_deref().map(str::as_bytes))
+}
+
 fn node_with_probe(extra: Value) -> Node {
     let node = Node::start(WISP);
     deploy_probe(&node, extra);

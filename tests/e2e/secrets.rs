@@ -5,10 +5,10 @@
 
 use std::{io::Write as _, os::unix::fs::PermissionsExt as _, process::Stdio};
 
-use serde_json::{Value, json};
-use wisp_testing::{Node, Response, send};
+use serde_json::json;
+use wisp_testing::Node;
 
-use crate::{WISP, deploy_probe};
+use crate::{WISP, call, deploy_probe};
 
 const VALUE: &str = "s3cr3t-value-4711";
 const ROTATED: &str = "rotated-value-0815";
@@ -45,15 +45,6 @@ fn cli_ok(node: &Node, args: &[&str]) -> String {
     let output = node.cli(WISP).args(args).output().unwrap();
     assert!(output.status.success(), "wisp {args:?}: {output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Sends `method path` with `token` and a JSON `body`.
-fn call(node: &Node, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
-    let request = node
-        .request(method, path)
-        .set("Authorization", &format!("Bearer {token}"));
-    let body = body.map(|body| body.to_string());
-    send(request, body.as_deref().map(str::as_bytes))
 }
 
 fn deploy_reader(node: &Node, name: &str) {
