@@ -610,12 +610,21 @@ impl Cluster {
         Ok(())
     }
 
-    /// The digests of the artifacts in the cluster's store.
-    pub async fn artifacts(&self) -> Result<Vec<String>, ClusterError> {
+    /// The digests of the artifacts in the cluster's store, each with the
+    /// time since it was last stored.
+    pub async fn artifacts(&self) -> Result<HashMap<String, Duration>, ClusterError> {
         let list = |error: &dyn std::fmt::Display| jetstream_error("list the artifacts")(error);
         let objects = self.artifacts.list().await.map_err(|error| list(&error))?;
         objects
-            .map_ok(|info| info.name)
+            .map_ok(|info| {
+                let age = info.modified.map_or(0, |stored| {
+                    (async_nats::datetime::now() - stored).whole_milliseconds()
+                });
+                (
+                    info.name,
+                    Duration::from_millis(u64::try_from(age).unwrap_or(0)),
+                )
+            })
             .try_collect()
             .await
             .map_err(|error| list(&error))

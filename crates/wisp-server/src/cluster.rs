@@ -286,11 +286,28 @@ pub(crate) async fn collect_artifacts(node: &Node, unused: &mut HashMap<String, 
             return;
         }
     };
-    unused.retain(|digest, _| stored.contains(digest) && !used.contains(digest));
+    // One another node collected while this one deployed it again (it had
+    // not yet seen the deploy) is stored again from this node's copy.
+    for digest in used.iter().filter(|digest| !stored.contains_key(*digest)) {
+        if let Ok(path) = node.store.artifact_path(digest)
+            && path.is_file()
+        {
+            match cluster.upload(digest, &path).await {
+                Ok(()) => tracing::info!("stored artifact {digest} in the cluster again"),
+                Err(error) => tracing::warn!("{error}"),
+            }
+        }
+    }
+    unused.retain(|digest, _| stored.contains_key(digest) && !used.contains(digest));
     let grace = node.config.artifact_grace_period;
-    for digest in stored.into_iter().filter(|digest| !used.contains(digest)) {
+    for (digest, age) in stored
+        .into_iter()
+        .filter(|(digest, _)| !used.contains(digest))
+    {
+        // Unused for the grace period as this node saw it, and not stored
+        // again within it by a deploy this node has not seen yet.
         let since = *unused.entry(digest.clone()).or_insert_with(Instant::now);
-        if since.elapsed() < grace {
+        if since.elapsed() < grace || age < grace {
             continue;
         }
         match cluster.delete_artifact(&digest).await {
