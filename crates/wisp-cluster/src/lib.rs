@@ -46,6 +46,8 @@ const TICKS: &str = "wisp_ticks";
 const TICK_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The object store of artifacts.
 const ARTIFACTS: &str = "wisp_artifacts";
+/// The bucket of unfinished async calls, each under the node that holds it.
+const CALLS: &str = "wisp_calls";
 /// The registry key of the sealed admin token.
 const ADMIN_TOKEN: &str = "node.admin-token";
 /// How long a node waits for the cluster's JetStream to be ready.
@@ -54,6 +56,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long after its last heartbeat a node is no longer listed.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long a node uses a list of the members before it lists them again.
+const MEMBERS_FRESH: Duration = Duration::from_millis(500);
 /// The subject nodes ask each other questions on.
 const QUESTIONS: &str = "wisp.questions";
 /// How long a node waits for the others' answers.
@@ -266,6 +270,26 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// An unfinished async call's entry in the cluster: the node holding the
+/// call keeps it under its own id and the call's name, so a node that
+/// stops heartbeating leaves its calls for the others to take over.
+#[derive(Debug)]
+pub struct CallEntry {
+    /// What the holder wrote, opened.
+    pub value: Vec<u8>,
+    /// Its revision, which an update must name.
+    pub revision: u64,
+}
+
+/// The buckets of a cluster.
+struct Buckets {
+    registry: kv::Store,
+    members: kv::Store,
+    ticks: kv::Store,
+    calls: kv::Store,
+    artifacts: object_store::ObjectStore,
+}
+
 /// How a node joins a cluster.
 pub struct Config {
     /// NATS servers, comma-separated (`nats://host:4222,nats://...`).
@@ -282,10 +306,14 @@ pub struct Cluster {
     registry: kv::Store,
     members: kv::Store,
     ticks: kv::Store,
+    calls: kv::Store,
     artifacts: object_store::ObjectStore,
     key: SealingKey,
     /// The revision of each registry key this node last saw: what its next write expects.
     revisions: Mutex<HashMap<String, u64>>,
+    /// The members as last listed, and when: listing makes a JetStream
+    /// consumer, too many for a read of each request.
+    listed: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<Member>)>>,
 }
 
 impl Cluster {
@@ -307,15 +335,23 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             match Self::buckets(&context, config.replicas).await {
-                Ok((registry, members, ticks, artifacts)) => {
+                Ok(Buckets {
+                    registry,
+                    members,
+                    ticks,
+                    calls,
+                    artifacts,
+                }) => {
                     return Ok(Self {
                         context,
                         registry,
                         members,
                         ticks,
+                        calls,
                         artifacts,
                         key: config.key,
                         revisions: Mutex::default(),
+                        listed: tokio::sync::Mutex::default(),
                     });
                 }
                 Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
@@ -331,7 +367,7 @@ impl Cluster {
     async fn buckets(
         context: &jetstream::Context,
         replicas: usize,
-    ) -> Result<(kv::Store, kv::Store, kv::Store, object_store::ObjectStore), ClusterError> {
+    ) -> Result<Buckets, ClusterError> {
         let registry = key_value(
             context,
             kv::Config {
@@ -384,7 +420,26 @@ impl Cluster {
             },
         )
         .await?;
-        Ok((registry, members, ticks, artifacts))
+        let calls = key_value(
+            context,
+            kv::Config {
+                bucket: CALLS.to_owned(),
+                description: "wisp: unfinished async calls, sealed, by the node holding each"
+                    .to_owned(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Buckets {
+            registry,
+            members,
+            ticks,
+            calls,
+            artifacts,
+        })
     }
 
     /// The cluster's admin token: made with `generate` by the first node to
@@ -688,6 +743,106 @@ impl Cluster {
         }
     }
 
+    /// The entries of unfinished async calls, as the node holding each
+    /// and the call's name there ([`CallEntry`]).
+    pub async fn call_entries(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        let keys: Vec<String> = match self.calls.keys().await {
+            Ok(keys) => keys
+                .try_collect()
+                .await
+                .map_err(|error| jetstream_error("list the unfinished calls")(&error))?,
+            Err(error) => return Err(jetstream_error("list the unfinished calls")(&error)),
+        };
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let (node, call) = key.split_once('.')?;
+                Some((node.to_owned(), call.to_owned()))
+            })
+            .collect())
+    }
+
+    /// The entry of call `call` under node `node`, opened; `None` when there is none.
+    pub async fn call_entry(
+        &self,
+        node: &str,
+        call: &str,
+    ) -> Result<Option<CallEntry>, ClusterError> {
+        let key = format!("{node}.{call}");
+        let entry = self
+            .calls
+            .entry(key.as_str())
+            .await
+            .map_err(|error| jetstream_error(format!("read call {key}"))(&error))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => Ok(Some(CallEntry {
+                value: self.key.open(&call_label(&key), &entry.value)?,
+                revision: entry.revision,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates the entry of call `call` under node `node`, sealed, and
+    /// answers its revision; `None` if it exists.
+    pub async fn create_call(
+        &self,
+        node: &str,
+        call: &str,
+        value: &[u8],
+    ) -> Result<Option<u64>, ClusterError> {
+        let key = format!("{node}.{call}");
+        let sealed = self.key.seal(&call_label(&key), value);
+        match self.calls.create(key.as_str(), sealed).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(error) => Err(jetstream_error(format!("write call {key}"))(&error)),
+        }
+    }
+
+    /// Replaces the entry of call `call` under node `node` if it is still at
+    /// `revision` (else [`ClusterError::Conflict`]) and answers its new revision.
+    pub async fn update_call(
+        &self,
+        node: &str,
+        call: &str,
+        value: &[u8],
+        revision: u64,
+    ) -> Result<u64, ClusterError> {
+        let key = format!("{node}.{call}");
+        let sealed = self.key.seal(&call_label(&key), value);
+        self.calls
+            .update(key.as_str(), sealed, revision)
+            .await
+            .map_err(|error| match error.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {
+                    ClusterError::Conflict(format!("call {key}"))
+                }
+                _ => jetstream_error(format!("write call {key}"))(&error),
+            })
+    }
+
+    /// Deletes the entry of call `call` under node `node` if it is still at
+    /// `revision`. The entry's messages go, and no marker stays behind: a
+    /// bucket of calls keeps nothing of each call it ever held.
+    pub async fn delete_call(
+        &self,
+        node: &str,
+        call: &str,
+        revision: u64,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{node}.{call}");
+        // Of the key's messages, those up to `revision`: none if it changed since.
+        self.calls
+            .stream
+            .purge()
+            .filter(format!("{}{key}", self.calls.prefix))
+            .sequence(revision + 1)
+            .await
+            .map(drop)
+            .map_err(|error| jetstream_error(format!("delete call {key}"))(&error))
+    }
+
     /// Says this node is alive, with what it is doing.
     pub async fn heartbeat(&self, member: &Member) -> Result<(), ClusterError> {
         let value = serde_json::to_vec(member).expect("a member serializes");
@@ -706,8 +861,21 @@ impl Cluster {
             .map_err(|error| jetstream_error("leave the cluster")(&error))
     }
 
-    /// The nodes that heartbeated within [`MEMBER_TIMEOUT`], by id.
+    /// The nodes that heartbeated within [`MEMBER_TIMEOUT`], by id, as
+    /// listed at most [`MEMBERS_FRESH`] ago.
     pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        let mut listed = self.listed.lock().await;
+        if let Some((at, members)) = &*listed
+            && at.elapsed() < MEMBERS_FRESH
+        {
+            return Ok(members.clone());
+        }
+        let members = self.list_members().await?;
+        *listed = Some((tokio::time::Instant::now(), members.clone()));
+        Ok(members)
+    }
+
+    async fn list_members(&self) -> Result<Vec<Member>, ClusterError> {
         let keys: Vec<String> = match self.members.keys().await {
             Ok(keys) => keys
                 .try_collect()
@@ -854,8 +1022,9 @@ impl Cluster {
             })
     }
 
-    /// The largest answer that fits in one of the cluster's messages.
-    pub fn max_answer(&self) -> usize {
+    /// The largest value that fits in one of the cluster's messages once
+    /// sealed: an answer, or a call's entry.
+    pub fn max_sealed(&self) -> usize {
         self.context
             .client()
             .server_info()
@@ -916,6 +1085,11 @@ impl Question {
     }
 }
 
+/// What a call's entry is sealed with: its key, so it opens there only.
+fn call_label(key: &str) -> String {
+    format!("call {key}")
+}
+
 /// What a question is sealed with: who asked, when, and where its answers
 /// go, so it cannot be replayed to another inbox.
 fn question_label(from: &str, sent_at: &str, reply: &str) -> String {
@@ -954,7 +1128,7 @@ pub fn now_millis() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// A new node id: random, so restarts and copies of one machine never clash.
+/// A new node id: random, so two data directories never clash.
 pub fn node_id() -> String {
     hex::encode(random_bytes::<6>())
 }

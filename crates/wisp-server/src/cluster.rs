@@ -105,7 +105,7 @@ impl Generations {
     }
 
     /// A namespace's generation; `None` for one this node does not hold.
-    fn get(&self, namespace: &str) -> Option<String> {
+    pub(crate) fn get(&self, namespace: &str) -> Option<String> {
         if namespace == DEFAULT_NAMESPACE {
             return Some(DEFAULT_GENERATION.to_owned());
         }

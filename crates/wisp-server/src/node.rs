@@ -46,8 +46,8 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The admin token file cannot be read or written.
-    #[error("admin token file {}: {source}", path.display())]
+    /// The admin token file, or the node id file, cannot be read or written.
+    #[error("{}: {source}", path.display())]
     Token {
         /// The file.
         path: PathBuf,
@@ -94,7 +94,7 @@ struct FunctionTable {
 /// A running node.
 pub struct Node {
     me: Weak<Node>,
-    /// The node's id: random, unique in a cluster.
+    /// The node's id: random, made with its data directory, unique in a cluster.
     pub(crate) id: String,
     /// Where the node serves, `http://host:port`, once it listens, or the
     /// URL it advertises.
@@ -181,7 +181,7 @@ impl Node {
         );
         let admin_token = match &config.admin_token {
             Some(token) => token.clone(),
-            None => load_or_create_token(&config.data_dir.join("admin-token"))?,
+            None => load_or_create(&config.data_dir.join("admin-token"), new_admin_token)?,
         };
         let egress = Arc::new(EgressPolicy::new(
             config.allow_egress.clone(),
@@ -211,9 +211,12 @@ impl Node {
             .then(|| Sandbox::new(&config.allow_egress))
             .transpose()?;
         let tenants = Tenants::load(&store, config.namespace_max_concurrency)?;
+        // The same after a restart, so a node that comes back knows which
+        // async calls of the cluster's it held.
+        let id = load_or_create(&config.data_dir.join("node-id"), wisp_cluster::node_id)?;
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            id: wisp_cluster::node_id(),
+            id,
             address: std::sync::OnceLock::new(),
             generations: crate::cluster::Generations::open(&config.data_dir),
             registry_behind: std::sync::atomic::AtomicBool::new(false),
@@ -567,7 +570,9 @@ pub fn new_admin_token() -> String {
     hex::encode(rand::random::<[u8; 24]>())
 }
 
-fn load_or_create_token(path: &Path) -> Result<String, StartError> {
+/// The text of the file at `path`, written first with `make` (readable by
+/// its owner only) when it is missing or empty.
+fn load_or_create(path: &Path, make: fn() -> String) -> Result<String, StartError> {
     let error = |source| StartError::Token {
         path: path.to_owned(),
         source,
@@ -584,7 +589,7 @@ fn load_or_create_token(path: &Path) -> Result<String, StartError> {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => return Err(error(source)),
         Err(_) => {}
     }
-    let token = new_admin_token();
+    let token = make();
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = std::fs::OpenOptions::new()
         .write(true)

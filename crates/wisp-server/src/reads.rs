@@ -449,7 +449,7 @@ pub(crate) async fn answer(node: std::sync::Weak<Node>, cluster: Arc<wisp_cluste
         };
         let cluster = cluster.clone();
         tokio::spawn(async move {
-            let limit = cluster.max_answer().saturating_sub(ANSWER_OVERHEAD);
+            let limit = cluster.max_sealed().saturating_sub(ANSWER_OVERHEAD);
             // An answer later than the asker waits for is of no use.
             let answered = tokio::time::timeout(
                 wisp_cluster::ASK_TIMEOUT,

@@ -356,6 +356,16 @@ impl QueueBatch<'_> {
         Ok(())
     }
 
+    /// Forgets a call that has not finished: another node of the cluster
+    /// took it over. `false` if it finished or does not exist.
+    pub fn forget(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("DELETE FROM calls WHERE key = ?1 AND state IN ('queued', 'running')")?
+            .execute(params![key])?
+            == 1)
+    }
+
     /// Forgets calls that succeeded or failed before `before`; dead letters stay.
     pub fn prune(&self, before: i64) -> Result<usize, StoreError> {
         Ok(self
@@ -417,6 +427,35 @@ impl Store {
                 &format!("SELECT {CALL_COLUMNS} FROM calls WHERE key = ?1"),
                 params![key],
                 call_row,
+            )
+            .optional()?)
+    }
+
+    /// The call with this key as it was accepted, if it has not finished:
+    /// what another node needs to take it over.
+    pub fn unfinished_call(&self, key: &str) -> Result<Option<NewCall>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT id, namespace, function, source, event, callback_url, created_at
+                 FROM calls WHERE key = ?1 AND state IN ('queued', 'running')",
+                params![key],
+                |row| {
+                    Ok(NewCall {
+                        id: row.get(0)?,
+                        origin: if key.starts_with("trigger/") {
+                            CallOrigin::Trigger
+                        } else {
+                            CallOrigin::Caller
+                        },
+                        namespace: row.get(1)?,
+                        function: row.get(2)?,
+                        source: row.get(3)?,
+                        event: row.get(4)?,
+                        callback_url: row.get(5)?,
+                        created_at: row.get(6)?,
+                    })
+                },
             )
             .optional()?)
     }
@@ -590,6 +629,41 @@ mod tests {
         let requeued = store.batch(|b| b.requeue(&key("a"), 300).unwrap()).unwrap();
         assert_eq!(requeued.map(|p| p.due_at), Some(300));
         assert_eq!(store.call(&key("a")).unwrap().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn an_unfinished_call_is_read_as_accepted_and_forgotten_when_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fired = NewCall {
+            origin: CallOrigin::Trigger,
+            ..call("t", 1)
+        };
+        store
+            .batch(|b| {
+                b.enqueue(&call("a", 1)).unwrap();
+                b.enqueue(&fired).unwrap();
+                b.enqueue(&call("done", 2)).unwrap();
+                b.finish(&key("done"), CallState::Succeeded, 3, None, None)
+                    .unwrap();
+            })
+            .unwrap();
+        let read = store.unfinished_call(&fired.key()).unwrap().unwrap();
+        assert_eq!(read.key(), fired.key());
+        assert_eq!((read.event, read.created_at), (vec![1, 2, 3], 1));
+        assert!(store.unfinished_call(&key("done")).unwrap().is_none());
+
+        let forgotten = store
+            .batch(|b| {
+                [
+                    b.forget(&key("a")).unwrap(),
+                    b.forget(&key("done")).unwrap(),
+                ]
+            })
+            .unwrap();
+        assert_eq!(forgotten, [true, false], "a finished call stays");
+        assert!(store.call(&key("a")).unwrap().is_none());
+        assert!(store.call(&key("done")).unwrap().is_some());
     }
 
     #[test]

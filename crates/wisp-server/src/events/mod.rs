@@ -13,6 +13,7 @@
 mod backlog;
 mod callback;
 mod cron;
+mod handoff;
 mod mqtt;
 mod nats;
 pub(crate) mod record;
@@ -103,6 +104,8 @@ pub struct Queue {
     pub(crate) links: triggers::Links,
     /// Who waits for a call to be over, by call id.
     waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<CallState>>>>,
+    /// In cluster mode, the entries of this node's unfinished calls.
+    held: handoff::Held,
 }
 
 /// How one attempt ended.
@@ -131,6 +134,7 @@ impl Queue {
             backlog: backlog::Backlog::default(),
             links: Mutex::default(),
             waiters: Mutex::default(),
+            held: handoff::Held::default(),
         })
     }
 
@@ -198,6 +202,10 @@ impl Queue {
         };
         let queue = &node.queue;
         queue.backlog.load(backlog);
+        let pending = handoff::reconcile(node, pending).await;
+        if node.cluster.is_some() {
+            tokio::spawn(handoff::rescue(Arc::downgrade(node)));
+        }
         queue
             .counters
             .redelivered
@@ -261,6 +269,8 @@ impl Queue {
             function: call.function.clone(),
             due_at: call.created_at,
         };
+        // What the cluster's entry of the call needs, in cluster mode.
+        let shared = node.cluster.is_some().then(|| call.clone());
         let write = match fired {
             Some((trigger, fired_at)) => Write::Fire {
                 call,
@@ -276,6 +286,9 @@ impl Queue {
             };
             if new {
                 reservation.keep();
+                if let Some(call) = shared {
+                    handoff::hold(&node, &call).await;
+                }
                 node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
                 Self::schedule(&node, pending, Duration::ZERO);
             }
@@ -303,6 +316,7 @@ impl Queue {
                         .reserve(&pending.namespace, size.unwrap_or(0), None)
                         .expect("a reservation without a quota is always made")
                         .keep();
+                    handoff::hold_stored(&node, &pending.key).await;
                     Self::schedule(&node, pending, Duration::ZERO);
                     Ok(true)
                 }
@@ -531,6 +545,11 @@ impl Queue {
             }
         };
         let id = started.id;
+        if !handoff::settle(node, &call_key, state).await {
+            // Another node took the call over: its outcome is recorded there.
+            handoff::forget(node, &call_key, &key.0).await;
+            return;
+        }
         let finish = Write::Finish {
             key: call_key.clone(),
             state,
@@ -542,6 +561,7 @@ impl Queue {
             tracing::error!("call {id} could not be recorded as {state}: {store}");
             return;
         }
+        handoff::release(node, &call_key);
         queue.backlog.release(&key.0, started.event.len() as u64);
         queue.notify(&call_key, state);
         if state == CallState::Dead {

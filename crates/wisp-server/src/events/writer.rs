@@ -70,6 +70,11 @@ pub enum Write {
         /// `delivered` or `failed`.
         state: &'static str,
     },
+    /// Forget a call another node took over.
+    Forget {
+        /// The call's key.
+        key: String,
+    },
     /// Forget finished calls older than this.
     Prune {
         /// The cut-off.
@@ -125,6 +130,10 @@ impl Write {
             Self::Requeue { key, now } => Written::Requeued(batch.requeue(key, *now)?),
             Self::Callback { key, state } => {
                 batch.set_callback_state(key, state)?;
+                Written::Done
+            }
+            Self::Forget { key } => {
+                batch.forget(key)?;
                 Written::Done
             }
             Self::Prune { before } => {

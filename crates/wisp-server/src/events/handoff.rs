@@ -1,0 +1,601 @@
+//! Cluster mode: a lost node's async calls are taken over by the others.
+//!
+//! Each node keeps and runs the calls queued through it (its own store,
+//! one commit for a burst of them), and holds an entry of each unfinished
+//! call in the cluster's `wisp_calls` bucket, under its own id, sealed with
+//! the cluster key: the call as accepted, so another node can run it. Every
+//! [`RESCUE`] each node looks for entries of nodes that stopped
+//! heartbeating, and takes each over: it claims the entry (compare and
+//! set, so one node wins), holds an entry of its own, commits the call to
+//! its store and runs it, and marks the lost node's entry moved.
+//!
+//! An outcome is recorded once. Before its node records a call's outcome,
+//! it marks the call's entry done, compare and set: if another node took
+//! the call over meanwhile (this one was taken for lost), the mark fails and
+//! this node forgets the call instead of recording it. A node that comes
+//! back (its id is kept in its data directory) first settles what it held
+//! with the cluster: calls taken over are forgotten, calls marked done are
+//! recorded, the rest run again (at-least-once, as on a single node).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use wisp_cluster::{Cluster, ClusterError};
+use wisp_core::CallState;
+use wisp_store::{CallOrigin, NewCall, PendingCall};
+
+use super::{Queue, Write, Written};
+use crate::node::Node;
+
+/// How often a node looks for the calls of lost nodes.
+const RESCUE: Duration = Duration::from_secs(2);
+/// How long a node waits before asking NATS again when it cannot record an outcome.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
+
+/// What a node knows of the entries it holds.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// The revision of each entry this node holds, by call key.
+    revisions: Mutex<HashMap<String, u64>>,
+    /// Unfinished calls whose entry could not be written yet.
+    unwritten: Mutex<HashSet<String>>,
+}
+
+/// A call's entry.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum Entry {
+    /// Held by its node; `claimer` is taking it over.
+    Held { call: Call, claimer: Option<String> },
+    /// Its outcome is recorded by its node, which deletes the entry once
+    /// its own store has it.
+    Done { outcome: CallState },
+    /// Taken over by node `to`.
+    Moved { to: String },
+}
+
+/// A call as accepted, in an entry.
+#[derive(Clone, Serialize, Deserialize)]
+struct Call {
+    id: String,
+    trigger: bool,
+    namespace: String,
+    function: String,
+    source: String,
+    /// The event, base64.
+    event: String,
+    callback_url: Option<String>,
+    created_at: i64,
+    /// The generation of its namespace: a call of a namespace since
+    /// removed (and perhaps made again) is not run.
+    generation: Option<String>,
+}
+
+impl Call {
+    fn new(node: &Node, call: &NewCall) -> Self {
+        Self {
+            id: call.id.clone(),
+            trigger: call.origin == CallOrigin::Trigger,
+            namespace: call.namespace.clone(),
+            function: call.function.clone(),
+            source: call.source.clone(),
+            event: base64::engine::general_purpose::STANDARD.encode(&call.event),
+            callback_url: call.callback_url.clone(),
+            created_at: call.created_at,
+            generation: node.generations.get(&call.namespace),
+        }
+    }
+
+    /// The call as accepted, if its namespace is the one it was accepted in.
+    fn accepted(self, node: &Node) -> Option<NewCall> {
+        if self.generation.is_none() || node.generations.get(&self.namespace) != self.generation {
+            return None;
+        }
+        Some(NewCall {
+            id: self.id,
+            origin: if self.trigger {
+                CallOrigin::Trigger
+            } else {
+                CallOrigin::Caller
+            },
+            namespace: self.namespace,
+            function: self.function,
+            source: self.source,
+            event: base64::engine::general_purpose::STANDARD
+                .decode(self.event)
+                .ok()?,
+            callback_url: self.callback_url,
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl Entry {
+    fn held(node: &Node, call: &NewCall) -> Vec<u8> {
+        let entry = Self::Held {
+            call: Call::new(node, call),
+            claimer: None,
+        };
+        serde_json::to_vec(&entry).expect("an entry serializes")
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an entry serializes")
+    }
+}
+
+/// The name of a call's entry: a digest of its key, which holds whatever
+/// id a caller chose.
+fn entry_name(key: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
+}
+
+/// Reads and opens an entry; `None` if there is none or it is not one of wisp's.
+async fn read(
+    cluster: &Cluster,
+    node: &str,
+    name: &str,
+) -> Result<Option<(Entry, u64)>, ClusterError> {
+    let Some(entry) = cluster.call_entry(node, name).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&entry.value) {
+        Ok(value) => Ok(Some((value, entry.revision))),
+        Err(error) => {
+            tracing::warn!("the cluster's entry of call {node}.{name} is not one: {error}");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes `value` as this node's entry `name`, whatever was there, and
+/// answers its revision.
+async fn write(cluster: &Cluster, me: &str, name: &str, value: &[u8]) -> Result<u64, ClusterError> {
+    loop {
+        if let Some(revision) = cluster.create_call(me, name, value).await? {
+            return Ok(revision);
+        }
+        if let Some(entry) = cluster.call_entry(me, name).await? {
+            match cluster.update_call(me, name, value, entry.revision).await {
+                Err(ClusterError::Conflict(_)) => continue,
+                written => return written,
+            }
+        }
+    }
+}
+
+/// After `call` is committed here: holds its entry in the cluster. An
+/// entry that cannot be written is tried again every [`RESCUE`].
+pub(crate) async fn hold(node: &Node, call: &NewCall) {
+    let Some(cluster) = &node.cluster else { return };
+    let key = call.key();
+    let held = &node.queue.held;
+    let entry = Entry::held(node, call);
+    if entry.len() > cluster.max_sealed() {
+        tracing::info!(
+            "call {} is larger than a NATS message: only this node keeps it",
+            call.id
+        );
+        return;
+    }
+    match write(cluster, &node.id, &entry_name(&key), &entry).await {
+        Ok(revision) => {
+            held.revisions.lock().expect("held").insert(key, revision);
+        }
+        Err(error) => {
+            tracing::warn!(
+                "call {} is kept by this node only until the cluster takes it: {error}",
+                call.id
+            );
+            held.unwritten.lock().expect("held").insert(key);
+        }
+    }
+}
+
+/// After the call with key `key` is queued again here: holds its entry.
+pub(crate) async fn hold_stored(node: &Node, key: &str) {
+    if node.cluster.is_none() {
+        return;
+    }
+    match node.store.unfinished_call(key) {
+        Ok(Some(call)) => hold(node, &call).await,
+        Ok(None) => {}
+        Err(error) => tracing::warn!("call {key} cannot be read: {error}"),
+    }
+}
+
+/// Before this node records the outcome of the call with key `key`: marks
+/// its entry done. `false` if another node took the call over, which then
+/// records its outcome instead; until NATS answers, this waits.
+pub(crate) async fn settle(node: &Node, key: &str, outcome: CallState) -> bool {
+    let Some(cluster) = &node.cluster else {
+        return true;
+    };
+    let held = &node.queue.held;
+    held.unwritten.lock().expect("held").remove(key);
+    let Some(revision) = held.revisions.lock().expect("held").get(key).copied() else {
+        // Never written to the cluster: no other node can have it.
+        return true;
+    };
+    let name = entry_name(key);
+    let done = Entry::Done { outcome }.to_vec();
+    let mut warned = false;
+    loop {
+        match cluster.update_call(&node.id, &name, &done, revision).await {
+            Ok(revision) => {
+                held.revisions
+                    .lock()
+                    .expect("held")
+                    .insert(key.to_owned(), revision);
+                return true;
+            }
+            Err(ClusterError::Conflict(_)) => {
+                held.revisions.lock().expect("held").remove(key);
+                return false;
+            }
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(
+                        "the outcome of call {key} waits for the cluster, which may have given it to another node: {error}"
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(SETTLE_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Once this node recorded the outcome of the call with key `key`: deletes its entry.
+pub(crate) fn release(node: &Arc<Node>, key: &str) {
+    let Some(cluster) = node.cluster.clone() else {
+        return;
+    };
+    let Some(revision) = node.queue.held.revisions.lock().expect("held").remove(key) else {
+        return;
+    };
+    let (me, name) = (node.id.clone(), entry_name(key));
+    tokio::spawn(async move {
+        if let Err(error) = cluster.delete_call(&me, &name, revision).await {
+            tracing::warn!("{error}");
+        }
+    });
+}
+
+/// Forgets a call another node took over: its row, its place in its
+/// namespace's backlog, whoever waits for it.
+pub(crate) async fn forget(node: &Node, key: &str, namespace: &str) {
+    let size = node.store.event_size(key).ok().flatten().unwrap_or(0);
+    match node
+        .queue
+        .write(Write::Forget {
+            key: key.to_owned(),
+        })
+        .await
+    {
+        Ok(_) => {
+            node.queue.backlog.release(namespace, size);
+            node.queue.waiters.lock().expect("waiters").remove(key);
+            tracing::info!("call {key} was taken over by another node of the cluster");
+        }
+        Err(error) => tracing::error!("call {key} could not be forgotten: {error}"),
+    }
+}
+
+/// At start-up, before this node runs the calls it kept (`pending`):
+/// settles them with the cluster, and answers those to run. Calls another
+/// node took over are forgotten, those marked done are recorded done, and
+/// calls whose entry only the cluster has (the node stopped before its own
+/// store had them) are taken from there.
+pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Vec<PendingCall> {
+    let Some(cluster) = node.cluster.clone() else {
+        return pending;
+    };
+    let listed = match cluster.call_entries().await {
+        Ok(listed) => listed,
+        Err(error) => {
+            tracing::error!(
+                "the cluster's async calls cannot be read; keeping this node's: {error}"
+            );
+            node.queue
+                .held
+                .unwritten
+                .lock()
+                .expect("held")
+                .extend(pending.iter().map(|call| call.key.clone()));
+            return pending;
+        }
+    };
+    let live: HashSet<String> = match cluster.members().await {
+        Ok(members) => members.into_iter().map(|member| member.id).collect(),
+        Err(_) => HashSet::new(),
+    };
+    let mut kept: HashMap<String, PendingCall> = pending
+        .into_iter()
+        .map(|call| (entry_name(&call.key), call))
+        .collect();
+    let mut run = Vec::new();
+    for name in listed
+        .into_iter()
+        .filter_map(|(holder, name)| (holder == node.id).then_some(name))
+    {
+        let (entry, revision) = match read(&cluster, &node.id, &name).await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!("{error}");
+                continue;
+            }
+        };
+        let local = kept.remove(&name);
+        match entry {
+            Entry::Held { call, claimer } => {
+                let mine = match claimer {
+                    None => Some(revision),
+                    Some(claimer) if live.contains(&claimer) => None,
+                    // Its claimer was lost too: this node keeps it.
+                    Some(_) => {
+                        let unclaimed = Entry::Held {
+                            call: call.clone(),
+                            claimer: None,
+                        };
+                        cluster
+                            .update_call(&node.id, &name, &unclaimed.to_vec(), revision)
+                            .await
+                            .ok()
+                    }
+                };
+                match (mine, local) {
+                    (Some(revision), local) => {
+                        take(node, &cluster, (&name, revision), call, local, &mut run).await
+                    }
+                    (None, Some(local)) => forget(node, &local.key, &local.namespace).await,
+                    (None, None) => {}
+                }
+            }
+            Entry::Done { outcome } => {
+                if let Some(call) = local {
+                    let finish = Write::Finish {
+                        key: call.key.clone(),
+                        state: outcome,
+                        now: super::millis(chrono::Utc::now()),
+                        error: None,
+                        result: None,
+                    };
+                    if let Err(error) = node.queue.write(finish).await {
+                        tracing::error!("call {} could not be recorded: {error}", call.key);
+                        continue;
+                    }
+                    node.queue.backlog.release(
+                        &call.namespace,
+                        node.store.event_size(&call.key).ok().flatten().unwrap_or(0),
+                    );
+                }
+                let _ = cluster.delete_call(&node.id, &name, revision).await;
+            }
+            Entry::Moved { .. } => {
+                if let Some(call) = local {
+                    forget(node, &call.key, &call.namespace).await;
+                }
+                let _ = cluster.delete_call(&node.id, &name, revision).await;
+            }
+        }
+    }
+    // Calls the cluster has no entry of: written before the node stopped.
+    for call in kept.into_values() {
+        hold_stored(node, &call.key).await;
+        run.push(call);
+    }
+    run.sort_by_key(|call| call.due_at);
+    run
+}
+
+/// Runs a call held in the cluster under this node's entry `name` at
+/// `revision`: the local copy if there is one, else the entry's, committed
+/// here first. An entry of a call this node finished goes.
+async fn take(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    (name, revision): (&str, u64),
+    call: Call,
+    local: Option<PendingCall>,
+    run: &mut Vec<PendingCall>,
+) {
+    let held = &node.queue.held;
+    let committed = match (local, call.accepted(node)) {
+        (Some(local), _) => Some(local),
+        (None, Some(call)) => commit(node, call).await,
+        // Of a namespace since removed, or corrupt.
+        (None, None) => None,
+    };
+    match committed {
+        Some(call) => {
+            held.revisions
+                .lock()
+                .expect("held")
+                .insert(call.key.clone(), revision);
+            run.push(call);
+        }
+        None => {
+            if let Err(error) = cluster.delete_call(&node.id, name, revision).await {
+                tracing::warn!("{error}");
+            }
+        }
+    }
+}
+
+/// Commits a call taken from the cluster to this node's store and counts
+/// it in its namespace's backlog; `None` if this node has a call of its key
+/// already, or cannot commit it.
+async fn commit(node: &Node, call: NewCall) -> Option<PendingCall> {
+    let pending = PendingCall {
+        key: call.key(),
+        namespace: call.namespace.clone(),
+        function: call.function.clone(),
+        due_at: call.created_at,
+    };
+    let size = call.event.len() as u64;
+    match node.queue.write(Write::Enqueue(call)).await {
+        Ok(Written::Enqueued(true)) => {
+            node.queue
+                .backlog
+                .reserve(&pending.namespace, size, None)
+                .expect("a reservation without a quota is always made")
+                .keep();
+            Some(pending)
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::error!("call {} could not be taken over: {error}", pending.key);
+            None
+        }
+    }
+}
+
+/// Every [`RESCUE`], until the node is gone: takes over the calls of nodes
+/// that stopped heartbeating, writes the entries that could not be written,
+/// and deletes this node's entries other nodes moved.
+pub(crate) async fn rescue(node: std::sync::Weak<Node>) {
+    let mut every = tokio::time::interval(RESCUE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(cluster) = node.cluster.clone() else {
+            return;
+        };
+        if let Err(error) = rescue_once(&node, &cluster).await {
+            tracing::warn!("looking for the async calls of lost nodes: {error}");
+        }
+    }
+}
+
+async fn rescue_once(node: &Arc<Node>, cluster: &Cluster) -> Result<(), ClusterError> {
+    let unwritten: Vec<String> = node
+        .queue
+        .held
+        .unwritten
+        .lock()
+        .expect("held")
+        .drain()
+        .collect();
+    for key in unwritten {
+        hold_stored(node, &key).await;
+    }
+    let live: HashSet<String> = cluster
+        .members()
+        .await?
+        .into_iter()
+        .map(|member| member.id)
+        .collect();
+    // A node that does not see itself listed may be the one the others
+    // take calls from: it takes none.
+    if !live.contains(&node.id) {
+        return Ok(());
+    }
+    let mine: HashSet<String> = node
+        .queue
+        .held
+        .revisions
+        .lock()
+        .expect("held")
+        .keys()
+        .map(|key| entry_name(key))
+        .collect();
+    for (holder, name) in cluster.call_entries().await? {
+        if holder == node.id {
+            if !mine.contains(&name)
+                && let Some((Entry::Moved { .. }, revision)) = read(cluster, &holder, &name).await?
+            {
+                cluster.delete_call(&holder, &name, revision).await?;
+            }
+        } else if !live.contains(&holder) {
+            take_over(node, cluster, &holder, &name, &live).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes over call `name` of lost node `lost`, unless another live node is.
+async fn take_over(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    lost: &str,
+    name: &str,
+    live: &HashSet<String>,
+) -> Result<(), ClusterError> {
+    let Some((Entry::Held { call, claimer }, revision)) = read(cluster, lost, name).await? else {
+        // Done or moved: for its node to clear when it comes back.
+        return Ok(());
+    };
+    if let Some(claimer) = &claimer {
+        if live.contains(claimer) && *claimer != node.id {
+            return Ok(());
+        }
+        // A lost claimer that held the call already: its entry is taken over on its own.
+        if *claimer != node.id && cluster.call_entry(claimer, name).await?.is_some() {
+            let moved = Entry::Moved {
+                to: claimer.clone(),
+            }
+            .to_vec();
+            let _ = cluster.update_call(lost, name, &moved, revision).await;
+            return Ok(());
+        }
+    }
+    let Some(accepted) = call.clone().accepted(node) else {
+        tracing::warn!(
+            "call {lost}.{name} of the cluster is corrupt or of a namespace since removed: not run"
+        );
+        return cluster.delete_call(lost, name, revision).await;
+    };
+    let claimed = Entry::Held {
+        call,
+        claimer: Some(node.id.clone()),
+    };
+    let revision = match cluster
+        .update_call(lost, name, &claimed.to_vec(), revision)
+        .await
+    {
+        Ok(revision) => revision,
+        Err(ClusterError::Conflict(_)) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let key = accepted.key();
+    // A call of that key here already (one id queued through two nodes)
+    // is the same call, as on a single node: the lost node's copy goes.
+    let here = node.store.call(&key).ok().flatten().is_some();
+    if !here {
+        let mine = write(cluster, &node.id, name, &Entry::held(node, &accepted)).await?;
+        let id = accepted.id.clone();
+        match commit(node, accepted).await {
+            Some(pending) => {
+                node.queue
+                    .held
+                    .revisions
+                    .lock()
+                    .expect("held")
+                    .insert(key, mine);
+                node.queue
+                    .counters
+                    .redelivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "wisp::call", call_id = %id, "taken over from lost node {lost}");
+                Queue::schedule(node, pending, Duration::ZERO);
+            }
+            None => cluster.delete_call(&node.id, name, mine).await?,
+        }
+    }
+    let moved = Entry::Moved {
+        to: node.id.clone(),
+    };
+    let _ = cluster
+        .update_call(lost, name, &moved.to_vec(), revision)
+        .await;
+    Ok(())
+}
