@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use wisp_core::manifest::{FunctionManifest, Manifest};
+use wisp_core::manifest::{Format, FunctionManifest, Manifest};
 
 /// Build the functions of a wisp.toml.
 #[derive(Args)]
@@ -24,10 +24,20 @@ impl Build {
     }
 }
 
-/// Reads and parses a manifest; returns it with the directory paths in it are relative to.
+/// Reads and parses a manifest (a `wisp.toml`, Spin's `spin.toml` or
+/// OpenFaaS's `stack.yml`, and says what of the last two goes unused);
+/// returns it with the directory paths in it are relative to.
 pub fn load(file: &Path) -> anyhow::Result<(Manifest, PathBuf)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-    let manifest = Manifest::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let imported = Manifest::parse_as(Format::of(&name, &text), &text, &|variable| {
+        std::env::var(variable).ok()
+    })
+    .with_context(|| format!("{}", file.display()))?;
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    let manifest = imported.manifest;
     let dir = file
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())

@@ -445,3 +445,110 @@ fn wisp_dev_starts_a_node_deploys_redeploys_on_change_and_shows_logs() {
         "the node stopped"
     );
 }
+
+#[test]
+fn an_openfaas_stack_file_and_a_spin_manifest_deploy_as_they_are() {
+    let node = Node::start(WISP);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |path: &str, text: &str| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let deploy = |manifest: &Path| {
+        let mut command = node.cli(WISP);
+        command.args(["deploy", "-f"]).arg(manifest);
+        run(command, b"")
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // OpenFaaS: classic watchdog functions, a handler directory and its fprocess.
+    let script = file(
+        "hello/hello.sh",
+        "#!/bin/sh\nread name\necho \"hello $name from $GREETING\"\n",
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    file("upper/README", "tr does the work\n");
+    let stack = file(
+        "stack.yml",
+        "version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\n\
+         functions:\n  hello:\n    handler: ./hello\n    fprocess: ./hello.sh\n    \
+         environment:\n      GREETING: stack\n  upper:\n    lang: python3\n    \
+         handler: ./upper\n    image: example/upper:latest\n    fprocess: tr a-z A-Z\n",
+    );
+    let deployed = deploy(&stack);
+    assert!(deployed.status.success(), "{}", stderr(&deployed));
+    assert!(
+        stderr(&deployed).contains("note: functions.upper.lang (python3) is not used"),
+        "{}",
+        stderr(&deployed)
+    );
+    assert_eq!(
+        node.post("/function/hello", b"ada\n").body,
+        "hello ada from stack\n"
+    );
+    assert_eq!(node.post("/function/upper", b"shout").body, "SHOUT");
+
+    // Spin: components of HTTP triggers, with their routes and variables.
+    std::fs::copy(wisp_testing::HTTP_PROBE, dir.path().join("probe.wasm")).unwrap();
+    let spin = file(
+        "spin.toml",
+        r#"spin_manifest_version = 2
+[application]
+name = "probes"
+[variables]
+greeting = { default = "hi" }
+[[trigger.http]]
+route = "/env"
+component = "front"
+[[trigger.http]]
+route = "/back/..."
+component = "back"
+[component.front]
+source = "probe.wasm"
+environment = { MODE = "spin" }
+variables = { greeting = "{{ greeting }} there" }
+[component.back]
+source = "probe.wasm"
+"#,
+    );
+    let deployed = deploy(&spin);
+    assert!(deployed.status.success(), "{}", stderr(&deployed));
+    let env = node.get("/env");
+    assert_eq!(env.status, 200, "{}", env.body);
+    for line in ["MODE=spin", "GREETING=hi there"] {
+        assert!(env.body.lines().any(|l| l == line), "{line}: {}", env.body);
+    }
+    let back = node.get("/back/anything");
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert!(back.body.contains("path=/back/anything"), "{}", back.body);
+
+    // What has no wisp equivalent is one line naming its key, and nothing is deployed.
+    let text = std::fs::read_to_string(&spin).unwrap();
+    // Appended, the key lands in [component.back].
+    let spin = file(
+        "kv/spin.toml",
+        &(text + "key_value_stores = [\"default\"]\n"),
+    );
+    let refused = deploy(&spin);
+    assert!(!refused.status.success());
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("component.back.key_value_stores"),
+        "{}",
+        stderr(&refused)
+    );
+    let stack = file(
+        "cpu/stack.yml",
+        "functions:\n  capped:\n    handler: .\n    fprocess: cat\n    limits:\n      cpu: 100m\n",
+    );
+    let refused = deploy(&stack);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("unknown key `cpu`"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(node.post("/function/capped", b"").status, 404);
+}

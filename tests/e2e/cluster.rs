@@ -627,9 +627,24 @@ fn losing_one_nats_server_of_three_loses_nothing() {
     let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
     a.deploy_ok(says("before", "kept"));
     assert!(everywhere(&[b, c], "/function/before", 200, Some("kept")));
+    // Async calls queued through every node before and while the server goes.
+    let queue = |round: usize| {
+        for n in 0..60 {
+            let node = [a, b, c][n % 3];
+            let id = format!("call-{round}-{n}");
+            let queued = send(
+                node.request("POST", "/async-function/before")
+                    .set("X-Call-Id", &id),
+                None,
+            );
+            assert_eq!(queued.status, 202, "{}", queued.body);
+        }
+    };
+    queue(0);
     // Node a connected to the first server first: it has to move, and the
     // streams led from there elect new leaders, which takes seconds.
     nats.kill(0);
+    queue(1);
     // On this two-core machine, with seven processes on it, the streams'
     // new leaders take up to about 20 s to serve again.
     let recovery = Duration::from_secs(45);
@@ -648,6 +663,20 @@ fn losing_one_nats_server_of_three_loses_nothing() {
         );
         assert_eq!(node.post("/function/before", b"").body.trim(), "kept");
     }
+    let succeeded = || {
+        read(
+            a,
+            "/system/calls?function=before&status=succeeded&limit=1000",
+        )
+        .json()["calls"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        a.eventually(recovery, || succeeded() == 120),
+        "every async call ran once: {} of 120",
+        succeeded()
+    );
     let removed = send(
         b.admin("DELETE", "/system/functions"),
         Some(json!({ "functionName": "before" }).to_string().as_bytes()),

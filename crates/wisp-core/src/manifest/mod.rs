@@ -1,5 +1,10 @@
 //! `wisp.toml`: the functions of a project, how to build them and how to run
-//! them. Unknown keys are errors that name the key and its line.
+//! them. Unknown keys are errors that name the key and its line. Spin's
+//! `spin.toml` ([`spin`]) and OpenFaaS's `stack.yml` ([`stack`]) are read
+//! as the same functions.
+
+pub mod spin;
+pub mod stack;
 
 use std::collections::BTreeMap;
 
@@ -110,15 +115,88 @@ pub struct ManifestError {
     pub message: String,
 }
 
-impl Manifest {
-    /// Parses the text of a `wisp.toml`.
-    pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let manifest: Self = toml::from_str(text).map_err(|error| ManifestError {
+impl ManifestError {
+    /// An error about the key at `path` (`component.hello.files`).
+    pub(crate) fn key(path: impl std::fmt::Display, why: impl std::fmt::Display) -> Self {
+        Self {
+            line: None,
+            message: format!("{path}: {why}"),
+        }
+    }
+
+    /// A TOML error, with the line it points at.
+    pub(crate) fn toml(text: &str, error: &toml::de::Error) -> Self {
+        Self {
             line: error
                 .span()
                 .map(|span| text[..span.start].matches('\n').count() + 1),
             message: error.message().trim().replace("field", "key"),
-        })?;
+        }
+    }
+}
+
+/// What a project's manifest file is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `wisp.toml`.
+    Wisp,
+    /// Spin's `spin.toml`, manifest version 2.
+    Spin,
+    /// OpenFaaS's `stack.yml`.
+    Stack,
+}
+
+impl Format {
+    /// The format of a manifest file, by its name and its text: a `.yml` or
+    /// `.yaml` file is a stack file, a TOML file with a
+    /// `spin_manifest_version` is Spin's.
+    pub fn of(file_name: &str, text: &str) -> Self {
+        if file_name.ends_with(".yml") || file_name.ends_with(".yaml") {
+            Self::Stack
+        } else if text
+            .lines()
+            .any(|line| line.trim_start().starts_with("spin_manifest_version"))
+        {
+            Self::Spin
+        } else {
+            Self::Wisp
+        }
+    }
+}
+
+/// A manifest read from another format, and what of it wisp does not use
+/// (said to the user, never dropped silently).
+#[derive(Debug)]
+pub struct Imported {
+    /// The functions.
+    pub manifest: Manifest,
+    /// Keys read but not needed, with why.
+    pub notes: Vec<String>,
+}
+
+impl Manifest {
+    /// Parses a manifest in `format`; `variable` answers what a Spin
+    /// manifest's required variables are set to (`SPIN_VARIABLE_NAME`).
+    pub fn parse_as(
+        format: Format,
+        text: &str,
+        variable: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Imported, ManifestError> {
+        let imported = match format {
+            Format::Wisp => Imported {
+                manifest: Self::parse(text)?,
+                notes: Vec::new(),
+            },
+            Format::Spin => spin::parse(text, variable)?,
+            Format::Stack => stack::parse(text)?,
+        };
+        Ok(imported)
+    }
+
+    /// Parses the text of a `wisp.toml`.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Self =
+            toml::from_str(text).map_err(|error| ManifestError::toml(text, &error))?;
         let mut seen = std::collections::BTreeSet::new();
         for function in &manifest.function {
             let key = (function.namespace.clone(), function.name.clone());
@@ -134,6 +212,44 @@ impl Manifest {
 }
 
 impl FunctionManifest {
+    /// A function of `kind` named `name`, with nothing else set.
+    pub fn new(name: String, kind: FunctionKind) -> Self {
+        Self {
+            name,
+            namespace: None,
+            kind,
+            build: None,
+            artifact: None,
+            command: None,
+            route: None,
+            timeout: None,
+            memory: None,
+            max_concurrency: None,
+            max_body_size: None,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            allowed_outbound_hosts: Vec::new(),
+            network: None,
+            files: None,
+            fuel: None,
+            queue_timeout: None,
+            min_scale: None,
+            max_scale: None,
+            target_concurrency: None,
+            scale_down_delay: None,
+            readiness: None,
+            retries: None,
+            retry_backoff: None,
+            async_timeout: None,
+            async_concurrency: None,
+            triggers: Vec::new(),
+            private: None,
+            secrets: Vec::new(),
+            watch: Vec::new(),
+        }
+    }
+
     /// The API deployment for this function, given the digests of its
     /// uploaded artifact and files.
     pub fn deployment(&self, image: Option<String>, files: Option<String>) -> FunctionDeployment {
