@@ -15,7 +15,7 @@ use wisp_core::{
     },
 };
 
-use crate::commands::{Remote, default_data_dir};
+use crate::commands::Remote;
 
 /// A connection to one gateway.
 pub struct Client {
@@ -27,22 +27,19 @@ pub struct Client {
 /// A function's answer to `wisp invoke`.
 pub struct Answer {
     pub status: u16,
+    /// The status line's reason, such as `OK`.
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
     pub call_id: Option<String>,
     pub body: Vec<u8>,
 }
 
 impl Client {
-    /// A client for `remote`; the token falls back to the local node's.
+    /// A client for `remote`, with the token it resolves to.
     pub fn new(remote: &Remote) -> Self {
-        let token = remote.token.clone().or_else(|| {
-            let file = default_data_dir().join("admin-token");
-            std::fs::read_to_string(file)
-                .ok()
-                .map(|token| token.trim().to_owned())
-        });
         Self {
-            base: remote.url.trim_end_matches('/').to_owned(),
-            token,
+            base: remote.url(),
+            token: remote.token(),
             agent: ureq::Agent::new(),
         }
     }
@@ -65,9 +62,10 @@ impl Client {
                     serde_json::from_str::<ErrorBody>(&text).map_or(text, |body| body.error);
                 Err(anyhow!(ApiFailure { status, message }))
             }
-            Err(ureq::Error::Transport(error)) => {
-                Err(anyhow!("cannot reach wisp at {}: {error}", self.base))
-            }
+            Err(ureq::Error::Transport(error)) => Err(anyhow!(
+                "cannot reach wisp at {}: {error}; start a node with `wisp up`, or name one with --url or WISP_URL",
+                self.base
+            )),
         }
     }
 
@@ -85,6 +83,11 @@ impl Client {
     ) -> anyhow::Result<T> {
         let response = self.call(self.request(method, path).send_json(body))?;
         self.json(response)
+    }
+
+    /// The node's description: its version, counters and queue.
+    pub fn info(&self) -> anyhow::Result<wisp_core::api::SystemInfo> {
+        self.get("/system/info", &[])
     }
 
     /// Every deployed function.
@@ -218,11 +221,22 @@ impl Client {
         }
         let response = match request.send_bytes(body) {
             Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(error)) => {
-                bail!("cannot reach wisp at {}: {error}", self.base)
-            }
+            Err(ureq::Error::Transport(error)) => bail!(
+                "cannot reach wisp at {}: {error}; start a node with `wisp up`, or name one with --url or WISP_URL",
+                self.base
+            ),
         };
         let status = response.status();
+        let reason = response.status_text().to_owned();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .flat_map(|name| {
+                let values: Vec<String> =
+                    response.all(&name).into_iter().map(str::to_owned).collect();
+                values.into_iter().map(move |value| (name.clone(), value))
+            })
+            .collect();
         let call_id = response.header("x-call-id").map(str::to_owned);
         let mut body = Vec::new();
         response
@@ -231,6 +245,8 @@ impl Client {
             .context("read the response")?;
         Ok(Answer {
             status,
+            reason,
+            headers,
             call_id,
             body,
         })
@@ -364,7 +380,14 @@ pub struct ApiFailure {
 
 impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.status)
+        write!(f, "{} ({})", self.message, self.status)?;
+        if self.status == 401 {
+            write!(
+                f,
+                "; give a token with --token or WISP_TOKEN, or save one with `wisp login URL --token TOKEN`"
+            )?;
+        }
+        Ok(())
     }
 }
 

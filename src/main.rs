@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod contexts;
 
 use std::process::ExitCode;
 

@@ -201,11 +201,14 @@ pub(crate) fn deploy_function(
             .deployment
             .route
             .as_deref()
-            .map(|r| format!(" and {}{r}", remote.url))
+            .map(|r| format!(" and {}{r}", remote.url()))
             .unwrap_or_default();
         println!(
             "deployed {} ({}) at {}/function/{}{route}",
-            function.name, function.kind, remote.url, function.name
+            function.name,
+            function.kind,
+            remote.url(),
+            function.name
         );
     }
     Ok(Outcome::Deployed(Box::new(status)))

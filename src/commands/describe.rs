@@ -34,7 +34,7 @@ impl Describe {
         show("command:", d.env_process.clone());
         show(
             "url:",
-            Some(format!("{}/function/{}", self.remote.url, d.service)),
+            Some(format!("{}/function/{}", self.remote.url(), d.service)),
         );
         show("route:", d.route.clone());
         show("timeout:", d.timeout.map(|t| t.to_string()));

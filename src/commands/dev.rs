@@ -243,11 +243,11 @@ impl LocalNode {
     fn ensure(remote: &Remote) -> anyhow::Result<Self> {
         let probe = Client::new(remote);
         if probe.healthy() {
-            eprintln!("using the node at {}", remote.url);
+            eprintln!("using the node at {}", remote.url());
             return Ok(Self(None));
         }
-        let listen = remote
-            .url
+        let url = remote.url();
+        let listen = url
             .strip_prefix("http://")
             .map(|rest| rest.trim_end_matches('/'))
             .filter(|address| {
@@ -257,7 +257,7 @@ impl LocalNode {
                 format!(
                     "no node answers at {} and wisp dev starts one only on a loopback \
                      address such as http://127.0.0.1:8080",
-                    remote.url
+                    url
                 )
             })?
             .replace("localhost:", "127.0.0.1:");

@@ -32,6 +32,9 @@ pub struct Invoke {
     /// With --async: where to POST the result once the call is over.
     #[arg(long, requires = "asynchronous")]
     callback: Option<String>,
+    /// Print the response's status line and headers before its body.
+    #[arg(long, short = 'i')]
+    include: bool,
     #[command(flatten)]
     remote: Remote,
 }
@@ -66,6 +69,16 @@ impl Invoke {
         };
         let path = format!("/{route}/{}{}", self.name, self.path);
         let answer = Client::new(&self.remote).invoke(&path, &self.method, &headers, &body)?;
+        if self.include {
+            let mut head = format!("HTTP/1.1 {} {}\n", answer.status, answer.reason);
+            for (name, value) in &answer.headers {
+                head.push_str(&format!("{name}: {value}\n"));
+            }
+            head.push('\n');
+            std::io::stdout()
+                .write_all(head.as_bytes())
+                .context("write STDOUT")?;
+        }
         if answer.status >= 400 {
             let message = serde_json::from_slice::<wisp_core::api::ErrorBody>(&answer.body)
                 .map_or_else(

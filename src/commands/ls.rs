@@ -8,13 +8,20 @@ use crate::client::Client;
 /// List deployed functions.
 #[derive(Args)]
 pub struct Ls {
+    /// Only the functions of this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
 
 impl Ls {
     pub fn execute(self) -> anyhow::Result<()> {
-        let functions = Client::new(&self.remote).functions()?;
+        let client = Client::new(&self.remote);
+        let functions = match &self.namespace {
+            Some(namespace) => client.functions_in(namespace)?,
+            None => client.functions()?,
+        };
         if self.remote.json {
             println!("{}", serde_json::to_string_pretty(&functions)?);
             return Ok(());

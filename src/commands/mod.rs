@@ -2,6 +2,7 @@
 
 mod build;
 mod calls;
+mod context;
 mod deploy;
 mod describe;
 mod dev;
@@ -21,6 +22,8 @@ mod usage;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::contexts;
 
 /// An open, self-hosted serverless platform.
 #[derive(Parser)]
@@ -50,6 +53,10 @@ enum Command {
     Ns(ns::Ns),
     Token(token::TokenCommand),
     Secret(secret::SecretCommand),
+    Login(context::Login),
+    Context(context::ContextCommand),
+    Version(context::Version),
+    Completions(context::Completions),
 }
 
 impl Cli {
@@ -73,6 +80,10 @@ impl Cli {
             Command::Ns(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Token(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Secret(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Login(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Context(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Version(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Completions(command) => command.execute().map(|()| ExitCode::SUCCESS),
         }
     }
 }
@@ -80,16 +91,60 @@ impl Cli {
 /// Where the gateway is and how to authenticate, shared by the client commands.
 #[derive(Args, Clone)]
 pub struct Remote {
-    /// The gateway's URL.
-    #[arg(long, env = "WISP_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The gateway's URL [default: the current context's (`wisp login`), else
+    /// http://127.0.0.1:8080].
+    #[arg(long = "url", env = "WISP_URL")]
+    url_given: Option<String>,
     /// A token: the node's admin token or a namespace token (`wisp token create`);
-    /// defaults to the admin token `wisp up` keeps in its data directory.
-    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// defaults to the current context's, else, for a node on this machine
+    /// only, the admin token `wisp up` keeps in its data directory.
+    #[arg(long = "token", env = "WISP_TOKEN", hide_env_values = true)]
+    token_given: Option<String>,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The URL of a node started with `wisp up`'s defaults.
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+impl Remote {
+    /// The gateway's URL: `--url` or `WISP_URL`, else the current
+    /// context's, else [`DEFAULT_URL`].
+    pub fn url(&self) -> String {
+        let url = match &self.url_given {
+            Some(url) => url.clone(),
+            None => contexts::Contexts::load()
+                .ok()
+                .and_then(|saved| saved.current().map(|context| context.url.clone()))
+                .unwrap_or_else(|| DEFAULT_URL.to_owned()),
+        };
+        url.trim_end_matches('/').to_owned()
+    }
+
+    /// The token: `--token` or `WISP_TOKEN`; else the token of a context
+    /// saved for this URL (the current one first); else, for a node on this
+    /// machine only, the local node's admin token. Never the local token to
+    /// another machine.
+    pub fn token(&self) -> Option<String> {
+        if let Some(token) = &self.token_given {
+            return Some(token.clone());
+        }
+        let url = self.url();
+        let saved = contexts::Contexts::load().unwrap_or_default();
+        let saved_token = saved
+            .current()
+            .into_iter()
+            .chain(saved.contexts.values())
+            .find(|context| context.url.trim_end_matches('/') == url)
+            .and_then(|context| context.token.clone());
+        saved_token.or_else(|| {
+            contexts::is_local(&url)
+                .then(|| std::fs::read_to_string(default_data_dir().join("admin-token")).ok())
+                .flatten()
+                .map(|token| token.trim().to_owned())
+        })
+    }
 }
 
 /// The data directory: `$WISP_DATA_DIR`, else `$XDG_DATA_HOME/wisp`, else `~/.local/share/wisp`.

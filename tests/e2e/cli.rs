@@ -552,3 +552,90 @@ source = "probe.wasm"
     );
     assert_eq!(node.post("/function/capped", b"").status, 404);
 }
+
+#[test]
+fn contexts_choose_the_node_and_errors_say_what_to_set() {
+    let node = Node::start(WISP);
+    node.deploy_ok(serde_json::json!({
+        "service": "hello", "kind": "process", "envProcess": "echo hello",
+    }));
+    let config = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // The CLI of a second terminal: no URL, no token, no local node's token.
+    let wisp = |args: &[&str]| {
+        let mut command = Command::new(WISP);
+        command
+            .args(args)
+            .env_remove("WISP_URL")
+            .env_remove("WISP_TOKEN")
+            .env("XDG_CONFIG_HOME", config.path())
+            .env("WISP_DATA_DIR", data.path());
+        run(command, b"")
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let fails_saying = |output: &Output, said: &str| {
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+    };
+
+    fails_saying(&wisp(&["ls", "--url", &node.url]), "--token or WISP_TOKEN");
+    fails_saying(
+        &wisp(&["ls", "--url", "http://127.0.0.1:1"]),
+        "start a node with `wisp up`",
+    );
+    fails_saying(
+        &wisp(&["login", &node.url, "--token", "wisp_wrong", "--name", "dev"]),
+        "(401)",
+    );
+    assert!(text(&wisp(&["context", "ls"]).stdout).starts_with("no contexts"));
+
+    let login = wisp(&["login", &node.url, "--token", &node.token, "--name", "dev"]);
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    assert_eq!(
+        text(&wisp(&["context", "ls"]).stdout),
+        format!("* dev\t{}\n", node.url)
+    );
+    let listed = wisp(&["ls"]);
+    assert!(
+        text(&listed.stdout).contains("hello"),
+        "{}",
+        text(&listed.stderr)
+    );
+    let other = wisp(&["ls", "--namespace", "other"]);
+    assert!(other.status.success(), "{}", text(&other.stderr));
+    assert!(
+        !text(&other.stdout).contains("hello"),
+        "{}",
+        text(&other.stdout)
+    );
+
+    let version = text(&wisp(&["version"]).stdout);
+    let release = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        version,
+        format!(
+            "client: wisp {release}\nnode:   wisp {release} at {}\n",
+            node.url
+        )
+    );
+    let included = text(&wisp(&["invoke", "hello", "-i"]).stdout);
+    assert!(included.starts_with("HTTP/1.1 200 OK\n"), "{included}");
+    assert!(included.contains("\nx-call-id: "), "{included}");
+    assert!(included.ends_with("\n\nhello\n"), "{included}");
+
+    fails_saying(&wisp(&["context", "use", "nope"]), "no context nope");
+    let completions = wisp(&["completions", "bash"]);
+    assert!(
+        text(&completions.stdout).contains("complete -F _wisp"),
+        "{}",
+        text(&completions.stdout)
+    );
+    let saved = std::fs::metadata(config.path().join("wisp/contexts.toml")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&saved.permissions()) & 0o777,
+        0o600,
+        "the saved token is its owner's only"
+    );
+}
