@@ -135,6 +135,23 @@ impl ManifestError {
     }
 }
 
+/// A path an imported manifest names: relative to the manifest's
+/// directory and inside it, since what it names is uploaded.
+pub(crate) fn inside(key: &str, path: &str) -> Result<String, ManifestError> {
+    let relative = std::path::Path::new(path);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|part| matches!(part, std::path::Component::ParentDir))
+    {
+        return Err(ManifestError::key(
+            key,
+            format!("`{path}` is outside the manifest's directory: wisp uploads what it names"),
+        ));
+    }
+    Ok(path.to_owned())
+}
+
 /// What a project's manifest file is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, de::IgnoredAny};
 
-use super::{FunctionManifest, Imported, Manifest, ManifestError};
+use super::{FunctionManifest, Imported, Manifest, ManifestError, inside};
 use crate::{FunctionKind, validate_name};
 
 #[derive(Deserialize)]
@@ -166,6 +166,21 @@ pub fn parse(
             ));
         }
         let route = match &trigger.route {
+            Route::Path(path) if path.split('/').any(|part| part.starts_with(':')) => {
+                return Err(ManifestError::key(
+                    format!("{key}.route"),
+                    format!(
+                        "`{path}` has a parameter: wisp routes are exact paths or `/prefix/...`"
+                    ),
+                ));
+            }
+            Route::Path(path) if format!("{base}{path}") == "/..." => {
+                return Err(ManifestError::key(
+                    format!("{key}.route"),
+                    "`/...` would take the gateway's own paths: give the component a prefix \
+                     such as `/app/...` (it is served at /function/NAME too)",
+                ));
+            }
             Route::Path(path) => (Some(format!("{base}{path}")), false),
             Route::Private { private: true } => (None, true),
             Route::Private { private: false } => {
@@ -183,6 +198,7 @@ pub fn parse(
         }
     }
     let mut functions = Vec::new();
+    let mut notes = Vec::new();
     for (id, component) in spin.component {
         let key = format!("component.{id}");
         let Some((route, private)) = routes.remove(&id) else {
@@ -196,7 +212,7 @@ pub fn parse(
         function.route = route;
         function.private = private.then_some(true);
         function.artifact = Some(match component.source {
-            toml::Value::String(path) => path,
+            toml::Value::String(path) => inside(&format!("{key}.source"), &path)?,
             _ => {
                 return Err(ManifestError::key(
                     format!("{key}.source"),
@@ -205,14 +221,32 @@ pub fn parse(
             }
         });
         if let Some(build) = component.build {
-            function.build = Some(match build.workdir {
-                Some(dir) => format!("cd '{}' && {}", dir.replace('\'', r"'\''"), build.command),
-                None => build.command,
-            });
-            function.watch = build.watch;
+            // Spin runs the command, and reads the globs, in `workdir`.
+            match build.workdir {
+                Some(dir) => {
+                    let dir = inside(&format!("{key}.build.workdir"), &dir)?;
+                    let dir = dir.trim_end_matches('/');
+                    function.build = Some(format!(
+                        "cd -- '{}' && {}",
+                        dir.replace('\'', r"'\''"),
+                        build.command
+                    ));
+                    function.watch = build
+                        .watch
+                        .iter()
+                        .map(|glob| format!("{dir}/{glob}"))
+                        .collect();
+                }
+                None => {
+                    function.build = Some(build.command);
+                    function.watch = build.watch;
+                }
+            }
         }
         function.allowed_outbound_hosts = component.allowed_outbound_hosts;
-        function.files = files(&key, &component.files)?;
+        function.files = files(&key, &component.files)?
+            .map(|dir| inside(&format!("{key}.files"), &dir))
+            .transpose()?;
         if !component.key_value_stores.is_empty() {
             return Err(ManifestError::key(
                 format!("{key}.key_value_stores"),
@@ -220,6 +254,12 @@ pub fn parse(
             ));
         }
         function.env = component.environment;
+        if !component.variables.is_empty() {
+            notes.push(format!(
+                "{key}.variables are environment variables here (NAME in upper case): \
+                 wisp does not provide Spin's variables interface"
+            ));
+        }
         for (name, template) in component.variables {
             let value = expand(&template, &spin.variables, variable)
                 .map_err(|why| ManifestError::key(format!("{key}.variables.{name}"), why))?;
@@ -233,11 +273,18 @@ pub fn parse(
         }
         functions.push(function);
     }
+    if spin.variables.values().any(|variable| variable.secret) {
+        notes.push(
+            "variables marked secret are plain environment variables here: \
+             keep secrets in `wisp secret create` and a function's `secrets`"
+                .to_owned(),
+        );
+    }
     Ok(Imported {
         manifest: Manifest {
             function: functions,
         },
-        notes: Vec::new(),
+        notes,
     })
 }
 
@@ -368,15 +415,21 @@ key = "{{ api_key }}"
         );
         assert_eq!(
             hello.build.as_deref(),
-            Some("cd 'hello' && cargo build --target wasm32-wasip2 --release")
+            Some("cd -- 'hello' && cargo build --target wasm32-wasip2 --release")
         );
-        assert_eq!(hello.watch, ["src/**/*.rs"]);
+        assert_eq!(hello.watch, ["hello/src/**/*.rs"]);
         assert_eq!(hello.allowed_outbound_hosts, ["https://example.com"]);
         assert_eq!(hello.files.as_deref(), Some("static"));
         assert_eq!(hello.env["MODE"], "spin");
         assert_eq!(hello.env["GREETING"], "hello, world");
         assert_eq!((inner.route.as_deref(), inner.private), (None, Some(true)));
         assert_eq!(inner.env["KEY"], "s3cret");
+        let notes = imported.notes.join("\n");
+        assert!(
+            notes.contains("component.hello.variables are environment variables"),
+            "{notes}"
+        );
+        assert!(notes.contains("variables marked secret"), "{notes}");
     }
 
     #[test]
@@ -413,7 +466,30 @@ key = "{{ api_key }}"
                 "spin_manifest_version = 2\n[[sqlite]]",
                 "unknown key `sqlite`",
             ),
+            (
+                "route = \"/hello/...\"",
+                "route = \"/users/:id\"",
+                "trigger.http[0].route",
+            ),
+            (
+                "source = \"inner.wasm\"",
+                "source = \"../../etc/x.wasm\"",
+                "component.inner.source",
+            ),
+            (
+                "workdir = \"hello\"",
+                "workdir = \"/home\"",
+                "component.hello.build.workdir",
+            ),
         ];
+        let everything = APP
+            .replace("base = \"/app\"", "")
+            .replace("route = \"/hello/...\"", "route = \"/...\"");
+        assert!(
+            error(&everything).contains("trigger.http[0].route"),
+            "{}",
+            error(&everything)
+        );
         for (from, to, named) in cases {
             let text = APP
                 .replace(from, to)

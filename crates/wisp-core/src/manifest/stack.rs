@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, de::IgnoredAny};
 
-use super::{FunctionManifest, Imported, Manifest, ManifestError};
+use super::{FunctionManifest, Imported, Manifest, ManifestError, inside};
 use crate::{FunctionKind, HumanDuration, api::Limits, events::TriggerDeclaration, validate_name};
 
 /// The environment variables that configure OpenFaaS's watchdogs, not the function.
@@ -33,8 +33,7 @@ struct Stack {
     _version: Option<IgnoredAny>,
     provider: Option<Provider>,
     functions: BTreeMap<String, Function>,
-    #[serde(rename = "configuration")]
-    _configuration: Option<IgnoredAny>,
+    configuration: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +69,10 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
         message: error.to_string().replace("field", "key"),
     })?;
     let mut notes = Vec::new();
+    if stack.configuration.is_some() {
+        notes
+            .push("configuration (faas-cli's templates and build settings) is not used".to_owned());
+    }
     if let Some(provider) = stack.provider {
         if provider.name != "openfaas" {
             return Err(ManifestError::key(
@@ -87,7 +90,7 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
     for (name, function) in stack.functions {
         let key = format!("functions.{name}");
         validate_name(&name).map_err(|why| ManifestError::key(&key, why))?;
-        let Some(handler) = function.handler else {
+        let Some(handler) = function.handler.as_deref() else {
             return Err(ManifestError::key(
                 format!("{key}.handler"),
                 "missing: wisp runs no container images, only a handler directory and its fprocess",
@@ -124,7 +127,18 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
             };
             environment.insert(variable, value);
         }
-        let http = environment.get("mode").map(String::as_str) == Some("http");
+        // Classic watchdog (no mode) and of-watchdog's streaming and
+        // serializing modes hand the request to the process on STDIN.
+        let http = match environment.get("mode").map(String::as_str) {
+            None | Some("streaming" | "serializing") => false,
+            Some("http") => true,
+            Some(mode) => {
+                return Err(ManifestError::key(
+                    format!("{key}.environment.mode"),
+                    format!("`{mode}` has no wisp equivalent: http, streaming or serializing"),
+                ));
+            }
+        };
         let kind = if http {
             FunctionKind::ProcessHttp
         } else {
@@ -139,7 +153,7 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
                 Ok(namespace)
             })
             .transpose()?;
-        mapped.artifact = Some(handler);
+        mapped.artifact = Some(inside(&format!("{key}.handler"), handler)?);
         mapped.command = Some(fprocess);
         if let Some(timeout) = environment.get("exec_timeout") {
             mapped.timeout = Some(timeout.parse::<HumanDuration>().map_err(|why| {
@@ -151,6 +165,18 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
                 "{key} runs in HTTP mode: it must listen on $PORT, which wisp sets"
             ));
         }
+        let watchdog: Vec<&str> = environment
+            .keys()
+            .map(String::as_str)
+            .filter(|variable| WATCHDOG_VARIABLES.contains(variable) && *variable != "mode")
+            .collect();
+        if !watchdog.is_empty() {
+            notes.push(format!(
+                "{key}.environment: {} configure OpenFaaS's watchdog, not the function: \
+                 not passed on (exec_timeout is its timeout)",
+                watchdog.join(", ")
+            ));
+        }
         environment.retain(|variable, _| !WATCHDOG_VARIABLES.contains(&variable.as_str()));
         mapped.env = environment;
         mapped.secrets = function.secrets;
@@ -160,6 +186,11 @@ pub fn parse(text: &str) -> Result<Imported, ManifestError> {
                 "com.openfaas.scale.min" => &mut mapped.min_scale,
                 "com.openfaas.scale.max" => &mut mapped.max_scale,
                 _ => {
+                    if label.starts_with("com.openfaas.") {
+                        notes.push(format!(
+                            "{key}.labels.{label} is kept as a label and has no effect here"
+                        ));
+                    }
                     mapped.labels.insert(label, value);
                     continue;
                 }
@@ -233,6 +264,7 @@ functions:
       GREETING: hi
       RETRIES: 3
       exec_timeout: 10s
+      write_timeout: 10s
     secrets: [api-key]
     labels:
       team: web
@@ -293,6 +325,8 @@ functions:
             "functions.hello.lang",
             "functions.hello.image",
             "$PORT",
+            "exec_timeout, write_timeout configure",
+            "upstream_url configure",
         ] {
             assert!(notes.contains(said), "{said}: {notes}");
         }
@@ -319,6 +353,16 @@ functions:
                 "unknown key `readonly_root_filesystem`",
             ),
             ("  name: openfaas", "  name: faasd-other", "provider.name"),
+            (
+                "    handler: ./hello",
+                "    handler: ../../home",
+                "functions.hello.handler",
+            ),
+            (
+                "      GREETING: hi",
+                "      mode: static",
+                "functions.hello.environment.mode",
+            ),
         ];
         for (from, to, named) in cases {
             assert!(STACK.contains(from), "{from}");

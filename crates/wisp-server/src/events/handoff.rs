@@ -92,11 +92,15 @@ impl Call {
         }
     }
 
-    /// The call as accepted, if its namespace is the one it was accepted in.
-    fn accepted(self, node: &Node) -> Option<NewCall> {
-        if self.generation.is_none() || node.generations.get(&self.namespace) != self.generation {
-            return None;
-        }
+    /// Whether its namespace is still the one it was accepted in; `None`
+    /// while this node does not hold the namespace (it may be behind).
+    fn current(&self, node: &Node) -> Option<bool> {
+        let now = node.generations.get(&self.namespace)?;
+        Some(self.generation.as_ref() == Some(&now))
+    }
+
+    /// The call as accepted; `None` if its event is corrupt.
+    fn accepted(self) -> Option<NewCall> {
         Some(NewCall {
             id: self.id,
             origin: if self.trigger {
@@ -154,20 +158,42 @@ async fn read(
     }
 }
 
-/// Writes `value` as this node's entry `name`, whatever was there, and
-/// answers its revision.
-async fn write(cluster: &Cluster, me: &str, name: &str, value: &[u8]) -> Result<u64, ClusterError> {
-    loop {
+/// Creates this node's entry `name` of a call it holds, and answers its
+/// revision; `None` if another node has taken the call over (or is). An
+/// entry of this node's own (its create answered late) is kept; one marked
+/// done (the same call, finished and queued again) is replaced.
+async fn create(
+    cluster: &Cluster,
+    me: &str,
+    name: &str,
+    value: &[u8],
+) -> Result<Option<u64>, ClusterError> {
+    for _ in 0..3 {
         if let Some(revision) = cluster.create_call(me, name, value).await? {
-            return Ok(revision);
+            return Ok(Some(revision));
         }
-        if let Some(entry) = cluster.call_entry(me, name).await? {
-            match cluster.update_call(me, name, value, entry.revision).await {
-                Err(ClusterError::Conflict(_)) => continue,
-                written => return written,
+        match read(cluster, me, name).await? {
+            // Deleted in between.
+            None => continue,
+            Some((Entry::Held { claimer: None, .. }, revision)) => return Ok(Some(revision)),
+            Some((Entry::Done { .. }, revision)) => {
+                match cluster.update_call(me, name, value, revision).await {
+                    Err(ClusterError::Conflict(_)) => continue,
+                    written => return written.map(Some),
+                }
+            }
+            Some((
+                Entry::Held {
+                    claimer: Some(_), ..
+                }
+                | Entry::Moved { .. },
+                _,
+            )) => {
+                return Ok(None);
             }
         }
     }
+    Err(ClusterError::Conflict(format!("call {me}.{name}")))
 }
 
 /// After `call` is committed here: holds its entry in the cluster. An
@@ -184,10 +210,11 @@ pub(crate) async fn hold(node: &Node, call: &NewCall) {
         );
         return;
     }
-    match write(cluster, &node.id, &entry_name(&key), &entry).await {
-        Ok(revision) => {
+    match create(cluster, &node.id, &entry_name(&key), &entry).await {
+        Ok(Some(revision)) => {
             held.revisions.lock().expect("held").insert(key, revision);
         }
+        Ok(None) => forget(node, &key, &call.namespace).await,
         Err(error) => {
             tracing::warn!(
                 "call {} is kept by this node only until the cluster takes it: {error}",
@@ -199,14 +226,19 @@ pub(crate) async fn hold(node: &Node, call: &NewCall) {
 }
 
 /// After the call with key `key` is queued again here: holds its entry.
-pub(crate) async fn hold_stored(node: &Node, key: &str) {
+pub(crate) async fn hold_stored(node: &Arc<Node>, key: &str) {
     if node.cluster.is_none() {
         return;
     }
     match node.store.unfinished_call(key) {
         Ok(Some(call)) => hold(node, &call).await,
-        Ok(None) => {}
-        Err(error) => tracing::warn!("call {key} cannot be read: {error}"),
+        Ok(None) => return,
+        Err(error) => return tracing::warn!("call {key} cannot be read: {error}"),
+    }
+    // Finished meanwhile (its outcome recorded before the entry was
+    // written): the entry goes, as its outcome's would have.
+    if matches!(node.store.unfinished_call(key), Ok(None)) {
+        release(node, key);
     }
 }
 
@@ -218,37 +250,67 @@ pub(crate) async fn settle(node: &Node, key: &str, outcome: CallState) -> bool {
         return true;
     };
     let held = &node.queue.held;
-    held.unwritten.lock().expect("held").remove(key);
-    let Some(revision) = held.revisions.lock().expect("held").get(key).copied() else {
-        // Never written to the cluster: no other node can have it.
+    let unwritten = held.unwritten.lock().expect("held").remove(key);
+    let mut revision = held.revisions.lock().expect("held").get(key).copied();
+    if revision.is_none() && !unwritten {
+        // Too large for the cluster: no other node can have it.
         return true;
-    };
+    }
     let name = entry_name(key);
     let done = Entry::Done { outcome }.to_vec();
     let mut warned = false;
     loop {
-        match cluster.update_call(&node.id, &name, &done, revision).await {
-            Ok(revision) => {
+        let marked = match revision {
+            Some(expected) => cluster.update_call(&node.id, &name, &done, expected).await,
+            // Written or not, as the cluster says.
+            None => Err(ClusterError::Conflict(key.to_owned())),
+        };
+        let error = match marked {
+            Ok(marked) => {
                 held.revisions
                     .lock()
                     .expect("held")
-                    .insert(key.to_owned(), revision);
+                    .insert(key.to_owned(), marked);
                 return true;
             }
-            Err(ClusterError::Conflict(_)) => {
-                held.revisions.lock().expect("held").remove(key);
-                return false;
-            }
-            Err(error) => {
-                if !warned {
-                    tracing::warn!(
-                        "the outcome of call {key} waits for the cluster, which may have given it to another node: {error}"
-                    );
-                    warned = true;
+            // Taken over, or marked already (an answer lost on the way): the entry says.
+            Err(ClusterError::Conflict(_)) => match read(cluster, &node.id, &name).await {
+                Ok(None) => return true,
+                Ok(Some((Entry::Done { .. }, marked))) => {
+                    held.revisions
+                        .lock()
+                        .expect("held")
+                        .insert(key.to_owned(), marked);
+                    return true;
                 }
-                tokio::time::sleep(SETTLE_RETRY).await;
-            }
+                Ok(Some((Entry::Held { claimer: None, .. }, current))) => {
+                    revision = Some(current);
+                    continue;
+                }
+                Ok(Some((
+                    Entry::Held {
+                        claimer: Some(_), ..
+                    }
+                    | Entry::Moved { .. },
+                    _,
+                ))) => {
+                    held.revisions.lock().expect("held").remove(key);
+                    return false;
+                }
+                Err(error) => {
+                    revision = None;
+                    error
+                }
+            },
+            Err(error) => error,
+        };
+        if !warned {
+            tracing::warn!(
+                "the outcome of call {key} waits for the cluster, which may have given it to another node: {error}"
+            );
+            warned = true;
         }
+        tokio::time::sleep(SETTLE_RETRY).await;
     }
 }
 
@@ -279,6 +341,7 @@ pub(crate) async fn forget(node: &Node, key: &str, namespace: &str) {
         })
         .await
     {
+        Ok(Written::Forgotten(false)) => {}
         Ok(_) => {
             node.queue.backlog.release(namespace, size);
             node.queue.waiters.lock().expect("waiters").remove(key);
@@ -312,10 +375,13 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
             return pending;
         }
     };
-    let live: HashSet<String> = match cluster.members().await {
-        Ok(members) => members.into_iter().map(|member| member.id).collect(),
-        Err(_) => HashSet::new(),
-    };
+    // Unknown, every claimer counts as live: a call it claimed is left to
+    // it, and taken back by [`rescue`] if it turns out lost.
+    let live: Option<HashSet<String>> = cluster
+        .members()
+        .await
+        .ok()
+        .map(|members| members.into_iter().map(|member| member.id).collect());
     let mut kept: HashMap<String, PendingCall> = pending
         .into_iter()
         .map(|call| (entry_name(&call.key), call))
@@ -338,7 +404,9 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
             Entry::Held { call, claimer } => {
                 let mine = match claimer {
                     None => Some(revision),
-                    Some(claimer) if live.contains(&claimer) => None,
+                    Some(claimer) if live.as_ref().is_none_or(|live| live.contains(&claimer)) => {
+                        None
+                    }
                     // Its claimer was lost too: this node keeps it.
                     Some(_) => {
                         let unclaimed = Entry::Held {
@@ -408,11 +476,13 @@ async fn take(
     run: &mut Vec<PendingCall>,
 ) {
     let held = &node.queue.held;
-    let committed = match (local, call.accepted(node)) {
-        (Some(local), _) => Some(local),
-        (None, Some(call)) => commit(node, call).await,
-        // Of a namespace since removed, or corrupt.
-        (None, None) => None,
+    let committed = match local {
+        Some(local) => Some(local),
+        // Of a namespace since removed, or corrupt: not run.
+        None => match (call.current(node), call.accepted()) {
+            (Some(true), Some(call)) => commit(node, call).await,
+            _ => None,
+        },
     };
     match committed {
         Some(call) => {
@@ -460,23 +530,31 @@ async fn commit(node: &Node, call: NewCall) -> Option<PendingCall> {
 
 /// Every [`RESCUE`], until the node is gone: takes over the calls of nodes
 /// that stopped heartbeating, writes the entries that could not be written,
-/// and deletes this node's entries other nodes moved.
+/// takes back this node's calls whose claimer was lost, and deletes this
+/// node's entries other nodes moved.
 pub(crate) async fn rescue(node: std::sync::Weak<Node>) {
     let mut every = tokio::time::interval(RESCUE);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Entries of lost nodes that are done or moved, for their node to
+    // clear when it comes back: read once, not on every look.
+    let mut settled = HashSet::new();
     loop {
         every.tick().await;
         let Some(node) = node.upgrade() else { return };
         let Some(cluster) = node.cluster.clone() else {
             return;
         };
-        if let Err(error) = rescue_once(&node, &cluster).await {
+        if let Err(error) = rescue_once(&node, &cluster, &mut settled).await {
             tracing::warn!("looking for the async calls of lost nodes: {error}");
         }
     }
 }
 
-async fn rescue_once(node: &Arc<Node>, cluster: &Cluster) -> Result<(), ClusterError> {
+async fn rescue_once(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    settled: &mut HashSet<(String, String)>,
+) -> Result<(), ClusterError> {
     let unwritten: Vec<String> = node
         .queue
         .held
@@ -508,35 +586,88 @@ async fn rescue_once(node: &Arc<Node>, cluster: &Cluster) -> Result<(), ClusterE
         .keys()
         .map(|key| entry_name(key))
         .collect();
-    for (holder, name) in cluster.call_entries().await? {
+    let listed = cluster.call_entries().await?;
+    settled.retain(|entry| listed.contains(entry));
+    for (holder, name) in listed {
         if holder == node.id {
-            if !mine.contains(&name)
-                && let Some((Entry::Moved { .. }, revision)) = read(cluster, &holder, &name).await?
-            {
-                cluster.delete_call(&holder, &name, revision).await?;
+            if !mine.contains(&name) {
+                take_back(node, cluster, &name, &live).await?;
             }
-        } else if !live.contains(&holder) {
-            take_over(node, cluster, &holder, &name, &live).await?;
+        } else if !live.contains(&holder)
+            && !settled.contains(&(holder.clone(), name.clone()))
+            && !take_over(node, cluster, &holder, &name, &live).await?
+        {
+            settled.insert((holder, name));
         }
     }
     Ok(())
 }
 
-/// Takes over call `name` of lost node `lost`, unless another live node is.
+/// An entry of this node's it does not know of: one other nodes moved
+/// goes; one whose claimer was lost before it took the call is taken back.
+async fn take_back(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    name: &str,
+    live: &HashSet<String>,
+) -> Result<(), ClusterError> {
+    match read(cluster, &node.id, name).await? {
+        Some((Entry::Moved { .. }, revision)) => {
+            cluster.delete_call(&node.id, name, revision).await
+        }
+        Some((
+            Entry::Held {
+                call,
+                claimer: Some(claimer),
+            },
+            revision,
+        )) if !live.contains(&claimer) => {
+            if cluster.call_entry(&claimer, name).await?.is_some() {
+                // The claimer held it before it was lost: taken over from there.
+                let moved = Entry::Moved { to: claimer }.to_vec();
+                cluster
+                    .update_call(&node.id, name, &moved, revision)
+                    .await?;
+                return Ok(());
+            }
+            let unclaimed = Entry::Held {
+                call,
+                claimer: None,
+            };
+            let revision = cluster
+                .update_call(&node.id, name, &unclaimed.to_vec(), revision)
+                .await?;
+            let Entry::Held { call, .. } = unclaimed else {
+                unreachable!("built as held")
+            };
+            let mut run = Vec::new();
+            take(node, cluster, (name, revision), call, None, &mut run).await;
+            for pending in run {
+                Queue::schedule(node, pending, Duration::ZERO);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Takes over call `name` of lost node `lost`, unless another live node
+/// is; `false` when the entry is done or moved (its node's to clear).
 async fn take_over(
     node: &Arc<Node>,
     cluster: &Cluster,
     lost: &str,
     name: &str,
     live: &HashSet<String>,
-) -> Result<(), ClusterError> {
-    let Some((Entry::Held { call, claimer }, revision)) = read(cluster, lost, name).await? else {
-        // Done or moved: for its node to clear when it comes back.
-        return Ok(());
+) -> Result<bool, ClusterError> {
+    let (call, claimer, revision) = match read(cluster, lost, name).await? {
+        Some((Entry::Held { call, claimer }, revision)) => (call, claimer, revision),
+        Some(_) => return Ok(false),
+        None => return Ok(true),
     };
     if let Some(claimer) = &claimer {
         if live.contains(claimer) && *claimer != node.id {
-            return Ok(());
+            return Ok(true);
         }
         // A lost claimer that held the call already: its entry is taken over on its own.
         if *claimer != node.id && cluster.call_entry(claimer, name).await?.is_some() {
@@ -545,14 +676,20 @@ async fn take_over(
             }
             .to_vec();
             let _ = cluster.update_call(lost, name, &moved, revision).await;
-            return Ok(());
+            return Ok(false);
         }
     }
-    let Some(accepted) = call.clone().accepted(node) else {
-        tracing::warn!(
-            "call {lost}.{name} of the cluster is corrupt or of a namespace since removed: not run"
-        );
-        return cluster.delete_call(lost, name, revision).await;
+    let accepted = match (call.current(node), call.clone().accepted()) {
+        // This node does not hold its namespace yet: later.
+        (None, _) => return Ok(true),
+        (Some(true), Some(accepted)) => accepted,
+        _ => {
+            tracing::warn!(
+                "call {lost}.{name} of the cluster is corrupt or of a namespace since removed: not run"
+            );
+            cluster.delete_call(lost, name, revision).await?;
+            return Ok(true);
+        }
     };
     let claimed = Entry::Held {
         call,
@@ -563,33 +700,23 @@ async fn take_over(
         .await
     {
         Ok(revision) => revision,
-        Err(ClusterError::Conflict(_)) => return Ok(()),
+        Err(ClusterError::Conflict(_)) => return Ok(true),
         Err(error) => return Err(error),
     };
-    let key = accepted.key();
-    // A call of that key here already (one id queued through two nodes)
-    // is the same call, as on a single node: the lost node's copy goes.
-    let here = node.store.call(&key).ok().flatten().is_some();
-    if !here {
-        let mine = write(cluster, &node.id, name, &Entry::held(node, &accepted)).await?;
-        let id = accepted.id.clone();
-        match commit(node, accepted).await {
-            Some(pending) => {
-                node.queue
-                    .held
-                    .revisions
-                    .lock()
-                    .expect("held")
-                    .insert(key, mine);
-                node.queue
-                    .counters
-                    .redelivered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(target: "wisp::call", call_id = %id, "taken over from lost node {lost}");
-                Queue::schedule(node, pending, Duration::ZERO);
-            }
-            None => cluster.delete_call(&node.id, name, mine).await?,
-        }
+    if let Err(error) = hold_taken(node, cluster, lost, name, accepted).await {
+        // Left claimed, the call would wait for this node: unclaimed, it is
+        // taken over again on the next look.
+        let Entry::Held { call, .. } = claimed else {
+            unreachable!("built as held")
+        };
+        let unclaimed = Entry::Held {
+            call,
+            claimer: None,
+        };
+        let _ = cluster
+            .update_call(lost, name, &unclaimed.to_vec(), revision)
+            .await;
+        return Err(error);
     }
     let moved = Entry::Moved {
         to: node.id.clone(),
@@ -597,5 +724,44 @@ async fn take_over(
     let _ = cluster
         .update_call(lost, name, &moved.to_vec(), revision)
         .await;
-    Ok(())
+    Ok(false)
+}
+
+/// Holds a call claimed from lost node `lost` here: its entry under this
+/// node, its row in this node's store, its turn in the queue.
+async fn hold_taken(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    lost: &str,
+    name: &str,
+    accepted: NewCall,
+) -> Result<(), ClusterError> {
+    let key = accepted.key();
+    // A call of that key here already (one id queued through two nodes)
+    // is the same call, as on a single node: the lost node's copy goes.
+    if node.store.call(&key).ok().flatten().is_some() {
+        return Ok(());
+    }
+    let Some(mine) = create(cluster, &node.id, name, &Entry::held(node, &accepted)).await? else {
+        return Ok(());
+    };
+    let id = accepted.id.clone();
+    match commit(node, accepted).await {
+        Some(pending) => {
+            node.queue
+                .held
+                .revisions
+                .lock()
+                .expect("held")
+                .insert(key, mine);
+            node.queue
+                .counters
+                .redelivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(target: "wisp::call", call_id = %id, "taken over from lost node {lost}");
+            Queue::schedule(node, pending, Duration::ZERO);
+            Ok(())
+        }
+        None => cluster.delete_call(&node.id, name, mine).await,
+    }
 }

@@ -90,6 +90,8 @@ pub enum Written {
     Started(Option<StartedCall>),
     /// `Requeue`: the call, if it was finished.
     Requeued(Option<PendingCall>),
+    /// `Forget`: whether the call was there, unfinished.
+    Forgotten(bool),
     /// Anything else.
     Done,
 }
@@ -132,10 +134,7 @@ impl Write {
                 batch.set_callback_state(key, state)?;
                 Written::Done
             }
-            Self::Forget { key } => {
-                batch.forget(key)?;
-                Written::Done
-            }
+            Self::Forget { key } => Written::Forgotten(batch.forget(key)?),
             Self::Prune { before } => {
                 batch.prune(*before)?;
                 Written::Done
