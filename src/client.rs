@@ -300,7 +300,7 @@ impl Client {
 
     /// The namespaces the token may see.
     pub fn namespaces(&self) -> anyhow::Result<Vec<NamespaceInfo>> {
-        self.get("/system/namespaces", &[])
+        self.get("/system/namespaces", &[("detail", "true".to_owned())])
     }
 
     /// Creates a namespace.

@@ -975,3 +975,70 @@ fn a_lost_nodes_async_calls_are_taken_over_and_each_outcome_recorded_once() {
     assert_eq!(info["queue"]["depth"], 0, "{info}");
     assert_eq!(info["queue"]["running"], 0, "{info}");
 }
+
+#[test]
+fn quotas_and_routes_hold_across_the_cluster_when_two_nodes_deploy_at_once() {
+    let (_nats, _dir, _key, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Two deploys, one through each node, released at the same moment.
+    let race = |first: Value, second: Value| -> Vec<u16> {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            let racers: Vec<_> = [(a, first), (b, second)]
+                .into_iter()
+                .map(|(node, deployment)| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        node.deploy(deployment).status
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .collect()
+        })
+    };
+    let function = |name: &str, namespace: &str, route: Option<&str>| {
+        let mut deployment = says(name, name);
+        deployment["namespace"] = json!(namespace);
+        if let Some(route) = route {
+            deployment["route"] = json!(route);
+        }
+        deployment
+    };
+    for round in 0..6 {
+        // A namespace with room for one function: one of two new ones gets it.
+        let namespace = format!("quota-{round}");
+        let created = call(
+            a,
+            &a.token,
+            "POST",
+            "/system/namespaces",
+            Some(json!({ "name": namespace, "quotas": { "maxFunctions": 1 } })),
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert!(b.eventually(EVERYWHERE, || {
+            read(b, "/system/namespaces")
+                .json()
+                .as_array()
+                .is_some_and(|names| names.contains(&json!(namespace)))
+        }));
+        let statuses = race(
+            function("one", &namespace, None),
+            function("two", &namespace, None),
+        );
+        let deployed = statuses.iter().filter(|status| **status == 202).count();
+        assert_eq!(deployed, 1, "round {round}: {statuses:?}");
+
+        // One route claimed by two namespaces: one of them gets it.
+        let route = format!("/shared-{round}");
+        let statuses = race(
+            function("left", &format!("left-{round}"), Some(&route)),
+            function("right", &format!("right-{round}"), Some(&route)),
+        );
+        let deployed = statuses.iter().filter(|status| **status == 202).count();
+        assert_eq!(deployed, 1, "round {round}: {statuses:?}");
+    }
+}

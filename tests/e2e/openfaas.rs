@@ -175,6 +175,11 @@ fn faas_cli_requests_get_the_answers_faas_cli_expects() {
     );
     assert_eq!(gone.status, 404, "{}", gone.body);
 
+    // namespaces: the names.
+    let namespaces = faas(&node, &token, "GET", "/system/namespaces", None);
+    assert_eq!(namespaces.status, 200, "{}", namespaces.body);
+    assert_eq!(namespaces.json(), json!(["default"]));
+
     // remove: 200, then 404.
     let body = json!({ "functionName": "hello", "namespace": "default" });
     let removed = faas(

@@ -84,7 +84,7 @@ fn snapshot(node: &Node) -> Value {
     json!({
         "functions": functions,
         "tokens": get("/system/tokens"),
-        "namespaces": get("/system/namespaces"),
+        "namespaces": get("/system/namespaces?detail=true"),
     })
 }
 
@@ -216,7 +216,11 @@ fn every_route_checks_role_and_namespace() {
     let listed = call(&node, Some(&b_admin), "GET", "/system/functions", None).json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["namespace"], "team-b");
+    // Names, as faas-cli lists them; with their quotas and usage on request.
     let listed = call(&node, Some(&a_invoke), "GET", "/system/namespaces", None).json();
+    assert_eq!(listed, json!(["team-a"]));
+    let path = "/system/namespaces?detail=true";
+    let listed = call(&node, Some(&a_invoke), "GET", path, None).json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["name"], "team-a");
     let calls = call(&node, Some(&b_admin), "GET", "/system/calls", None).json();
@@ -489,7 +493,8 @@ fn tokens_are_shown_once_and_revoked_at_once() {
         call(&node, Some(&kept), "GET", "/system/functions", None).status,
         200
     );
-    let namespaces = call(&node, Some(&node.token), "GET", "/system/namespaces", None).json();
+    let path = "/system/namespaces?detail=true";
+    let namespaces = call(&node, Some(&node.token), "GET", path, None).json();
     let names: Vec<_> = namespaces
         .as_array()
         .unwrap()

@@ -50,6 +50,11 @@ const ARTIFACTS: &str = "wisp_artifacts";
 const CALLS: &str = "wisp_calls";
 /// The registry key of the sealed admin token.
 const ADMIN_TOKEN: &str = "node.admin-token";
+/// How long a lease is held at most: one older was left by a node that
+/// stopped, and is taken from it.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long a node waits for a lease another holds.
+const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// How long a node waits for the cluster's JetStream to be ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a node heartbeats.
@@ -100,6 +105,9 @@ pub enum ClusterError {
     /// A sealed value does not open with this node's key.
     #[error("{0} does not open with this node's cluster key: is it the same on every node?")]
     Unseal(String),
+    /// Another node held a lease for longer than a node waits.
+    #[error("another node is {0}: try again")]
+    Busy(String),
     /// An answer does not fit in one of the cluster's NATS messages.
     #[error("an answer of {0} bytes is over the cluster's message size")]
     TooLarge(usize),
@@ -281,6 +289,14 @@ pub struct CallEntry {
     pub revision: u64,
 }
 
+/// A lease of the cluster's, held by this node until given back.
+#[derive(Debug)]
+pub struct Lease {
+    key: String,
+    /// The registry's revision of taking it.
+    pub revision: u64,
+}
+
 /// The buckets of a cluster.
 struct Buckets {
     registry: kv::Store,
@@ -311,6 +327,9 @@ pub struct Cluster {
     key: SealingKey,
     /// The revision of each registry key this node last saw: what its next write expects.
     revisions: Mutex<HashMap<String, u64>>,
+    /// Every registry revision up to this one is applied to the node's
+    /// cache (or was not for it): what [`Cluster::caught_up`] waits for.
+    processed: std::sync::atomic::AtomicU64,
     /// The members as last listed, and when: listing makes a JetStream
     /// consumer, too many for a read of each request.
     listed: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<Member>)>>,
@@ -351,6 +370,7 @@ impl Cluster {
                         artifacts,
                         key: config.key,
                         revisions: Mutex::default(),
+                        processed: std::sync::atomic::AtomicU64::new(0),
                         listed: tokio::sync::Mutex::default(),
                     });
                 }
@@ -537,7 +557,15 @@ impl Cluster {
             .map_err(|error| jetstream_error("follow the registry")(&error))?;
         Ok(watch.filter_map(move |entry| async move {
             match entry {
-                Ok(entry) => self.observe(entry).map(Ok),
+                Ok(entry) => {
+                    let revision = entry.revision;
+                    let change = self.observe(entry);
+                    if change.is_none() {
+                        // Not the cache's (a lease, the admin token): processed as read.
+                        self.processed(revision);
+                    }
+                    change.map(Ok)
+                }
                 Err(error) => Some(Err(jetstream_error("follow the registry")(&error))),
             }
         }))
@@ -559,6 +587,70 @@ impl Cluster {
     /// replaces a value its node has not seen and checked against.
     pub fn applied(&self, change: &Change) {
         self.saw(change.key.subject(), change.revision);
+        self.processed(change.revision);
+    }
+
+    /// Notes that the node's cache is done with every revision up to
+    /// `revision`, applied or put aside.
+    pub fn processed(&self, revision: u64) {
+        self.processed
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until the node's cache is done with revision `revision` (and
+    /// so every one before it), up to `within`; whether it is.
+    pub async fn caught_up(&self, revision: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.processed.load(std::sync::atomic::Ordering::SeqCst) < revision {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
+    /// Takes the cluster's lease `name` for `holder`, waiting up to
+    /// [`LEASE_WAIT`] while another holds it; one held longer than
+    /// [`LEASE_TTL`] is taken over. Give it back with [`Cluster::release`].
+    pub async fn lease(&self, name: &str, holder: &str) -> Result<Lease, ClusterError> {
+        let key = format!("lease.{name}");
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let value: Bytes = serde_json::to_vec(&(holder, now_millis()))
+                .expect("a lease serializes")
+                .into();
+            match self.registry.create(key.as_str(), value.clone()).await {
+                Ok(revision) => return Ok(Lease { key, revision }),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(error) => return Err(jetstream_error(format!("take {key}"))(&error)),
+            }
+            if let Ok(Some(entry)) = self.registry.entry(key.as_str()).await
+                && entry.operation == kv::Operation::Put
+                && serde_json::from_slice::<(String, u64)>(&entry.value).is_ok_and(|(_, at)| {
+                    now_millis().saturating_sub(at) > LEASE_TTL.as_millis() as u64
+                })
+                && let Ok(revision) = self
+                    .registry
+                    .update(key.as_str(), value, entry.revision)
+                    .await
+            {
+                tracing::warn!("took over {key}, left by a node that stopped");
+                return Ok(Lease { key, revision });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Busy(format!("holding {key}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Gives a lease back.
+    pub async fn release(&self, lease: Lease) -> Result<(), ClusterError> {
+        self.registry
+            .delete_expect_revision(lease.key.as_str(), Some(lease.revision))
+            .await
+            .map_err(|error| jetstream_error(format!("give back {}", lease.key))(&error))
     }
 
     fn revision(&self, subject: &str) -> Option<u64> {

@@ -162,6 +162,8 @@ async fn deploy(
             wisp_core::ByteSize(node.config.max_body_size)
         )));
     }
+    let adds = !replace || node.store.function(&spec.namespace, &spec.name)?.is_none();
+    let _lease = cluster::deploy_lease(&node, adds || spec.route.is_some()).await?;
     let _guard = node.deploy_lock.lock().await;
     let namespace = node.tenants.namespace(&spec.namespace);
     if namespace.is_none() {

@@ -51,6 +51,9 @@ impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
         match error {
             ClusterError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, error.to_string()),
+            ClusterError::Busy(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -185,6 +188,47 @@ pub(crate) async fn share_namespace(
         .await?;
     node.generations.set(name, Some(generation));
     Ok(())
+}
+
+/// How long a node waits for its cache to hold every change made before it
+/// took the deploy lease.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The cluster's deploy lease, given back when dropped.
+pub(crate) struct DeployLease(Option<(Arc<Cluster>, wisp_cluster::Lease)>);
+
+impl Drop for DeployLease {
+    fn drop(&mut self) {
+        if let Some((cluster, lease)) = self.0.take() {
+            tokio::spawn(async move {
+                if let Err(error) = cluster.release(lease).await {
+                    tracing::warn!("{error}");
+                }
+            });
+        }
+    }
+}
+
+/// In cluster mode, for a deploy that could clash with another node's (one
+/// that adds a function, against its namespace's `max_functions`, or that
+/// has a route, against every namespace's routes): takes the cluster's
+/// deploy lease, so such deploys happen one at a time across the cluster,
+/// and returns once this node's cache holds every change made before, so
+/// its checks see them all. Quotas and routes so hold cluster-wide.
+pub(crate) async fn deploy_lease(node: &Node, clashes: bool) -> Result<DeployLease, ApiError> {
+    let Some(cluster) = node.cluster.clone().filter(|_| clashes) else {
+        return Ok(DeployLease(None));
+    };
+    let lease = cluster.lease("deploy", &node.id).await?;
+    let revision = lease.revision;
+    let held = DeployLease(Some((cluster.clone(), lease)));
+    if !cluster.caught_up(revision, CATCH_UP).await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is behind the cluster's registry: try again",
+        ));
+    }
+    Ok(held)
 }
 
 /// Deploys a function to the cluster, its artifacts first, when the node is in one.
@@ -368,6 +412,7 @@ pub async fn join(node: &Arc<Node>) -> Result<(), ClusterError> {
     for change in changes {
         apply(node, &cluster, change, &mut failed).await;
     }
+    cluster.processed(last);
     tokio::spawn(follow(Arc::downgrade(node), cluster.clone(), last, failed));
     tokio::spawn(crate::reads::answer(Arc::downgrade(node), cluster.clone()));
     let member = Arc::downgrade(node);
@@ -465,6 +510,7 @@ async fn apply(
     match apply_locked(node, cluster, &change).await {
         Ok(()) => cluster.applied(&change),
         Err(error) => {
+            cluster.processed(change.revision());
             tracing::error!(
                 "could not apply the cluster's change to {}: {}; trying again in {}s",
                 change.key,

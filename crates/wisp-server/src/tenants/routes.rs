@@ -61,18 +61,41 @@ fn token_info(token: StoredToken) -> TokenInfo {
     }
 }
 
+/// `GET /system/namespaces`: names, as OpenFaaS (`faas-cli namespaces`)
+/// lists them; `?detail=true` for each one's quotas and usage.
+#[derive(Deserialize)]
+struct NamespacesQuery {
+    #[serde(default)]
+    detail: bool,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Namespaces {
+    Names(Vec<String>),
+    Detailed(Vec<NamespaceInfo>),
+}
+
 async fn namespaces(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Vec<NamespaceInfo>>, ApiError> {
+    Query(query): Query<NamespacesQuery>,
+) -> Result<Json<Namespaces>, ApiError> {
     let scope = principal.scope(None, Action::Read)?;
-    node.tenants
+    let visible = node
+        .tenants
         .namespaces()
         .into_iter()
-        .filter(|namespace| scope.includes(&namespace.name))
+        .filter(|namespace| scope.includes(&namespace.name));
+    if !query.detail {
+        return Ok(Json(Namespaces::Names(
+            visible.map(|namespace| namespace.name).collect(),
+        )));
+    }
+    visible
         .map(|namespace| namespace_info(&node.store, namespace))
         .collect::<Result<_, _>>()
-        .map(Json)
+        .map(|detailed| Json(Namespaces::Detailed(detailed)))
 }
 
 async fn create_namespace(
