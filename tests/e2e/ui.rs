@@ -61,6 +61,14 @@ fn the_web_ui_logs_in_lists_invokes_and_shows_logs_and_traces() {
         "service": "thief", "kind": "process", "image": thief, "envProcess": "./thief.sh",
         "envVars": { "content_type": "text/html; charset=utf-8" },
     }));
+    node.deploy_ok(json!({
+        "service": "guarded", "kind": "process", "envProcess": "echo guarded", "private": true,
+    }));
+    let secret = wisp_testing::send(
+        node.admin("POST", "/system/secrets"),
+        Some(json!({ "name": "api-key", "value": "s3cret" }).to_string().as_bytes()),
+    );
+    assert_eq!(secret.status, 201, "{}", secret.body);
     let ui_url = node.ui_url.clone().expect("the node serves its web UI");
 
     // The UI's pages may not be framed, and the node's address only points to it.
@@ -92,6 +100,7 @@ fn the_web_ui_logs_in_lists_invokes_and_shows_logs_and_traces() {
         .arg(&ui_url)
         .arg(&node.token)
         .arg(&screenshot)
+        .arg(wisp_testing::HTTP_PROBE)
         .output()
         .expect("run node (./scripts/test installs Node.js, Playwright and Chromium)");
     assert!(

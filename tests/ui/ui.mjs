@@ -1,9 +1,11 @@
 // Drives wisp's web UI in Debian's Chromium: log in, see the functions, invoke
-// one, see its log line and its call tree; then check that a function's page
-// cannot get at the token. Usage: node ui.mjs URL UI_URL TOKEN SCREENSHOT
+// one, see its log line and its call tree; see the namespaces, tokens, secrets
+// and usage pages; invoke a private function; deploy one from an uploaded
+// artifact, call it and remove it; then check that a function's page cannot
+// get at the token. Usage: node ui.mjs URL UI_URL TOKEN SCREENSHOT PROBE_WASM
 import { chromium } from "playwright-core";
 
-const [url, ui, token, screenshot] = process.argv.slice(2);
+const [url, ui, token, screenshot, probeWasm] = process.argv.slice(2);
 const uiOrigin = new URL(ui).origin;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -53,6 +55,41 @@ try {
   // The queue page lists async calls.
   await page.goto(`${ui}#/queue`);
   await page.waitForSelector("h1:text('Dead letters')", { timeout: 10000 });
+
+  // Namespaces, tokens, secrets (names only) and usage.
+  for (const [view, shown] of [["namespaces", "default"], ["tokens", "Tokens"], ["secrets", "api-key"], ["usage", "probe"]]) {
+    await page.goto(`${ui}#/${view}`);
+    await page.waitForSelector(`main:has-text("${shown}")`, { timeout: 10000 });
+  }
+  if ((await page.textContent("main")).includes("s3cret")) throw new Error("a secret's value is shown");
+
+  // A private function answers the logged-in user, with its headers and timing.
+  await page.goto(`${ui}#/function/guarded.default`);
+  await page.waitForSelector("#invoke");
+  await page.click("#invoke");
+  await page.waitForSelector("#response-status:text('200')", { timeout: 10000 });
+  if (!(await page.textContent("#response-headers")).includes("x-call-id")) throw new Error("no headers shown");
+
+  // Deploy from an uploaded artifact, call it, remove it.
+  page.on("dialog", (dialog) => dialog.accept());
+  await page.goto(`${ui}#/`);
+  await page.waitForSelector("#deploy");
+  await page.fill("#deploy-name", "uploaded");
+  await page.selectOption("#deploy-kind", "wasm-http");
+  await page.setInputFiles("#artifact", probeWasm);
+  await page.click("#deploy");
+  await page.waitForSelector("tr[data-function=uploaded]", { timeout: 30000 });
+  await page.click("tr[data-function=uploaded] a");
+  await page.waitForSelector("#facts");
+  await page.click("#invoke");
+  await page.waitForSelector("#response-status:text('200')", { timeout: 10000 });
+  await page.click("#remove");
+  await page.waitForSelector("h1:text('Functions')", { timeout: 10000 });
+  await page.waitForSelector("tr[data-function=uploaded]", { state: "detached", timeout: 10000 });
+  // A deploy the node refuses says why.
+  await page.fill("#deploy-name", "Not A Name");
+  await page.click("#deploy");
+  await page.waitForSelector("#deploy-error:not(:empty)", { timeout: 10000 });
 
   // Still logged in, the user opens a function's page served by the node:
   // whatever it tries, it does not get the token.

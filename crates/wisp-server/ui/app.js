@@ -1,5 +1,7 @@
-// wisp's web UI: functions at a glance, invoke, live logs, call trees and the
-// async queue. Plain DOM and fetch against the node's own API, no build step.
+// wisp's web UI: functions at a glance (refreshed live), deploy from an
+// uploaded artifact, invoke, scale, remove, live logs, call trees, the async
+// queue, and namespaces, tokens, secrets (names only) and usage. Plain DOM
+// and fetch against the node's own API, no build step.
 "use strict";
 
 const main = document.getElementById("main");
@@ -29,7 +31,18 @@ async function api(path, options = {}) {
     error.unauthorized = response.status === 401;
     throw error;
   }
-  return response.json();
+  const text = await response.text();
+  return text ? JSON.parse(text) : null;
+}
+
+// Runs an action of a form or button, showing its error in `target` instead of failing silently.
+async function act(target, action) {
+  target.textContent = "";
+  try {
+    await action();
+  } catch (error) {
+    target.textContent = error.message;
+  }
 }
 
 function logout() {
@@ -80,9 +93,9 @@ function sparkline(durations) {
   return svg;
 }
 
-async function showFunctions() {
+async function functionRows() {
   const functions = await api("/system/functions");
-  const rows = await Promise.all(functions.map(async (f) => {
+  return Promise.all(functions.map(async (f) => {
     const name = `${f.service}.${f.namespace || "default"}`;
     const records = await api(`/system/records?name=${encodeURIComponent(name)}&limit=30`);
     const failed = records.filter((r) => r.status >= 500 || r.status === 429).length;
@@ -99,13 +112,60 @@ async function showFunctions() {
       el("td", {}, p50),
       el("td", {}, sparkline(durations)));
   }));
+}
+
+// The deploy form: an artifact uploaded from this browser, then deployed.
+function deployForm() {
+  const name = el("input", { id: "deploy-name", placeholder: "hello", required: "" });
+  const namespace = el("input", { id: "deploy-namespace", placeholder: "default" });
+  const kind = el("select", { id: "deploy-kind" },
+    ...["wasm-http", "wasm-stdio", "process", "process-http"].map((k) => el("option", {}, k)));
+  const artifact = el("input", { id: "artifact", type: "file" });
+  const command = el("input", { id: "deploy-command", placeholder: "process kinds: ./handler.sh" });
+  const error = el("p", { id: "deploy-error", class: "error", role: "alert" });
+  const submit = (event) => {
+    event.preventDefault();
+    act(error, async () => {
+      const deployment = { service: name.value.trim(), kind: kind.value };
+      if (namespace.value.trim()) deployment.namespace = namespace.value.trim();
+      if (command.value.trim()) deployment.envProcess = command.value.trim();
+      const file = artifact.files[0];
+      if (file) {
+        const uploaded = await api("/system/artifacts", { method: "PUT", body: file });
+        deployment.image = uploaded.digest;
+      }
+      await api("/system/functions", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(deployment),
+      });
+      await showFunctions();
+    });
+  };
+  return el("section", { class: "card" },
+    el("h2", {}, "Deploy"),
+    el("form", { onsubmit: submit },
+      el("div", { class: "row" },
+        el("div", {}, el("label", { for: "deploy-name" }, "Name"), name),
+        el("div", {}, el("label", { for: "deploy-namespace" }, "Namespace"), namespace),
+        el("div", {}, el("label", { for: "deploy-kind" }, "Kind"), kind)),
+      el("div", { class: "row" },
+        el("div", {}, el("label", { for: "artifact" }, "Artifact (.wasm, or a .tar of a process's directory)"), artifact),
+        el("div", {}, el("label", { for: "deploy-command" }, "Command"), command)),
+      el("button", { type: "submit", id: "deploy" }, "Deploy")),
+    error);
+}
+
+async function showFunctions() {
+  const body = el("tbody", {}, ...await functionRows());
+  const list = el("table", {},
+    el("thead", {}, el("tr", {}, ...["Name", "Namespace", "Kind", "Route", "Calls", "Errors", "p50", "Latency"].map((h) => el("th", {}, h)))),
+    body);
   page(el("section", { class: "card" },
     el("h1", {}, "Functions"),
-    functions.length === 0
-      ? el("p", { class: "muted" }, "No functions yet: wisp deploy")
-      : el("table", {},
-        el("thead", {}, el("tr", {}, ...["Name", "Namespace", "Kind", "Route", "Calls", "Errors", "p50", "Latency"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...rows))));
+    body.children.length === 0 ? el("p", { class: "muted" }, "No functions yet: wisp deploy, or deploy one below") : list),
+  deployForm());
+  // Live: the table is read again every few seconds while it is shown.
+  const timer = setInterval(() => functionRows().then((rows) => body.replaceChildren(...rows)).catch(() => {}), 3000);
+  stopFollowing = () => clearInterval(timer);
 }
 
 function parseHeaders(text) {
@@ -135,20 +195,67 @@ async function showFunction(reference) {
     const suffix = path.value === "/" ? "" : path.value;
     const init = { method: asynchronous ? "POST" : method.value, headers: parseHeaders(headers.value) };
     if (init.method !== "GET") init.body = body.value;
+    // The token reaches private functions; the gateway takes it off before the function sees the request.
+    init.headers.Authorization = `Bearer ${token}`;
     result.replaceChildren(el("p", { class: "muted" }, "calling…"));
-    const response = await fetch(prefix + encodeURIComponent(reference) + suffix, init);
-    const text = await response.text();
-    const callId = response.headers.get("x-call-id");
-    result.replaceChildren(
-      el("p", {}, el("span", { id: "response-status", class: statusClass(response.status) }, response.status), " ",
-        response.statusText, " · call ", el("a", { href: `#/trace/${callId}` }, callId)),
-      el("pre", { id: "response-body" }, text));
+    const started = performance.now();
+    try {
+      const response = await fetch(prefix + encodeURIComponent(reference) + suffix, init);
+      const text = await response.text();
+      const took = (performance.now() - started).toFixed(1);
+      const callId = response.headers.get("x-call-id");
+      const head = [...response.headers].map(([k, v]) => `${k}: ${v}`).join("\n");
+      result.replaceChildren(
+        el("p", {}, el("span", { id: "response-status", class: statusClass(response.status) }, response.status), " ",
+          response.statusText, ` · ${took} ms · call `, el("a", { href: `#/trace/${callId}` }, callId)),
+        el("pre", { id: "response-headers", class: "muted" }, head),
+        el("pre", { id: "response-body" }, text));
+    } catch (error) {
+      result.replaceChildren(el("p", { id: "response-error", class: "error" }, `the call failed: ${error.message}`));
+    }
   }
+
+  const actionError = el("p", { id: "action-error", class: "error", role: "alert" });
+  const remove = () => act(actionError, async () => {
+    if (!confirm(`Remove ${reference}?`)) return;
+    await api("/system/functions", {
+      method: "DELETE", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ functionName: name, namespace }),
+    });
+    location.hash = "#/";
+  });
+  const replicas = el("input", { id: "replicas", type: "number", min: "0", value: f.replicas ?? 1 });
+  const scale = (event) => {
+    event.preventDefault();
+    act(actionError, async () => {
+      await api(`/system/scale-function/${encodeURIComponent(name)}?namespace=${encodeURIComponent(namespace)}`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ replicas: Number(replicas.value) }),
+      });
+      await showFunction(reference);
+    });
+  };
+  const triggers = (f.triggers || []).map((t) => Object.entries(t).map(([k, v]) => `${k} ${v}`).join(", "));
+  const facts = [
+    ["replicas", f.kind === "process-http" ? `${f.availableReplicas ?? "?"} of ${f.replicas ?? "?"}` : "one instance per call"],
+    ["route", f.route || "none"], ["private", f.private ? "yes" : "no"],
+    ["timeout", f.timeout || "default"], ["memory", f.memory || "default"],
+    ["max concurrency", f.maxConcurrency ?? "unbounded"], ["triggers", triggers.join("; ") || "none"],
+  ];
 
   page(
     el("section", { class: "card" },
       el("h1", {}, name, " ", el("span", { class: "kind" }, f.kind)),
-      el("p", { class: "muted" }, `namespace ${namespace} · ${f.invocationCount} calls · route ${f.route || "none"} · memory ${f.memory || "default"}`)),
+      el("p", { class: "muted" }, `namespace ${namespace} · ${f.invocationCount} calls`),
+      el("table", { id: "facts" }, el("tbody", {}, ...facts.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))),
+      el("div", { class: "row" },
+        f.kind === "process-http"
+          ? el("form", { onsubmit: scale, class: "row" },
+            el("div", {}, el("label", { for: "replicas" }, "Replicas"), replicas),
+            el("button", { type: "submit", id: "scale" }, "Scale"))
+          : "",
+        el("div", {}, el("button", { id: "remove", class: "danger", onclick: remove }, "Remove"))),
+      actionError),
     el("div", { class: "grid" },
       el("section", { class: "card" },
         el("h2", {}, "Invoke"),
@@ -239,6 +346,47 @@ async function showQueue() {
       calls.length ? table(calls, false) : el("p", { class: "muted" }, "No async calls yet.")));
 }
 
+// A page of one table: `rows` of cells under `headers`, or `empty` when there are none.
+function tablePage(title, headers, rows, empty) {
+  page(el("section", { class: "card" }, el("h1", {}, title),
+    rows.length
+      ? el("table", { id: "listing" },
+        el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
+        el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((c) => el("td", {}, c))))))
+      : el("p", { class: "muted" }, empty)));
+}
+
+async function showNamespaces() {
+  const namespaces = await api("/system/namespaces?detail=true");
+  const quota = (value) => value ?? "unbounded";
+  tablePage("Namespaces", ["Name", "Functions", "Max functions", "Max concurrency", "Artifact bytes", "Max artifact bytes"],
+    namespaces.map((n) => [n.name, n.functions, quota(n.quotas.maxFunctions), quota(n.quotas.maxConcurrency),
+      n.artifactBytes, quota(n.quotas.maxArtifactBytes)]), "No namespaces.");
+}
+
+async function showTokens() {
+  const tokens = await api("/system/tokens");
+  tablePage("Tokens", ["Id", "Namespace", "Role", "Name", "Created", ""], tokens.map((t) => [t.id, t.namespace, t.role, t.name || "", t.createdAt,
+    el("button", { class: "small", onclick: async () => {
+      if (!confirm(`Revoke token ${t.id}?`)) return;
+      await api(`/system/tokens/${encodeURIComponent(t.id)}`, { method: "DELETE" });
+      showTokens();
+    } }, "Revoke")]), "No namespace tokens: wisp token create");
+}
+
+async function showSecrets() {
+  const secrets = await api("/system/secrets");
+  tablePage("Secrets", ["Name", "Namespace", "Created"], secrets.map((s) => [s.name, s.namespace, s.createdAt]),
+    "No secrets: wisp secret create");
+}
+
+async function showUsage() {
+  const usage = await api("/system/usage");
+  tablePage("Usage", ["Function", "Namespace", "Calls", "Errors", "Seconds", "GB-seconds"],
+    usage.map((u) => [u.function, u.namespace, u.invocations, u.errors, u.seconds.toFixed(3), u.gbSeconds.toFixed(4)]),
+    "No calls yet.");
+}
+
 async function route() {
   if (!token) return showLogin();
   nav.hidden = false;
@@ -247,6 +395,10 @@ async function route() {
     if (view === "function") await showFunction(decodeURIComponent(arg));
     else if (view === "trace") await showTrace(decodeURIComponent(arg));
     else if (view === "queue") await showQueue();
+    else if (view === "namespaces") await showNamespaces();
+    else if (view === "tokens") await showTokens();
+    else if (view === "secrets") await showSecrets();
+    else if (view === "usage") await showUsage();
     else if (view === "login") showLogin();
     else await showFunctions();
   } catch (error) {
