@@ -7,6 +7,8 @@ use clap::Args;
 use wisp_core::manifest::{Format, FunctionManifest, Manifest};
 
 /// Build the functions of a wisp.toml.
+///
+/// Example: wisp build -f examples/hello/wisp.toml
 #[derive(Args)]
 pub struct Build {
     /// The manifest.

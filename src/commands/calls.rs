@@ -7,6 +7,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// List async calls (newest first), show one, or retry a dead one.
+///
+/// Example: wisp calls hello --dead; wisp calls retry 3f2a...
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Calls {

@@ -23,6 +23,8 @@ use crate::client::Client;
 const PROGRESS_THRESHOLD: u64 = 1 << 20;
 
 /// Build, upload and deploy the functions of a wisp.toml.
+///
+/// Example: wisp deploy --filter hello --prune (or -f spin.toml, -f stack.yml)
 #[derive(Args)]
 pub struct Deploy {
     /// The manifest.

@@ -6,6 +6,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Show a deployed function's settings and state.
+///
+/// Example: wisp describe hello.team-a
 #[derive(Args)]
 pub struct Describe {
     /// The function, as `name` or `name.namespace`.

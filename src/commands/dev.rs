@@ -32,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const SKIPPED: [&str; 5] = ["target", ".git", "node_modules", "__pycache__", ".wisp"];
 
 /// Build, deploy and watch the functions of a wisp.toml, with their logs.
+///
+/// Example: cd my-project && wisp dev
 #[derive(Args)]
 pub struct Dev {
     /// The manifest.

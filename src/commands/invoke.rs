@@ -13,6 +13,8 @@ use crate::client::Client;
 
 /// Call a function: STDIN is the body, the response goes to STDOUT (with
 /// --async, the call is queued and its id printed; see `wisp calls`).
+///
+/// Example: echo '{"name": "ada"}' | wisp invoke hello -H Content-Type=application/json -i
 #[derive(Args)]
 pub struct Invoke {
     /// The function, as `name` or `name.namespace`.

@@ -10,6 +10,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Print a function's log: its output and wisp's line for each call.
+///
+/// Example: wisp logs hello -f --since 10m
 #[derive(Args)]
 pub struct Logs {
     /// The function (`name` or `name.namespace`).

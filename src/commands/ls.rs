@@ -6,6 +6,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// List deployed functions.
+///
+/// Example: wisp ls --namespace team-a --json
 #[derive(Args)]
 pub struct Ls {
     /// Only the functions of this namespace.

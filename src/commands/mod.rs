@@ -93,12 +93,17 @@ impl Cli {
 pub struct Remote {
     /// The gateway's URL [default: the current context's (`wisp login`), else
     /// http://127.0.0.1:8080].
-    #[arg(long = "url", env = "WISP_URL")]
+    #[arg(long = "url", env = "WISP_URL", value_name = "URL")]
     url_given: Option<String>,
     /// A token: the node's admin token or a namespace token (`wisp token create`);
     /// defaults to the current context's, else, for a node on this machine
     /// only, the admin token `wisp up` keeps in its data directory.
-    #[arg(long = "token", env = "WISP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "token",
+        env = "WISP_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token_given: Option<String>,
     /// Print machine-readable JSON.
     #[arg(long)]
@@ -158,5 +163,27 @@ pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/share/wisp"),
         None => PathBuf::from(".wisp"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn every_command_shows_an_example_in_its_help() {
+        for command in Cli::command().get_subcommands() {
+            let help = command
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example: wisp ") || help.contains("| wisp "),
+                "wisp {} --help has no example: {help}",
+                command.get_name()
+            );
+        }
     }
 }

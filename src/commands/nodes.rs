@@ -7,6 +7,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// List the live nodes: in a cluster, every node that heartbeated in the last seconds.
+///
+/// Example: wisp nodes
 #[derive(Args)]
 pub struct Nodes {
     #[command(flatten)]

@@ -10,6 +10,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Create, list and remove namespaces (the node's admin token creates and removes them).
+///
+/// Example: wisp ns create team-a --max-functions 10
 #[derive(Args)]
 pub struct Ns {
     #[command(subcommand)]

@@ -6,6 +6,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Remove a deployed function.
+///
+/// Example: wisp rm hello
 #[derive(Args)]
 pub struct Rm {
     /// The function, as `name` or `name.namespace`.

@@ -6,6 +6,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Set how many replicas a process-http function runs, or hand it back to the autoscaler.
+///
+/// Example: wisp scale shop 3; wisp scale shop auto
 #[derive(Args)]
 pub struct Scale {
     /// The function, as `name` or `name.namespace`.

@@ -11,6 +11,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Create, list and remove secrets, handed to the functions that declare them.
+///
+/// Example: echo -n s3cret | wisp secret create api-key
 #[derive(Args)]
 pub struct SecretCommand {
     #[command(subcommand)]

@@ -7,6 +7,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Create, list and revoke tokens that act in one namespace with one role.
+///
+/// Example: wisp token create --namespace team-a --role deploy --name ci
 #[derive(Args)]
 pub struct TokenCommand {
     #[command(subcommand)]

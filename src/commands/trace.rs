@@ -10,6 +10,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Print the tree of calls a call belongs to (its W3C trace).
+///
+/// Example: wisp trace 3f2a...
 #[derive(Args)]
 pub struct TraceCommand {
     /// Any call of the trace (`X-Call-Id`).

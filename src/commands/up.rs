@@ -7,6 +7,8 @@ use clap::Args;
 use wisp_server::Config;
 
 /// Start a node: serve functions and the admin API.
+///
+/// Example: wisp up --listen 0.0.0.0:8080 --data-dir /var/lib/wisp
 #[derive(Args)]
 pub struct Up {
     /// Address to listen on; port 0 picks a free one.

@@ -6,6 +6,8 @@ use super::Remote;
 use crate::client::Client;
 
 /// Print calls, errors, seconds and GB-seconds per function.
+///
+/// Example: wisp usage --namespace team-a --since 24h
 #[derive(Args)]
 pub struct UsageCommand {
     /// Only this namespace.

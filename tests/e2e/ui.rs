@@ -66,7 +66,11 @@ fn the_web_ui_logs_in_lists_invokes_and_shows_logs_and_traces() {
     }));
     let secret = wisp_testing::send(
         node.admin("POST", "/system/secrets"),
-        Some(json!({ "name": "api-key", "value": "s3cret" }).to_string().as_bytes()),
+        Some(
+            json!({ "name": "api-key", "value": "s3cret" })
+                .to_string()
+                .as_bytes(),
+        ),
     );
     assert_eq!(secret.status, 201, "{}", secret.body);
     let ui_url = node.ui_url.clone().expect("the node serves its web UI");
