@@ -33,7 +33,7 @@ const SKIPPED: [&str; 5] = ["target", ".git", "node_modules", "__pycache__", ".w
 
 /// Build, deploy and watch the functions of a wisp.toml, with their logs.
 ///
-/// Example: cd my-project && wisp dev
+/// Example: wisp dev -f my-project/wisp.toml
 #[derive(Args)]
 pub struct Dev {
     /// The manifest.
