@@ -556,6 +556,34 @@ fn a_cron_trigger_fires_once_per_tick_across_the_cluster() {
 }
 
 #[test]
+fn a_restarted_node_catches_up_on_no_tick_the_cluster_fired() {
+    let (nats, _dir, key, mut nodes) = cluster(2);
+    deploy_triggered_probe(&nodes, json!([{ "cron": "@every 1s" }]));
+    // One node goes down for a few ticks, which the other fires, and comes back.
+    let down = nodes.pop().unwrap();
+    let data_dir = down.data_dir.clone();
+    let scratch = down.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let args = cluster_args(&nats, 1, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start_with(WISP, scratch, data_dir, &args));
+    let mut ticks = Vec::new();
+    let enough = nodes[0].eventually(Duration::from_secs(15), || {
+        ticks = lines_of(&succeeded_everywhere(&nodes), "header ce-time=");
+        ticks.len() >= 8
+    });
+    assert!(enough, "ticks: {ticks:?}");
+    let mut distinct = ticks.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        ticks.len(),
+        "no tick fired twice: {ticks:?}"
+    );
+}
+
+#[test]
 fn broker_messages_are_taken_once_per_cluster() {
     let (_nats, _dir, _key, nodes) = cluster(3);
     let subject = crate::unique("wisp.cluster.");
