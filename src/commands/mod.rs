@@ -9,6 +9,7 @@ mod dev;
 mod invoke;
 mod logs;
 mod ls;
+mod new;
 mod nodes;
 mod ns;
 mod rm;
@@ -37,6 +38,7 @@ pub struct Cli {
 enum Command {
     // Boxed: `wisp up` has many more flags than the client commands.
     Up(Box<up::Up>),
+    New(new::New),
     Build(build::Build),
     Deploy(deploy::Deploy),
     Dev(dev::Dev),
@@ -64,6 +66,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Up(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::New(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Build(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Deploy(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Dev(command) => command.execute().map(|()| ExitCode::SUCCESS),

@@ -639,3 +639,112 @@ fn contexts_choose_the_node_and_errors_say_what_to_set() {
         "the saved token is its owner's only"
     );
 }
+
+#[test]
+fn every_template_of_wisp_new_deploys_from_anywhere_and_answers() {
+    let node = Node::start(WISP);
+    // Outside the repository: a project stands on its own.
+    let projects = tempfile::tempdir().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let cases = [
+        (
+            "rust-http",
+            r#"{"name": "ada"}"#,
+            r#"{"message":"hello, ada"}"#,
+        ),
+        (
+            "rust-stdio",
+            "one two three\n",
+            r#"{"lines":1,"words":3,"bytes":14}"#,
+        ),
+        ("shell", "ada", "hello, ada"),
+        (
+            "python",
+            r#"{"name": "ada"}"#,
+            r#"{"message": "hello, ada"}"#,
+        ),
+        (
+            "python-app",
+            r#"{"name": "ada"}"#,
+            r#"{"message": "hello, ada"}"#,
+        ),
+        (
+            "node-app",
+            r#"{"name": "ada"}"#,
+            r#"{"message":"hello, ada"}"#,
+        ),
+    ];
+    for (template, request, answer) in cases {
+        let name = format!("my-{template}");
+        let dir = projects.path().join(&name);
+        let mut new = node.cli(WISP);
+        new.args(["new", &name, "--template", template, "--dir"])
+            .arg(&dir);
+        let created = run(new, b"");
+        assert!(
+            created.status.success(),
+            "{template}: {}",
+            text(&created.stderr)
+        );
+        assert!(dir.join("README.md").is_file(), "{template}: a README");
+
+        let mut deploy = node.cli(WISP);
+        deploy.current_dir(&dir).arg("deploy");
+        let deployed = run(deploy, b"");
+        assert!(
+            deployed.status.success(),
+            "{template}: {}{}",
+            text(&deployed.stdout),
+            text(&deployed.stderr)
+        );
+        let mut invoke = node.cli(WISP);
+        invoke.args(["invoke", &name]);
+        let answered = run(invoke, request.as_bytes());
+        assert!(
+            answered.status.success(),
+            "{template}: {}",
+            text(&answered.stderr)
+        );
+        assert_eq!(text(&answered.stdout).trim(), answer, "{template}");
+    }
+
+    let mut again = node.cli(WISP);
+    again
+        .args(["new", "my-shell", "--template", "shell", "--dir"])
+        .arg(projects.path().join("my-shell"));
+    let refused = run(again, b"");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("exists"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let mut unknown = node.cli(WISP);
+    unknown.args(["new", "x", "--template", "cobol"]);
+    let refused = run(unknown, b"");
+    assert!(
+        text(&refused.stderr).contains("no template cobol"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+#[test]
+fn a_build_without_its_toolchain_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wisp.toml"),
+        "[[function]]\nname = \"x\"\nkind = \"wasm-http\"\nbuild = \"componentize-py -w x componentize app\"\nartifact = \"x.wasm\"\n",
+    )
+    .unwrap();
+    let mut build = Command::new(WISP);
+    build
+        .current_dir(dir.path())
+        .arg("build")
+        .env("PATH", "/usr/bin:/bin");
+    let output = run(build, b"");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(stderr.contains("pip install componentize-py"), "{stderr}");
+}
