@@ -13,9 +13,11 @@ use crate::{WISP, call, deploy_probe};
 const VALUE: &str = "s3cr3t-value-4711";
 const ROTATED: &str = "rotated-value-0815";
 
-/// A process function that prints the secret's variable, then its file.
-const READER: &str =
-    "#!/bin/sh\nprintf 'env=%s\\n' \"$DB_PASSWORD\"\ncat /run/secrets/db-password 2>&1 || true\n";
+/// A process function that prints the secret's variable, then its file,
+/// then its file where OpenFaaS's functions read it.
+const READER: &str = "#!/bin/sh\nprintf 'env=%s\\n' \"$DB_PASSWORD\"\n\
+    cat /run/secrets/db-password 2>&1 || true\nprintf '|'\n\
+    cat /var/openfaas/secrets/db-password 2>&1 || true\n";
 
 /// Runs `wisp secret ARGS` against `node` with `stdin`; (success, STDOUT + STDERR).
 fn secret_cli(node: &Node, args: &[&str], stdin: &str) -> (bool, String) {
@@ -76,7 +78,7 @@ fn secrets_reach_the_functions_that_declare_them_and_nothing_else() {
         );
         let read = node.post("/function/reader", b"");
         assert_eq!(read.status, 200, "{}", read.body);
-        assert_eq!(read.body, format!("env={value}\n{value}"));
+        assert_eq!(read.body, format!("env={value}\n{value}|{value}"));
     };
     seen(VALUE);
 

@@ -30,6 +30,8 @@ use landlock::{
 pub const FUNCTION_DIR: &str = "/function";
 /// Where a function finds its secrets, one file each (as in OpenFaaS).
 pub const SECRETS_DIR: &str = "/run/secrets";
+/// The same files where OpenFaaS's functions read them.
+pub const OPENFAAS_SECRETS_DIR: &str = "/var/openfaas/secrets";
 /// Where the sandbox finds this program.
 pub const JAIL_PATH: &str = "/run/wisp-jail";
 /// The descriptor `wisp-jail` reads the function's environment from:
@@ -213,6 +215,7 @@ impl Entry {
                     "/proc",
                     FUNCTION_DIR,
                     SECRETS_DIR,
+                    OPENFAAS_SECRETS_DIR,
                 ],
                 read,
             ))?

@@ -42,7 +42,7 @@ pub const UIDS: u32 = 65_536;
 const UID_BLOCKS: u32 = 1024;
 /// Where nodes on one machine lock the uid block each uses.
 const UID_LOCKS: &str = "/run/wisp/uids";
-pub use wisp_jail::{FUNCTION_DIR, SECRETS_DIR};
+pub use wisp_jail::{FUNCTION_DIR, OPENFAAS_SECRETS_DIR, SECRETS_DIR};
 /// The size of a sandbox's private `/tmp`.
 pub const TMP_SIZE: u64 = 64 << 20;
 /// The most processes (and threads) one call may have at once, when the node is root.
@@ -399,6 +399,13 @@ impl Jail {
             .arg(JAIL_PATH);
         if let Some(secrets) = &self.secrets {
             options.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
+            // Its parents made reachable, as `/run` above.
+            options
+                .args(["--perms", "0755", "--dir", "/var"])
+                .args(["--perms", "0755", "--dir", "/var/openfaas"])
+                .arg("--ro-bind")
+                .arg(secrets)
+                .arg(OPENFAAS_SECRETS_DIR);
         }
         if wants_network {
             if own_network.is_none() {
