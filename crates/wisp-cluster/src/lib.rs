@@ -620,10 +620,10 @@ impl Cluster {
             let value: Bytes = serde_json::to_vec(&(holder, now_millis()))
                 .expect("a lease serializes")
                 .into();
-            match self.registry.create(key.as_str(), value.clone()).await {
-                Ok(revision) => return Ok(Lease { key, revision }),
-                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(error) => return Err(jetstream_error(format!("take {key}"))(&error)),
+            // Not taken: another node holds it, or took it first from
+            // where the last one gave it back.
+            if let Ok(revision) = self.registry.create(key.as_str(), value.clone()).await {
+                return Ok(Lease { key, revision });
             }
             if let Ok(Some(entry)) = self.registry.entry(key.as_str()).await
                 && entry.operation == kv::Operation::Put
