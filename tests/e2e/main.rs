@@ -10,6 +10,7 @@ mod invoke;
 mod limits;
 mod observability;
 mod openfaas;
+mod pipelines;
 mod refusals;
 mod restart;
 mod sandbox;

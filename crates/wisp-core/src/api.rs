@@ -106,6 +106,10 @@ pub struct FunctionDeployment {
     /// Secrets of its namespace it is handed, by name (`wisp secret create`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A `pipeline`'s steps, in order: functions by `name` (of the
+    /// pipeline's namespace) or `name.namespace`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
 }
 
 /// OpenFaaS's `limits` object.

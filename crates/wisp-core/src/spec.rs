@@ -67,6 +67,8 @@ pub enum FunctionKind {
     Process,
     /// An executable that serves HTTP on `$PORT`: long-running replicas, scaled with demand.
     ProcessHttp,
+    /// Other functions run as one, each step's output streaming into the next's input.
+    Pipeline,
 }
 
 impl FunctionKind {
@@ -77,6 +79,7 @@ impl FunctionKind {
             Self::WasmStdio => "wasm-stdio",
             Self::Process => "process",
             Self::ProcessHttp => "process-http",
+            Self::Pipeline => "pipeline",
         }
     }
 
@@ -259,6 +262,9 @@ pub enum SpecError {
         "`files` is for wasm functions; a {0} function sees its own artifact's files (read-only)"
     )]
     Files(FunctionKind),
+    /// A pipeline's steps are missing or wrong, or given to another kind.
+    #[error("{0}")]
+    Pipeline(String),
     /// `fuel` on a process function, or none at all.
     #[error("`fuel` is for wasm functions, at least 1; a {0} function is bounded by its timeout")]
     Fuel(FunctionKind),
@@ -336,6 +342,45 @@ pub enum Network {
     Outbound,
 }
 
+/// The most steps a pipeline may have.
+pub const MAX_STEPS: usize = 32;
+
+/// Checks a pipeline's steps, and that no other kind has any.
+fn validate_steps(
+    kind: FunctionKind,
+    steps: &[String],
+    env: &BTreeMap<String, String>,
+    secrets: &[String],
+) -> Result<(), SpecError> {
+    let refuse = |message: String| Err(SpecError::Pipeline(message));
+    if kind != FunctionKind::Pipeline {
+        return match steps.is_empty() {
+            true => Ok(()),
+            false => refuse(format!("`steps` is for pipelines, not a {kind} function")),
+        };
+    }
+    if steps.is_empty() || steps.len() > MAX_STEPS {
+        return refuse(format!(
+            "a pipeline needs 1 to {MAX_STEPS} `steps`, not {}",
+            steps.len()
+        ));
+    }
+    for step in steps {
+        let (name, namespace) = step.split_once('.').unwrap_or((step, DEFAULT_NAMESPACE));
+        if validate_name(name).is_err() || validate_name(namespace).is_err() {
+            return refuse(format!(
+                "step `{step}` is not a function's `name` or `name.namespace`"
+            ));
+        }
+    }
+    if !env.is_empty() || !secrets.is_empty() {
+        return refuse(
+            "a pipeline has no environment or secrets of its own: give them to its steps".into(),
+        );
+    }
+    Ok(())
+}
+
 /// A validated function with its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -395,6 +440,9 @@ pub struct FunctionSpec {
     /// Secrets of its namespace it is handed, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A pipeline's steps: `name` or `name.namespace` references, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
 }
 
 /// How a function's async calls (and triggered events) run.
@@ -549,6 +597,7 @@ impl FunctionSpec {
             triggers,
             private,
             secrets,
+            steps,
         } = deployment;
         validate_name(&service)?;
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -559,6 +608,12 @@ impl FunctionSpec {
             .or(has_command.then_some(FunctionKind::Process))
             .ok_or(SpecError::MissingKind)?;
         let artifact = image.filter(|image| !image.is_empty());
+        validate_steps(kind, &steps, &env_vars, &secrets)?;
+        if artifact.is_some() && kind == FunctionKind::Pipeline {
+            return Err(SpecError::Pipeline(
+                "a pipeline has no `image`: its steps are functions of their own".into(),
+            ));
+        }
         if artifact.is_none() && kind.is_wasm() {
             return Err(SpecError::MissingArtifact(kind));
         }
@@ -726,6 +781,7 @@ impl FunctionSpec {
             triggers,
             private: private.unwrap_or(false),
             secrets,
+            steps,
         })
     }
 
@@ -773,6 +829,7 @@ impl FunctionSpec {
                 triggers: self.triggers.iter().cloned().map(Into::into).collect(),
                 private: Some(self.private),
                 secrets: self.secrets.clone(),
+                steps: self.steps.clone(),
             },
             invocation_count: observed.invocations,
             replicas: observed.replicas,

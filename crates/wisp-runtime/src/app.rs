@@ -104,7 +104,7 @@ struct App {
     name: String,
     program: Program,
     scale: Scale,
-    client: Client<ReplicaConnector, Full<Bytes>>,
+    client: Client<ReplicaConnector, ResponseBody>,
     /// The network namespaces of replicas that have one, by port.
     namespaces: Namespaces,
     state: Mutex<State>,
@@ -211,7 +211,7 @@ impl AppFunction {
         let app = &self.app;
         let started = Instant::now();
         let demand = Counted::new(app.clone(), |app| &app.demand);
-        let replica = self.replica(&invocation).await?;
+        let replica = self.replica(invocation.deadline).await?;
         let in_flight = Counted::new(replica.clone(), |replica| &replica.in_flight);
 
         let query = invocation
@@ -223,7 +223,7 @@ impl AppFunction {
             "http://127.0.0.1:{}{}{query}",
             replica.port, invocation.path
         );
-        let mut request = http::Request::new(Full::new(invocation.body));
+        let mut request = http::Request::new(invocation.body.into_body());
         *request.method_mut() = invocation.method;
         *request.uri_mut() = uri
             .parse()
@@ -305,7 +305,7 @@ impl AppFunction {
     }
 
     /// A ready replica, waiting for one to start when there is none.
-    async fn replica(&self, invocation: &Invocation) -> Result<Arc<Replica>, InvokeError> {
+    async fn replica(&self, deadline: tokio::time::Instant) -> Result<Arc<Replica>, InvokeError> {
         let app = &self.app;
         if let Some(replica) = app.state().least_busy() {
             return Ok(replica);
@@ -314,14 +314,14 @@ impl AppFunction {
         let since = Instant::now();
         app.cold_starts.fetch_add(1, Ordering::Relaxed);
         app.wake.notify_one();
-        app.wait_for(invocation.deadline, |state| match state.least_busy() {
+        app.wait_for(deadline, |state| match state.least_busy() {
             Some(replica) => Some(Ok(replica)),
             None => state
                 .failure_since(since)
                 .map(|why| Err(InvokeError::Failed(why))),
         })
         .await
-        .unwrap_or_else(|| Err(InvokeError::Timeout(invocation.deadline - since)))
+        .unwrap_or_else(|| Err(InvokeError::Timeout(deadline - since)))
     }
 }
 

@@ -36,7 +36,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub type Response = http::Response<ResponseBody>;
 
 /// One request to a function, as the function will see it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Invocation {
     /// The call id, echoed in `X-Call-Id`.
     pub call_id: String,
@@ -48,12 +48,73 @@ pub struct Invocation {
     pub query: Option<String>,
     /// The request headers.
     pub headers: http::HeaderMap,
-    /// The whole request body.
-    pub body: Bytes,
+    /// The request body.
+    pub body: Input,
+    /// Whether the caller takes a `process` or `wasm-stdio` function's
+    /// STDOUT as it is written, as a pipeline's next step does: the head
+    /// comes at once, and a failure after it ends the body with the
+    /// [`InvokeError`] as its error instead of being a status.
+    pub streamed: bool,
     /// When the invocation must be over, response body included.
     pub deadline: tokio::time::Instant,
     /// What the invocation used, as far as its executor can measure.
     pub meter: Arc<Meter>,
+}
+
+/// A request body: whole, or streamed as another function writes it (a
+/// pipeline's previous step).
+pub enum Input {
+    /// A body read whole.
+    Whole(Bytes),
+    /// A body that streams.
+    Streamed(ResponseBody),
+}
+
+impl Input {
+    /// The body as a stream.
+    pub fn into_body(self) -> ResponseBody {
+        match self {
+            Self::Whole(bytes) => full_body(bytes),
+            Self::Streamed(body) => body,
+        }
+    }
+
+    /// Writes the body into `writer` and closes it. A writer closed first (a
+    /// function that exits without reading its input) or a body that fails
+    /// (whoever streams it reports that) just ends the writing.
+    pub async fn write_into(self, mut writer: impl tokio::io::AsyncWrite + Unpin) {
+        use tokio::io::AsyncWriteExt as _;
+        match self {
+            Self::Whole(bytes) => {
+                let _ = writer.write_all(&bytes).await;
+            }
+            Self::Streamed(mut body) => {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && writer.write_all(&data).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    }
+}
+
+impl From<Bytes> for Input {
+    fn from(bytes: Bytes) -> Self {
+        Self::Whole(bytes)
+    }
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole(bytes) => write!(f, "Whole({} bytes)", bytes.len()),
+            Self::Streamed(_) => f.write_str("Streamed"),
+        }
+    }
 }
 
 /// What one invocation used. Executors fill in what they can measure: a
@@ -199,13 +260,16 @@ impl Executor {
     }
 }
 
+/// A complete body.
+fn full_body(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// A response with a complete body, as `wasm-stdio` and `process` functions give.
 fn full_response(content_type: &str, body: Bytes) -> Response {
-    let mut response = http::Response::new(
-        Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = http::Response::new(full_body(body));
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
         response
             .headers_mut()
@@ -273,7 +337,8 @@ mod tests {
             path: "/a/b".into(),
             query: Some("x=1".into()),
             headers,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
+            streamed: false,
             deadline: tokio::time::Instant::now(),
             meter: Arc::default(),
         };

@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::{
     Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
@@ -26,6 +26,8 @@ use crate::{
 
 /// The most a process may write to STDOUT (its response body).
 pub const MAX_STDOUT: u64 = 64 << 20;
+/// How much of a streamed STDOUT is read at a time.
+const CHUNK: usize = 64 << 10;
 /// The most of a process's STDERR that is kept for the log, per invocation.
 pub const MAX_STDERR: u64 = 64 << 10;
 /// `PATH` for functions, which inherit nothing from the node's environment.
@@ -159,44 +161,93 @@ impl ProcessFunction {
             )));
         }
         let exit = group.as_ref().and_then(|group| pidfd(group.0));
-        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let body = invocation.body.clone();
+        let Invocation {
+            call_id,
+            body,
+            deadline,
+            meter,
+            streamed,
+            ..
+        } = invocation;
+        let wait = async move {
+            // Read what it used while it is a zombie; reaping forgets it.
+            if let Some(exit) = exit {
+                meter_exit(exit, &meter).await;
+            }
+            child
+                .wait()
+                .await
+                .map_err(|error| InvokeError::Internal(format!("wait: {error}")))
+        };
+        let content_type = stdio_content_type(&self.program.env);
+        if streamed {
+            let (mut sender, channel) = http_body_util::Channel::new(1);
+            let output = self.output.clone();
+            tokio::spawn(async move {
+                // Whatever happens, nothing of this request outlives it.
+                let _group = group;
+                let run = async {
+                    tokio::try_join!(
+                        async {
+                            body.write_into(stdin).await;
+                            Ok(())
+                        },
+                        pump(stdout, &mut sender),
+                        async { Ok(read_bounded(stderr, MAX_STDERR).await) },
+                        async { Ok(wait.await) },
+                    )
+                };
+                let outcome = match tokio::time::timeout_at(deadline, run).await {
+                    // The reader went away: nobody is left to tell.
+                    Ok(Err(Gone)) => return,
+                    Ok(Ok(((), (), stderr, status))) => {
+                        output.lines(
+                            Some(&call_id),
+                            LogStream::Stderr,
+                            &stderr.unwrap_or_default().0,
+                        );
+                        status.and_then(exit_status)
+                    }
+                    Err(_) => Err(InvokeError::Timeout(deadline - started)),
+                };
+                // The body ends cleanly only when the sender is dropped unaborted.
+                if let Err(error) = outcome {
+                    sender.abort(Box::new(error));
+                }
+            });
+            let mut response = http::Response::new(http_body_util::BodyExt::boxed_unsync(channel));
+            if let Ok(value) = http::HeaderValue::from_str(&content_type) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, value);
+            }
+            return Ok(response);
+        }
 
         let run = async {
-            let feed = async move {
-                // A function may exit without reading its input: that is not an error.
-                let _ = stdin.write_all(&body).await;
-                drop(stdin);
-            };
             let (_, out, err, status) = tokio::join!(
-                feed,
+                body.write_into(stdin),
                 read_bounded(stdout, MAX_STDOUT),
                 read_bounded(stderr, MAX_STDERR),
-                async {
-                    // Read what it used while it is a zombie; reaping forgets it.
-                    if let Some(exit) = exit {
-                        meter_exit(exit, &invocation.meter).await;
-                    }
-                    child.wait().await
-                }
+                wait,
             );
             (out, err, status)
         };
-        let outcome = tokio::time::timeout_at(invocation.deadline, run).await;
+        let outcome = tokio::time::timeout_at(deadline, run).await;
         // Whatever happened, nothing of this request may outlive it.
         drop(group);
         let (stdout, stderr, status) = match outcome {
             Ok(finished) => finished,
-            Err(_) => return Err(InvokeError::Timeout(invocation.deadline - started)),
+            Err(_) => return Err(InvokeError::Timeout(deadline - started)),
         };
         self.output.lines(
-            Some(&invocation.call_id),
+            Some(&call_id),
             LogStream::Stderr,
             &stderr.unwrap_or_default().0,
         );
-        let status = status.map_err(|error| InvokeError::Internal(format!("wait: {error}")))?;
         let (stdout, truncated) =
             stdout.map_err(|error| InvokeError::Failed(format!("reading STDOUT: {error}")))?;
         if truncated {
@@ -204,19 +255,42 @@ impl ProcessFunction {
                 "the response is larger than {MAX_STDOUT} bytes"
             )));
         }
-        match status.code() {
-            Some(0) => Ok(full_response(
-                &stdio_content_type(&self.program.env),
-                stdout,
-            )),
-            Some(code) => Err(InvokeError::Exit(code)),
-            None => {
-                let signal =
-                    std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
-                Err(InvokeError::Failed(format!(
-                    "the process was killed by signal {signal}"
-                )))
-            }
+        status.and_then(exit_status)?;
+        Ok(full_response(&content_type, stdout))
+    }
+}
+
+/// A process's exit status as an outcome: 0 is success.
+fn exit_status(status: std::process::ExitStatus) -> Result<(), InvokeError> {
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(InvokeError::Exit(code)),
+        None => {
+            let signal = std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or_default();
+            Err(InvokeError::Failed(format!(
+                "the process was killed by signal {signal}"
+            )))
+        }
+    }
+}
+
+/// The reader of a streamed STDOUT went away.
+struct Gone;
+
+/// Sends what `stdout` gives, chunk by chunk, as it comes.
+async fn pump(
+    mut stdout: impl AsyncRead + Unpin,
+    sender: &mut http_body_util::channel::Sender<Bytes, crate::BoxError>,
+) -> Result<(), Gone> {
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        buffer.reserve(CHUNK);
+        match stdout.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => sender
+                .send_data(buffer.split().freeze())
+                .await
+                .map_err(|_| Gone)?,
         }
     }
 }
@@ -328,7 +402,8 @@ mod tests {
             path: "/p".into(),
             query: None,
             headers: http::HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
+            body: Bytes::from(body.to_owned()).into(),
+            streamed: false,
             deadline: tokio::time::Instant::now() + timeout,
             meter: Arc::default(),
         }

@@ -30,7 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::{BodyExt as _, Full};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     UpdateDeadline,
@@ -38,6 +39,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{
     FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    cli::AsyncStdinStream,
     p2::{
         bindings::CommandPre,
         pipe::{MemoryInputPipe, MemoryOutputPipe},
@@ -51,7 +53,7 @@ use wasmtime_wasi_http::{
 use wisp_core::egress::EgressPolicy;
 
 use crate::{
-    GuestRunning, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
+    GuestRunning, Input, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
     full_response,
     outbound::{OutboundPolicy, TRACEPARENT},
     stdio_content_type, watchdog_env,
@@ -61,6 +63,8 @@ use crate::{
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Bytes of each pooled fiber stack kept resident between instances.
 const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
+/// The buffer between a streamed body and a `wasm-stdio` guest's STDIN.
+const STDIN_PIPE: usize = 64 << 10;
 /// The most a `wasm-stdio` guest may write to STDOUT (its response body).
 pub const MAX_STDOUT: usize = 64 << 20;
 /// The most of a guest's STDERR (and a `wasm-http` guest's STDOUT) kept for the log, per invocation.
@@ -748,10 +752,13 @@ impl HttpFunction {
             Some(query) => format!("http://{authority}{}?{query}", invocation.path),
             None => format!("http://{authority}{}", invocation.path),
         };
+        let body = std::mem::replace(&mut invocation.body, Input::Whole(Bytes::new()))
+            .into_body()
+            .map_err(|error| wasmtime_wasi_http::Error::InternalError(Some(error.to_string())));
         let mut request = http::Request::builder()
             .method(invocation.method.clone())
             .uri(uri)
-            .body(Full::new(invocation.body.clone()))
+            .body(body)
             .map_err(|error| InvokeError::Internal(format!("request: {error}")))?;
         // The guest owns the headers from here on; nothing else reads them.
         *request.headers_mut() = std::mem::take(&mut invocation.headers);
@@ -843,15 +850,23 @@ pub struct StdioFunction {
 
 impl StdioFunction {
     /// Runs the command once: the body on STDIN, STDOUT as the response.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+    pub async fn invoke(&self, mut invocation: Invocation) -> Result<Response, InvokeError> {
         let started = tokio::time::Instant::now();
         let stdout = MemoryOutputPipe::new(MAX_STDOUT);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
-        let wasi = self
-            .limits
-            .wasi()?
-            .envs(&watchdog_env(&invocation))
-            .stdin(MemoryInputPipe::new(invocation.body.clone()))
+        let mut wasi = self.limits.wasi()?;
+        wasi.envs(&watchdog_env(&invocation));
+        match std::mem::replace(&mut invocation.body, Input::Whole(Bytes::new())) {
+            Input::Whole(bytes) => wasi.stdin(MemoryInputPipe::new(bytes)),
+            streamed => {
+                // Fed through a pipe as the guest reads; a guest that stops
+                // reading stops the feed.
+                let (reader, writer) = tokio::io::duplex(STDIN_PIPE);
+                tokio::spawn(streamed.write_into(writer));
+                wasi.stdin(AsyncStdinStream::new(reader))
+            }
+        };
+        let wasi = wasi
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .arg(&self.limits.name)

@@ -28,7 +28,10 @@ use wisp_core::{
 };
 use wisp_runtime::{Executor, PrepareError};
 
-use crate::{ApiError, cluster, node::Node};
+use crate::{
+    ApiError, cluster,
+    node::{Node, Runner},
+};
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -303,7 +306,7 @@ fn check_triggers(
 /// Prepares (compiles) a function off the async threads and, for an app,
 /// waits until its new replicas are ready: an app takes over only then, so
 /// a redeploy fails no request and a broken app is refused (400).
-pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Executor, ApiError> {
+pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Runner, ApiError> {
     let prepared = {
         let (node, spec) = (node.clone(), spec.clone());
         tokio::task::spawn_blocking(move || node.prepare(&spec))
@@ -316,7 +319,7 @@ pub(crate) async fn ready(node: &Arc<Node>, spec: &FunctionSpec) -> Result<Execu
         }
         PrepareError::Internal(message) => ApiError::internal(message),
     })?;
-    if let Executor::App(app) = &executor
+    if let Runner::Executor(Executor::App(app)) = &executor
         && let Err(error) = app.warm().await
     {
         return Err(ApiError::bad_request(format!(
@@ -417,7 +420,7 @@ async fn scale(
             "function {name} is not deployed in namespace {namespace}"
         ))
     })?;
-    let Executor::App(app) = &function.executor else {
+    let Some(app) = function.app() else {
         return Err(ApiError::bad_request(format!(
             "function {name} is a {} function: it gets a fresh instance per request and has no replicas to scale",
             function.spec.kind

@@ -19,12 +19,14 @@ use axum::{
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
+use wisp_core::FunctionKind;
 use wisp_core::telemetry::CallSource;
-use wisp_runtime::{GuestRunning, Invocation, InvokeError};
+use wisp_runtime::{GuestRunning, Input, Invocation, InvokeError};
 
 use crate::{
     ApiError,
-    node::{Deployed, Node},
+    node::{Deployed, Node, Runner},
+    pipeline,
     telemetry::{FinishedCall, Span},
 };
 
@@ -82,7 +84,7 @@ pub struct Call {
 /// What an admitted call holds: its place in the active count and its
 /// function's and namespace's slots. It lives until the call is over (see
 /// [`Held`]), not just until the response head is out.
-struct Admission {
+pub(crate) struct Admission {
     _function_slot: OwnedSemaphorePermit,
     _namespace_slot: Option<OwnedSemaphorePermit>,
     _active: Active,
@@ -197,37 +199,29 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
     // The body is read before any slot is taken: a client that trickles it
     // (or stops sending) holds only its connection and its buffer, bounded
     // by the body limit and `--body-read-timeout`, never the function's or
-    // the namespace's capacity.
-    let body = match read_body(call.body, limit, node.config.body_read_timeout).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-
-    let active = Active::enter(&function, node);
-    let queue_timeout = spec.queue_timeout.0;
-    let rejected = |rejected: crate::admission::Rejected| {
-        if node.config.telemetry {
-            node.metrics.rejected(&function);
+    // the namespace's capacity. A pipeline streams it instead, through its
+    // steps as they read it: its own deadline bounds a slow client.
+    let body = if spec.kind == FunctionKind::Pipeline {
+        Input::Streamed(
+            http_body_util::Limited::new(call.body, limit as usize)
+                .map_err(
+                    move |error| match error.downcast::<http_body_util::LengthLimitError>() {
+                        Ok(_) => too_large(limit).message.into(),
+                        Err(error) => error,
+                    },
+                )
+                .boxed_unsync(),
+        )
+    } else {
+        match read_body(call.body, limit, node.config.body_read_timeout).await {
+            Ok(body) => Input::Whole(body),
+            Err(error) => return error.into_response(),
         }
-        busy(rejected.message, rejected.retry_after)
-    };
-    let function_slot = match function.limit.acquire(queue_timeout).await {
-        Ok(slot) => slot,
-        Err(error) => return rejected(error),
-    };
-    let namespace_limit = node.namespace_limit(&spec.namespace);
-    let namespace_slot = match &namespace_limit {
-        Some(limit) => match limit.acquire(queue_timeout).await {
-            Ok(slot) => Some(slot),
-            Err(error) => return rejected(error),
-        },
-        None => None,
     };
 
-    let admission = Admission {
-        _function_slot: function_slot,
-        _namespace_slot: namespace_slot,
-        _active: active,
+    let admission = match admit(node, &function).await {
+        Ok(admission) => admission,
+        Err(rejected) => return busy(rejected.message, rejected.retry_after),
     };
 
     let invocation = Invocation {
@@ -237,6 +231,7 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
         query: call.query,
         headers: call.headers,
         body,
+        streamed: false,
         deadline: tokio::time::Instant::now() + spec.timeout.0,
         meter: Arc::default(),
     };
@@ -256,10 +251,40 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
     }
 }
 
+/// Takes a slot of `function` and of its namespace, waiting up to its
+/// `queue_timeout` for them; a rejection is counted.
+pub(crate) async fn admit(
+    node: &Arc<Node>,
+    function: &Arc<Deployed>,
+) -> Result<Admission, crate::admission::Rejected> {
+    let active = Active::enter(function, node);
+    let queue_timeout = function.spec.queue_timeout.0;
+    let rejected = |rejected| {
+        if node.config.telemetry {
+            node.metrics.rejected(function);
+        }
+        rejected
+    };
+    let function_slot = function
+        .limit
+        .acquire(queue_timeout)
+        .await
+        .map_err(rejected)?;
+    let namespace_slot = match node.namespace_limit(&function.spec.namespace) {
+        Some(limit) => Some(limit.acquire(queue_timeout).await.map_err(rejected)?),
+        None => None,
+    };
+    Ok(Admission {
+        _function_slot: function_slot,
+        _namespace_slot: namespace_slot,
+        _active: active,
+    })
+}
+
 /// Runs one admitted invocation, traced, logged and counted: the path sync
-/// and async calls share.
+/// and async calls share, and a pipeline's steps too.
 pub(crate) async fn invoke(
-    node: &Node,
+    node: &Arc<Node>,
     function: &Deployed,
     mut invocation: Invocation,
     source: CallSource,
@@ -267,14 +292,14 @@ pub(crate) async fn invoke(
     function.invocations.fetch_add(1, Ordering::Relaxed);
     node.invocations.fetch_add(1, Ordering::Relaxed);
     if !node.config.telemetry {
-        return function.executor.invoke(invocation).await;
+        return run(node, function, invocation, source).await;
     }
     let span = Span::enter(&mut invocation.headers, &invocation.call_id);
     let call_id = invocation.call_id.clone();
     let meter = invocation.meter.clone();
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
-    let outcome = function.executor.invoke(invocation).await;
+    let outcome = run(node, function, invocation, source).await;
     let elapsed = started.elapsed();
     let (status, error) = match &outcome {
         Ok(response) => (response.status().as_u16(), None),
@@ -296,6 +321,20 @@ pub(crate) async fn invoke(
         meter: &meter,
     });
     outcome
+}
+
+/// Runs an invocation on the function's runner.
+async fn run(
+    node: &Arc<Node>,
+    function: &Deployed,
+    invocation: Invocation,
+    source: CallSource,
+) -> Result<wisp_runtime::Response, InvokeError> {
+    match &function.runner {
+        Runner::Executor(executor) => executor.invoke(invocation).await,
+        // Boxed: its steps are invoked through here again.
+        Runner::Pipeline => Box::pin(pipeline::run(node, function, invocation, source)).await,
+    }
 }
 
 /// The status an invocation failure answers with.

@@ -22,6 +22,7 @@ mod error;
 mod events;
 mod invoke;
 mod node;
+mod pipeline;
 mod reads;
 mod secrets;
 mod telemetry;

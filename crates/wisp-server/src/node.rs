@@ -73,7 +73,7 @@ pub struct Deployed {
     /// Its validated spec.
     pub spec: FunctionSpec,
     /// How it runs.
-    pub executor: Executor,
+    pub runner: Runner,
     /// Invocations since the node started.
     pub invocations: AtomicU64,
     /// Invocations running now.
@@ -82,6 +82,24 @@ pub struct Deployed {
     pub limit: Limit,
     /// Its metric labels.
     pub(crate) labels: FunctionLabels,
+}
+
+/// What runs a deployed function's calls.
+pub enum Runner {
+    /// The runtime's executor of its kind.
+    Executor(Executor),
+    /// A pipeline: its steps are other functions ([`crate::pipeline`]).
+    Pipeline,
+}
+
+impl Deployed {
+    /// Its replicas, if it is an HTTP app.
+    pub(crate) fn app(&self) -> Option<&AppFunction> {
+        match &self.runner {
+            Runner::Executor(Executor::App(app)) => Some(app),
+            _ => None,
+        }
+    }
 }
 
 /// Functions by `(namespace, name)`, and those with a top-level route.
@@ -295,7 +313,15 @@ impl Node {
 
     /// Turns a spec into something that runs: compiles or loads the
     /// component, or unpacks the process tree; reads its secrets. Blocking.
-    pub(crate) fn prepare(&self, spec: &FunctionSpec) -> Result<Executor, PrepareError> {
+    pub(crate) fn prepare(&self, spec: &FunctionSpec) -> Result<Runner, PrepareError> {
+        match spec.kind {
+            FunctionKind::Pipeline => Ok(Runner::Pipeline),
+            _ => self.executor(spec).map(Runner::Executor),
+        }
+    }
+
+    /// Prepares the executor of a function that is not a pipeline.
+    fn executor(&self, spec: &FunctionSpec) -> Result<Executor, PrepareError> {
         let store_error = |error: StoreError| match error {
             StoreError::UnknownArtifact(_) | StoreError::BadArchive { .. } => {
                 PrepareError::InvalidArtifact(error.to_string())
@@ -404,7 +430,7 @@ impl Node {
     }
 
     /// Makes a prepared function visible to the invocation path.
-    pub(crate) fn install(&self, spec: FunctionSpec, executor: Executor) {
+    pub(crate) fn install(&self, spec: FunctionSpec, runner: Runner) {
         let key = (spec.namespace.clone(), spec.name.clone());
         let limit = Limit::new(
             format!("function {}", spec.name),
@@ -414,7 +440,7 @@ impl Node {
         let deployed = Arc::new(Deployed {
             labels: FunctionLabels::of(&spec),
             spec,
-            executor,
+            runner,
             invocations: AtomicU64::new(0),
             active: AtomicU64::new(0),
             limit,
@@ -489,8 +515,8 @@ impl Node {
             return Observed::default();
         };
         let invocations = function.invocations.load(Ordering::Relaxed);
-        match &function.executor {
-            Executor::App(app) => {
+        match function.app() {
+            Some(app) => {
                 let counts = app.counts();
                 Observed {
                     invocations,
@@ -499,7 +525,7 @@ impl Node {
                     cold_starts: counts.cold_starts,
                 }
             }
-            _ => Observed {
+            None => Observed {
                 invocations,
                 replicas: 1,
                 available_replicas: 1,
@@ -517,7 +543,7 @@ impl Node {
     /// Stops every function's replicas, once requests in flight are done.
     pub async fn drain(&self) {
         for function in self.deployed() {
-            if let Executor::App(app) = &function.executor {
+            if let Some(app) = function.app() {
                 app.drain().await;
             }
         }

@@ -6,7 +6,8 @@
 //! `/spew?mib=` to flood STDOUT, `/stream?chunks=&ms=` to answer at once
 //! and then send its body a line every `ms` milliseconds, `/linger?ms=` to
 //! answer at once with the time it started, then go on running for `ms`
-//! milliseconds and log the time it stopped to STDERR). With `PROBE_UPSTREAM` set to an
+//! milliseconds and log the time it stopped to STDERR, `/copy` to stream the
+//! request body back as it arrives). With `PROBE_UPSTREAM` set to an
 //! `http://` URL, `/` instead calls that URL and answers with its answer, so
 //! chains of functions can be built.
 
@@ -61,6 +62,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/status" => respond(response_out, param("code") as u16, b"as asked\n"),
             "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),
             "/stream" => stream_slowly(response_out, param("chunks"), param("ms")),
+            "/copy" => copy(request, response_out),
             "/read" => match std::fs::read(text("path")) {
                 Ok(bytes) => respond(response_out, 200, &bytes),
                 Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
@@ -174,6 +176,23 @@ fn stream_slowly(response_out: ResponseOutparam, chunks: u64, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     drop(stream);
+    OutgoingBody::finish(outgoing, None).expect("response body finishes");
+}
+
+/// Streams the request body into the response body, a chunk at a time.
+fn copy(request: IncomingRequest, response_out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("response body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let incoming = request.consume().expect("request body is consumed once");
+    let mut input = incoming.stream().expect("body stream is taken once");
+    let mut output = outgoing.write().expect("body stream is taken once");
+    // Each read waits for what is there, up to 64 KiB; the end is an error.
+    while let Ok(chunk) = input.blocking_read(64 << 10) {
+        output.write_all(&chunk).expect("response body writes");
+    }
+    output.flush().expect("response body flushes");
+    drop(output);
     OutgoingBody::finish(outgoing, None).expect("response body finishes");
 }
 

@@ -16,12 +16,73 @@ use crate::{
 };
 
 /// A parsed `wisp.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `[[function]]` tables, then the `[[pipeline]]` tables as functions
+    /// of kind `pipeline`.
+    pub function: Vec<FunctionManifest>,
+}
+
+/// The tables of a `wisp.toml` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tables {
+    #[serde(default)]
+    function: Vec<FunctionManifest>,
+    #[serde(default)]
+    pipeline: Vec<PipelineManifest>,
+}
+
+/// One `[[pipeline]]` table: functions run as one, each step's output
+/// streaming into the next step's input. What it does not have (an
+/// artifact, an environment) belongs to its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// The `[[function]]` tables.
+struct PipelineManifest {
+    #[serde(deserialize_with = "dns_label")]
+    name: String,
+    #[serde(default, deserialize_with = "optional_dns_label")]
+    namespace: Option<String>,
+    steps: Vec<String>,
+    route: Option<String>,
+    timeout: Option<HumanDuration>,
+    max_concurrency: Option<u32>,
+    max_body_size: Option<ByteSize>,
+    queue_timeout: Option<HumanDuration>,
     #[serde(default)]
-    pub function: Vec<FunctionManifest>,
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    retries: Option<u32>,
+    retry_backoff: Option<HumanDuration>,
+    async_timeout: Option<HumanDuration>,
+    async_concurrency: Option<u32>,
+    #[serde(default)]
+    triggers: Vec<TriggerDeclaration>,
+    private: Option<bool>,
+}
+
+impl From<PipelineManifest> for FunctionManifest {
+    fn from(pipeline: PipelineManifest) -> Self {
+        Self {
+            namespace: pipeline.namespace,
+            steps: pipeline.steps,
+            route: pipeline.route,
+            timeout: pipeline.timeout,
+            max_concurrency: pipeline.max_concurrency,
+            max_body_size: pipeline.max_body_size,
+            queue_timeout: pipeline.queue_timeout,
+            labels: pipeline.labels,
+            annotations: pipeline.annotations,
+            retries: pipeline.retries,
+            retry_backoff: pipeline.retry_backoff,
+            async_timeout: pipeline.async_timeout,
+            async_concurrency: pipeline.async_concurrency,
+            triggers: pipeline.triggers,
+            private: pipeline.private,
+            ..Self::new(pipeline.name, FunctionKind::Pipeline)
+        }
+    }
 }
 
 /// One `[[function]]` table.
@@ -103,6 +164,9 @@ pub struct FunctionManifest {
     /// globs relative to the manifest's directory.
     #[serde(default)]
     pub watch: Vec<String>,
+    /// A `pipeline`'s steps: `name` or `name.namespace`, in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
@@ -212,8 +276,13 @@ impl Manifest {
 
     /// Parses the text of a `wisp.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let manifest: Self =
+        let tables: Tables =
             toml::from_str(text).map_err(|error| ManifestError::toml(text, &error))?;
+        let manifest = Self {
+            function: (tables.function.into_iter())
+                .chain(tables.pipeline.into_iter().map(Into::into))
+                .collect(),
+        };
         let mut seen = std::collections::BTreeSet::new();
         for function in &manifest.function {
             let key = (function.namespace.clone(), function.name.clone());
@@ -264,6 +333,7 @@ impl FunctionManifest {
             private: None,
             secrets: Vec::new(),
             watch: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
@@ -302,6 +372,7 @@ impl FunctionManifest {
             triggers: self.triggers.clone(),
             private: self.private,
             secrets: self.secrets.clone(),
+            steps: self.steps.clone(),
         }
     }
 }

@@ -42,7 +42,7 @@ use wisp_store::{NewCall, PendingCall, Store};
 
 use crate::{
     dispatch::{self, Active},
-    node::Node,
+    node::{Node, Runner},
 };
 pub use writer::{Write, Writer, Written};
 
@@ -448,7 +448,8 @@ impl Queue {
                         path: request.path,
                         query: request.query,
                         headers: request.headers,
-                        body: request.body,
+                        body: request.body.into(),
+                        streamed: false,
                         deadline: tokio::time::Instant::now()
                             + function.spec.asynchronous.timeout.0,
                         meter: Arc::default(),
@@ -467,8 +468,8 @@ impl Queue {
                     if let Attempt::Answered(_, _, body) = &attempt
                         && node.config.telemetry
                         && matches!(
-                            function.executor,
-                            Executor::WasmStdio(_) | Executor::Process(_)
+                            function.runner,
+                            Runner::Executor(Executor::WasmStdio(_) | Executor::Process(_))
                         )
                     {
                         let shown = &body[..body.len().min(wisp_runtime::wasm::MAX_STDERR)];

@@ -1,0 +1,170 @@
+//! Pipelines: functions of mixed kinds run as one, each step's output
+//! streaming into the next step's input; the first failing step ends the
+//! call, and its status and name are the answer.
+
+use std::io::Read as _;
+
+use serde_json::json;
+use wisp_testing::Node;
+
+use crate::WISP;
+
+/// A node with `cat` and `wc -c` as processes and the http probe as `copy`,
+/// which streams its request body back on `/copy`.
+fn node_with_steps(args: &[&str]) -> Node {
+    let node = Node::start_args(WISP, args);
+    node.deploy_ok(json!({ "service": "cat", "kind": "process", "envProcess": "cat" }));
+    node.deploy_ok(json!({ "service": "count", "kind": "process", "envProcess": "wc -c" }));
+    let probe = node.upload_file(wisp_testing::HTTP_PROBE);
+    node.deploy_ok(json!({ "service": "copy", "kind": "wasm-http", "image": probe }));
+    node
+}
+
+/// A process function running `script` as `./run.sh`.
+fn deploy_script(node: &Node, name: &str, script: &str, timeout: &str) {
+    let image = node.upload(&wisp_testing::script_archive("run.sh", script));
+    node.deploy_ok(json!({
+        "service": name, "kind": "process", "image": image, "envProcess": "./run.sh",
+        "timeout": timeout,
+    }));
+}
+
+#[test]
+fn a_mixed_pipeline_streams_100_mb_through_with_the_nodes_memory_bounded() {
+    let node = node_with_steps(&["--max-body-size", "512MiB"]);
+    node.deploy_ok(json!({
+        "service": "mixed", "kind": "pipeline", "steps": ["cat", "copy", "count"],
+        "timeout": "120s",
+    }));
+    // A small call first, so what the node holds at rest is counted before.
+    let small = node.post("/function/mixed/copy", b"hello\n");
+    assert_eq!((small.status, small.body.trim()), (200, "6"), "{small:?}");
+    let before = node.peak_rss();
+
+    const SIZE: u64 = 100 << 20;
+    let body = std::io::repeat(b'x').take(SIZE);
+    let response = node.request("POST", "/function/mixed/copy").send(body);
+    let response = match response {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("the pipeline call failed: {error}"),
+    };
+    assert_eq!(response.status(), 200);
+    let counted = response.into_string().expect("a text body");
+    assert_eq!(counted.trim(), SIZE.to_string());
+
+    let grown = node.peak_rss().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "100 MiB went through three steps, yet the node's peak RSS grew by {} MiB",
+        grown >> 20
+    );
+}
+
+#[test]
+fn the_first_failing_step_ends_the_pipeline_with_its_status_and_name() {
+    let node = node_with_steps(&[]);
+    deploy_script(
+        &node,
+        "failing",
+        "#!/bin/sh\ncat >/dev/null\necho failing on purpose >&2\nexit 3\n",
+        "10s",
+    );
+    node.deploy_ok(
+        json!({ "service": "broken", "kind": "pipeline", "steps": ["cat", "failing", "cat"] }),
+    );
+    let response = node.post("/function/broken", b"some input\n");
+    assert_eq!(response.status, 502, "{response:?}");
+    let error = response.error();
+    assert!(
+        error.contains("step 2 (failing)") && error.contains("status 3"),
+        "{error}"
+    );
+
+    // A step's own error status is the pipeline's, the step named.
+    node.deploy_ok(json!({ "service": "teapot", "kind": "pipeline", "steps": ["cat", "copy"] }));
+    let response = node.post("/function/teapot/status?code=418", b"x");
+    assert_eq!(response.status, 418, "{response:?}");
+    assert!(response.error().contains("step 2 (copy)"), "{response:?}");
+
+    // A step that is not deployed is named too; it is checked at call time.
+    node.deploy_ok(json!({ "service": "dangling", "kind": "pipeline", "steps": ["cat", "gone"] }));
+    let response = node.post("/function/dangling", b"x");
+    assert_eq!(response.status, 502, "{response:?}");
+    assert!(
+        response.error().contains("step 2 (gone)") && response.error().contains("not deployed"),
+        "{response:?}"
+    );
+}
+
+#[test]
+fn a_step_past_its_timeout_is_a_504_that_names_it() {
+    let node = node_with_steps(&[]);
+    deploy_script(&node, "sleeper", "#!/bin/sh\nsleep 30\n", "1s");
+    node.deploy_ok(json!({
+        "service": "slow", "kind": "pipeline", "steps": ["cat", "sleeper", "count"],
+        "timeout": "20s",
+    }));
+    let response = node.post("/function/slow", b"input\n");
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(
+        response.error().contains("step 2 (sleeper)") && response.error().contains("timed out"),
+        "{response:?}"
+    );
+    // The node serves on.
+    let response = node.post("/function/cat", b"still here");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "still here")
+    );
+}
+
+#[test]
+fn a_private_function_of_another_namespace_is_not_a_step() {
+    let node = node_with_steps(&[]);
+    node.deploy_ok(json!({
+        "service": "secret", "namespace": "other", "kind": "process", "envProcess": "cat",
+        "private": true,
+    }));
+    node.deploy_ok(json!({
+        "service": "public", "namespace": "other", "kind": "process", "envProcess": "cat",
+    }));
+    node.deploy_ok(
+        json!({ "service": "borrow", "kind": "pipeline", "steps": ["cat", "secret.other"] }),
+    );
+    let response = node.post("/function/borrow", b"x");
+    assert_eq!(response.status, 403, "{response:?}");
+    assert!(response.error().contains("private"), "{response:?}");
+
+    node.deploy_ok(
+        json!({ "service": "share", "kind": "pipeline", "steps": ["cat", "public.other"] }),
+    );
+    let response = node.post("/function/share", b"shared");
+    assert_eq!((response.status, response.body.as_str()), (200, "shared"));
+}
+
+#[test]
+fn a_pipeline_without_steps_or_with_an_image_is_refused() {
+    let node = Node::start(WISP);
+    for (deployment, expected) in [
+        (
+            json!({ "service": "p", "kind": "pipeline" }),
+            "1 to 32 `steps`",
+        ),
+        (
+            json!({ "service": "p", "kind": "pipeline", "steps": ["Not A Name"] }),
+            "step `Not A Name`",
+        ),
+        (
+            json!({ "service": "p", "kind": "process", "envProcess": "cat", "steps": ["a"] }),
+            "`steps` is for pipelines",
+        ),
+        (
+            json!({ "service": "p", "kind": "pipeline", "steps": ["a"], "envVars": { "A": "1" } }),
+            "no environment",
+        ),
+    ] {
+        let response = node.deploy(deployment);
+        assert_eq!(response.status, 400, "{response:?}");
+        assert!(response.error().contains(expected), "{response:?}");
+    }
+}
