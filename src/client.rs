@@ -208,6 +208,25 @@ impl Client {
     /// Calls a function, with the token so private functions answer (the
     /// gateway never hands it to the function); any status is an answer,
     /// not an error. `headers` may replace `Authorization`.
+    /// Streams `body` to `path` with POST: the response, whatever its status.
+    pub fn stream(&self, path: &str, body: impl std::io::Read) -> anyhow::Result<ureq::Response> {
+        self.answered(self.request("POST", path).send(body))
+    }
+
+    /// The response, whatever its status, or why the node did not answer.
+    fn answered(
+        &self,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> anyhow::Result<ureq::Response> {
+        match result {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
+            Err(ureq::Error::Transport(error)) => bail!(
+                "cannot reach wisp at {}: {error}; start a node with `wisp up`, or name one with --url or WISP_URL",
+                self.base
+            ),
+        }
+    }
+
     pub fn invoke(
         &self,
         path: &str,
@@ -219,13 +238,7 @@ impl Client {
         for (name, value) in headers {
             request = request.set(name, value);
         }
-        let response = match request.send_bytes(body) {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(error)) => bail!(
-                "cannot reach wisp at {}: {error}; start a node with `wisp up`, or name one with --url or WISP_URL",
-                self.base
-            ),
-        };
+        let response = self.answered(request.send_bytes(body))?;
         let status = response.status();
         let reason = response.status_text().to_owned();
         let headers = response

@@ -12,6 +12,7 @@ mod ls;
 mod new;
 mod nodes;
 mod ns;
+mod pipe;
 mod rm;
 mod scale;
 mod secret;
@@ -43,6 +44,7 @@ enum Command {
     Deploy(deploy::Deploy),
     Dev(dev::Dev),
     Invoke(invoke::Invoke),
+    Pipe(pipe::Pipe),
     Calls(calls::Calls),
     Ls(ls::Ls),
     Nodes(nodes::Nodes),
@@ -71,6 +73,7 @@ impl Cli {
             Command::Deploy(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Dev(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Invoke(command) => command.execute(),
+            Command::Pipe(command) => command.execute(),
             Command::Calls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Ls(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Nodes(command) => command.execute().map(|()| ExitCode::SUCCESS),

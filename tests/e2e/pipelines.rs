@@ -5,7 +5,7 @@
 use std::io::Read as _;
 
 use serde_json::json;
-use wisp_testing::Node;
+use wisp_testing::{Node, send};
 
 use crate::WISP;
 
@@ -167,4 +167,85 @@ fn a_pipeline_without_steps_or_with_an_image_is_refused() {
         assert_eq!(response.status, 400, "{response:?}");
         assert!(response.error().contains(expected), "{response:?}");
     }
+}
+
+#[test]
+fn a_pipeline_declared_in_wisp_toml_deploys_runs_async_and_wisp_pipe_runs_one_ad_hoc() {
+    let node = Node::start(WISP);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wisp.toml");
+    std::fs::write(
+        &manifest,
+        r#"
+[[function]]
+name = "upper"
+kind = "process"
+command = "tr a-z A-Z"
+
+[[function]]
+name = "count"
+kind = "process"
+command = "wc -c"
+
+[[pipeline]]
+name = "shout"
+steps = ["upper", "count"]
+route = "/shout"
+"#,
+    )
+    .unwrap();
+    let mut deploy = node.cli(WISP);
+    deploy.args(["deploy", "-f"]).arg(&manifest);
+    let output = deploy.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.contains("deployed shout (pipeline)"), "{listed}");
+
+    let response = node.post("/shout", b"twelve bytes");
+    assert_eq!((response.status, response.body.trim()), (200, "12"));
+
+    // Async: the queue runs it like any function, and keeps its result.
+    let queued = send(node.request("POST", "/async-function/shout"), Some(b"four"));
+    assert_eq!(queued.status, 202, "{queued:?}");
+    let id = queued.header("x-call-id").unwrap().to_owned();
+    let mut last = serde_json::Value::Null;
+    assert!(
+        node.eventually(std::time::Duration::from_secs(10), || {
+            last = send(node.admin("GET", &format!("/system/calls/{id}")), None).json();
+            last["status"] == "succeeded"
+        }),
+        "{last}"
+    );
+    assert_eq!(
+        last["result"]["body"].as_str().map(str::trim),
+        Some("4"),
+        "{last}"
+    );
+
+    // Ad hoc, through the CLI: STDIN in, STDOUT out.
+    let mut pipe = node.cli(WISP);
+    pipe.args(["pipe", "upper", "upper"]);
+    let output = run_with_stdin(pipe, b"quiet please");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "QUIET PLEASE");
+
+    let mut pipe = node.cli(WISP);
+    pipe.args(["pipe", "upper", "missing"]);
+    let output = run_with_stdin(pipe, b"x");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("missing"), "{stderr}");
+}
+
+fn run_with_stdin(mut command: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wisp");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
 }

@@ -1,6 +1,7 @@
-//! Invocation routes: `/function/{name}[/rest]`, `X-Function` on `/`, and
-//! the functions' own top-level routes. Every route checks a private
-//! function's token in one place, [`run`].
+//! Invocation routes: `/function/{name}[/rest]`, `X-Function` on `/`, the
+//! functions' own top-level routes, and `/pipe/{a,b,c}[/rest]`, an ad-hoc
+//! pipeline of deployed functions. Every route checks a private function's
+//! token in one place, [`run`]; an ad-hoc pipeline checks each step's.
 
 use std::sync::Arc;
 
@@ -11,10 +12,12 @@ use axum::{
     routing::any,
 };
 
+use wisp_core::{FunctionKind, FunctionSpec};
+
 use crate::{
     ApiError, auth,
     dispatch::{Call, CallId, dispatch},
-    node::{Deployed, Node},
+    node::{Deployed, Node, Runner},
 };
 
 /// The invocation routes; anything else falls through to function routes.
@@ -24,6 +27,9 @@ pub fn routes() -> Router<Arc<Node>> {
         // A slash after the name is the function's root, as in OpenFaaS.
         .route("/function/{name}/", any(by_name))
         .route("/function/{name}/{*rest}", any(by_name))
+        .route("/pipe/{steps}", any(pipe))
+        .route("/pipe/{steps}/", any(pipe))
+        .route("/pipe/{steps}/{*rest}", any(pipe))
         .fallback(by_route)
 }
 
@@ -52,6 +58,61 @@ pub(crate) fn path_after(raw: &str, prefix: &str) -> String {
         Some(slash) => after_prefix[slash..].to_owned(),
         None => "/".to_owned(),
     }
+}
+
+/// An ad-hoc pipeline: `/pipe/fetch,resize,store.media[/rest]` runs the
+/// deployed functions named as a pipeline would. It belongs to the first
+/// step's namespace, its deadline is the longest of its steps', and the
+/// caller needs a token for each private step, as for calling it alone.
+async fn pipe(
+    State(node): State<Arc<Node>>,
+    Extension(CallId(call_id)): Extension<CallId>,
+    Path(params): Path<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
+    let steps: Vec<String> = params[0].1.split(',').map(str::to_owned).collect();
+    let namespace = steps[0]
+        .split_once('.')
+        .map_or(wisp_core::spec::DEFAULT_NAMESPACE, |(_, namespace)| {
+            namespace
+        })
+        .to_owned();
+    let (mut parts, body) = request.into_parts();
+    let mut timeout = None;
+    for step in &steps {
+        let (name, step_namespace) = step.split_once('.').unwrap_or((step, &namespace));
+        let Some(function) = node.function(step_namespace, name) else {
+            return unknown(step);
+        };
+        // Each step's check on its own copy: a checked token is taken off the headers.
+        if let Err(error) = auth::allow_invoke(&node, &function.spec, &mut parts.headers.clone()) {
+            return error.into_response();
+        }
+        timeout = timeout.max(Some(function.spec.timeout));
+    }
+    parts.headers.remove(axum::http::header::AUTHORIZATION);
+    let deployment = wisp_core::api::FunctionDeployment {
+        service: "pipe".to_owned(),
+        namespace: Some(namespace),
+        kind: Some(FunctionKind::Pipeline),
+        steps,
+        timeout,
+        ..Default::default()
+    };
+    let spec = match FunctionSpec::from_deployment(deployment) {
+        Ok(spec) => spec,
+        Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
+    };
+    let pipeline = node.deployed_of(spec, Runner::Pipeline);
+    let call = Call {
+        call_id,
+        method: parts.method,
+        path: path_after(parts.uri.path(), "/pipe/"),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    dispatch(&node, pipeline, call).await
 }
 
 async fn by_route(

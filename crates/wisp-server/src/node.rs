@@ -432,19 +432,7 @@ impl Node {
     /// Makes a prepared function visible to the invocation path.
     pub(crate) fn install(&self, spec: FunctionSpec, runner: Runner) {
         let key = (spec.namespace.clone(), spec.name.clone());
-        let limit = Limit::new(
-            format!("function {}", spec.name),
-            spec.max_concurrency
-                .unwrap_or(self.config.function_max_concurrency),
-        );
-        let deployed = Arc::new(Deployed {
-            labels: FunctionLabels::of(&spec),
-            spec,
-            runner,
-            invocations: AtomicU64::new(0),
-            active: AtomicU64::new(0),
-            limit,
-        });
+        let deployed = self.deployed_of(spec, runner);
         let mut table = self.functions.write().expect("function table");
         table.routed.retain(|(_, existing)| {
             (
@@ -459,6 +447,23 @@ impl Node {
         table.by_name.insert(key, deployed);
         drop(table);
         self.restart_triggers(&spec);
+    }
+
+    /// A function ready to serve, with its counters and its concurrency limit.
+    pub(crate) fn deployed_of(&self, spec: FunctionSpec, runner: Runner) -> Arc<Deployed> {
+        let limit = Limit::new(
+            format!("function {}", spec.name),
+            spec.max_concurrency
+                .unwrap_or(self.config.function_max_concurrency),
+        );
+        Arc::new(Deployed {
+            labels: FunctionLabels::of(&spec),
+            spec,
+            runner,
+            invocations: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            limit,
+        })
     }
 
     /// Removes a function from the invocation path; running calls finish.
