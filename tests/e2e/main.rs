@@ -4,13 +4,14 @@
 mod brokers;
 mod cli;
 mod cluster;
+mod compose;
 mod escapes;
 mod events;
 mod invoke;
 mod limits;
 mod observability;
 mod openfaas;
-mod pipelines;
+
 mod refusals;
 mod restart;
 mod sandbox;

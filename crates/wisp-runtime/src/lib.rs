@@ -55,6 +55,9 @@ pub struct Invocation {
     /// comes at once, and a failure after it ends the body with the
     /// [`InvokeError`] as its error instead of being a status.
     pub streamed: bool,
+    /// How many in-process calls between functions led to this one
+    /// (`*.wisp.internal`); 0 for a call from outside.
+    pub depth: u32,
     /// When the invocation must be over, response body included.
     pub deadline: tokio::time::Instant,
     /// What the invocation used, as far as its executor can measure.
@@ -339,6 +342,7 @@ mod tests {
             headers,
             body: Bytes::new().into(),
             streamed: false,
+            depth: 0,
             deadline: tokio::time::Instant::now(),
             meter: Arc::default(),
         };

@@ -328,11 +328,53 @@ pub(crate) struct OutboundPolicy {
     pub(crate) function: Arc<WasmLimits>,
     /// The node's egress policy.
     pub(crate) egress: Arc<EgressPolicy>,
+    /// Where requests to `*.wisp.internal` go, if the node serves them.
+    pub(crate) internal: Option<Arc<dyn Internal>>,
+    /// How many in-process calls led to this one.
+    pub(crate) depth: u32,
     /// The call, so a denied request is logged against it.
     pub(crate) call_id: String,
     /// The call's `traceparent`, added to requests that carry none, so the
     /// functions a guest calls join its trace.
     pub(crate) traceparent: Option<http::HeaderValue>,
+}
+
+/// What the host of a request to another function of the node ends with:
+/// `http://{name}.wisp.internal/...` for a function of the caller's
+/// namespace, `http://{name}.{namespace}.wisp.internal/...` for another's.
+pub const INTERNAL_DOMAIN: &str = ".wisp.internal";
+
+/// Calls between functions without a network hop: what a guest's request
+/// to a host under [`INTERNAL_DOMAIN`] reaches. The node answers as it
+/// would the same call from outside (statuses, limits, privacy), plus 508
+/// for a chain deeper than it allows.
+pub trait Internal: Send + Sync {
+    /// Calls the function `reference` names (`name` or `name.namespace`).
+    fn call(
+        &self,
+        caller: Caller,
+        reference: String,
+        request: http::Request<crate::ResponseBody>,
+    ) -> Pin<Box<dyn Future<Output = crate::Response> + Send>>;
+}
+
+/// Who makes an in-process call.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The calling function's namespace.
+    pub namespace: String,
+    /// The calling function's name.
+    pub name: String,
+    /// How deep the call is: 1 for a call from a function called from outside.
+    pub depth: u32,
+}
+
+/// The function a request's host names under [`INTERNAL_DOMAIN`], as `name`
+/// or `name.namespace`.
+fn internal_reference(uri: &http::Uri) -> Option<String> {
+    let host = uri.host()?.to_ascii_lowercase();
+    let reference = host.strip_suffix(INTERNAL_DOMAIN)?;
+    (!reference.is_empty() && reference.split('.').count() <= 2).then(|| reference.to_owned())
 }
 
 /// The W3C Trace Context header.
@@ -412,6 +454,28 @@ impl WasiHttpHooks for OutboundPolicy {
                 .headers_mut()
                 .entry(TRACEPARENT)
                 .or_insert_with(|| traceparent.clone());
+        }
+        if let Some(reference) = internal_reference(request.uri()) {
+            let Some(internal) = self.internal.clone() else {
+                return Box::new(async { Err(HttpError::DestinationNotFound) });
+            };
+            let caller = Caller {
+                namespace: self.function.namespace.clone(),
+                name: self.function.name.clone(),
+                depth: self.depth + 1,
+            };
+            let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+            return Box::new(async move {
+                let response = internal.call(caller, reference, request).await;
+                let response = response.map(|body| {
+                    body.map_err(|error| HttpError::InternalError(Some(error.to_string())))
+                        .boxed_unsync()
+                });
+                // Nothing to drive: the callee's body streams by itself.
+                let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, io))
+            });
         }
         let (function, egress, call_id) = (
             self.function.clone(),

@@ -404,6 +404,7 @@ mod tests {
             headers: http::HeaderMap::new(),
             body: Bytes::from(body.to_owned()).into(),
             streamed: false,
+            depth: 0,
             deadline: tokio::time::Instant::now() + timeout,
             meter: Arc::default(),
         }

@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
@@ -55,7 +55,7 @@ use wisp_core::egress::EgressPolicy;
 use crate::{
     GuestRunning, Input, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
     full_response,
-    outbound::{OutboundPolicy, TRACEPARENT},
+    outbound::{Internal, OutboundPolicy, TRACEPARENT},
     stdio_content_type, watchdog_env,
 };
 
@@ -96,11 +96,20 @@ pub struct WasmConfig {
     pub egress: Arc<EgressPolicy>,
 }
 
+/// Where guests' requests go: functions of this node in-process, anything
+/// else over the network under the node's egress policy.
+struct Outbound {
+    egress: Arc<EgressPolicy>,
+    internal: OnceLock<Arc<dyn Internal>>,
+}
+
 /// Per-function limits and environment.
 #[derive(Debug, Clone)]
 pub struct WasmLimits {
     /// The function's name, for the log.
     pub name: String,
+    /// Its namespace: what its in-process calls may reach depends on it.
+    pub namespace: String,
     /// Bound on linear memory, in bytes.
     pub memory: u64,
     /// Environment variables the guest sees.
@@ -225,7 +234,7 @@ pub struct WasmEngine {
     metered: Flavour,
     guests: GuestRuntime,
     stats: CacheStats,
-    egress: Arc<EgressPolicy>,
+    outbound: Arc<Outbound>,
 }
 
 impl WasmEngine {
@@ -285,8 +294,17 @@ impl WasmEngine {
             metered,
             guests,
             stats: CacheStats::default(),
-            egress: config.egress.clone(),
+            outbound: Arc::new(Outbound {
+                egress: config.egress.clone(),
+                internal: OnceLock::new(),
+            }),
         })
+    }
+
+    /// Where guests' requests to `http://{name}[.{namespace}].wisp.internal`
+    /// go: set once, by the node that serves the functions.
+    pub fn serve_internal(&self, internal: Arc<dyn Internal>) {
+        let _ = self.outbound.internal.set(internal);
     }
 
     fn flavour(&self, metered: bool) -> &Flavour {
@@ -386,7 +404,7 @@ impl WasmEngine {
             pre,
             limits: Arc::new(limits),
             guests: self.guests.handle(),
-            egress: self.egress.clone(),
+            outbound: self.outbound.clone(),
         })
     }
 
@@ -408,7 +426,7 @@ impl WasmEngine {
             pre,
             limits: Arc::new(limits),
             guests: self.guests.handle(),
-            egress: self.egress.clone(),
+            outbound: self.outbound.clone(),
         })
     }
 
@@ -553,7 +571,7 @@ impl ResourceLimiter for MemoryLimiter {
 fn new_store(
     engine: &Engine,
     limits: &Arc<WasmLimits>,
-    egress: &Arc<EgressPolicy>,
+    outbound: &Outbound,
     wasi: WasiCtx,
     invocation: &Invocation,
     sliced: Arc<AtomicBool>,
@@ -571,7 +589,9 @@ fn new_store(
         },
         outbound: OutboundPolicy {
             function: limits.clone(),
-            egress: egress.clone(),
+            egress: outbound.egress.clone(),
+            internal: outbound.internal.get().cloned(),
+            depth: invocation.depth,
             call_id: invocation.call_id.clone(),
             traceparent: invocation.headers.get(TRACEPARENT).cloned(),
         },
@@ -718,7 +738,7 @@ pub struct HttpFunction {
     pre: ProxyPre<GuestState>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
-    egress: Arc<EgressPolicy>,
+    outbound: Arc<Outbound>,
 }
 
 impl HttpFunction {
@@ -737,7 +757,7 @@ impl HttpFunction {
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
-            &self.egress,
+            &self.outbound,
             wasi,
             &invocation,
             sliced.clone(),
@@ -845,7 +865,7 @@ pub struct StdioFunction {
     pre: CommandPre<GuestState>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
-    egress: Arc<EgressPolicy>,
+    outbound: Arc<Outbound>,
 }
 
 impl StdioFunction {
@@ -875,7 +895,7 @@ impl StdioFunction {
         let mut store = new_store(
             self.pre.engine(),
             &self.limits,
-            &self.egress,
+            &self.outbound,
             wasi,
             &invocation,
             sliced.clone(),

@@ -79,6 +79,8 @@ pub struct Call {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Body,
+    /// How many in-process calls led to this one; 0 from outside.
+    pub depth: u32,
 }
 
 /// What an admitted call holds: its place in the active count and its
@@ -232,6 +234,7 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
         headers: call.headers,
         body,
         streamed: false,
+        depth: call.depth,
         deadline: tokio::time::Instant::now() + spec.timeout.0,
         meter: Arc::default(),
     };

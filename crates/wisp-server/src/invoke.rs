@@ -12,6 +12,8 @@ use axum::{
     routing::any,
 };
 
+use axum::http::StatusCode;
+use http_body_util::BodyExt as _;
 use wisp_core::{FunctionKind, FunctionSpec};
 
 use crate::{
@@ -111,6 +113,7 @@ async fn pipe(
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body,
+        depth: 0,
     };
     dispatch(&node, pipeline, call).await
 }
@@ -156,8 +159,84 @@ async fn run(
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body,
+        depth: 0,
     };
     dispatch(node, function, call).await
+}
+
+/// How deep a chain of in-process calls may go before it is a loop (508).
+pub const MAX_CALL_DEPTH: u32 = 10;
+
+/// Calls from functions to `http://{name}[.{namespace}].wisp.internal`,
+/// in-process: the callee's privacy, limits and statuses apply as to a call
+/// from outside. A function of the caller's namespace may call a private
+/// one; another namespace's private function needs its token, as from
+/// outside. A chain deeper than [`MAX_CALL_DEPTH`] is a 508.
+pub(crate) struct InternalCalls(pub(crate) std::sync::Weak<Node>);
+
+impl wisp_runtime::outbound::Internal for InternalCalls {
+    fn call(
+        &self,
+        caller: wisp_runtime::outbound::Caller,
+        reference: String,
+        request: axum::http::Request<wisp_runtime::ResponseBody>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = wisp_runtime::Response> + Send>> {
+        let node = self.0.upgrade();
+        Box::pin(async move {
+            let response = match node {
+                Some(node) => call_internal(&node, caller, &reference, request).await,
+                None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping")
+                    .into_response(),
+            };
+            response.map(|body| body.map_err(Into::into).boxed_unsync())
+        })
+    }
+}
+
+async fn call_internal(
+    node: &Arc<Node>,
+    caller: wisp_runtime::outbound::Caller,
+    reference: &str,
+    request: axum::http::Request<wisp_runtime::ResponseBody>,
+) -> Response {
+    if caller.depth > MAX_CALL_DEPTH {
+        return ApiError::new(
+            StatusCode::LOOP_DETECTED,
+            format!(
+                "function {}.{} called {reference} {} calls deep: more than {MAX_CALL_DEPTH}, a loop",
+                caller.name, caller.namespace, caller.depth
+            ),
+        )
+        .into_response();
+    }
+    let (name, namespace) = reference
+        .split_once('.')
+        .unwrap_or((reference, caller.namespace.as_str()));
+    let Some(function) = node.function(namespace, name) else {
+        return unknown(reference);
+    };
+    let (mut parts, body) = request.into_parts();
+    if function.spec.namespace != caller.namespace
+        && let Err(error) = auth::allow_invoke(node, &function.spec, &mut parts.headers)
+    {
+        return error.into_response();
+    }
+    let call_id = uuid::Uuid::new_v4().to_string();
+    let value = axum::http::HeaderValue::from_str(&call_id).expect("a uuid is a header value");
+    let call = Call {
+        call_id,
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body: axum::body::Body::new(body),
+        depth: caller.depth,
+    };
+    let mut response = dispatch(node, function, call).await;
+    response
+        .headers_mut()
+        .insert(crate::dispatch::CALL_ID, value);
+    response
 }
 
 fn unknown(reference: &str) -> Response {

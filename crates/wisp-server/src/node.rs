@@ -258,6 +258,10 @@ impl Node {
             sandbox,
             secret_files,
         });
+        node.engine
+            .serve_internal(Arc::new(crate::invoke::InternalCalls(Arc::downgrade(
+                &node,
+            ))));
         for stored in node.store.functions()? {
             let spec = stored.spec;
             match node.prepare(&spec) {
@@ -405,6 +409,7 @@ impl Node {
             .map_err(store_error)?;
         let limits = WasmLimits {
             name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
             memory: spec.memory.0,
             env,
             files,

@@ -58,6 +58,7 @@ pub(crate) async fn run(
         mut headers,
         body,
         deadline,
+        depth,
         ..
     } = invocation;
     // Each step gets a body of another length than the caller sent.
@@ -86,6 +87,7 @@ pub(crate) async fn run(
             headers: headers.clone(),
             body: input,
             streamed: true,
+            depth,
             deadline: deadline.min(tokio::time::Instant::now() + function.spec.timeout.0),
             meter: Arc::default(),
         };

@@ -450,6 +450,7 @@ impl Queue {
                         headers: request.headers,
                         body: request.body.into(),
                         streamed: false,
+                        depth: 0,
                         deadline: tokio::time::Instant::now()
                             + function.spec.asynchronous.timeout.0,
                         meter: Arc::default(),

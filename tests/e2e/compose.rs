@@ -1,6 +1,7 @@
-//! Pipelines: functions of mixed kinds run as one, each step's output
-//! streaming into the next step's input; the first failing step ends the
-//! call, and its status and name are the answer.
+//! Composition: pipelines, functions of mixed kinds run as one, each step's
+//! output streaming into the next step's input (the first failing step ends
+//! the call, and its status and name are the answer); and calls between
+//! functions in-process, through `http://{name}.wisp.internal`.
 
 use std::io::Read as _;
 
@@ -248,4 +249,72 @@ fn run_with_stdin(mut command: std::process::Command, stdin: &[u8]) -> std::proc
         .expect("run wisp");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_function_calls_another_in_process_and_a_loop_ends_in_508() {
+    // No egress opened: nothing of this goes through the network.
+    let node = Node::start(WISP);
+    let probe = node.upload_file(wisp_testing::HTTP_PROBE);
+    let internal = json!(["http://*.wisp.internal"]);
+    let caller = |name: &str, upstream: &str, allowed: &serde_json::Value| {
+        node.deploy_ok(json!({
+            "service": name, "kind": "wasm-http", "image": probe,
+            "allowedOutboundHosts": allowed, "envVars": { "PROBE_UPSTREAM": upstream },
+        }));
+    };
+    // A private function of the caller's own namespace is reachable.
+    node.deploy_ok(
+        json!({ "service": "inner", "kind": "wasm-http", "image": probe, "private": true }),
+    );
+    caller(
+        "outer",
+        "http://inner.wisp.internal/asked?by=outer",
+        &internal,
+    );
+    let response = node.get("/function/outer");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response.body.contains("path=/asked") && response.body.contains("query=by=outer"),
+        "{response:?}"
+    );
+    // Its call joined the caller's trace.
+    assert!(
+        response.body.contains("header traceparent=00-"),
+        "{response:?}"
+    );
+
+    // Only with the allowlist entry, as for any host.
+    caller("undeclared", "http://inner.wisp.internal/", &json!([]));
+    let response = node.get("/function/undeclared");
+    assert_eq!(response.status, 502, "{response:?}");
+    assert!(response.body.contains("HttpRequestDenied"), "{response:?}");
+
+    // Another namespace's private function needs its token, as from outside;
+    // its public ones do not.
+    for (service, private) in [("hidden", true), ("shown", false)] {
+        node.deploy_ok(json!({
+            "service": service, "namespace": "other", "kind": "wasm-http", "image": probe,
+            "private": private,
+        }));
+    }
+    caller("peek", "http://hidden.other.wisp.internal/", &internal);
+    let response = node.get("/function/peek");
+    assert_eq!(response.status, 401, "{response:?}");
+    assert!(response.body.contains("private"), "{response:?}");
+    caller("look", "http://shown.other.wisp.internal/", &internal);
+    assert_eq!(node.get("/function/look").status, 200);
+
+    // A function that calls itself ends at the depth limit.
+    caller("again", "http://again.wisp.internal/", &internal);
+    let response = node.get("/function/again");
+    assert_eq!(response.status, 508, "{response:?}");
+    assert!(response.body.contains("a loop"), "{response:?}");
+    // And the node serves on.
+    assert_eq!(
+        node.get("/function/inner").status,
+        401,
+        "private from outside"
+    );
+    assert_eq!(node.get("/function/look").status, 200);
 }
