@@ -318,3 +318,107 @@ fn a_function_calls_another_in_process_and_a_loop_ends_in_508() {
     );
     assert_eq!(node.get("/function/look").status, 200);
 }
+
+#[test]
+fn a_pipeline_is_one_trace_with_a_span_per_step() {
+    let node = node_with_steps(&[]);
+    node.deploy_ok(
+        json!({ "service": "mixed", "kind": "pipeline", "steps": ["cat", "copy", "count"] }),
+    );
+    let response = node.post("/function/mixed/copy", b"traced\n");
+    assert_eq!((response.status, response.body.trim()), (200, "7"));
+    let call_id = response.header("x-call-id").unwrap().to_owned();
+
+    let mut text = String::new();
+    let complete = node.eventually(std::time::Duration::from_secs(10), || {
+        let output = node.cli(WISP).args(["trace", &call_id]).output().unwrap();
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines().count() == 5
+    });
+    assert!(complete, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with("mixed.default 200 "), "{text}");
+    assert!(lines[1].contains(&call_id), "{text}");
+    for (line, step) in lines[2..].iter().zip(["cat", "copy", "count"]) {
+        assert!(
+            line.starts_with(&format!("  {step}.default 200 ")),
+            "{text}"
+        );
+    }
+}
+
+/// The most `wisp_instances` of `function` seen in `/metrics` until `done`.
+fn most_instances(node: &Node, function: &str, done: &std::sync::atomic::AtomicBool) -> u64 {
+    let label = format!("function_name=\"{function}.default\"");
+    let mut most = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let metrics = node.get("/metrics").body;
+        let now = metrics
+            .lines()
+            .filter(|line| line.starts_with("wisp_instances{") && line.contains(&label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+        most = most.max(now);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    most
+}
+
+#[test]
+fn map_runs_each_line_with_the_declared_parallelism_in_order_and_tee_returns_each_output() {
+    let node = node_with_steps(&[]);
+    deploy_script(&node, "slow-echo", "#!/bin/sh\nsleep 0.01\ncat\n", "10s");
+    node.deploy_ok(json!({
+        "service": "each", "kind": "pipeline", "timeout": "120s",
+        "steps": ["cat", { "map": "slow-echo", "parallelism": 4 }],
+    }));
+    let input: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (response, most) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| most_instances(&node, "slow-echo", &done));
+        let response = node.post("/function/each", input.as_bytes());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (response, watcher.join().unwrap())
+    });
+    assert_eq!(response.status, 200, "{}", response.error());
+    assert_eq!(response.body, input, "every line, in order");
+    assert_eq!(most, 4, "the declared parallelism, no more");
+
+    // JSON arrays: each element an item, the outputs an array again.
+    node.deploy_ok(json!({
+        "service": "elements", "kind": "pipeline",
+        "steps": [{ "map": "cat", "split": "json" }],
+    }));
+    let response = node.post("/function/elements", br#"[1, "two", {"x": 3}]"#);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json(), json!([1, "two", { "x": 3 }]));
+
+    // A failing item ends the step, and is named.
+    deploy_script(&node, "picky", "#!/bin/sh\ngrep -qv bad || exit 4\n", "10s");
+    node.deploy_ok(json!({
+        "service": "picking", "kind": "pipeline", "steps": [{ "map": "picky" }],
+    }));
+    let response = node.post("/function/picking", b"good\ngood\nbad\ngood\n");
+    assert_eq!(response.status, 502, "{response:?}");
+    let error = response.error();
+    assert!(
+        error.contains("step 1 (map picky)") && error.contains("item 3"),
+        "{error}"
+    );
+
+    // Tee: the same input to each, joined in order or by name.
+    deploy_script(&node, "upper", "#!/bin/sh\ntr a-z A-Z\n", "10s");
+    node.deploy_ok(json!({
+        "service": "both", "kind": "pipeline",
+        "steps": [{ "tee": ["upper", "count"], "join": "json" }],
+    }));
+    let response = node.post("/function/both", b"hello");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json(), json!({ "upper": "HELLO", "count": 5 }));
+    node.deploy_ok(json!({
+        "service": "concat", "kind": "pipeline",
+        "steps": [{ "tee": ["upper", "cat"] }, "count"],
+    }));
+    let response = node.post("/function/concat", b"hello");
+    assert_eq!((response.status, response.body.trim()), (200, "10"));
+}

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, FunctionKind, HumanDuration, events::TriggerDeclaration, spec::Network};
+use crate::{
+    ByteSize, FunctionKind, HumanDuration,
+    events::TriggerDeclaration,
+    spec::{Network, Step},
+};
 
 /// A deploy or update request: `POST` / `PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,9 +111,10 @@ pub struct FunctionDeployment {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// A `pipeline`'s steps, in order: functions by `name` (of the
-    /// pipeline's namespace) or `name.namespace`.
+    /// pipeline's namespace) or `name.namespace`, `{"map": name}` or
+    /// `{"tee": [names]}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
 }
 
 /// OpenFaaS's `limits` object.

@@ -345,10 +345,109 @@ pub enum Network {
 /// The most steps a pipeline may have.
 pub const MAX_STEPS: usize = 32;
 
+/// The most functions a `tee` step sends its input to.
+pub const MAX_TEE: usize = 8;
+/// The most calls a `map` step runs at once.
+pub const MAX_PARALLELISM: u32 = 64;
+/// How many calls a `map` step runs at once unless it says.
+pub const DEFAULT_PARALLELISM: u32 = 4;
+
+/// One step of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a function as `name` or `name.namespace`, `{ map = \"name\" }` or `{ tee = [\"a\", \"b\"] }`"
+)]
+pub enum Step {
+    /// A function: its output streams into the next step.
+    Function(String),
+    /// A function run on each item of the input.
+    Map(MapStep),
+    /// Several functions given the same input.
+    Tee(TeeStep),
+}
+
+/// A `map` step: the input split into items, the function called on each,
+/// `parallelism` at a time, and the outputs joined in the input's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapStep {
+    /// The function.
+    pub map: String,
+    /// Calls at once; [`DEFAULT_PARALLELISM`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// How the input is split.
+    #[serde(default)]
+    pub split: Split,
+}
+
+/// How a `map` step splits its input, and joins its outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Each line is an item; each output is a line of the result.
+    #[default]
+    Lines,
+    /// The input is a JSON array, each element an item; the result is the
+    /// array of the outputs (each as JSON when it is JSON, else a string).
+    Json,
+}
+
+/// A `tee` step: the same input to each function at once; the outputs
+/// concatenated in order, or a JSON object by function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeStep {
+    /// The functions.
+    pub tee: Vec<String>,
+    /// How the outputs are joined.
+    #[serde(default)]
+    pub join: Join,
+}
+
+/// How a `tee` step joins its outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Join {
+    /// One after the other, in the order listed.
+    #[default]
+    Concat,
+    /// `{"name": output, ...}`, each output as JSON when it is JSON, else a string.
+    Json,
+}
+
+impl Step {
+    /// The functions the step calls.
+    pub fn functions(&self) -> &[String] {
+        match self {
+            Self::Function(function) => std::slice::from_ref(function),
+            Self::Map(map) => std::slice::from_ref(&map.map),
+            Self::Tee(tee) => &tee.tee,
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Function(function) => f.write_str(function),
+            Self::Map(map) => write!(f, "map {}", map.map),
+            Self::Tee(tee) => write!(f, "tee {}", tee.tee.join("+")),
+        }
+    }
+}
+
+impl From<&str> for Step {
+    fn from(function: &str) -> Self {
+        Self::Function(function.to_owned())
+    }
+}
+
 /// Checks a pipeline's steps, and that no other kind has any.
 fn validate_steps(
     kind: FunctionKind,
-    steps: &[String],
+    steps: &[Step],
     env: &BTreeMap<String, String>,
     secrets: &[String],
 ) -> Result<(), SpecError> {
@@ -366,11 +465,32 @@ fn validate_steps(
         ));
     }
     for step in steps {
-        let (name, namespace) = step.split_once('.').unwrap_or((step, DEFAULT_NAMESPACE));
-        if validate_name(name).is_err() || validate_name(namespace).is_err() {
-            return refuse(format!(
-                "step `{step}` is not a function's `name` or `name.namespace`"
-            ));
+        for function in step.functions() {
+            let (name, namespace) = function
+                .split_once('.')
+                .unwrap_or((function, DEFAULT_NAMESPACE));
+            if validate_name(name).is_err() || validate_name(namespace).is_err() {
+                return refuse(format!(
+                    "step `{function}` is not a function's `name` or `name.namespace`"
+                ));
+            }
+        }
+        match step {
+            Step::Map(map)
+                if map
+                    .parallelism
+                    .is_some_and(|n| n == 0 || n > MAX_PARALLELISM) =>
+            {
+                return refuse(format!(
+                    "step `{step}`: parallelism is 1 to {MAX_PARALLELISM}"
+                ));
+            }
+            Step::Tee(tee) if tee.tee.len() < 2 || tee.tee.len() > MAX_TEE => {
+                return refuse(format!(
+                    "step `{step}`: a tee sends its input to 2 to {MAX_TEE} functions"
+                ));
+            }
+            _ => {}
         }
     }
     if !env.is_empty() || !secrets.is_empty() {
@@ -440,9 +560,9 @@ pub struct FunctionSpec {
     /// Secrets of its namespace it is handed, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
-    /// A pipeline's steps: `name` or `name.namespace` references, in order.
+    /// A pipeline's steps, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
 }
 
 /// How a function's async calls (and triggered events) run.

@@ -327,16 +327,19 @@ pub(crate) async fn invoke(
 }
 
 /// Runs an invocation on the function's runner.
-async fn run(
-    node: &Arc<Node>,
-    function: &Deployed,
+///
+/// Its future is named (boxed, `Send`), not opaque: a pipeline's steps are
+/// invoked through here again, and a recursive opaque future cannot be
+/// proven `Send`.
+fn run<'a>(
+    node: &'a Arc<Node>,
+    function: &'a Deployed,
     invocation: Invocation,
     source: CallSource,
-) -> Result<wisp_runtime::Response, InvokeError> {
+) -> Pin<Box<dyn Future<Output = Result<wisp_runtime::Response, InvokeError>> + Send + 'a>> {
     match &function.runner {
-        Runner::Executor(executor) => executor.invoke(invocation).await,
-        // Boxed: its steps are invoked through here again.
-        Runner::Pipeline => Box::pin(pipeline::run(node, function, invocation, source)).await,
+        Runner::Executor(executor) => Box::pin(executor.invoke(invocation)),
+        Runner::Pipeline => Box::pin(pipeline::run(node, function, invocation, source)),
     }
 }
 

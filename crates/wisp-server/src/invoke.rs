@@ -14,7 +14,7 @@ use axum::{
 
 use axum::http::StatusCode;
 use http_body_util::BodyExt as _;
-use wisp_core::{FunctionKind, FunctionSpec};
+use wisp_core::{FunctionKind, FunctionSpec, spec::Step};
 
 use crate::{
     ApiError, auth,
@@ -97,7 +97,7 @@ async fn pipe(
         service: "pipe".to_owned(),
         namespace: Some(namespace),
         kind: Some(FunctionKind::Pipeline),
-        steps,
+        steps: steps.into_iter().map(Step::Function).collect(),
         timeout,
         ..Default::default()
     };

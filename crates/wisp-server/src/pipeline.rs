@@ -14,6 +14,7 @@
 //! sees a cut-off response, never a clean one.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -26,7 +27,11 @@ use axum::{
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use wisp_core::{FunctionKind, telemetry::CallSource};
+use wisp_core::{
+    FunctionKind,
+    spec::{DEFAULT_PARALLELISM, Join, MapStep, Split, Step, TeeStep},
+    telemetry::CallSource,
+};
 use wisp_runtime::{BoxError, Input, Invocation, InvokeError, ResponseBody};
 
 use crate::{
@@ -64,59 +69,74 @@ pub(crate) async fn run(
     // Each step gets a body of another length than the caller sent.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
+    let mut call = Template {
+        node: node.clone(),
+        namespace: pipeline.spec.namespace.clone(),
+        method,
+        path,
+        query,
+        headers,
+        deadline,
+        depth,
+        source,
+    };
     let mut input = body;
     let mut last = None;
-    for (index, reference) in pipeline.spec.steps.iter().enumerate() {
-        let step = Step { index, reference };
-        let function = match step.resolve(node, pipeline) {
-            Ok(function) => function,
-            Err(failure) => return Ok(failure.answer(pipeline)),
+    for (index, step) in pipeline.spec.steps.iter().enumerate() {
+        let at = At {
+            index,
+            name: step.to_string(),
         };
-        let admission = match dispatch::admit(node, &function).await {
-            Ok(admission) => admission,
-            Err(rejected) => {
-                let failure = step.failed(StatusCode::TOO_MANY_REQUESTS, rejected.message);
-                return Ok(failure.answer(pipeline));
+        let step_call_id = format!("{call_id}-{}", index + 1);
+        let (parts, body) = match step {
+            Step::Function(reference) => {
+                match call.streamed(&at, reference, step_call_id, input).await {
+                    Ok(streamed) => streamed,
+                    Err(failure) => return Ok(failure.answer(pipeline)),
+                }
+            }
+            Step::Map(map) => {
+                let function = match call.resolve(&at, &map.map) {
+                    Ok(function) => function,
+                    Err(failure) => return Ok(failure.answer(pipeline)),
+                };
+                let content_type = match map.split {
+                    Split::Lines => "text/plain; charset=utf-8",
+                    Split::Json => "application/json",
+                };
+                let body = mapped(Arc::new(call.clone()), function, map, step_call_id, input);
+                (answer_parts(content_type), body)
+            }
+            Step::Tee(tee) => {
+                let input = match collect(input, node.config.max_body_size).await {
+                    Ok(input) => input,
+                    // A step before failed: that is the answer.
+                    Err(_) if let Some(failure) = outcome.first() => {
+                        return Ok(failure.answer(pipeline));
+                    }
+                    Err(error) => return Ok(at.failed(error).answer(pipeline)),
+                };
+                match call.tee(&at, tee, &step_call_id, input).await {
+                    Ok(teed) => teed,
+                    Err(failure) => return Ok(failure.answer(pipeline)),
+                }
             }
         };
-        let invocation = Invocation {
-            call_id: format!("{call_id}-{}", index + 1),
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            headers: headers.clone(),
-            body: input,
-            streamed: true,
-            depth,
-            deadline: deadline.min(tokio::time::Instant::now() + function.spec.timeout.0),
-            meter: Arc::default(),
-        };
-        let response = match dispatch::invoke(node, &function, invocation, source).await {
-            Ok(response) => response,
-            Err(error) => {
-                let failure = step.failed(dispatch::status_of(&error), error.to_string());
-                return Ok(failure.answer(pipeline));
-            }
-        };
-        if !response.status().is_success() {
-            let status = response.status();
-            let quoted = quote(response.into_body()).await;
-            let failure = step.failed(status, format!("answered {status}: {quoted}"));
-            return Ok(failure.answer(pipeline));
-        }
-        let (parts, body) = response.into_parts();
         if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, content_type.clone());
+            call.headers
+                .insert(header::CONTENT_TYPE, content_type.clone());
         }
         let watched = Watched {
             body,
             step: index,
-            name: reference.clone(),
+            name: at.name,
             outcome: outcome.clone(),
-            _admission: admission,
         };
         input = Input::Streamed(watched.boxed_unsync());
         last = Some(parts);
+    }
+    if let Some(failure) = outcome.first() {
+        return Ok(failure.answer(pipeline));
     }
     let (Some(parts), Input::Streamed(mut output)) = (last, input) else {
         unreachable!("a pipeline has at least one step, and each streams its output");
@@ -150,51 +170,453 @@ pub(crate) async fn run(
     Ok(response)
 }
 
-/// One step of a pipeline, for its errors.
-struct Step<'a> {
-    index: usize,
-    reference: &'a str,
+/// The head of an answer a `map` or `tee` step makes of its calls' outputs.
+fn answer_parts(content_type: &'static str) -> axum::http::response::Parts {
+    let mut response = axum::http::Response::new(());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(content_type),
+    );
+    response.into_parts().0
 }
 
-impl Step<'_> {
-    /// The step's function, if the pipeline may call it: a private function
-    /// of another namespace may not be a step.
-    fn resolve(&self, node: &Node, pipeline: &Deployed) -> Result<Arc<Deployed>, Failure> {
-        let (name, namespace) = match self.reference.split_once('.') {
-            Some(_) => split_reference(self.reference),
-            None => (self.reference, pipeline.spec.namespace.as_str()),
+/// What every call of a pipeline's steps shares: the caller's request but
+/// its body, and the pipeline's deadline.
+#[derive(Clone)]
+struct Template {
+    node: Arc<Node>,
+    namespace: String,
+    method: axum::http::Method,
+    path: String,
+    query: Option<String>,
+    headers: axum::http::HeaderMap,
+    deadline: tokio::time::Instant,
+    depth: u32,
+    source: CallSource,
+}
+
+impl Template {
+    /// The function a step names, if the pipeline may call it: a private
+    /// function of another namespace may not be a step.
+    fn resolve(&self, at: &At, reference: &str) -> Result<Arc<Deployed>, Failure> {
+        let (name, namespace) = match reference.split_once('.') {
+            Some(_) => split_reference(reference),
+            None => (reference, self.namespace.as_str()),
         };
-        let Some(function) = node.function(namespace, name) else {
-            return Err(self.failed(
+        let Some(function) = self.node.function(namespace, name) else {
+            return Err(at.failed(StepError::new(
                 StatusCode::BAD_GATEWAY,
                 format!("function {name} is not deployed in namespace {namespace}"),
-            ));
+            )));
         };
-        if function.spec.private && function.spec.namespace != pipeline.spec.namespace {
-            return Err(self.failed(
+        if function.spec.private && function.spec.namespace != self.namespace {
+            return Err(at.failed(StepError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "function {name} is private to namespace {namespace}, and the pipeline is in {}",
-                    pipeline.spec.namespace
+                    self.namespace
                 ),
-            ));
+            )));
         }
         if function.spec.kind == FunctionKind::Pipeline {
-            return Err(self.failed(
+            return Err(at.failed(StepError::new(
                 StatusCode::BAD_GATEWAY,
                 format!("function {name} is a pipeline itself: list its steps instead"),
-            ));
+            )));
         }
         Ok(function)
     }
 
-    fn failed(&self, status: StatusCode, message: String) -> Failure {
+    /// One call of `function`, admitted, until its response head.
+    async fn invoke(
+        &self,
+        function: &Arc<Deployed>,
+        call_id: String,
+        body: Input,
+        streamed: bool,
+    ) -> Result<(wisp_runtime::Response, Admission), StepError> {
+        let admission = dispatch::admit(&self.node, function)
+            .await
+            .map_err(|rejected| StepError::new(StatusCode::TOO_MANY_REQUESTS, rejected.message))?;
+        let invocation = Invocation {
+            call_id,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            body,
+            streamed,
+            depth: self.depth,
+            deadline: self
+                .deadline
+                .min(tokio::time::Instant::now() + function.spec.timeout.0),
+            meter: Arc::default(),
+        };
+        let response = dispatch::invoke(&self.node, function, invocation, self.source)
+            .await
+            .map_err(|error| StepError::new(dispatch::status_of(&error), error.to_string()))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let quoted = quote(response.into_body()).await;
+            return Err(StepError::new(
+                status,
+                format!("answered {status}: {quoted}"),
+            ));
+        }
+        Ok((response, admission))
+    }
+
+    /// A function step: its output streams on, and it holds its slots until
+    /// that output ends.
+    async fn streamed(
+        &self,
+        at: &At,
+        reference: &str,
+        call_id: String,
+        input: Input,
+    ) -> Result<(axum::http::response::Parts, ResponseBody), Failure> {
+        let function = self.resolve(at, reference)?;
+        let (response, admission) = self
+            .invoke(&function, call_id, input, true)
+            .await
+            .map_err(|error| at.failed(error))?;
+        let (parts, body) = response.into_parts();
+        let holding = Holding {
+            body,
+            _admission: admission,
+        };
+        Ok((parts, holding.boxed_unsync()))
+    }
+
+    /// One call of `function` with a whole body, its whole output back: a
+    /// `map` item or a `tee` branch.
+    async fn whole(
+        &self,
+        function: &Arc<Deployed>,
+        call_id: String,
+        body: Bytes,
+    ) -> Result<Bytes, StepError> {
+        let (response, _admission) = self
+            .invoke(function, call_id, Input::Whole(body), false)
+            .await?;
+        collect(
+            Input::Streamed(response.into_body()),
+            self.node.config.max_body_size,
+        )
+        .await
+    }
+
+    /// A `tee` step: the whole input to each function at once, the outputs joined.
+    async fn tee(
+        &self,
+        at: &At,
+        tee: &TeeStep,
+        call_id: &str,
+        input: Bytes,
+    ) -> Result<(axum::http::response::Parts, ResponseBody), Failure> {
+        let mut branches = Vec::new();
+        for (branch, reference) in tee.tee.iter().enumerate() {
+            let function = self.resolve(at, reference)?;
+            let call_id = format!("{call_id}.{}", branch + 1);
+            let input = input.clone();
+            branches.push(async move { self.whole(&function, call_id, input).await });
+        }
+        // At once; the first that fails, in the order listed, is the answer.
+        let mut outputs = Vec::new();
+        for (output, reference) in futures_util::future::join_all(branches)
+            .await
+            .into_iter()
+            .zip(&tee.tee)
+        {
+            outputs.push(output.map_err(|error| at.failed(error.of(reference)))?);
+        }
+        let (content_type, joined) = match tee.join {
+            Join::Concat => ("text/plain; charset=utf-8", outputs.concat()),
+            Join::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = tee
+                    .tee
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(name, output)| (name.clone(), as_json(output)))
+                    .collect();
+                let text = serde_json::to_vec(&object).expect("JSON values serialize");
+                ("application/json", text)
+            }
+        };
+        Ok((
+            answer_parts(content_type),
+            Input::Whole(joined.into()).into_body(),
+        ))
+    }
+}
+
+/// A `map` step's output: the input split into items as it streams in, the
+/// function called on each, `parallelism` at a time, outputs in input order.
+fn mapped(
+    call: Arc<Template>,
+    function: Arc<Deployed>,
+    map: &MapStep,
+    call_id: String,
+    input: Input,
+) -> ResponseBody {
+    let (mut sender, channel) = http_body_util::Channel::new(1);
+    let map = map.clone();
+    tokio::spawn(async move {
+        if let Err(error) = run_map(&call, &function, &map, &call_id, input, &mut sender).await {
+            sender.abort(Box::new(error));
+        }
+    });
+    channel.boxed_unsync()
+}
+
+async fn run_map(
+    call: &Arc<Template>,
+    function: &Arc<Deployed>,
+    map: &MapStep,
+    call_id: &str,
+    input: Input,
+    sender: &mut http_body_util::channel::Sender<Bytes, BoxError>,
+) -> Result<(), StepError> {
+    let limit = call.node.config.max_body_size;
+    let parallelism = map.parallelism.unwrap_or(DEFAULT_PARALLELISM) as usize;
+    let mut items = Items::new(map.split, limit);
+    let mut body = input.into_body();
+    let mut ended = false;
+    if map.split == Split::Json {
+        items.json(collect(Input::Streamed(body), limit).await?)?;
+        body = ResponseBody::default();
+        ended = true;
+    }
+    let mut pending: VecDeque<Aborting<Result<Bytes, StepError>>> = VecDeque::new();
+    let mut started = 0usize;
+    let mut done = 0usize;
+    let mut joined = Joined::new(map.split);
+    loop {
+        while pending.len() < parallelism
+            && let Some(item) = items.next(ended)
+        {
+            started += 1;
+            let (call, function) = (call.clone(), function.clone());
+            let call_id = format!("{call_id}.{started}");
+            pending.push_back(Aborting(tokio::spawn(async move {
+                call.whole(&function, call_id, item).await
+            })));
+        }
+        if pending.is_empty() && ended {
+            break;
+        }
+        let front = async {
+            match pending.front_mut() {
+                Some(task) => (&mut task.0).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            output = front => {
+                pending.pop_front();
+                done += 1;
+                let output = output
+                    .unwrap_or_else(|error| Err(StepError::internal(error)))
+                    .map_err(|error| error.of(&format!("item {done}")))?;
+                if sender.send_data(joined.piece(&output)).await.is_err() {
+                    // Nobody reads on: the pipeline is over.
+                    return Ok(());
+                }
+            }
+            frame = body.frame(), if !ended => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        items.push(&data)?;
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(StepError::new(StatusCode::BAD_GATEWAY, error.to_string()));
+                }
+                None => ended = true,
+            },
+        }
+    }
+    let _ = sender.send_data(joined.end()).await;
+    Ok(())
+}
+
+/// A `map` step's input, split into items as it comes.
+struct Items {
+    split: Split,
+    limit: u64,
+    buffer: BytesMut,
+    queued: VecDeque<Bytes>,
+}
+
+impl Items {
+    fn new(split: Split, limit: u64) -> Self {
+        Self {
+            split,
+            limit,
+            buffer: BytesMut::new(),
+            queued: VecDeque::new(),
+        }
+    }
+
+    /// More input; a line longer than the body limit is refused.
+    fn push(&mut self, data: &[u8]) -> Result<(), StepError> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() as u64 > self.limit && !self.buffer.contains(&b'\n') {
+            return Err(StepError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a line is longer than the limit of {}",
+                    wisp_core::ByteSize(self.limit)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The elements of a JSON array, each an item.
+    fn json(&mut self, input: Bytes) -> Result<(), StepError> {
+        let array: Vec<Box<serde_json::value::RawValue>> =
+            serde_json::from_slice(&input).map_err(|error| {
+                StepError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the input is not a JSON array: {error}"),
+                )
+            })?;
+        self.queued = array
+            .into_iter()
+            .map(|item| Bytes::copy_from_slice(item.get().as_bytes()))
+            .collect();
+        Ok(())
+    }
+
+    /// The next whole item: a line without its line break (the last one
+    /// once the input has ended), or the next element of the JSON array.
+    fn next(&mut self, ended: bool) -> Option<Bytes> {
+        if self.split == Split::Json {
+            return self.queued.pop_front();
+        }
+        if let Some(newline) = self.buffer.iter().position(|&b| b == b'\n') {
+            let mut line = self.buffer.split_to(newline + 1);
+            line.truncate(newline);
+            if line.ends_with(b"\r") {
+                line.truncate(newline - 1);
+            }
+            return Some(line.freeze());
+        }
+        (ended && !self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+}
+
+/// A `map` step's outputs joined: lines, or a JSON array.
+struct Joined {
+    split: Split,
+    first: bool,
+}
+
+impl Joined {
+    fn new(split: Split) -> Self {
+        Self { split, first: true }
+    }
+
+    fn piece(&mut self, output: &[u8]) -> Bytes {
+        let first = std::mem::replace(&mut self.first, false);
+        match self.split {
+            Split::Lines => {
+                let mut line = output.to_vec();
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                line.into()
+            }
+            Split::Json => {
+                let mut piece = if first { b"[".to_vec() } else { b",".to_vec() };
+                piece.extend(serde_json::to_vec(&as_json(output)).expect("JSON values serialize"));
+                piece.into()
+            }
+        }
+    }
+
+    fn end(&mut self) -> Bytes {
+        match (self.split, self.first) {
+            (Split::Lines, _) => Bytes::new(),
+            (Split::Json, true) => Bytes::from_static(b"[]"),
+            (Split::Json, false) => Bytes::from_static(b"]"),
+        }
+    }
+}
+
+/// An output as JSON: itself when it is JSON, else a string.
+fn as_json(output: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(output)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(output).into_owned()))
+}
+
+/// A body read whole, up to `limit` bytes.
+async fn collect(input: Input, limit: u64) -> Result<Bytes, StepError> {
+    let mut body = input.into_body();
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|error| StepError::new(StatusCode::BAD_GATEWAY, error.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            whole.extend_from_slice(&data);
+        }
+        if whole.len() as u64 > limit {
+            return Err(StepError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the input is larger than {}", wisp_core::ByteSize(limit)),
+            ));
+        }
+    }
+    Ok(whole.freeze())
+}
+
+/// A task stopped when its handle is dropped: a failed step stops the rest.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where in a pipeline a failure happened.
+struct At {
+    index: usize,
+    name: String,
+}
+
+impl At {
+    fn failed(&self, error: StepError) -> Failure {
         Failure {
             step: self.index,
-            name: self.reference.to_owned(),
-            status,
-            message,
+            name: self.name.clone(),
+            status: error.status,
+            message: error.message,
         }
+    }
+}
+
+/// Why a step's call failed: the status it answers with, and what happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct StepError {
+    status: StatusCode,
+    message: String,
+}
+
+impl StepError {
+    fn new(status: StatusCode, message: String) -> Self {
+        Self { status, message }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+
+    /// The error, saying which of the step's calls it was.
+    fn of(self, which: &str) -> Self {
+        Self::new(self.status, format!("{which}: {}", self.message))
     }
 }
 
@@ -208,11 +630,17 @@ struct Failure {
 }
 
 impl Failure {
-    /// A failure carried in a step's body: the runtime's error, or the body's own.
+    /// A failure carried in a step's body: the runtime's error, a `map`
+    /// step's, or the body's own.
     fn of_body(step: usize, name: &str, error: &BoxError) -> Self {
-        let status = error
-            .downcast_ref::<InvokeError>()
-            .map_or(StatusCode::BAD_GATEWAY, dispatch::status_of);
+        let status = match (
+            error.downcast_ref::<InvokeError>(),
+            error.downcast_ref::<StepError>(),
+        ) {
+            (Some(error), _) => dispatch::status_of(error),
+            (_, Some(error)) => error.status,
+            _ => StatusCode::BAD_GATEWAY,
+        };
         Self {
             step,
             name: name.to_owned(),
@@ -269,13 +697,12 @@ async fn quote(body: ResponseBody) -> String {
 }
 
 /// A step's output on its way to the next step: a failure in it is recorded
-/// as the pipeline's outcome, and the step holds its slots until it ends.
+/// as the pipeline's outcome.
 struct Watched {
     body: ResponseBody,
     step: usize,
     name: String,
     outcome: Arc<Outcome>,
-    _admission: Admission,
 }
 
 impl HttpBody for Watched {
@@ -292,6 +719,32 @@ impl HttpBody for Watched {
                 .fail(Failure::of_body(self.step, &self.name, error));
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A function step's output, holding the step's slots until it ends.
+struct Holding {
+    body: ResponseBody,
+    _admission: Admission,
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    ByteSize, FunctionKind, HumanDuration, api::FunctionDeployment, events::TriggerDeclaration,
-    spec::Network, validate_name,
+    ByteSize, FunctionKind, HumanDuration,
+    api::FunctionDeployment,
+    events::TriggerDeclaration,
+    spec::{Network, Step},
+    validate_name,
 };
 
 /// A parsed `wisp.toml`.
@@ -43,7 +46,7 @@ struct PipelineManifest {
     name: String,
     #[serde(default, deserialize_with = "optional_dns_label")]
     namespace: Option<String>,
-    steps: Vec<String>,
+    steps: Vec<Step>,
     route: Option<String>,
     timeout: Option<HumanDuration>,
     max_concurrency: Option<u32>,
@@ -164,9 +167,9 @@ pub struct FunctionManifest {
     /// globs relative to the manifest's directory.
     #[serde(default)]
     pub watch: Vec<String>,
-    /// A `pipeline`'s steps: `name` or `name.namespace`, in order.
+    /// A `pipeline`'s steps, in order.
     #[serde(default)]
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
 }
 
 /// A manifest that does not parse, with the line it went wrong on.
