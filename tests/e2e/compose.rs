@@ -422,3 +422,45 @@ fn map_runs_each_line_with_the_declared_parallelism_in_order_and_tee_returns_eac
     let response = node.post("/function/concat", b"hello");
     assert_eq!((response.status, response.body.trim()), (200, "10"));
 }
+
+#[test]
+fn a_pipelines_body_has_a_functions_bounds_and_a_client_gone_stops_its_steps() {
+    let node = node_with_steps(&["--max-body-size", "1MiB"]);
+    node.deploy_ok(json!({ "service": "counted", "kind": "pipeline", "steps": ["cat", "count"] }));
+    // Chunked, so only the stream itself can tell it is too large.
+    let body = std::io::repeat(b'x').take(2 << 20);
+    let response = match node.request("POST", "/function/counted").send(body) {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(response.status(), 413);
+    let error = response.into_string().unwrap();
+    assert!(error.contains("the request body failed"), "{error}");
+
+    // A step that works without writing, and a client that gives up on it.
+    deploy_script(
+        &node,
+        "brooding",
+        "#!/bin/sh\ncat >/dev/null\nsleep 37\n",
+        "60s",
+    );
+    node.deploy_ok(json!({
+        "service": "brood", "kind": "pipeline", "steps": ["cat", "brooding"], "timeout": "60s",
+    }));
+    let running = || {
+        let listed = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 37"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    let gave_up = node
+        .request("POST", "/function/brood")
+        .timeout(std::time::Duration::from_millis(1500))
+        .send_bytes(b"x");
+    assert!(gave_up.is_err(), "the client gives up first");
+    assert!(
+        node.eventually(std::time::Duration::from_secs(5), || running() == 0),
+        "the steps of a call nobody waits for are stopped"
+    );
+}

@@ -186,9 +186,11 @@ impl ProcessFunction {
         if streamed {
             let (mut sender, channel) = http_body_util::Channel::new(1);
             let output = self.output.clone();
-            tokio::spawn(async move {
-                // Whatever happens, nothing of this request outlives it.
+            let task = tokio::spawn(async move {
+                // Whatever happens, nothing of this request outlives it; its
+                // uid and its network are its own until then.
                 let _group = group;
+                let _lease = lease;
                 let run = async {
                     tokio::try_join!(
                         async {
@@ -218,7 +220,11 @@ impl ProcessFunction {
                     sender.abort(Box::new(error));
                 }
             });
-            let mut response = http::Response::new(http_body_util::BodyExt::boxed_unsync(channel));
+            let body = Streaming {
+                channel,
+                task: task.abort_handle(),
+            };
+            let mut response = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
             if let Ok(value) = http::HeaderValue::from_str(&content_type) {
                 response
                     .headers_mut()
@@ -271,6 +277,31 @@ fn exit_status(status: std::process::ExitStatus) -> Result<(), InvokeError> {
                 "the process was killed by signal {signal}"
             )))
         }
+    }
+}
+
+/// A streamed STDOUT: dropped, it stops its process at once (killing its
+/// group), as a call whose client went away does.
+struct Streaming {
+    channel: http_body_util::Channel<Bytes, crate::BoxError>,
+    task: tokio::task::AbortHandle,
+}
+
+impl hyper::body::Body for Streaming {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, crate::BoxError>>> {
+        std::pin::Pin::new(&mut self.channel).poll_frame(cx)
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

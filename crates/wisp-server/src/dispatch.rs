@@ -202,18 +202,9 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
     // (or stops sending) holds only its connection and its buffer, bounded
     // by the body limit and `--body-read-timeout`, never the function's or
     // the namespace's capacity. A pipeline streams it instead, through its
-    // steps as they read it: its own deadline bounds a slow client.
+    // steps as they read it, under the same two bounds ([`crate::pipeline`]).
     let body = if spec.kind == FunctionKind::Pipeline {
-        Input::Streamed(
-            http_body_util::Limited::new(call.body, limit as usize)
-                .map_err(
-                    move |error| match error.downcast::<http_body_util::LengthLimitError>() {
-                        Ok(_) => too_large(limit).message.into(),
-                        Err(error) => error,
-                    },
-                )
-                .boxed_unsync(),
-        )
+        Input::Streamed(call.body.map_err(Into::into).boxed_unsync())
     } else {
         match read_body(call.body, limit, node.config.body_read_timeout).await {
             Ok(body) => Input::Whole(body),
@@ -273,7 +264,13 @@ pub(crate) async fn admit(
         .acquire(queue_timeout)
         .await
         .map_err(rejected)?;
-    let namespace_slot = match node.namespace_limit(&function.spec.namespace) {
+    // A pipeline's steps take their namespace's slots: were it to take one
+    // too, a pipeline of k steps would wait on itself under a quota of k.
+    let namespace_limit = match function.spec.kind {
+        FunctionKind::Pipeline => None,
+        _ => node.namespace_limit(&function.spec.namespace),
+    };
+    let namespace_slot = match namespace_limit {
         Some(limit) => Some(limit.acquire(queue_timeout).await.map_err(rejected)?),
         None => None,
     };

@@ -73,6 +73,13 @@ async fn pipe(
     request: Request,
 ) -> Response {
     let steps: Vec<String> = params[0].1.split(',').map(str::to_owned).collect();
+    if steps.len() > wisp_core::spec::MAX_STEPS {
+        return ApiError::bad_request(format!(
+            "a pipeline has at most {} steps",
+            wisp_core::spec::MAX_STEPS
+        ))
+        .into_response();
+    }
     let namespace = steps[0]
         .split_once('.')
         .map_or(wisp_core::spec::DEFAULT_NAMESPACE, |(_, namespace)| {

@@ -80,26 +80,54 @@ pub(crate) async fn run(
         depth,
         source,
     };
-    let mut input = body;
-    let mut last = None;
+    // Every step's functions, checked before any runs.
+    let mut resolved = Vec::new();
     for (index, step) in pipeline.spec.steps.iter().enumerate() {
-        let at = At {
-            index,
-            name: step.to_string(),
-        };
+        let at = At::step(index, step);
+        let functions: Result<Vec<_>, _> = step
+            .functions()
+            .iter()
+            .map(|reference| call.resolve(&at, reference))
+            .collect();
+        match functions {
+            Ok(functions) => resolved.push(functions),
+            Err(failure) => return Ok(failure.answer(pipeline)),
+        }
+    }
+    let mut input = match body {
+        Input::Streamed(body) => {
+            let incoming = Incoming {
+                body,
+                read: 0,
+                limit: dispatch::body_limit(node, pipeline),
+                timeout: node.config.body_read_timeout,
+                deadline: Box::pin(tokio::time::sleep(node.config.body_read_timeout)),
+            };
+            let watched = Watched {
+                body: incoming.boxed_unsync(),
+                at: At {
+                    index: None,
+                    name: "the request body".to_owned(),
+                },
+                outcome: outcome.clone(),
+            };
+            Input::Streamed(watched.boxed_unsync())
+        }
+        whole => whole,
+    };
+    let mut last = None;
+    for ((index, step), functions) in pipeline.spec.steps.iter().enumerate().zip(resolved) {
+        let at = At::step(index, step);
         let step_call_id = format!("{call_id}-{}", index + 1);
         let (parts, body) = match step {
-            Step::Function(reference) => {
-                match call.streamed(&at, reference, step_call_id, input).await {
+            Step::Function(_) => {
+                match call.streamed(&at, &functions[0], step_call_id, input).await {
                     Ok(streamed) => streamed,
                     Err(failure) => return Ok(failure.answer(pipeline)),
                 }
             }
             Step::Map(map) => {
-                let function = match call.resolve(&at, &map.map) {
-                    Ok(function) => function,
-                    Err(failure) => return Ok(failure.answer(pipeline)),
-                };
+                let function = functions[0].clone();
                 let content_type = match map.split {
                     Split::Lines => "text/plain; charset=utf-8",
                     Split::Json => "application/json",
@@ -116,7 +144,7 @@ pub(crate) async fn run(
                     }
                     Err(error) => return Ok(at.failed(error).answer(pipeline)),
                 };
-                match call.tee(&at, tee, &step_call_id, input).await {
+                match call.tee(&at, tee, &functions, &step_call_id, input).await {
                     Ok(teed) => teed,
                     Err(failure) => return Ok(failure.answer(pipeline)),
                 }
@@ -128,8 +156,7 @@ pub(crate) async fn run(
         }
         let watched = Watched {
             body,
-            step: index,
-            name: at.name,
+            at,
             outcome: outcome.clone(),
         };
         input = Input::Streamed(watched.boxed_unsync());
@@ -271,13 +298,12 @@ impl Template {
     async fn streamed(
         &self,
         at: &At,
-        reference: &str,
+        function: &Arc<Deployed>,
         call_id: String,
         input: Input,
     ) -> Result<(axum::http::response::Parts, ResponseBody), Failure> {
-        let function = self.resolve(at, reference)?;
         let (response, admission) = self
-            .invoke(&function, call_id, input, true)
+            .invoke(function, call_id, input, true)
             .await
             .map_err(|error| at.failed(error))?;
         let (parts, body) = response.into_parts();
@@ -311,15 +337,15 @@ impl Template {
         &self,
         at: &At,
         tee: &TeeStep,
+        functions: &[Arc<Deployed>],
         call_id: &str,
         input: Bytes,
     ) -> Result<(axum::http::response::Parts, ResponseBody), Failure> {
         let mut branches = Vec::new();
-        for (branch, reference) in tee.tee.iter().enumerate() {
-            let function = self.resolve(at, reference)?;
+        for (branch, function) in functions.iter().enumerate() {
             let call_id = format!("{call_id}.{}", branch + 1);
             let input = input.clone();
-            branches.push(async move { self.whole(&function, call_id, input).await });
+            branches.push(async move { self.whole(function, call_id, input).await });
         }
         // At once; the first that fails, in the order listed, is the answer.
         let mut outputs = Vec::new();
@@ -580,19 +606,88 @@ impl<T> Drop for Aborting<T> {
     }
 }
 
-/// Where in a pipeline a failure happened.
+/// Where in a pipeline a failure happened: a step, or the request body.
+#[derive(Debug, Clone)]
 struct At {
-    index: usize,
+    index: Option<usize>,
     name: String,
 }
 
 impl At {
+    fn step(index: usize, step: &Step) -> Self {
+        Self {
+            index: Some(index),
+            name: step.to_string(),
+        }
+    }
+
     fn failed(&self, error: StepError) -> Failure {
         Failure {
-            step: self.index,
-            name: self.name.clone(),
+            at: self.clone(),
             status: error.status,
             message: error.message,
+        }
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(index) => write!(f, "step {} ({})", index + 1, self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// The client's body on its way into a pipeline, under the bounds a
+/// function's body has: the body limit, and `--body-read-timeout` for the whole of it.
+struct Incoming {
+    body: ResponseBody,
+    read: u64,
+    limit: u64,
+    timeout: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for Incoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if self.read > self.limit {
+                    let limit = wisp_core::ByteSize(self.limit);
+                    return Poll::Ready(Some(Err(StepError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("it is larger than the limit of {limit}"),
+                    )
+                    .into())));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(StepError::new(
+                StatusCode::BAD_REQUEST,
+                format!("it could not be read: {error}"),
+            )
+            .into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let timeout = wisp_core::HumanDuration(self.timeout);
+                    Poll::Ready(Some(Err(StepError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("it was not received within {timeout}"),
+                    )
+                    .into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
@@ -623,8 +718,7 @@ impl StepError {
 /// How a step failed.
 #[derive(Debug, Clone)]
 struct Failure {
-    step: usize,
-    name: String,
+    at: At,
     status: StatusCode,
     message: String,
 }
@@ -632,7 +726,7 @@ struct Failure {
 impl Failure {
     /// A failure carried in a step's body: the runtime's error, a `map`
     /// step's, or the body's own.
-    fn of_body(step: usize, name: &str, error: &BoxError) -> Self {
+    fn of_body(at: &At, error: &BoxError) -> Self {
         let status = match (
             error.downcast_ref::<InvokeError>(),
             error.downcast_ref::<StepError>(),
@@ -642,8 +736,7 @@ impl Failure {
             _ => StatusCode::BAD_GATEWAY,
         };
         Self {
-            step,
-            name: name.to_owned(),
+            at: at.clone(),
             status,
             message: error.to_string(),
         }
@@ -651,16 +744,16 @@ impl Failure {
 
     /// The pipeline's answer: the step's status, and an error naming it.
     fn answer(&self, pipeline: &Deployed) -> wisp_runtime::Response {
-        let message = format!(
-            "pipeline {}: step {} ({}) failed: {}",
-            pipeline.spec.name,
-            self.step + 1,
-            self.name,
-            self.message
-        );
+        let message = format!("pipeline {}: {self}", pipeline.spec.name);
         ApiError::new(self.status, message)
             .into_response()
             .map(|body| body.map_err(BoxError::from).boxed_unsync())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.at, self.message)
     }
 }
 
@@ -700,8 +793,7 @@ async fn quote(body: ResponseBody) -> String {
 /// as the pipeline's outcome.
 struct Watched {
     body: ResponseBody,
-    step: usize,
-    name: String,
+    at: At,
     outcome: Arc<Outcome>,
 }
 
@@ -715,8 +807,7 @@ impl HttpBody for Watched {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Err(error))) = &polled {
-            self.outcome
-                .fail(Failure::of_body(self.step, &self.name, error));
+            self.outcome.fail(Failure::of_body(&self.at, error));
         }
         polled
     }
@@ -783,13 +874,7 @@ impl HttpBody for Tail {
             ended => {
                 self.rest = None;
                 match (ended, self.outcome.first()) {
-                    (_, Some(failure)) => Poll::Ready(Some(Err(format!(
-                        "step {} ({}) failed: {}",
-                        failure.step + 1,
-                        failure.name,
-                        failure.message
-                    )
-                    .into()))),
+                    (_, Some(failure)) => Poll::Ready(Some(Err(failure.to_string().into()))),
                     (Some(Err(error)), None) => Poll::Ready(Some(Err(error))),
                     _ => Poll::Ready(None),
                 }
