@@ -106,20 +106,20 @@ struct Held {
     finishing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl Held {
-    /// `response` with its body holding `admission`.
-    fn hold(mut response: wisp_runtime::Response, admission: Admission) -> Response {
-        let running = response.extensions_mut().remove::<GuestRunning>();
-        response.map(|body| {
-            Body::new(Self {
-                body,
-                admission: Some(admission),
-                running,
-                finishing: None,
-            })
+/// `response` with its body holding `admission` until the call is over.
+pub(crate) fn hold(mut response: wisp_runtime::Response, admission: Admission) -> Response {
+    let running = response.extensions_mut().remove::<GuestRunning>();
+    response.map(|body| {
+        Body::new(Held {
+            body,
+            admission: Some(admission),
+            running,
+            finishing: None,
         })
-    }
+    })
+}
 
+impl Held {
     /// Whether a guest may still be running.
     fn guest_running(&self) -> bool {
         self.finishing.is_some()
@@ -230,7 +230,7 @@ pub async fn dispatch(node: &Arc<Node>, function: Arc<Deployed>, call: Call) -> 
         meter: Arc::default(),
     };
     match invoke(node, &function, invocation, CallSource::Http).await {
-        Ok(response) => Held::hold(response, admission),
+        Ok(response) => hold(response, admission),
         Err(error) => match error {
             InvokeError::Busy(message) => busy(message, Duration::from_secs(1)),
             InvokeError::Internal(detail) => {

@@ -306,12 +306,10 @@ impl Template {
             .invoke(function, call_id, input, true)
             .await
             .map_err(|error| at.failed(error))?;
-        let (parts, body) = response.into_parts();
-        let holding = Holding {
-            body,
-            _admission: admission,
-        };
-        Ok((parts, holding.boxed_unsync()))
+        // Its slots are held until its output ends and its guest, if one
+        // may still run, is done.
+        let (parts, body) = dispatch::hold(response, admission).into_parts();
+        Ok((parts, body.map_err(Into::into).boxed_unsync()))
     }
 
     /// One call of `function` with a whole body, its whole output back: a
@@ -724,21 +722,28 @@ struct Failure {
 }
 
 impl Failure {
-    /// A failure carried in a step's body: the runtime's error, a `map`
-    /// step's, or the body's own.
+    /// A failure carried in a step's body: the runtime's error or a `map`
+    /// step's, however wrapped on the way, else the body's own (502).
     fn of_body(at: &At, error: &BoxError) -> Self {
-        let status = match (
-            error.downcast_ref::<InvokeError>(),
-            error.downcast_ref::<StepError>(),
-        ) {
-            (Some(error), _) => dispatch::status_of(error),
-            (_, Some(error)) => error.status,
-            _ => StatusCode::BAD_GATEWAY,
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        let (status, message) = loop {
+            match cause {
+                Some(error) => {
+                    if let Some(error) = error.downcast_ref::<InvokeError>() {
+                        break (dispatch::status_of(error), error.to_string());
+                    }
+                    if let Some(error) = error.downcast_ref::<StepError>() {
+                        break (error.status, error.to_string());
+                    }
+                    cause = error.source();
+                }
+                None => break (StatusCode::BAD_GATEWAY, error.to_string()),
+            }
         };
         Self {
             at: at.clone(),
             status,
-            message: error.to_string(),
+            message,
         }
     }
 
@@ -821,32 +826,6 @@ impl HttpBody for Watched {
     }
 }
 
-/// A function step's output, holding the step's slots until it ends.
-struct Holding {
-    body: ResponseBody,
-    _admission: Admission,
-}
-
-impl HttpBody for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// The pipeline's output once its head is out: what was held back, then the
 /// rest, ending in an error if any step failed.
 struct Tail {
@@ -884,5 +863,54 @@ impl HttpBody for Tail {
 
     fn is_end_stream(&self) -> bool {
         self.held.is_none() && self.rest.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_items_as_they_come_and_the_last_one_at_the_end() {
+        let mut items = Items::new(Split::Lines, 1 << 20);
+        items.push(b"one\r\ntw").unwrap();
+        assert_eq!(items.next(false).as_deref(), Some(&b"one"[..]));
+        assert_eq!(items.next(false), None, "`tw` is not a whole line yet");
+        items.push(b"o\nthree").unwrap();
+        assert_eq!(items.next(false).as_deref(), Some(&b"two"[..]));
+        assert_eq!(items.next(true).as_deref(), Some(&b"three"[..]));
+        assert_eq!(items.next(true), None);
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_refused() {
+        let mut items = Items::new(Split::Lines, 8);
+        let error = items.push(b"no line break in sight").unwrap_err();
+        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn json_items_are_the_elements_and_the_outputs_an_array() {
+        let mut items = Items::new(Split::Json, 1 << 20);
+        items
+            .json(Bytes::from_static(br#"[1, {"a": [2]}, "x"]"#))
+            .unwrap();
+        let all: Vec<Bytes> = std::iter::from_fn(|| items.next(true)).collect();
+        assert_eq!(all, [&b"1"[..], br#"{"a": [2]}"#, br#""x""#]);
+        assert!(items.json(Bytes::from_static(b"{}")).is_err());
+
+        let mut joined = Joined::new(Split::Json);
+        let text: Vec<u8> = [
+            joined.piece(b"1\n"),
+            joined.piece(b"not json"),
+            joined.end(),
+        ]
+        .concat();
+        assert_eq!(text, br#"[1,"not json"]"#);
+        assert_eq!(Joined::new(Split::Json).end(), &b"[]"[..]);
+        assert_eq!(
+            Joined::new(Split::Lines).piece(b"no newline"),
+            &b"no newline\n"[..]
+        );
     }
 }

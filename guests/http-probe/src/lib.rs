@@ -185,7 +185,7 @@ fn copy(request: IncomingRequest, response_out: ResponseOutparam) {
     let outgoing = response.body().expect("response body is taken once");
     ResponseOutparam::set(response_out, Ok(response));
     let incoming = request.consume().expect("request body is consumed once");
-    let mut input = incoming.stream().expect("body stream is taken once");
+    let input = incoming.stream().expect("body stream is taken once");
     let mut output = outgoing.write().expect("body stream is taken once");
     // Each read waits for what is there, up to 64 KiB; the end is an error.
     while let Ok(chunk) = input.blocking_read(64 << 10) {

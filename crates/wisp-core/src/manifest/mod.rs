@@ -443,6 +443,45 @@ triggers = [{ cron = "*/5 * * * *" }]
     }
 
     #[test]
+    fn pipelines_are_functions_of_kind_pipeline_with_their_steps() {
+        let manifest = Manifest::parse(
+            r#"
+[[function]]
+name = "fetch"
+kind = "process"
+command = "cat"
+
+[[pipeline]]
+name = "thumbs"
+steps = ["fetch", { map = "resize.media", parallelism = 8 }, { tee = ["a", "b"], join = "json" }]
+route = "/thumbs"
+"#,
+        )
+        .unwrap();
+        let pipeline = &manifest.function[1];
+        assert_eq!(pipeline.kind, FunctionKind::Pipeline);
+        let deployment = pipeline.deployment(None, None);
+        let spec = crate::FunctionSpec::from_deployment(deployment).unwrap();
+        let steps: Vec<String> = spec.steps.iter().map(ToString::to_string).collect();
+        assert_eq!(steps, ["fetch", "map resize.media", "tee a+b"]);
+        assert_eq!(spec.route.unwrap().to_string(), "/thumbs");
+
+        for (text, expected) in [
+            (
+                "[[pipeline]]\nname = \"p\"\nsteps = [\"a\"]\ncommand = \"cat\"\n",
+                "line 4: unknown key `command`",
+            ),
+            (
+                "[[pipeline]]\nname = \"p\"\nsteps = [{ map = \"a\", paralel = 2 }]\n",
+                "line 3: a function as `name` or `name.namespace`",
+            ),
+        ] {
+            let error = Manifest::parse(text).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{error}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_line() {
         for (text, line, expected) in [
             (
