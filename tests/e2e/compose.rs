@@ -345,6 +345,35 @@ fn a_pipeline_is_one_trace_with_a_span_per_step() {
             "{text}"
         );
     }
+
+    // A step that fails after its output began is recorded as it ended.
+    deploy_script(
+        &node,
+        "failing",
+        "#!/bin/sh\ncat\necho giving up >&2\nexit 3\n",
+        "10s",
+    );
+    node.deploy_ok(
+        json!({ "service": "broken", "kind": "pipeline", "steps": ["cat", "failing", "cat"] }),
+    );
+    let response = node.post("/function/broken", b"some input\n");
+    assert_eq!(response.status, 502, "{response:?}");
+    let call_id = response.header("x-call-id").unwrap().to_owned();
+    let complete = node.eventually(std::time::Duration::from_secs(10), || {
+        let output = node.cli(WISP).args(["trace", &call_id]).output().unwrap();
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines().count() >= 5
+    });
+    assert!(complete, "{text}");
+    assert!(text.contains("broken.default 502 "), "{text}");
+    let failing = text
+        .lines()
+        .find(|line| line.contains("failing.default"))
+        .unwrap();
+    assert!(
+        failing.starts_with("  failing.default 502 ") && failing.contains("exited with status 3"),
+        "{text}"
+    );
 }
 
 /// The most `wisp_instances` of `function` seen in `/metrics` until `done`.

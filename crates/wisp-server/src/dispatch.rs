@@ -285,7 +285,7 @@ pub(crate) async fn admit(
 /// and async calls share, and a pipeline's steps too.
 pub(crate) async fn invoke(
     node: &Arc<Node>,
-    function: &Deployed,
+    function: &Arc<Deployed>,
     mut invocation: Invocation,
     source: CallSource,
 ) -> Result<wisp_runtime::Response, InvokeError> {
@@ -294,33 +294,136 @@ pub(crate) async fn invoke(
     if !node.config.telemetry {
         return run(node, function, invocation, source).await;
     }
-    let span = Span::enter(&mut invocation.headers, &invocation.call_id);
-    let call_id = invocation.call_id.clone();
-    let meter = invocation.meter.clone();
-    let started_at = std::time::SystemTime::now();
-    let started = std::time::Instant::now();
-    let outcome = run(node, function, invocation, source).await;
-    let elapsed = started.elapsed();
-    let (status, error) = match &outcome {
-        Ok(response) => (response.status().as_u16(), None),
-        Err(error) => (status_of(error).as_u16(), Some(error.to_string())),
-    };
-    node.metrics
-        .observe(function, status, elapsed, meter.memory_peak());
-    node.telemetry.finish(FinishedCall {
-        namespace: &function.spec.namespace,
-        function: &function.spec.name,
-        call_id: &call_id,
-        span,
+    let record = Record {
+        span: Span::enter(&mut invocation.headers, &invocation.call_id),
+        node: node.clone(),
+        function: function.clone(),
+        call_id: invocation.call_id.clone(),
+        meter: invocation.meter.clone(),
         source,
-        started_at,
-        elapsed,
-        status,
-        error,
-        memory_limit: function.spec.memory.0,
-        meter: &meter,
-    });
-    outcome
+        started_at: std::time::SystemTime::now(),
+        started: std::time::Instant::now(),
+    };
+    let streamed = invocation.streamed;
+    match run(node, function, invocation, source).await {
+        // A step of a pipeline: how it went is known once its output has ended.
+        Ok(response) if streamed && response.status().is_success() => Ok(response.map(|body| {
+            Recorded {
+                body,
+                record: Some(record),
+            }
+            .boxed_unsync()
+        })),
+        outcome => {
+            match &outcome {
+                Ok(response) => record.finish(response.status().as_u16(), None),
+                Err(error) => record.finish(status_of(error).as_u16(), Some(error.to_string())),
+            }
+            outcome
+        }
+    }
+}
+
+/// What a call's record needs until the call is over.
+struct Record {
+    node: Arc<Node>,
+    function: Arc<Deployed>,
+    call_id: String,
+    span: Span,
+    meter: Arc<wisp_runtime::Meter>,
+    source: CallSource,
+    started_at: std::time::SystemTime,
+    started: std::time::Instant,
+}
+
+impl Record {
+    /// Counts, logs and traces the call.
+    fn finish(self, status: u16, error: Option<String>) {
+        let elapsed = self.started.elapsed();
+        let function = &self.function;
+        self.node
+            .metrics
+            .observe(function, status, elapsed, self.meter.memory_peak());
+        self.node.telemetry.finish(FinishedCall {
+            namespace: &function.spec.namespace,
+            function: &function.spec.name,
+            call_id: &self.call_id,
+            span: self.span,
+            source: self.source,
+            started_at: self.started_at,
+            elapsed,
+            status,
+            error,
+            memory_limit: function.spec.memory.0,
+            meter: &self.meter,
+        });
+    }
+}
+
+/// A streamed response body whose call is recorded when it ends: its status
+/// is the error's that ended it, if one did. A body dropped before its end
+/// (nobody read on) is recorded with its head's status.
+struct Recorded {
+    body: wisp_runtime::ResponseBody,
+    record: Option<Record>,
+}
+
+impl HttpBody for Recorded {
+    type Data = bytes::Bytes;
+    type Error = wisp_runtime::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(record) = self.record.take() {
+                    record.finish(StatusCode::OK.as_u16(), None);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(record) = self.record.take() {
+                    let (status, message) = status_of_body_error(error.as_ref());
+                    record.finish(status.as_u16(), Some(message));
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(StatusCode::OK.as_u16(), None);
+        }
+    }
+}
+
+/// The status and message of an error that ended a response body: the
+/// runtime's [`InvokeError`], however wrapped on the way, else 502.
+pub(crate) fn status_of_body_error(
+    error: &(dyn std::error::Error + 'static),
+) -> (StatusCode, String) {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(error) = error.downcast_ref::<InvokeError>() {
+            return (status_of(error), error.to_string());
+        }
+        cause = error.source();
+    }
+    (StatusCode::BAD_GATEWAY, error.to_string())
 }
 
 /// Runs an invocation on the function's runner.

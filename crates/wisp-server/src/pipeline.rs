@@ -722,22 +722,17 @@ struct Failure {
 }
 
 impl Failure {
-    /// A failure carried in a step's body: the runtime's error or a `map`
-    /// step's, however wrapped on the way, else the body's own (502).
+    /// A failure carried in a step's body: a `map` step's error or the
+    /// runtime's, however wrapped on the way, else the body's own (502).
     fn of_body(at: &At, error: &BoxError) -> Self {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
         let (status, message) = loop {
             match cause {
-                Some(error) => {
-                    if let Some(error) = error.downcast_ref::<InvokeError>() {
-                        break (dispatch::status_of(error), error.to_string());
-                    }
-                    if let Some(error) = error.downcast_ref::<StepError>() {
-                        break (error.status, error.to_string());
-                    }
-                    cause = error.source();
+                Some(error) if let Some(error) = error.downcast_ref::<StepError>() => {
+                    break (error.status, error.to_string());
                 }
-                None => break (StatusCode::BAD_GATEWAY, error.to_string()),
+                Some(error) => cause = error.source(),
+                None => break dispatch::status_of_body_error(error.as_ref()),
             }
         };
         Self {
