@@ -56,6 +56,9 @@ fn the_web_ui_logs_in_lists_invokes_and_shows_logs_and_traces() {
     node.deploy_ok(
         json!({ "service": "failing", "kind": "process", "image": digest, "envProcess": "./fail.sh" }),
     );
+    node.deploy_ok(
+        json!({ "service": "chained", "kind": "pipeline", "steps": ["probe", "failing"] }),
+    );
     let thief = node.upload(&script_archive("thief.sh", THIEF));
     node.deploy_ok(json!({
         "service": "thief", "kind": "process", "image": thief, "envProcess": "./thief.sh",

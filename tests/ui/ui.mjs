@@ -52,6 +52,17 @@ try {
   await page.waitForSelector("#tree:has-text('exited with status 3')", { timeout: 10000 });
   await page.waitForSelector("#tree:has-text('stderr: broken on purpose')");
 
+  // A pipeline's trace is a tree: the pipeline, and each step under it.
+  await page.goto(`${ui}#/function/chained.default`);
+  await page.waitForSelector("#invoke");
+  await page.click("#invoke");
+  await page.waitForSelector("#response-status:text('502')", { timeout: 10000 });
+  if (!(await page.textContent("#result")).includes("step 2 (failing)")) throw new Error("the failing step is not named");
+  await page.click("#result a");
+  await page.waitForSelector("#tree > div:has-text('chained.default')", { timeout: 10000 });
+  await page.waitForSelector("#tree > div[style*='1.6rem']:has-text('probe.default')");
+  await page.waitForSelector("#tree > div[style*='1.6rem']:has-text('failing.default'):has-text('exited with status 3')");
+
   // The queue page lists async calls.
   await page.goto(`${ui}#/queue`);
   await page.waitForSelector("h1:text('Dead letters')", { timeout: 10000 });
