@@ -115,6 +115,9 @@ pub(crate) async fn run(
         }
         whole => whole,
     };
+    // The first failure in time is the answer: a step may fail at its head
+    // because one before it failed while streaming.
+    let answer = |failure: Failure| outcome.first().unwrap_or(failure).answer(pipeline);
     let mut last = None;
     for ((index, step), functions) in pipeline.spec.steps.iter().enumerate().zip(resolved) {
         let at = At::step(index, step);
@@ -123,7 +126,7 @@ pub(crate) async fn run(
             Step::Function(_) => {
                 match call.streamed(&at, &functions[0], step_call_id, input).await {
                     Ok(streamed) => streamed,
-                    Err(failure) => return Ok(failure.answer(pipeline)),
+                    Err(failure) => return Ok(answer(failure)),
                 }
             }
             Step::Map(map) => {
@@ -138,15 +141,11 @@ pub(crate) async fn run(
             Step::Tee(tee) => {
                 let input = match collect(input, node.config.max_body_size).await {
                     Ok(input) => input,
-                    // A step before failed: that is the answer.
-                    Err(_) if let Some(failure) = outcome.first() => {
-                        return Ok(failure.answer(pipeline));
-                    }
-                    Err(error) => return Ok(at.failed(error).answer(pipeline)),
+                    Err(error) => return Ok(answer(at.failed(error))),
                 };
                 match call.tee(&at, tee, &functions, &step_call_id, input).await {
                     Ok(teed) => teed,
-                    Err(failure) => return Ok(failure.answer(pipeline)),
+                    Err(failure) => return Ok(answer(failure)),
                 }
             }
         };
@@ -156,16 +155,16 @@ pub(crate) async fn run(
         }
         let watched = Watched {
             body,
-            at,
+            at: at.clone(),
             outcome: outcome.clone(),
         };
         input = Input::Streamed(watched.boxed_unsync());
-        last = Some(parts);
+        last = Some((parts, at));
     }
     if let Some(failure) = outcome.first() {
         return Ok(failure.answer(pipeline));
     }
-    let (Some(parts), Input::Streamed(mut output)) = (last, input) else {
+    let (Some((parts, last)), Input::Streamed(mut output)) = (last, input) else {
         unreachable!("a pipeline has at least one step, and each streams its output");
     };
 
@@ -181,7 +180,9 @@ pub(crate) async fn run(
                     break false;
                 }
             }
-            Some(Err(_)) | None => break true,
+            // Recorded by the step's watch already, unless something else broke.
+            Some(Err(error)) => return Ok(answer(Failure::of_body(&last, &error))),
+            None => break true,
         }
     };
     if let Some(failure) = outcome.first() {
