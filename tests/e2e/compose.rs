@@ -163,6 +163,10 @@ fn a_pipeline_without_steps_or_with_an_image_is_refused() {
             json!({ "service": "p", "kind": "pipeline", "steps": ["a"], "envVars": { "A": "1" } }),
             "no environment",
         ),
+        (
+            json!({ "service": "p", "kind": "process", "envProcess": "cat", "route": "/pipe/x" }),
+            "overlaps `/pipe`",
+        ),
     ] {
         let response = node.deploy(deployment);
         assert_eq!(response.status, 400, "{response:?}");

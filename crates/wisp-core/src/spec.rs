@@ -50,6 +50,7 @@ pub const RESERVED_PATHS: &[&str] = &[
     "/system",
     "/function",
     "/async-function",
+    "/pipe",
     "/healthz",
     "/metrics",
     "/ui",
