@@ -86,6 +86,12 @@ fn the_first_failing_step_ends_the_pipeline_with_its_status_and_name() {
     let response = node.post("/function/teapot/status?code=418", b"x");
     assert_eq!(response.status, 418, "{response:?}");
     assert!(response.error().contains("step 2 (copy)"), "{response:?}");
+    // A step that fails before reading its input leaves the client's body
+    // unread: the connection is closed after the answer, and says so.
+    node.deploy_ok(json!({ "service": "early", "kind": "pipeline", "steps": ["copy", "cat"] }));
+    let response = node.post("/function/early/status?code=418", &vec![b'x'; 1 << 20]);
+    assert_eq!(response.status, 418, "{response:?}");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
 
     // A step that is not deployed is named too; it is checked at call time.
     node.deploy_ok(json!({ "service": "dangling", "kind": "pipeline", "steps": ["cat", "gone"] }));

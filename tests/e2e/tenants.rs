@@ -749,3 +749,26 @@ fn namespaces_and_tokens_through_the_cli() {
     let refused = fails(&["ns", "rm", "team-a"], None);
     assert!(refused.contains("does not exist"), "{refused}");
 }
+
+#[test]
+fn a_namespace_removed_and_made_again_at_once_is_there_to_use() {
+    // In cluster mode, the node reads its own removal back from the
+    // registry's watch after it made the namespace again: that late read
+    // must not remove the new namespace.
+    let node = Node::start(WISP);
+    for round in 0..20 {
+        create_namespace(&node, json!({ "name": "team-a" }));
+        // Its tokens go with it: a new one is made each round.
+        create_token(&node, &node.token, "team-a", "deploy");
+        let listed = call(&node, Some(&node.token), "GET", "/system/namespaces", None);
+        assert_eq!(listed.json(), json!(["default", "team-a"]), "round {round}");
+        let removed = call(
+            &node,
+            Some(&node.token),
+            "DELETE",
+            "/system/namespaces/team-a",
+            None,
+        );
+        assert_eq!(removed.status, 204, "remove: {}", removed.body);
+    }
+}

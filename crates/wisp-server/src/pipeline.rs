@@ -16,7 +16,10 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -53,6 +56,27 @@ pub(crate) async fn run(
     pipeline: &Deployed,
     invocation: Invocation,
     source: CallSource,
+) -> Result<wisp_runtime::Response, InvokeError> {
+    let body_read = Arc::new(AtomicBool::new(false));
+    let mut response = run_steps(node, pipeline, invocation, source, &body_read).await?;
+    // A failure answered before the client's body was read to its end (the
+    // steps that would have read it are stopped) leaves the rest of it on
+    // the connection: it cannot take another request, and says so.
+    if !response.status().is_success() && !body_read.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
+}
+
+async fn run_steps(
+    node: &Arc<Node>,
+    pipeline: &Deployed,
+    invocation: Invocation,
+    source: CallSource,
+    body_read: &Arc<AtomicBool>,
 ) -> Result<wisp_runtime::Response, InvokeError> {
     let outcome = Arc::new(Outcome::default());
     let Invocation {
@@ -98,6 +122,7 @@ pub(crate) async fn run(
         Input::Streamed(body) => {
             let incoming = Incoming {
                 body,
+                ended: body_read.clone(),
                 read: 0,
                 limit: dispatch::body_limit(node, pipeline),
                 timeout: node.config.body_read_timeout,
@@ -113,7 +138,10 @@ pub(crate) async fn run(
             };
             Input::Streamed(watched.boxed_unsync())
         }
-        whole => whole,
+        whole => {
+            body_read.store(true, Ordering::Relaxed);
+            whole
+        }
     };
     // The first failure in time is the answer: a step may fail at its head
     // because one before it failed while streaming.
@@ -642,6 +670,8 @@ impl std::fmt::Display for At {
 /// function's body has: the body limit, and `--body-read-timeout` for the whole of it.
 struct Incoming {
     body: ResponseBody,
+    /// Set once the body is read to its end.
+    ended: Arc<AtomicBool>,
     read: u64,
     limit: u64,
     timeout: std::time::Duration,
@@ -675,7 +705,10 @@ impl HttpBody for Incoming {
                 format!("it could not be read: {error}"),
             )
             .into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.ended.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     let timeout = wisp_core::HumanDuration(self.timeout);
