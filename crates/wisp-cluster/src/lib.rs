@@ -198,6 +198,14 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// What a node last saw of a registry key: the revision it was at, and
+/// whether it held a value then or was deleted.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    revision: u64,
+    present: bool,
+}
+
 /// A registry entry as it is now: its value, or `None` once deleted.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -325,8 +333,9 @@ pub struct Cluster {
     calls: kv::Store,
     artifacts: object_store::ObjectStore,
     key: SealingKey,
-    /// The revision of each registry key this node last saw: what its next write expects.
-    revisions: Mutex<HashMap<String, u64>>,
+    /// What this node last saw of each registry key: what its next write
+    /// expects, and which changes of the key are older than what it holds.
+    revisions: Mutex<HashMap<String, Seen>>,
     /// Every registry revision up to this one is applied to the node's
     /// cache (or was not for it): what [`Cluster::caught_up`] waits for.
     processed: std::sync::atomic::AtomicU64,
@@ -559,9 +568,12 @@ impl Cluster {
             match entry {
                 Ok(entry) => {
                     let revision = entry.revision;
-                    let change = self.observe(entry);
+                    let change = self
+                        .observe(entry)
+                        .filter(|change| !self.superseded(change));
                     if change.is_none() {
-                        // Not the cache's (a lease, the admin token): processed as read.
+                        // Not the cache's (a lease, the admin token), or
+                        // older than what the node holds: processed as read.
                         self.processed(revision);
                     }
                     change.map(Ok)
@@ -586,7 +598,11 @@ impl Cluster {
     /// its key expects it. Noted only once applied, so a write never
     /// replaces a value its node has not seen and checked against.
     pub fn applied(&self, change: &Change) {
-        self.saw(change.key.subject(), change.revision);
+        self.saw(
+            change.key.subject(),
+            change.revision,
+            change.value.is_some(),
+        );
         self.processed(change.revision);
     }
 
@@ -653,18 +669,39 @@ impl Cluster {
             .map_err(|error| jetstream_error(format!("give back {}", lease.key))(&error))
     }
 
+    /// The revision a write of `subject` expects: `None` when this node saw
+    /// it absent (never written, or deleted), to be created anew.
     fn revision(&self, subject: &str) -> Option<u64> {
         self.revisions
             .lock()
             .expect("revisions")
             .get(subject)
-            .copied()
+            .filter(|seen| seen.present)
+            .map(|seen| seen.revision)
     }
 
-    fn saw(&self, subject: String, revision: u64) {
+    fn saw(&self, subject: String, revision: u64, present: bool) {
         let mut revisions = self.revisions.lock().expect("revisions");
-        let seen = revisions.entry(subject).or_default();
-        *seen = (*seen).max(revision);
+        let seen = revisions
+            .entry(subject)
+            .or_insert(Seen { revision, present });
+        if revision >= seen.revision {
+            *seen = Seen { revision, present };
+        }
+    }
+
+    /// Whether the node holds something newer of the change's key than the
+    /// change: its own write or deletion since, which the change, read late
+    /// from the watch, must not undo.
+    fn superseded(&self, change: &Change) -> bool {
+        self.revisions
+            .lock()
+            .expect("revisions")
+            .get(&change.key.subject())
+            .is_some_and(|seen| {
+                change.revision < seen.revision
+                    || (!seen.present && change.revision == seen.revision)
+            })
     }
 
     /// Writes a value, if the key is as this node last saw it (absent, or
@@ -691,7 +728,7 @@ impl Cluster {
                     _ => jetstream_error(format!("write {key}"))(&error),
                 })?,
         };
-        self.saw(subject, written);
+        self.saw(subject, written, true);
         Ok(())
     }
 
@@ -714,8 +751,15 @@ impl Cluster {
                 _ => jetstream_error(format!("delete {key}"))(&error),
             })?;
         // Made again before the deletion comes back, the key is created
-        // anew, over the deletion, unless another node made it first.
-        self.revisions.lock().expect("revisions").remove(&subject);
+        // anew, over the deletion, unless another node made it first; the
+        // values up to the one deleted are past, should they come back late.
+        self.revisions.lock().expect("revisions").insert(
+            subject,
+            Seen {
+                revision: expected.unwrap_or_default(),
+                present: false,
+            },
+        );
         Ok(())
     }
 
@@ -1237,6 +1281,44 @@ mod tests {
 
     fn key(byte: u8) -> SealingKey {
         SealingKey::from_file(key_file(&hex::encode([byte; 32])).path()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_change_read_late_never_undoes_a_newer_write_of_the_node() {
+        let nats = wisp_testing::NatsCluster::start(1);
+        let cluster = Cluster::connect(Config {
+            urls: nats.urls_from(0),
+            replicas: 1,
+            key: key(1),
+        })
+        .await
+        .unwrap();
+        let changes = cluster
+            .follow(cluster.last_revision().await.unwrap())
+            .await
+            .unwrap();
+        futures_util::pin_mut!(changes);
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), changes.next())
+                .await
+                .expect("a change in time")
+                .expect("a change")
+                .unwrap()
+        };
+        // Made, removed and made again before the watch is read: what it
+        // gives first is the last value, not the value or removal before it.
+        let namespace = Key::Namespace("team-a".into());
+        cluster.put(&namespace, "one".into()).await.unwrap();
+        cluster.delete(&namespace).await.unwrap();
+        cluster.put(&namespace, "two".into()).await.unwrap();
+        let change = next().await;
+        assert_eq!(
+            (&change.key, change.value.as_deref()),
+            (&namespace, Some(&b"two"[..]))
+        );
+        cluster.delete(&namespace).await.unwrap();
+        let change = next().await;
+        assert_eq!((&change.key, change.value), (&namespace, None));
     }
 
     #[test]
