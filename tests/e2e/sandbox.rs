@@ -75,10 +75,15 @@ fn while_serving<T>(node: &Node, attack: impl FnOnce() -> T) -> T {
 
 /// Calls an attacker and checks it ended by its deadline.
 fn attack(node: &Node, name: &str, body: &[u8]) -> Response {
+    attack_within(node, name, body, Duration::from_secs(2))
+}
+
+/// Calls an attacker deployed with `timeout` and checks it ended by then.
+fn attack_within(node: &Node, name: &str, body: &[u8], timeout: Duration) -> Response {
     let started = Instant::now();
     let response = node.post(&format!("/function/{name}.attackers"), body);
     assert!(
-        started.elapsed() < Duration::from_secs(2) + SLACK,
+        started.elapsed() < timeout + SLACK,
         "the attack ended by its deadline: {:?}",
         started.elapsed()
     );
@@ -287,7 +292,7 @@ fn a_fork_bomb_on_one_node_leaves_another_nodes_processes_room_to_fork() {
         response.body.trim().parse::<u32>().expect("a uid")
     };
     std::thread::scope(|scope| {
-        let call = scope.spawn(|| attack(&bombed, "bomb", b""));
+        let call = scope.spawn(|| attack_within(&bombed, "bomb", b"", Duration::from_secs(6)));
         let bombs = || {
             processes_of(&bombed)
                 .iter()
