@@ -36,7 +36,7 @@ load() { # url [script]
         /Requests\/sec/ { rps = $2 }
         /^ +50%/ { p50 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
-        /Non-2xx/ { bad = $4 }
+        /Non-2xx/ { bad = $5 }
         /Socket errors/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
         END { printf "%d %.2f %.2f%s%s\n", rps, p50, p99, (bad ? " non2xx=" bad : ""), (err ? " errors=" err : "") }'
 }
@@ -66,6 +66,13 @@ compare() { # label:url ...
         printf "| %s | %s | %s | %s | %s |\n" "$label" "$rps" "$(echo -n "$rows" | awk '{ print $1 }' | minmax)" "$p50" "$p99"
         echo "$label $rps" >> "$work/medians"
     done
+    # Answers that were not 2xx, or failed, are said after the table.
+    for config in "$@"; do
+        local label=${config%%:*} bad
+        bad=$(echo -n "${results[$label]}" | grep -o 'non2xx=[0-9]*\|errors=[0-9]*' | tr '\n' ' ' || true)
+        [ -z "$bad" ] || echo "$label: $bad(over all runs)" >> "$work/failures"
+    done
+    if [ -s "$work/failures" ]; then echo; cat "$work/failures"; rm "$work/failures"; fi
 }
 
 ratio() { awk -v a="$(grep "^$1 " "$work/medians" | tail -1 | awk '{ print $NF }')" -v b="$(grep "^$2 " "$work/medians" | tail -1 | awk '{ print $NF }')" 'BEGIN { printf "%.2f", a / b }'; }

@@ -9,6 +9,7 @@ use wisp_core::{
         ArtifactInfo, DeleteFunction, ErrorBody, FunctionDeployment, FunctionStatus, ScaleRequest,
     },
     events::{CallInfo, CallList},
+    kv::Page,
     telemetry::{Trace, Usage},
     tenancy::{
         CreatedToken, NamespaceInfo, NewNamespace, NewSecret, NewToken, SecretInfo, TokenInfo,
@@ -373,6 +374,102 @@ impl Client {
         Ok(())
     }
 
+    /// A request to key `key` of key-value store `store` (the store itself
+    /// when `None`), in `namespace` (`default` when `None`).
+    fn kv_request(
+        &self,
+        method: &str,
+        store: &str,
+        key: Option<&str>,
+        namespace: Option<&str>,
+        cursor: Option<u64>,
+    ) -> ureq::Request {
+        let mut path = format!("/system/kv/{}", encode(store));
+        if let Some(key) = key {
+            path.push('/');
+            path.push_str(&encode(key));
+        }
+        let mut request = self.request(method, &path);
+        if let Some(namespace) = namespace {
+            request = request.query("namespace", namespace);
+        }
+        if let Some(cursor) = cursor {
+            request = request.query("cursor", &cursor.to_string());
+        }
+        request
+    }
+
+    /// The value of a key, as stored.
+    pub fn kv_get(
+        &self,
+        store: &str,
+        key: &str,
+        namespace: Option<&str>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let response = self.call(
+            self.kv_request("GET", store, Some(key), namespace, None)
+                .call(),
+        )?;
+        let mut value = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut value)
+            .context("read the value from the gateway")?;
+        Ok(value)
+    }
+
+    /// Sets a key to `value`.
+    pub fn kv_set(
+        &self,
+        store: &str,
+        key: &str,
+        namespace: Option<&str>,
+        value: &[u8],
+    ) -> anyhow::Result<()> {
+        self.call(
+            self.kv_request("PUT", store, Some(key), namespace, None)
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(value),
+        )?;
+        Ok(())
+    }
+
+    /// Removes a key.
+    pub fn kv_remove(&self, store: &str, key: &str, namespace: Option<&str>) -> anyhow::Result<()> {
+        self.call(
+            self.kv_request("DELETE", store, Some(key), namespace, None)
+                .call(),
+        )?;
+        Ok(())
+    }
+
+    /// Every key of a store, page after page.
+    pub fn kv_keys(&self, store: &str, namespace: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let response = self.call(
+                self.kv_request("GET", store, None, namespace, cursor)
+                    .call(),
+            )?;
+            let page: Page = self.json(response)?;
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// The key-value stores of a namespace that hold a key.
+    pub fn kv_stores(&self, namespace: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let query: Vec<_> = namespace
+            .map(|namespace| ("namespace", namespace.to_owned()))
+            .into_iter()
+            .collect();
+        self.get("/system/kv", &query)
+    }
+
     /// Queues a finished call again; `function` as for [`Self::async_call`].
     pub fn retry_call(&self, id: &str, function: Option<&str>) -> anyhow::Result<CallInfo> {
         let mut request = self.request("POST", &format!("/system/calls/{id}/retry"));
@@ -382,6 +479,17 @@ impl Client {
         let response = self.call(request.call())?;
         self.json(response)
     }
+}
+
+/// `text` as one segment of a URL path: everything but unreserved characters
+/// percent-encoded, `/` included.
+fn encode(text: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
 /// The API answered with an error status.

@@ -8,9 +8,20 @@ fn main() {
     let root =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets this")).join("../..");
     let guests = root.join("guests");
-    for source in ["Cargo.toml", "http-probe", "stdio-probe"] {
+    for source in [
+        "Cargo.toml",
+        "http-probe",
+        "kv-probe",
+        "probe-support",
+        "stdio-probe",
+    ] {
         println!("cargo:rerun-if-changed={}", guests.join(source).display());
     }
+    // kv-probe's bindings come from the WIT the node implements.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("crates/wisp-runtime/wit").display()
+    );
     let target_dir = root.join("target/guests");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
@@ -43,6 +54,7 @@ fn main() {
     let out = target_dir.join("wasm32-wasip2/release");
     for (variable, file) in [
         ("WISP_GUEST_HTTP_PROBE", "http_probe.wasm"),
+        ("WISP_GUEST_KV_PROBE", "kv_probe.wasm"),
         ("WISP_GUEST_STDIO_PROBE", "stdio-probe.wasm"),
     ] {
         println!("cargo:rustc-env={variable}={}", out.join(file).display());

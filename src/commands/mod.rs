@@ -7,6 +7,7 @@ mod deploy;
 mod describe;
 mod dev;
 mod invoke;
+mod kv;
 mod logs;
 mod ls;
 mod new;
@@ -57,6 +58,7 @@ enum Command {
     Ns(ns::Ns),
     Token(token::TokenCommand),
     Secret(secret::SecretCommand),
+    Kv(kv::KvCommand),
     Login(context::Login),
     Context(context::ContextCommand),
     Version(context::Version),
@@ -86,6 +88,7 @@ impl Cli {
             Command::Ns(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Token(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Secret(command) => command.execute().map(|()| ExitCode::SUCCESS),
+            Command::Kv(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Login(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Context(command) => command.execute().map(|()| ExitCode::SUCCESS),
             Command::Version(command) => command.execute().map(|()| ExitCode::SUCCESS),

@@ -82,6 +82,11 @@ pub struct Up {
     /// says otherwise; the node's admin token is not held to it.
     #[arg(long, default_value = "1GiB")]
     namespace_max_unused_upload_bytes: wisp_core::ByteSize,
+    /// Bytes every namespace's key-value stores hold together at most: on
+    /// this node, or in a cluster's JetStream bucket. Writes past it fail
+    /// (507); removals still work.
+    #[arg(long, default_value = "1GiB")]
+    kv_max_bytes: wisp_core::ByteSize,
     /// How long a client may take to send a request's head before it is disconnected.
     #[arg(long, default_value = "10s")]
     header_read_timeout: wisp_core::HumanDuration,
@@ -178,6 +183,7 @@ impl Up {
         config.namespace_max_queued_calls = self.namespace_max_queued_calls;
         config.namespace_max_queued_bytes = self.namespace_max_queued_bytes.0;
         config.namespace_max_unused_upload_bytes = self.namespace_max_unused_upload_bytes.0;
+        config.kv_max_bytes = self.kv_max_bytes.0;
         config.validate()?;
 
         let runtime = wisp_server::runtime().context("start the async runtime")?;
@@ -191,6 +197,7 @@ impl Up {
                         urls: urls.clone(),
                         replicas: self.cluster_replicas.into(),
                         key: wisp_cluster::SealingKey::from_file(key_file)?,
+                        key_value_max_bytes: self.kv_max_bytes.0,
                     })
                     .await?;
                     if config.admin_token.is_none() {

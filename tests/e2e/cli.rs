@@ -528,14 +528,14 @@ source = "probe.wasm"
     let text = std::fs::read_to_string(&spin).unwrap();
     // Appended, the key lands in [component.back].
     let spin = file(
-        "kv/spin.toml",
-        &(text + "key_value_stores = [\"default\"]\n"),
+        "sqlite/spin.toml",
+        &(text + "sqlite_databases = [\"default\"]\n"),
     );
     let refused = deploy(&spin);
     assert!(!refused.status.success());
     assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains("component.back.key_value_stores"),
+        stderr(&refused).contains("unknown key `sqlite_databases`"),
         "{}",
         stderr(&refused)
     );

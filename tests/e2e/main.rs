@@ -8,6 +8,7 @@ mod compose;
 mod escapes;
 mod events;
 mod invoke;
+mod kv;
 mod limits;
 mod observability;
 mod openfaas;

@@ -62,9 +62,9 @@ fn deploy_probe(node: &Node, name: &str, namespace: &str, extra: Value) -> Value
 }
 
 /// What the node holds, as the admin token sees it: functions (without
-/// their counters), tokens and namespaces.
+/// their counters), tokens, namespaces and the stores of each that hold keys.
 fn snapshot(node: &Node) -> Value {
-    let get = |path| {
+    let get = |path: &str| {
         let response = call(node, Some(&node.token), "GET", path, None);
         assert_eq!(response.status, 200, "{path}: {}", response.body);
         response.json()
@@ -81,10 +81,17 @@ fn snapshot(node: &Node) -> Value {
             function.remove(counter);
         }
     }
+    let stores: Vec<Value> = get("/system/namespaces")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| get(&format!("/system/kv?namespace={}", name.as_str().unwrap())))
+        .collect();
     json!({
         "functions": functions,
         "tokens": get("/system/tokens"),
         "namespaces": get("/system/namespaces?detail=true"),
+        "key-value stores": stores,
     })
 }
 
@@ -157,6 +164,11 @@ fn every_route_checks_role_and_namespace() {
         ("DELETE", "/system/namespaces/team-a".into(), None, [409, no, no, no, no]),
         ("GET", "/system/tokens?namespace=team-a".into(), None, [200, 200, no, no, no]),
         ("POST", "/system/tokens".into(), Some(&bad_label), [400, 400, no, no, no]),
+        ("GET", "/system/kv?namespace=team-a".into(), None, [200, 200, 200, no, no]),
+        ("GET", "/system/kv/default?namespace=team-a".into(), None, [200, 200, 200, no, no]),
+        ("GET", "/system/kv/default/k?namespace=team-a".into(), None, [404, 404, 404, no, no]),
+        ("PUT", "/system/kv/Bad/k?namespace=team-a".into(), Some(&existing), [400, 400, 400, no, no]),
+        ("DELETE", "/system/kv/default/k?namespace=team-a".into(), None, [204, 204, 204, no, no]),
         ("GET", "/function/probe.team-a".into(), None, [200, 200, 200, 200, no]),
         ("GET", "/team-a".into(), None, [200, 200, 200, 200, no]),
         ("POST", "/async-function/probe.team-a".into(), None, [202, 202, 202, 202, no]),
@@ -241,7 +253,7 @@ fn every_route_checks_role_and_namespace() {
     let (b_invoke_id, _) = create_token(&node, &b_admin, "team-b", "invoke");
     let before = snapshot(&node);
     #[rustfmt::skip]
-    let writes: [(&str, String, Option<Value>); 8] = [
+    let writes: [(&str, String, Option<Value>); 9] = [
         ("POST", "/system/functions".into(), Some(new_function)),
         ("PUT", "/system/functions".into(), Some(changed)),
         ("DELETE", "/system/functions".into(), Some(json!({ "functionName": "probe", "namespace": "team-b" }))),
@@ -250,6 +262,7 @@ fn every_route_checks_role_and_namespace() {
         ("DELETE", format!("/system/tokens/{b_invoke_id}"), None),
         ("DELETE", "/system/namespaces/team-b".into(), None),
         ("POST", "/system/namespaces".into(), Some(json!({ "name": "team-c" }))),
+        ("PUT", "/system/kv/default/k?namespace=team-b".into(), Some(json!("taken"))),
     ];
     for (method, path, body) in &writes {
         for token in [&a_admin, &a_deploy] {

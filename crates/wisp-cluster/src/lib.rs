@@ -21,6 +21,10 @@
 //! across the cluster by asking: [`Cluster::ask`] sends a question to every
 //! other live node and gathers their answers, both sealed with the same key,
 //! so the NATS account's credentials alone can neither ask nor read.
+//!
+//! Namespaces' key-value stores live in a bucket of their own ([`ClusterKv`]).
+
+mod keyvalue;
 
 use std::{
     collections::HashMap,
@@ -32,6 +36,7 @@ use std::{
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+pub use keyvalue::ClusterKv;
 use ring::aead;
 pub use wisp_core::api::NodeInfo as Member;
 
@@ -48,6 +53,8 @@ const TICK_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 const ARTIFACTS: &str = "wisp_artifacts";
 /// The bucket of unfinished async calls, each under the node that holds it.
 const CALLS: &str = "wisp_calls";
+/// The bucket of every namespace's key-value stores.
+const KEY_VALUE: &str = "wisp_kv";
 /// The registry key of the sealed admin token.
 const ADMIN_TOKEN: &str = "node.admin-token";
 /// How long a lease is held at most: one older was left by a node that
@@ -312,6 +319,7 @@ struct Buckets {
     ticks: kv::Store,
     calls: kv::Store,
     artifacts: object_store::ObjectStore,
+    key_value: kv::Store,
 }
 
 /// How a node joins a cluster.
@@ -322,6 +330,8 @@ pub struct Config {
     pub replicas: usize,
     /// The key secrets are sealed with.
     pub key: SealingKey,
+    /// Bytes the key-value stores' bucket holds at most.
+    pub key_value_max_bytes: u64,
 }
 
 /// A node's handle on the cluster's state.
@@ -332,6 +342,7 @@ pub struct Cluster {
     ticks: kv::Store,
     calls: kv::Store,
     artifacts: object_store::ObjectStore,
+    key_value: Arc<ClusterKv>,
     key: SealingKey,
     /// What this node last saw of each registry key: what its next write
     /// expects, and which changes of the key are older than what it holds.
@@ -362,13 +373,14 @@ impl Cluster {
         // JetStream leader first; until then buckets cannot be made.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            match Self::buckets(&context, config.replicas).await {
+            match Self::buckets(&context, config.replicas, config.key_value_max_bytes).await {
                 Ok(Buckets {
                     registry,
                     members,
                     ticks,
                     calls,
                     artifacts,
+                    key_value,
                 }) => {
                     return Ok(Self {
                         context,
@@ -377,6 +389,7 @@ impl Cluster {
                         ticks,
                         calls,
                         artifacts,
+                        key_value: Arc::new(ClusterKv::new(key_value, config.key_value_max_bytes)),
                         key: config.key,
                         revisions: Mutex::default(),
                         processed: std::sync::atomic::AtomicU64::new(0),
@@ -396,6 +409,7 @@ impl Cluster {
     async fn buckets(
         context: &jetstream::Context,
         replicas: usize,
+        key_value_max_bytes: u64,
     ) -> Result<Buckets, ClusterError> {
         let registry = key_value(
             context,
@@ -462,12 +476,29 @@ impl Cluster {
             },
         )
         .await?;
+        let mut key_value = key_value(
+            context,
+            kv::Config {
+                bucket: KEY_VALUE.to_owned(),
+                description: "wisp: every namespace's key-value stores".to_owned(),
+                history: 1,
+                max_bytes: i64::try_from(key_value_max_bytes).unwrap_or(i64::MAX),
+                max_value_size: (wisp_core::kv::MAX_VALUE_BYTES + wisp_core::kv::MAX_KEY_BYTES)
+                    as i32,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        bound(context, &mut key_value.stream, key_value_max_bytes).await?;
         Ok(Buckets {
             registry,
             members,
             ticks,
             calls,
             artifacts,
+            key_value,
         })
     }
 
@@ -775,6 +806,11 @@ impl Cluster {
     pub fn open(&self, key: &Key, generation: &str, sealed: &[u8]) -> Result<String, ClusterError> {
         let label = format!("{}@{generation}", key.subject());
         String::from_utf8(self.key.open(&label, sealed)?).map_err(|_| ClusterError::Unseal(label))
+    }
+
+    /// The cluster's key-value stores.
+    pub fn key_value(&self) -> Arc<ClusterKv> {
+        self.key_value.clone()
     }
 
     /// Stores the artifact at `path` under its digest, unless it is there already.
@@ -1257,6 +1293,31 @@ async fn key_value(
     }
 }
 
+/// Sets the bytes a bucket's stream holds at most to `max_bytes`, when it
+/// was made with another bound.
+async fn bound(
+    context: &jetstream::Context,
+    stream: &mut jetstream::stream::Stream,
+    max_bytes: u64,
+) -> Result<(), ClusterError> {
+    let wanted = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let info = stream
+        .info()
+        .await
+        .map_err(|error| jetstream_error("read the key-value bucket")(&error))?;
+    if info.config.max_bytes != wanted {
+        let config = jetstream::stream::Config {
+            max_bytes: wanted,
+            ..info.config.clone()
+        };
+        context
+            .update_stream(config)
+            .await
+            .map_err(|error| jetstream_error("bound the key-value bucket")(&error))?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     SystemTime::now()
@@ -1290,6 +1351,7 @@ mod tests {
             urls: nats.urls_from(0),
             replicas: 1,
             key: key(1),
+            key_value_max_bytes: 1 << 20,
         })
         .await
         .unwrap();

@@ -110,6 +110,9 @@ pub struct FunctionDeployment {
     /// Secrets of its namespace it is handed, by name (`wisp secret create`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Key-value stores of its namespace it may use, by name (`default`, as in Spin).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_value_stores: Vec<String>,
     /// A `pipeline`'s steps, in order: functions by `name` (of the
     /// pipeline's namespace) or `name.namespace`, `{"map": name}` or
     /// `{"tee": [names]}`.

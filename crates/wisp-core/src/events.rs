@@ -13,8 +13,9 @@ use crate::{HumanDuration, SpecError};
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
 /// A trigger as written in `wisp.toml` and the API: one key naming its
-/// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`
-/// or `{ mqtt = "sensors/#" }`, with that source's options beside it.
+/// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`,
+/// `{ mqtt = "sensors/#" }` or `{ kv = "default", prefix = "users/" }`, with
+/// that source's options beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerDeclaration {
@@ -37,6 +38,12 @@ pub struct TriggerDeclaration {
     /// An MQTT topic filter (wildcards `+` and `#` allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<String>,
+    /// A key-value store of the function's namespace whose changes fire it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<String>,
+    /// Key-value: only keys that start with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A validated trigger.
@@ -49,6 +56,24 @@ pub enum Trigger {
     Nats(NatsTrigger),
     /// Each message on an MQTT topic.
     Mqtt(String),
+    /// Each change of a key-value store of the function's namespace.
+    Kv(KvTrigger),
+}
+
+/// A key-value trigger: a store, and the keys under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvTrigger {
+    /// The store, in the function's namespace.
+    pub store: String,
+    /// Only keys that start with it; every key when empty.
+    pub prefix: String,
+}
+
+impl KvTrigger {
+    /// Whether a change of `key` in `store` fires it.
+    pub fn matches(&self, store: &str, key: &str) -> bool {
+        self.store == store && key.starts_with(&self.prefix)
+    }
 }
 
 /// A NATS trigger.
@@ -72,6 +97,8 @@ impl Trigger {
                 None => format!("nats \"{}\"", nats.subject),
             },
             Self::Mqtt(topic) => format!("mqtt \"{topic}\""),
+            Self::Kv(kv) if kv.prefix.is_empty() => format!("kv \"{}\"", kv.store),
+            Self::Kv(kv) => format!("kv \"{}\" prefix \"{}\"", kv.store, kv.prefix),
         }
     }
 }
@@ -87,12 +114,36 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             nats_stream,
             nats_consumer,
             mqtt,
+            kv,
+            prefix,
         } = declaration;
         let nats_options =
             queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
-        match (cron, nats, mqtt) {
-            (Some(schedule), None, None) if !nats_options => Ok(Self::Cron(schedule.parse()?)),
-            (None, Some(subject), None) => {
+        if prefix.is_some() && kv.is_none() {
+            return Err(SpecError::Trigger(
+                "`prefix` is for key-value triggers: `{ kv = \"store\", prefix = \"...\" }`".into(),
+            ));
+        }
+        match (cron, nats, mqtt, kv) {
+            (None, None, None, Some(store)) if !nats_options => {
+                if crate::name::validate_name(&store).is_err() {
+                    return Err(SpecError::Trigger(format!(
+                        "trigger kv \"{store}\": not a key-value store's name (a DNS label)"
+                    )));
+                }
+                let prefix = prefix.unwrap_or_default();
+                if prefix.len() > crate::kv::MAX_KEY_BYTES {
+                    return Err(SpecError::Trigger(format!(
+                        "trigger kv \"{store}\": a prefix is at most {} bytes",
+                        crate::kv::MAX_KEY_BYTES
+                    )));
+                }
+                Ok(Self::Kv(KvTrigger { store, prefix }))
+            }
+            (Some(schedule), None, None, None) if !nats_options => {
+                Ok(Self::Cron(schedule.parse()?))
+            }
+            (None, Some(subject), None, None) => {
                 let invalid =
                     |why: &str| SpecError::Trigger(format!("trigger nats \"{subject}\": {why}"));
                 if !valid_subject(&subject) {
@@ -131,7 +182,7 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                     jetstream: nats_stream.map(|stream| (stream, nats_consumer)),
                 }))
             }
-            (None, None, Some(topic)) if !nats_options => {
+            (None, None, Some(topic), None) if !nats_options => {
                 if !valid_topic_filter(&topic) {
                     return Err(SpecError::Trigger(format!(
                         "trigger mqtt \"{topic}\": not an MQTT topic filter (`+` as a level, `#` as the last)"
@@ -139,11 +190,12 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                 }
                 Ok(Self::Mqtt(topic))
             }
-            (None, None, None) => Err(SpecError::Trigger(
-                "a trigger needs a source: `cron`, `nats` or `mqtt`".into(),
+            (None, None, None, None) => Err(SpecError::Trigger(
+                "a trigger needs a source: `cron`, `nats`, `mqtt` or `kv`".into(),
             )),
             _ => Err(SpecError::Trigger(
-                "a trigger has one source (`cron`, `nats` or `mqtt`), and NATS options only with `nats`"
+                "a trigger has one source (`cron`, `nats`, `mqtt` or `kv`), and NATS options only \
+                 with `nats`"
                     .into(),
             )),
         }
@@ -296,7 +348,8 @@ impl TriggerScope {
             wildcard,
         };
         match trigger {
-            Trigger::Cron(_) => Ok(()),
+            // A key-value trigger watches its own namespace's stores only.
+            Trigger::Cron(_) | Trigger::Kv(_) => Ok(()),
             Trigger::Mqtt(topic) => {
                 let prefix = self.mqtt_prefix(namespace);
                 if topic.starts_with(&prefix) {
@@ -381,6 +434,11 @@ impl From<Trigger> for TriggerDeclaration {
             }
             Trigger::Mqtt(topic) => Self {
                 mqtt: Some(topic),
+                ..Self::default()
+            },
+            Trigger::Kv(kv) => Self {
+                kv: Some(kv.store),
+                prefix: (!kv.prefix.is_empty()).then_some(kv.prefix),
                 ..Self::default()
             },
         }

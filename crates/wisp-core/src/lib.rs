@@ -10,6 +10,7 @@
 pub mod api;
 pub mod egress;
 pub mod events;
+pub mod kv;
 pub mod manifest;
 pub mod name;
 pub mod spec;

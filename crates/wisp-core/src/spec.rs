@@ -253,6 +253,9 @@ pub enum SpecError {
     /// variable is also set in `env`.
     #[error("secret `{0}`: {1}")]
     Secret(String, String),
+    /// A key-value store's name is not a DNS label, or is given twice.
+    #[error("key-value store `{0}`: {1}")]
+    KeyValueStore(String, String),
     /// `network` on a wasm function.
     #[error(
         "`network` is for process functions; a {0} function reaches only its allowed_outbound_hosts"
@@ -327,6 +330,28 @@ fn validate_secrets(secrets: &[String], env: &BTreeMap<String, String>) -> Resul
             return refuse(format!(
                 "`env` sets {variable} as well, the variable the secret is handed over as"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the key-value stores a function names: DNS labels, each once, of
+/// a wasm function (the one kind that reaches them).
+fn validate_key_value_stores(kind: FunctionKind, stores: &[String]) -> Result<(), SpecError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for store in stores {
+        let refuse = |why: &str| Err(SpecError::KeyValueStore(store.clone(), why.to_owned()));
+        if !kind.is_wasm() {
+            return refuse(&format!(
+                "key-value stores are for wasm functions (`wasi:keyvalue`); a {kind} function \
+                 cannot reach them yet"
+            ));
+        }
+        if validate_name(store).is_err() {
+            return refuse("not a DNS label");
+        }
+        if !seen.insert(store) {
+            return refuse("named twice");
         }
     }
     Ok(())
@@ -451,6 +476,7 @@ fn validate_steps(
     steps: &[Step],
     env: &BTreeMap<String, String>,
     secrets: &[String],
+    key_value_stores: &[String],
 ) -> Result<(), SpecError> {
     let refuse = |message: String| Err(SpecError::Pipeline(message));
     if kind != FunctionKind::Pipeline {
@@ -494,9 +520,11 @@ fn validate_steps(
             _ => {}
         }
     }
-    if !env.is_empty() || !secrets.is_empty() {
+    if !env.is_empty() || !secrets.is_empty() || !key_value_stores.is_empty() {
         return refuse(
-            "a pipeline has no environment or secrets of its own: give them to its steps".into(),
+            "a pipeline has no environment, secrets or key-value stores of its own: give them \
+             to its steps"
+                .into(),
         );
     }
     Ok(())
@@ -561,6 +589,9 @@ pub struct FunctionSpec {
     /// Secrets of its namespace it is handed, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Key-value stores of its namespace it may use, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_value_stores: Vec<String>,
     /// A pipeline's steps, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
@@ -718,6 +749,7 @@ impl FunctionSpec {
             triggers,
             private,
             secrets,
+            key_value_stores,
             steps,
         } = deployment;
         validate_name(&service)?;
@@ -729,7 +761,7 @@ impl FunctionSpec {
             .or(has_command.then_some(FunctionKind::Process))
             .ok_or(SpecError::MissingKind)?;
         let artifact = image.filter(|image| !image.is_empty());
-        validate_steps(kind, &steps, &env_vars, &secrets)?;
+        validate_steps(kind, &steps, &env_vars, &secrets, &key_value_stores)?;
         if artifact.is_some() && kind == FunctionKind::Pipeline {
             return Err(SpecError::Pipeline(
                 "a pipeline has no `image`: its steps are functions of their own".into(),
@@ -878,6 +910,7 @@ impl FunctionSpec {
             return Err(SpecError::LoaderVariables(loader));
         }
         validate_secrets(&secrets, &env_vars)?;
+        validate_key_value_stores(kind, &key_value_stores)?;
         Ok(Self {
             name: service,
             namespace,
@@ -902,6 +935,7 @@ impl FunctionSpec {
             triggers,
             private: private.unwrap_or(false),
             secrets,
+            key_value_stores,
             steps,
         })
     }
@@ -950,6 +984,7 @@ impl FunctionSpec {
                 triggers: self.triggers.iter().cloned().map(Into::into).collect(),
                 private: Some(self.private),
                 secrets: self.secrets.clone(),
+                key_value_stores: self.key_value_stores.clone(),
                 steps: self.steps.clone(),
             },
             invocation_count: observed.invocations,
@@ -1020,6 +1055,27 @@ mod tests {
                     ..deployment(FunctionKind::WasmHttp)
                 },
                 "secret `db-password`: named twice",
+            ),
+            (
+                FunctionDeployment {
+                    key_value_stores: vec!["default".into(), "default".into()],
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "key-value store `default`: named twice",
+            ),
+            (
+                FunctionDeployment {
+                    key_value_stores: vec!["Users".into()],
+                    ..deployment(FunctionKind::WasmStdio)
+                },
+                "key-value store `Users`: not a DNS label",
+            ),
+            (
+                FunctionDeployment {
+                    key_value_stores: vec!["default".into()],
+                    ..deployment(FunctionKind::Process)
+                },
+                "a process function cannot reach them yet",
             ),
             (
                 FunctionDeployment {

@@ -20,7 +20,8 @@ pub enum Role {
     /// Everything inside the namespace, its tokens included.
     Admin,
     /// Deploy, update, scale and remove functions, upload artifacts, manage
-    /// secrets, read functions, logs, traces, usage and calls; invoke.
+    /// secrets, read and write key-value stores, read functions, logs,
+    /// traces, usage and calls; invoke.
     Deploy,
     /// Invoke private functions, list and describe functions.
     Invoke,
@@ -81,6 +82,8 @@ pub enum Action {
     ManageTokens,
     /// Create, list, replace and remove the namespace's secrets.
     ManageSecrets,
+    /// Read and write the namespace's key-value stores.
+    ManageData,
 }
 
 impl fmt::Display for Action {
@@ -92,6 +95,7 @@ impl fmt::Display for Action {
             Self::Observe => "read logs, traces, usage and calls",
             Self::ManageTokens => "manage tokens",
             Self::ManageSecrets => "manage secrets",
+            Self::ManageData => "read and write key-value stores",
         })
     }
 }
@@ -512,14 +516,25 @@ mod tests {
     fn roles_permit_what_the_table_says() {
         use Action::*;
         let table = [
-            (Role::Admin, [true, true, true, true, true, true]),
-            (Role::Deploy, [true, true, true, true, false, true]),
-            (Role::Invoke, [true, true, false, false, false, false]),
+            (Role::Admin, [true, true, true, true, true, true, true]),
+            (Role::Deploy, [true, true, true, true, false, true, true]),
+            (
+                Role::Invoke,
+                [true, true, false, false, false, false, false],
+            ),
         ];
         for (role, expected) in table {
-            for (action, allowed) in [Read, Invoke, Deploy, Observe, ManageTokens, ManageSecrets]
-                .into_iter()
-                .zip(expected)
+            for (action, allowed) in [
+                Read,
+                Invoke,
+                Deploy,
+                Observe,
+                ManageTokens,
+                ManageSecrets,
+                ManageData,
+            ]
+            .into_iter()
+            .zip(expected)
             {
                 assert_eq!(role.permits(action), allowed, "{role} {action}");
             }

@@ -4,12 +4,13 @@
 //! request ([`process`]); HTTP apps run as scaled replicas that requests are
 //! proxied to ([`app`]); processes of both start inside the [`sandbox`]; what
 //! functions send out goes through [`outbound`], under the node's egress
-//! policy. Each takes an [`Invocation`] with its deadline and answers a
+//! policy, and guests reach their key-value stores through [`keyvalue`]. Each takes an [`Invocation`] with its deadline and answers a
 //! response or an [`InvokeError`], which the server turns into a status in
 //! one place. What a function writes goes to its [`Output`], line
 //! by line with the call's id, and what a call uses is read into its [`Meter`].
 
 pub mod app;
+pub mod keyvalue;
 pub mod netns;
 pub mod outbound;
 pub mod process;

@@ -55,6 +55,7 @@ use wisp_core::egress::EgressPolicy;
 use crate::{
     GuestRunning, Input, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
     full_response,
+    keyvalue::{self, GuestKeyValue, KeyValueAccess},
     outbound::{Internal, OutboundPolicy, TRACEPARENT},
     stdio_content_type, watchdog_env,
 };
@@ -122,6 +123,8 @@ pub struct WasmLimits {
     pub fuel: Option<u64>,
     /// Outbound HTTP destinations the guest may call.
     pub allowed_outbound_hosts: Vec<String>,
+    /// The key-value stores the guest may open (`wasi:keyvalue`); none when absent.
+    pub key_value: Option<KeyValueAccess>,
     /// Where the guest's output lines go.
     pub output: Output,
 }
@@ -211,6 +214,12 @@ impl Flavour {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(internal)?;
+        keyvalue::add_to_linker(&mut linker, |state: &mut GuestState| GuestKeyValue {
+            access: state.outbound.function.key_value.as_ref(),
+            table: &mut state.table,
+            open: &mut state.key_value_open,
+        })
+        .map_err(internal)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let cache_dir = cache_dir.join(format!("{:016x}", hasher.finish()));
@@ -481,6 +490,8 @@ struct GuestState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     outbound: OutboundPolicy,
+    /// Key-value stores the guest holds open.
+    key_value_open: usize,
 }
 
 impl WasiView for GuestState {
@@ -595,6 +606,7 @@ fn new_store(
             call_id: invocation.call_id.clone(),
             traceparent: invocation.headers.get(TRACEPARENT).cloned(),
         },
+        key_value_open: 0,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

@@ -38,6 +38,8 @@ pub const DEFAULT_NAMESPACE_MAX_QUEUED_BYTES: u64 = 1 << 30;
 /// Bytes of uploaded artifacts that none of its functions uses one
 /// namespace's tokens may hold, by default.
 pub const DEFAULT_NAMESPACE_MAX_UNUSED_UPLOAD_BYTES: u64 = 1 << 30;
+/// Bytes every namespace's key-value stores hold together at most, by default.
+pub const DEFAULT_KV_MAX_BYTES: u64 = 1 << 30;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -104,6 +106,9 @@ pub struct Config {
     /// Bytes of uploaded artifacts none of its functions uses a namespace's
     /// tokens may hold, unless its `max_artifact_bytes` says otherwise.
     pub namespace_max_unused_upload_bytes: u64,
+    /// Bytes every namespace's key-value stores hold together at most (on
+    /// this node, or in the cluster's bucket).
+    pub kv_max_bytes: u64,
 }
 
 /// A configuration that cannot work.
@@ -169,6 +174,7 @@ impl Config {
             namespace_max_queued_calls: DEFAULT_NAMESPACE_MAX_QUEUED_CALLS,
             namespace_max_queued_bytes: DEFAULT_NAMESPACE_MAX_QUEUED_BYTES,
             namespace_max_unused_upload_bytes: DEFAULT_NAMESPACE_MAX_UNUSED_UPLOAD_BYTES,
+            kv_max_bytes: DEFAULT_KV_MAX_BYTES,
         }
     }
 

@@ -21,6 +21,7 @@ mod dispatch;
 mod error;
 mod events;
 mod invoke;
+mod kv;
 mod node;
 mod pipeline;
 mod reads;
@@ -75,6 +76,7 @@ fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .merge(spanning_routes(node))
         .merge(tenants::routes::system_routes())
         .merge(secrets::system_routes())
+        .merge(kv::system_routes())
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             auth::authenticate,

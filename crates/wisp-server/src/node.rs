@@ -12,12 +12,13 @@ use std::{
 };
 
 use wisp_core::{
-    FunctionKind, FunctionSpec, Observed, Route, egress::EgressPolicy, spec::DEFAULT_NAMESPACE,
-    tenancy::secret_env_name,
+    FunctionKind, FunctionSpec, Observed, Route, egress::EgressPolicy, kv::KeyValue,
+    spec::DEFAULT_NAMESPACE, tenancy::secret_env_name,
 };
 use wisp_runtime::{
     Executor, Output, PrepareError,
     app::AppFunction,
+    keyvalue::KeyValueAccess,
     process::{ProcessFunction, Program},
     sandbox::{Jail, Sandbox, SandboxError},
     wasm::{WasmConfig, WasmEngine, WasmLimits},
@@ -127,6 +128,8 @@ pub struct Node {
     pub(crate) config: Config,
     pub(crate) admin_token: String,
     pub(crate) store: Arc<Store>,
+    /// Every namespace's key-value stores: in SQLite, or the cluster's.
+    pub(crate) key_value: Arc<dyn KeyValue>,
     pub(crate) queue: events::Queue,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) metrics: Metrics,
@@ -229,6 +232,13 @@ impl Node {
             .then(|| Sandbox::new(&config.allow_egress))
             .transpose()?;
         let tenants = Tenants::load(&store, config.namespace_max_concurrency)?;
+        let key_value: Arc<dyn KeyValue> = match &cluster {
+            Some(cluster) => cluster.key_value(),
+            None => Arc::new(wisp_store::KvStore::open(
+                &config.data_dir,
+                config.kv_max_bytes,
+            )?),
+        };
         // The same after a restart, so a node that comes back knows which
         // async calls of the cluster's it held.
         let id = load_or_create(&config.data_dir.join("node-id"), wisp_cluster::node_id)?;
@@ -242,6 +252,7 @@ impl Node {
             config,
             admin_token,
             store,
+            key_value: Arc::new(events::kv::Watched::new(key_value, me.clone())),
             queue,
             telemetry,
             metrics: Metrics::new(me.clone()),
@@ -415,6 +426,11 @@ impl Node {
             files,
             fuel: spec.fuel,
             allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+            key_value: (!spec.key_value_stores.is_empty()).then(|| KeyValueAccess {
+                backend: self.key_value.clone(),
+                namespace: spec.namespace.clone(),
+                stores: spec.key_value_stores.clone(),
+            }),
             output: self.output(spec),
         };
         Ok(match spec.kind {

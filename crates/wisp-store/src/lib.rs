@@ -15,6 +15,7 @@
 //! node's user, binds a function's tree to `/function` for them.
 
 mod artifacts;
+mod kv;
 mod queue;
 mod registry;
 mod telemetry;
@@ -23,6 +24,7 @@ mod uploads;
 use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
+pub use kv::KvStore;
 pub use queue::{
     CallFilter, CallOrigin, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall,
     call_key,

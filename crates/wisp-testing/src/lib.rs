@@ -22,6 +22,11 @@ pub use nats::NatsCluster;
 /// `/stream?chunks=&ms=` (a slow streamed body), `/linger?ms=` (answers,
 /// then runs on for `ms` and logs when it stopped) misbehave on purpose.
 pub const HTTP_PROBE: &str = env!("WISP_GUEST_HTTP_PROBE");
+/// A `wasi:http` guest using `wasi:keyvalue`: `/get`, `/set` (the body),
+/// `/delete`, `/exists`, `/increment?by=`, `/keys?cursor=`, `/set-many`
+/// (`key=value` lines), `/get-many?keys=a,b`, each with `?store=&key=`; a
+/// store error is a 403, 404 or 500 naming it.
+pub const KV_PROBE: &str = env!("WISP_GUEST_KV_PROBE");
 /// A `wasi:cli` command guest: the body `env`, `exit N`, `loop` or `trap` chooses, anything else is echoed.
 pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
 

@@ -13,6 +13,7 @@
 
 use std::io::{Read as _, Write as _};
 
+use probe_support::{Target, read_body, respond};
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
     ResponseOutparam, Scheme,
@@ -24,17 +25,9 @@ struct Probe;
 
 impl wasip2::exports::http::incoming_handler::Guest for Probe {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let path_with_query = request.path_with_query().unwrap_or_default();
-        let (path, query) = path_with_query
-            .split_once('?')
-            .unwrap_or((path_with_query.as_str(), ""));
-        let text = |name: &str| -> &str {
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(key, _)| *key == name)
-                .map_or("", |(_, value)| value)
-        };
+        let target = Target::of(&request);
+        let (path, query) = (target.path.as_str(), target.query());
+        let text = |name: &str| target.param(name);
         let param = |name: &str| -> u64 { text(name).parse().unwrap_or(0) };
         match path {
             "/trap" => panic!("the probe was asked to trap"),
@@ -51,11 +44,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     page[0] = 1;
                 }
                 let touched = block.iter().filter(|b| **b == 1).count();
-                respond(response_out, 200, format!("grew {touched} pages\n").as_bytes());
+                respond(
+                    response_out,
+                    200,
+                    format!("grew {touched} pages\n").as_bytes(),
+                );
             }
             "/linger" => {
                 let started = now_millis();
-                respond(response_out, 200, format!("started at {started}\n").as_bytes());
+                respond(
+                    response_out,
+                    200,
+                    format!("started at {started}\n").as_bytes(),
+                );
                 std::thread::sleep(std::time::Duration::from_millis(param("ms")));
                 eprintln!("lingered until {}", now_millis());
             }
@@ -77,11 +78,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 let written = (0..param("mib"))
                     .take_while(|_| stdout.write_all(&chunk).is_ok())
                     .count();
-                respond(response_out, 200, format!("wrote {written} MiB\n").as_bytes());
+                respond(
+                    response_out,
+                    200,
+                    format!("wrote {written} MiB\n").as_bytes(),
+                );
             }
             "/env" => {
-                let mut vars: Vec<String> =
-                    std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+                let mut vars: Vec<String> = std::env::vars()
+                    .map(|(k, v)| format!("{k}={v}\n"))
+                    .collect();
                 vars.sort();
                 respond(response_out, 200, vars.concat().as_bytes());
             }
@@ -98,14 +104,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     method_name(&request.method())
                 );
                 for (name, value) in request.headers().entries() {
-                    echo.push_str(&format!("header {name}={}\n", String::from_utf8_lossy(&value)));
+                    echo.push_str(&format!(
+                        "header {name}={}\n",
+                        String::from_utf8_lossy(&value)
+                    ));
                 }
-                let body = request.consume().expect("request body is consumed once");
-                let mut bytes = Vec::new();
-                body.stream()
-                    .expect("body stream is taken once")
-                    .read_to_end(&mut bytes)
-                    .expect("request body reads");
+                let bytes = read_body(request);
                 echo.push_str(&format!("body={}\n", String::from_utf8_lossy(&bytes)));
                 respond(response_out, 200, echo.as_bytes());
             }
@@ -119,7 +123,9 @@ fn call(url: &str) -> (u16, Vec<u8>) {
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let request = OutgoingRequest::new(Fields::new());
     request.set_scheme(Some(&Scheme::Http)).expect("a scheme");
-    request.set_authority(Some(authority)).expect("an authority");
+    request
+        .set_authority(Some(authority))
+        .expect("an authority");
     request
         .set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
         .expect("a path");
@@ -201,18 +207,4 @@ fn now_millis() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis())
-}
-
-fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
-    let response = OutgoingResponse::new(Fields::new());
-    response.set_status_code(status).expect("a valid status");
-    let outgoing = response.body().expect("response body is taken once");
-    ResponseOutparam::set(response_out, Ok(response));
-    let mut stream = outgoing.write().expect("body stream is taken once");
-    for chunk in body.chunks(4096) {
-        stream.write_all(chunk).expect("response body writes");
-    }
-    stream.flush().expect("response body flushes");
-    drop(stream);
-    OutgoingBody::finish(outgoing, None).expect("response body finishes");
 }

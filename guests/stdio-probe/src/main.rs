@@ -6,10 +6,14 @@ use std::io::{Read as _, Write as _};
 
 fn main() {
     let mut body = String::new();
-    std::io::stdin().read_to_string(&mut body).expect("stdin reads");
+    std::io::stdin()
+        .read_to_string(&mut body)
+        .expect("stdin reads");
     let command = body.trim();
     if command == "env" {
-        let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let mut vars: Vec<String> = std::env::vars()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
         vars.sort();
         print!("{}", vars.concat());
     } else if let Some(code) = command.strip_prefix("exit ") {
@@ -22,6 +26,8 @@ fn main() {
     } else if command == "trap" {
         panic!("the probe was asked to trap");
     } else {
-        std::io::stdout().write_all(body.as_bytes()).expect("stdout writes");
+        std::io::stdout()
+            .write_all(body.as_bytes())
+            .expect("stdout writes");
     }
 }

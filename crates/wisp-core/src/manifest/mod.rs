@@ -163,6 +163,9 @@ pub struct FunctionManifest {
     /// Secrets of its namespace it is handed, by name.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Key-value stores of its namespace it may use, by name.
+    #[serde(default)]
+    pub key_value_stores: Vec<String>,
     /// What `wisp dev` watches to build and deploy the function again:
     /// globs relative to the manifest's directory.
     #[serde(default)]
@@ -335,6 +338,7 @@ impl FunctionManifest {
             triggers: Vec::new(),
             private: None,
             secrets: Vec::new(),
+            key_value_stores: Vec::new(),
             watch: Vec::new(),
             steps: Vec::new(),
         }
@@ -375,6 +379,7 @@ impl FunctionManifest {
             triggers: self.triggers.clone(),
             private: self.private,
             secrets: self.secrets.clone(),
+            key_value_stores: self.key_value_stores.clone(),
             steps: self.steps.clone(),
         }
     }

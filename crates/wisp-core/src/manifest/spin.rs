@@ -247,12 +247,7 @@ pub fn parse(
         function.files = files(&key, &component.files)?
             .map(|dir| inside(&format!("{key}.files"), &dir))
             .transpose()?;
-        if !component.key_value_stores.is_empty() {
-            return Err(ManifestError::key(
-                format!("{key}.key_value_stores"),
-                "wisp has no key-value stores for functions yet",
-            ));
-        }
+        function.key_value_stores = component.key_value_stores;
         function.env = component.environment;
         if !component.variables.is_empty() {
             notes.push(format!(
@@ -386,6 +381,7 @@ source = "target/wasm32-wasip2/release/hello.wasm"
 allowed_outbound_hosts = ["https://example.com"]
 files = [{ source = "static", destination = "/" }]
 environment = { MODE = "spin" }
+key_value_stores = ["default"]
 [component.hello.variables]
 greeting = "{{ greeting }}, world"
 [component.hello.build]
@@ -421,6 +417,7 @@ key = "{{ api_key }}"
         assert_eq!(hello.allowed_outbound_hosts, ["https://example.com"]);
         assert_eq!(hello.files.as_deref(), Some("static"));
         assert_eq!(hello.env["MODE"], "spin");
+        assert_eq!(hello.key_value_stores, ["default"]);
         assert_eq!(hello.env["GREETING"], "hello, world");
         assert_eq!((inner.route.as_deref(), inner.private), (None, Some(true)));
         assert_eq!(inner.env["KEY"], "s3cret");
@@ -441,11 +438,6 @@ key = "{{ api_key }}"
             error(APP)
         );
         let cases = [
-            (
-                "environment = { MODE = \"spin\" }",
-                "key_value_stores = [\"default\"]",
-                "component.hello.key_value_stores",
-            ),
             (
                 "files = [{ source = \"static\", destination = \"/\" }]",
                 "files = [\"static/**\"]",

@@ -1,6 +1,6 @@
 //! Events: the durable queue of async calls and the workers that run them,
-//! with retries, dead letters and callbacks; and the triggers (cron) that
-//! feed it.
+//! with retries, dead letters and callbacks; and the triggers (cron, NATS,
+//! MQTT, key-value changes) that feed it.
 //!
 //! Every call is committed to the store before it is acknowledged
 //! ([`writer`]), so a crash loses nothing: at start-up, queued calls are
@@ -14,6 +14,7 @@ mod backlog;
 mod callback;
 mod cron;
 mod handoff;
+pub(crate) mod kv;
 mod mqtt;
 mod nats;
 pub(crate) mod record;

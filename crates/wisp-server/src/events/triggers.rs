@@ -1,7 +1,8 @@
 //! Triggers: the tasks that turn a function's declared event sources (cron,
 //! NATS, MQTT) into CloudEvents on the queue, and what each is doing, for
 //! `wisp describe`. Adding a source means a task here and a variant of
-//! [`Trigger`]; the queue and the workers stay as they are.
+//! [`Trigger`]; the queue and the workers stay as they are. Key-value
+//! triggers need no task: the node's writes fire them ([`super::kv`]).
 
 use std::{
     collections::HashMap,
@@ -56,6 +57,17 @@ pub(super) struct Event {
 }
 
 impl Source {
+    /// The source of `spec`'s trigger named `label`.
+    pub fn new(node: &Arc<Node>, spec: &FunctionSpec, label: String) -> Self {
+        Self {
+            node: Arc::downgrade(node),
+            namespace: spec.namespace.clone(),
+            function: spec.name.clone(),
+            label,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+        }
+    }
+
     /// Puts an event on the queue; the call's key (its id in the triggers'
     /// own space, which no caller can write to) and whether the call is new.
     pub async fn queue(&self, node: &Arc<Node>, event: Event) -> Result<(String, bool), String> {
@@ -149,15 +161,9 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
     spec.triggers
         .iter()
         .enumerate()
-        .map(|(index, trigger)| {
-            let source = Source {
-                node: Arc::downgrade(node),
-                namespace: spec.namespace.clone(),
-                function: spec.name.clone(),
-                label: trigger.label(),
-                in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
-            };
-            match trigger {
+        .filter_map(|(index, trigger)| {
+            let source = Source::new(node, spec, trigger.label());
+            let task = match trigger {
                 Trigger::Cron(schedule) => tokio::spawn(cron::run(source, schedule.clone())),
                 Trigger::Nats(trigger) => {
                     source.set_link(node, Link::Connecting);
@@ -169,8 +175,9 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                     let url = node.config.mqtt_url.clone();
                     tokio::spawn(mqtt::run(source, topic.clone(), url, index))
                 }
-            }
-            .abort_handle()
+                Trigger::Kv(_) => return None,
+            };
+            Some(task.abort_handle())
         })
         .collect()
 }
@@ -213,6 +220,13 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                         next_firing_at: None,
                     }
                 }
+                Trigger::Kv(_) => TriggerStatus {
+                    trigger: label,
+                    state: "watching".into(),
+                    error: None,
+                    last_fired_at: None,
+                    next_firing_at: None,
+                },
             }
         })
         .collect()

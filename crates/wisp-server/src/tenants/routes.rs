@@ -110,6 +110,9 @@ async fn create_namespace(
     let _guard = node.deploy_lock.lock().await;
     if node.tenants.namespace(&request.name).is_none() {
         cluster::share_namespace(&node, &request.name, &request.quotas).await?;
+        // A new namespace: whatever a namespace of that name left in the
+        // key-value stores (a write racing its removal) is not its own.
+        node.key_value.forget(&request.name).await?;
     }
     let created = node
         .tenants
@@ -160,6 +163,8 @@ async fn remove_namespace(
         .map_err(ApiError::internal)?
     };
     forgotten?;
+    // So do its key-value stores, which every node shares in a cluster.
+    node.key_value.forget(&name).await?;
     // Its tokens and secrets go with it, on every node.
     for token in node.store.tokens()? {
         if token.namespace == name {

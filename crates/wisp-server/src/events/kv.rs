@@ -1,0 +1,116 @@
+//! Key-value triggers: [`Watched`] stands between the node and its
+//! key-value backend and, once a set, an increment or a delete succeeds,
+//! puts a CloudEvent on the queue for each function of the namespace whose
+//! `{ kv = "store", prefix = "..." }` trigger matches the key. The node that
+//! makes the change queues its events, so in a cluster each change fires
+//! once. A change whose event cannot be queued (the namespace's queue quota)
+//! is kept, and the event is logged as lost.
+
+use std::sync::{Arc, Weak};
+
+use chrono::Utc;
+use wisp_core::{
+    Trigger,
+    kv::{Bucket, KeyValue, KvFuture, Page},
+};
+
+use super::triggers::{Event, Source};
+use crate::node::Node;
+
+/// The CloudEvents type of a key set (or incremented).
+const SET: &str = "dev.wisp.kv.set";
+/// The CloudEvents type of a key removed.
+const DELETE: &str = "dev.wisp.kv.delete";
+
+/// A key-value backend whose changes fire the namespace's triggers.
+pub(crate) struct Watched {
+    backend: Arc<dyn KeyValue>,
+    node: Weak<Node>,
+}
+
+impl Watched {
+    pub(crate) fn new(backend: Arc<dyn KeyValue>, node: Weak<Node>) -> Self {
+        Self { backend, node }
+    }
+
+    /// Queues the event of a change of `key` to every function it fires.
+    async fn changed(&self, bucket: &Bucket, key: &str, r#type: &'static str, value: &[u8]) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        for function in node.deployed() {
+            let spec = &function.spec;
+            if spec.namespace != bucket.namespace {
+                continue;
+            }
+            for trigger in &spec.triggers {
+                let Trigger::Kv(kv) = trigger else { continue };
+                if !kv.matches(&bucket.store, key) {
+                    continue;
+                }
+                let source = Source::new(&node, spec, trigger.label());
+                let event = Event {
+                    id: None,
+                    r#type,
+                    subject: key.to_owned(),
+                    time: Utc::now(),
+                    payload: value.to_vec(),
+                    content_type: (!value.is_empty())
+                        .then(|| "application/octet-stream".to_owned()),
+                    fired_at: None,
+                };
+                if let Err(error) = source.queue(&node, event).await {
+                    tracing::warn!(
+                        "{}.{}: the event of key `{key}` in store {} is lost: {error}",
+                        spec.name,
+                        spec.namespace,
+                        bucket.store
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl KeyValue for Watched {
+    fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        self.backend.get(bucket, key)
+    }
+
+    fn set<'a>(&'a self, bucket: &'a Bucket, key: &'a str, value: Vec<u8>) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            self.backend.set(bucket, key, value.clone()).await?;
+            self.changed(bucket, key, SET, &value).await;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            self.backend.delete(bucket, key).await?;
+            self.changed(bucket, key, DELETE, &[]).await;
+            Ok(())
+        })
+    }
+
+    fn list<'a>(&'a self, bucket: &'a Bucket, cursor: u64) -> KvFuture<'a, Page> {
+        self.backend.list(bucket, cursor)
+    }
+
+    fn increment<'a>(&'a self, bucket: &'a Bucket, key: &'a str, delta: u64) -> KvFuture<'a, u64> {
+        Box::pin(async move {
+            let sum = self.backend.increment(bucket, key, delta).await?;
+            self.changed(bucket, key, SET, sum.to_string().as_bytes())
+                .await;
+            Ok(sum)
+        })
+    }
+
+    fn stores<'a>(&'a self, namespace: &'a str) -> KvFuture<'a, Vec<String>> {
+        self.backend.stores(namespace)
+    }
+
+    fn forget<'a>(&'a self, namespace: &'a str) -> KvFuture<'a, ()> {
+        self.backend.forget(namespace)
+    }
+}
