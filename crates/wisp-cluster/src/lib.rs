@@ -723,8 +723,10 @@ impl Cluster {
 
     /// Whether the node holds something newer of the change's key than the
     /// change: its own write or deletion since, which the change, read late
-    /// from the watch, must not undo.
-    fn superseded(&self, change: &Change) -> bool {
+    /// from the watch, must not undo. [`Cluster::follow`] leaves out what is
+    /// superseded when it reads it; a change waiting to be applied while the
+    /// node writes is asked again once the node's writes are done.
+    pub fn superseded(&self, change: &Change) -> bool {
         self.revisions
             .lock()
             .expect("revisions")
@@ -1380,7 +1382,15 @@ mod tests {
         );
         cluster.delete(&namespace).await.unwrap();
         let change = next().await;
-        assert_eq!((&change.key, change.value), (&namespace, None));
+        assert_eq!((&change.key, change.value.as_deref()), (&namespace, None));
+        // Read before the node makes it again, and applied after: by then
+        // the removal is past.
+        assert!(!cluster.superseded(&change));
+        cluster.put(&namespace, "three".into()).await.unwrap();
+        assert!(
+            cluster.superseded(&change),
+            "the removal is older than the node's write"
+        );
     }
 
     #[test]

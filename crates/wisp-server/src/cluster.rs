@@ -506,6 +506,14 @@ async fn apply(
     failed: &mut HashMap<Key, Change>,
 ) {
     let _guard = node.deploy_lock.lock().await;
+    // The node may have written the key while this change waited for the
+    // lock (a namespace made again just after its removal): then the change
+    // is past, and applying it would undo the node's write.
+    if cluster.superseded(&change) {
+        failed.remove(&change.key);
+        cluster.processed(change.revision());
+        return;
+    }
     failed.remove(&change.key);
     match apply_locked(node, cluster, &change).await {
         Ok(()) => cluster.applied(&change),
