@@ -33,40 +33,55 @@ impl Watched {
         Self { backend, node }
     }
 
-    /// Queues the event of a change of `key` to every function it fires.
-    async fn changed(&self, bucket: &Bucket, key: &str, r#type: &'static str, value: &[u8]) {
+    /// The functions a change of `key` in `bucket` fires, with their
+    /// triggers' sources: looked up before the write, so a write that fires
+    /// nothing keeps no copy of its value.
+    fn watchers(&self, bucket: &Bucket, key: &str) -> Vec<Source> {
+        let Some(node) = self.node.upgrade() else {
+            return Vec::new();
+        };
+        node.deployed()
+            .iter()
+            .map(|function| &function.spec)
+            .filter(|spec| spec.namespace == bucket.namespace)
+            .flat_map(|spec| {
+                spec.triggers
+                    .iter()
+                    .filter(|trigger| matches!(trigger, Trigger::Kv(kv) if kv.matches(&bucket.store, key)))
+                    .map(|trigger| Source::new(&node, spec, trigger.label()))
+            })
+            .collect()
+    }
+
+    /// Queues the event of a change of `key` to each of `watchers`.
+    async fn changed(
+        &self,
+        watchers: Vec<Source>,
+        bucket: &Bucket,
+        key: &str,
+        r#type: &'static str,
+        value: &[u8],
+    ) {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        for function in node.deployed() {
-            let spec = &function.spec;
-            if spec.namespace != bucket.namespace {
-                continue;
-            }
-            for trigger in &spec.triggers {
-                let Trigger::Kv(kv) = trigger else { continue };
-                if !kv.matches(&bucket.store, key) {
-                    continue;
-                }
-                let source = Source::new(&node, spec, trigger.label());
-                let event = Event {
-                    id: None,
-                    r#type,
-                    subject: key.to_owned(),
-                    time: Utc::now(),
-                    payload: value.to_vec(),
-                    content_type: (!value.is_empty())
-                        .then(|| "application/octet-stream".to_owned()),
-                    fired_at: None,
-                };
-                if let Err(error) = source.queue(&node, event).await {
-                    tracing::warn!(
-                        "{}.{}: the event of key `{key}` in store {} is lost: {error}",
-                        spec.name,
-                        spec.namespace,
-                        bucket.store
-                    );
-                }
+        for source in watchers {
+            let event = Event {
+                id: None,
+                r#type,
+                subject: key.to_owned(),
+                time: Utc::now(),
+                payload: value.to_vec(),
+                content_type: (!value.is_empty()).then(|| "application/octet-stream".to_owned()),
+                fired_at: None,
+            };
+            if let Err(error) = source.queue(&node, event).await {
+                tracing::warn!(
+                    "{}.{}: the event of key `{key}` in store {} is lost: {error}",
+                    source.function,
+                    source.namespace,
+                    bucket.store
+                );
             }
         }
     }
@@ -79,16 +94,21 @@ impl KeyValue for Watched {
 
     fn set<'a>(&'a self, bucket: &'a Bucket, key: &'a str, value: Vec<u8>) -> KvFuture<'a, ()> {
         Box::pin(async move {
+            let watchers = self.watchers(bucket, key);
+            if watchers.is_empty() {
+                return self.backend.set(bucket, key, value).await;
+            }
             self.backend.set(bucket, key, value.clone()).await?;
-            self.changed(bucket, key, SET, &value).await;
+            self.changed(watchers, bucket, key, SET, &value).await;
             Ok(())
         })
     }
 
     fn delete<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, ()> {
         Box::pin(async move {
+            let watchers = self.watchers(bucket, key);
             self.backend.delete(bucket, key).await?;
-            self.changed(bucket, key, DELETE, &[]).await;
+            self.changed(watchers, bucket, key, DELETE, &[]).await;
             Ok(())
         })
     }
@@ -99,8 +119,9 @@ impl KeyValue for Watched {
 
     fn increment<'a>(&'a self, bucket: &'a Bucket, key: &'a str, delta: u64) -> KvFuture<'a, u64> {
         Box::pin(async move {
+            let watchers = self.watchers(bucket, key);
             let sum = self.backend.increment(bucket, key, delta).await?;
-            self.changed(bucket, key, SET, sum.to_string().as_bytes())
+            self.changed(watchers, bucket, key, SET, sum.to_string().as_bytes())
                 .await;
             Ok(sum)
         })
