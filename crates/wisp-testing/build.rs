@@ -1,5 +1,5 @@
-//! Builds the test guests under `guests/` for wasm32-wasip2 and exports their
-//! paths as `WISP_GUEST_*` variables. Cargo reruns this only when a guest's
+//! Builds the test guests under `guests/` (for wasm32-wasip2, and the Spin
+//! ones for wasm32-wasip1) and exports their paths as `WISP_GUEST_*` variables. Cargo reruns this only when a guest's
 //! source changes, so guests are not rebuilt on every test run.
 
 use std::{env, path::PathBuf, process::Command};
@@ -13,6 +13,8 @@ fn main() {
         "http-probe",
         "kv-probe",
         "probe-support",
+        "spin-probe",
+        "spin-variables",
         "stdio-probe",
     ] {
         println!("cargo:rerun-if-changed={}", guests.join(source).display());
@@ -24,39 +26,58 @@ fn main() {
     );
     let target_dir = root.join("target/guests");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(guests.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // The outer build's flags are for the host, not for the guests.
-    for variable in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WORKSPACE_WRAPPER",
+    // Spin's Rust template builds core modules for wasm32-wasip1.
+    for (target, packages) in [
+        ("wasm32-wasip2", &[][..]),
+        ("wasm32-wasip1", &["spin-probe", "spin-variables"][..]),
     ] {
-        build.env_remove(variable);
+        let mut build = Command::new(&cargo);
+        build
+            .args(["build", "--release", "--target", target, "--manifest-path"])
+            .arg(guests.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for package in packages {
+            build.args(["--package", package]);
+        }
+        // The outer build's flags are for the host, not for the guests.
+        for variable in [
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_TARGET_DIR",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
+            build.env_remove(variable);
+        }
+        let status = build.status().expect("run cargo to build the test guests");
+        assert!(
+            status.success(),
+            "building the test guests failed; is the target installed? `rustup target add {target}`"
+        );
     }
-    let status = build.status().expect("run cargo to build the test guests");
-    assert!(
-        status.success(),
-        "building the test guests failed; is the target installed? `rustup target add wasm32-wasip2`"
-    );
-    let out = target_dir.join("wasm32-wasip2/release");
     for (variable, file) in [
-        ("WISP_GUEST_HTTP_PROBE", "http_probe.wasm"),
-        ("WISP_GUEST_KV_PROBE", "kv_probe.wasm"),
-        ("WISP_GUEST_STDIO_PROBE", "stdio-probe.wasm"),
+        (
+            "WISP_GUEST_HTTP_PROBE",
+            "wasm32-wasip2/release/http_probe.wasm",
+        ),
+        ("WISP_GUEST_KV_PROBE", "wasm32-wasip2/release/kv_probe.wasm"),
+        (
+            "WISP_GUEST_STDIO_PROBE",
+            "wasm32-wasip2/release/stdio-probe.wasm",
+        ),
+        (
+            "WISP_GUEST_SPIN_PROBE",
+            "wasm32-wasip1/release/spin_probe.wasm",
+        ),
+        (
+            "WISP_GUEST_SPIN_VARIABLES",
+            "wasm32-wasip1/release/spin_variables.wasm",
+        ),
     ] {
-        println!("cargo:rustc-env={variable}={}", out.join(file).display());
+        println!(
+            "cargo:rustc-env={variable}={}",
+            target_dir.join(file).display()
+        );
     }
 }

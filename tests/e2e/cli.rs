@@ -35,14 +35,33 @@ fn examples() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
 }
 
+/// Copies the project `from` into `to`, leaving out build output.
+fn copy_project(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "target" {
+                copy_project(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn the_examples_deploy_and_answer_through_the_cli() {
     let node = Node::start(WISP);
+    // Copied out of the repository: each example is a project of its own.
+    let copies = tempfile::tempdir().unwrap();
     for example in ["hello", "wordcount", "shout"] {
+        copy_project(&examples().join(example), &copies.path().join(example));
         let mut deploy = node.cli(WISP);
         deploy
             .args(["deploy", "-f"])
-            .arg(examples().join(example).join("wisp.toml"));
+            .arg(copies.path().join(example).join("wisp.toml"));
         let printed = ok(deploy, b"");
         assert!(
             printed.contains(&format!("deployed {example}")),
@@ -654,6 +673,16 @@ fn every_template_of_wisp_new_deploys_from_anywhere_and_answers() {
         ),
         (
             "rust-stdio",
+            "one two three\n",
+            r#"{"lines":1,"words":3,"bytes":14}"#,
+        ),
+        (
+            "python-http",
+            r#"{"name": "ada"}"#,
+            r#"{"message": "hello, ada"}"#,
+        ),
+        (
+            "c-stdio",
             "one two three\n",
             r#"{"lines":1,"words":3,"bytes":14}"#,
         ),

@@ -18,6 +18,7 @@ mod restart;
 mod sandbox;
 mod scaling;
 mod secrets;
+mod spin;
 mod tenants;
 mod ui;
 

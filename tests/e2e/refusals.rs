@@ -20,7 +20,8 @@ fn assert_empty(node: &Node) {
 #[test]
 fn invalid_artifacts_are_refused_and_not_kept() {
     let node = Node::start(WISP);
-    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    // A core module importing a function no adapter provides.
+    let core_module = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x09\x01\x03env\x01f\0\0".to_vec();
     let http = std::fs::read(wisp_testing::HTTP_PROBE).unwrap();
     let stdio = std::fs::read(wisp_testing::STDIO_PROBE).unwrap();
     let cases: [(&[u8], &str, &str); 5] = [
@@ -32,7 +33,7 @@ fn invalid_artifacts_are_refused_and_not_kept() {
         (
             &core_module,
             "wasm-http",
-            "core WebAssembly module, not a component",
+            "core WebAssembly module that cannot be made a component",
         ),
         (
             &stdio,

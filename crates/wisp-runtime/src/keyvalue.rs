@@ -1,6 +1,7 @@
-//! `wasi:keyvalue` for guests: `store.open` gives a guest a bucket for each
-//! key-value store its function declares, in its own namespace, and nothing
-//! else; reads and writes go to the node's backend ([`KeyValue`]).
+//! `wasi:keyvalue` and Spin's `fermyon:spin/key-value` for guests: `open`
+//! gives a guest a bucket for each key-value store its function declares, in
+//! its own namespace, and nothing else; reads and writes go to the node's
+//! backend ([`KeyValue`]).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ mod bindings {
         imports: { default: async | trappable },
         with: {
             "wasi:keyvalue/store.bucket": super::Opened,
+            "fermyon:spin/key-value.store": super::SpinStore,
         },
         trappable_error_type: {
             "wasi:keyvalue/store.error" => super::Failure,
@@ -21,7 +23,10 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::{atomics, batch, store};
+use bindings::{
+    fermyon::spin::key_value as spin,
+    wasi::keyvalue::{atomics, batch, store},
+};
 
 /// The stores a function's guests may open, and where they are kept.
 #[derive(Clone)]
@@ -54,8 +59,65 @@ impl KeyValueAccess {
     }
 }
 
-/// A store a guest opened.
+/// A store a guest opened through `wasi:keyvalue`.
 pub struct Opened(Bucket);
+
+/// A store a guest opened through Spin's `fermyon:spin/key-value`.
+pub struct SpinStore(Bucket);
+
+/// What a guest is told of a failed key-value call, in the terms both
+/// interfaces share; a backend's own words go to the node's log only.
+enum Told {
+    NoSuchStore,
+    AccessDenied,
+    /// [`MAX_OPEN`] stores are open.
+    TableFull,
+    Other(String),
+}
+
+impl From<KvError> for Told {
+    fn from(error: KvError) -> Self {
+        match error {
+            KvError::BadStore(_) => Self::NoSuchStore,
+            KvError::NotDeclared(_) => Self::AccessDenied,
+            KvError::Backend(detail) => {
+                tracing::warn!("key-value store: {detail}");
+                Self::Other("the key-value store cannot be reached".into())
+            }
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<Told> for store::Error {
+    fn from(told: Told) -> Self {
+        match told {
+            Told::NoSuchStore => Self::NoSuchStore,
+            Told::AccessDenied => Self::AccessDenied,
+            Told::TableFull => Self::Other(format!(
+                "at most {MAX_OPEN} stores are open at once: drop one first"
+            )),
+            Told::Other(detail) => Self::Other(detail),
+        }
+    }
+}
+
+impl From<Told> for spin::Error {
+    fn from(told: Told) -> Self {
+        match told {
+            Told::NoSuchStore => Self::NoSuchStore,
+            Told::AccessDenied => Self::AccessDenied,
+            Told::TableFull => Self::StoreTableFull,
+            Told::Other(detail) => Self::Other(detail),
+        }
+    }
+}
+
+impl From<KvError> for spin::Error {
+    fn from(error: KvError) -> Self {
+        Told::from(error).into()
+    }
+}
 
 /// Why a guest's key-value call failed: a `wasi:keyvalue/store.error`, or
 /// a trap for a host failure the guest cannot handle.
@@ -68,15 +130,7 @@ pub enum Failure {
 
 impl From<KvError> for Failure {
     fn from(error: KvError) -> Self {
-        Self::Guest(match error {
-            KvError::BadStore(_) => store::Error::NoSuchStore,
-            KvError::NotDeclared(_) => store::Error::AccessDenied,
-            KvError::Backend(detail) => {
-                tracing::warn!("key-value store: {detail}");
-                store::Error::Other("the key-value store cannot be reached".into())
-            }
-            other => store::Error::Other(other.to_string()),
-        })
+        Self::Guest(Told::from(error).into())
     }
 }
 
@@ -91,8 +145,8 @@ impl From<ResourceTableError> for Failure {
 const MAX_OPEN: usize = 64;
 /// Keys one batch call names at most.
 const MAX_BATCH_KEYS: usize = 1000;
-/// Bytes of values one `get-many` answers at most: the host gathers them
-/// before the guest receives them.
+/// Bytes of values one `get-many` (or of keys one Spin `get-keys`) answers
+/// at most: the host gathers them before the guest receives them.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// The key-value side of a guest's state: what it may open, its handles,
@@ -122,6 +176,30 @@ impl GuestKeyValue<'_> {
             .ok_or(Failure::Guest(store::Error::AccessDenied))?;
         Ok((bucket, backend))
     }
+
+    /// The bucket of a store a Spin guest opened; a store is only ever
+    /// opened with access, so a handle without it is a trap.
+    fn spin_bucket(
+        &self,
+        opened: &Resource<SpinStore>,
+    ) -> wasmtime::Result<(Bucket, Arc<dyn KeyValue>)> {
+        let bucket = self.table.get(opened)?.0.clone();
+        let access = self
+            .access
+            .ok_or_else(|| wasmtime::format_err!("a key-value store open without access"))?;
+        Ok((bucket, access.backend.clone()))
+    }
+
+    /// Opens a store for either interface: declared, in the function's
+    /// namespace, and within [`MAX_OPEN`].
+    fn open_bucket(&mut self, store: &str) -> Result<Bucket, Told> {
+        let access = self.access.ok_or(Told::AccessDenied)?;
+        let bucket = access.open(store)?;
+        if *self.open >= MAX_OPEN {
+            return Err(Told::TableFull);
+        }
+        Ok(bucket)
+    }
 }
 
 /// Adds `wasi:keyvalue` to a linker whose state gives a [`GuestKeyValue`].
@@ -140,15 +218,9 @@ impl wasmtime::component::HasData for KeyValueHost {
 
 impl store::Host for GuestKeyValue<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Opened>, Failure> {
-        let access = self
-            .access
-            .ok_or(Failure::Guest(store::Error::AccessDenied))?;
-        let bucket = access.open(&identifier)?;
-        if *self.open >= MAX_OPEN {
-            return Err(Failure::Guest(store::Error::Other(format!(
-                "at most {MAX_OPEN} stores are open at once: drop one first"
-            ))));
-        }
+        let bucket = self
+            .open_bucket(&identifier)
+            .map_err(|told| Failure::Guest(told.into()))?;
         let opened = self.table.push(Opened(bucket))?;
         *self.open += 1;
         Ok(opened)
@@ -284,6 +356,115 @@ impl batch::Host for GuestKeyValue<'_> {
         for key in keys {
             backend.delete(&bucket, &key).await?;
         }
+        Ok(())
+    }
+}
+
+impl spin::Host for GuestKeyValue<'_> {}
+
+impl spin::HostStore for GuestKeyValue<'_> {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<SpinStore>, spin::Error>> {
+        let bucket = match self.open_bucket(&label) {
+            Ok(bucket) => bucket,
+            Err(told) => return Ok(Err(told.into())),
+        };
+        let opened = self.table.push(SpinStore(bucket))?;
+        *self.open += 1;
+        Ok(Ok(opened))
+    }
+
+    async fn get(
+        &mut self,
+        store: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, spin::Error>> {
+        let (bucket, backend) = self.spin_bucket(&store)?;
+        Ok(
+            async { check_key(&key).map(|()| backend.get(&bucket, &key))?.await }
+                .await
+                .map_err(spin::Error::from),
+        )
+    }
+
+    async fn set(
+        &mut self,
+        store: Resource<SpinStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), spin::Error>> {
+        let (bucket, backend) = self.spin_bucket(&store)?;
+        Ok(async {
+            check_key(&key)?;
+            check_value(&value)?;
+            backend.set(&bucket, &key, value).await
+        }
+        .await
+        .map_err(spin::Error::from))
+    }
+
+    async fn delete(
+        &mut self,
+        store: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), spin::Error>> {
+        let (bucket, backend) = self.spin_bucket(&store)?;
+        Ok(async {
+            check_key(&key)
+                .map(|()| backend.delete(&bucket, &key))?
+                .await
+        }
+        .await
+        .map_err(spin::Error::from))
+    }
+
+    async fn exists(
+        &mut self,
+        store: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, spin::Error>> {
+        let (bucket, backend) = self.spin_bucket(&store)?;
+        Ok(
+            async { check_key(&key).map(|()| backend.get(&bucket, &key))?.await }
+                .await
+                .map(|value| value.is_some())
+                .map_err(spin::Error::from),
+        )
+    }
+
+    async fn get_keys(
+        &mut self,
+        store: Resource<SpinStore>,
+    ) -> wasmtime::Result<Result<Vec<String>, spin::Error>> {
+        let (bucket, backend) = self.spin_bucket(&store)?;
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = 0;
+        loop {
+            let page = match backend.list(&bucket, cursor).await {
+                Ok(page) => page,
+                Err(error) => return Ok(Err(error.into())),
+            };
+            bytes += page.keys.iter().map(String::len).sum::<usize>();
+            if bytes > MAX_BATCH_BYTES {
+                return Ok(Err(spin::Error::Other(format!(
+                    "the store's keys are more than {MAX_BATCH_BYTES} bytes: list them with \
+                     wasi:keyvalue's list-keys, a page at a time"
+                ))));
+            }
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = next,
+                None => return Ok(Ok(keys)),
+            }
+        }
+    }
+
+    async fn drop(&mut self, store: Resource<SpinStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        *self.open -= 1;
         Ok(())
     }
 }

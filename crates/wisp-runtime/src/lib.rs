@@ -10,6 +10,7 @@
 //! by line with the call's id, and what a call uses is read into its [`Meter`].
 
 pub mod app;
+mod component;
 pub mod keyvalue;
 pub mod netns;
 pub mod outbound;

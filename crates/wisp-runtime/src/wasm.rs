@@ -54,6 +54,7 @@ use wisp_core::egress::EgressPolicy;
 
 use crate::{
     GuestRunning, Input, Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
+    component::{component_bytes, unprovided_spin_imports},
     full_response,
     keyvalue::{self, GuestKeyValue, KeyValueAccess},
     outbound::{Internal, OutboundPolicy, TRACEPARENT},
@@ -352,7 +353,7 @@ impl WasmEngine {
                 let bytes = std::fs::read(wasm).map_err(|error| {
                     PrepareError::Internal(format!("read {}: {error}", wasm.display()))
                 })?;
-                check_is_component(&bytes)?;
+                let bytes = component_bytes(&bytes)?;
                 let component = Component::new(&flavour.engine, &bytes).map_err(|error| {
                     PrepareError::InvalidArtifact(format!(
                         "the component does not compile: {}",
@@ -451,26 +452,19 @@ impl WasmEngine {
             ));
         }
         flavour.linker.instantiate_pre(component).map_err(|error| {
-            PrepareError::InvalidArtifact(format!(
-                "the component needs imports wisp does not provide: {}",
-                chain(&error)
-            ))
+            let spin = unprovided_spin_imports(component, &flavour.engine);
+            PrepareError::InvalidArtifact(if spin.is_empty() {
+                format!(
+                    "the component needs imports wisp does not provide: {}",
+                    chain(&error)
+                )
+            } else {
+                format!(
+                    "the component imports Spin host interfaces wisp does not provide: {}",
+                    spin.join(", ")
+                )
+            })
         })
-    }
-}
-
-/// Refuses bytes that are not a WebAssembly component, saying what they are instead.
-fn check_is_component(bytes: &[u8]) -> Result<(), PrepareError> {
-    const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
-    const MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
-    let invalid = |what: &str| Err(PrepareError::InvalidArtifact(what.to_owned()));
-    match bytes {
-        [0x00, b'a', b's', b'm', version @ ..] if version.starts_with(&COMPONENT_VERSION) => Ok(()),
-        [0x00, b'a', b's', b'm', version @ ..] if version.starts_with(&MODULE_VERSION) => invalid(
-            "the artifact is a core WebAssembly module, not a component (build for wasm32-wasip2, \
-             or wrap it with `wasm-tools component new`)",
-        ),
-        _ => invalid("the artifact is not WebAssembly (it does not start with \\0asm)"),
     }
 }
 
@@ -979,16 +973,5 @@ mod tests {
             limiter.meter.memory_peak(),
             Some((14 << 20) + 1000 * TABLE_ELEMENT_BYTES)
         );
-    }
-
-    #[test]
-    fn only_components_are_accepted() {
-        assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
-        let core = check_is_component(b"\0asm\x01\0\0\0")
-            .unwrap_err()
-            .to_string();
-        assert!(core.contains("core WebAssembly module"), "{core}");
-        let text = check_is_component(b"#!/bin/sh").unwrap_err().to_string();
-        assert!(text.contains("not WebAssembly"), "{text}");
     }
 }

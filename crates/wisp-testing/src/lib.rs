@@ -27,6 +27,13 @@ pub const HTTP_PROBE: &str = env!("WISP_GUEST_HTTP_PROBE");
 /// (`key=value` lines), `/get-many?keys=a,b`, each with `?store=&key=`; a
 /// store error is a 403, 404 or 500 naming it.
 pub const KV_PROBE: &str = env!("WISP_GUEST_KV_PROBE");
+/// A `wasm32-wasip1` module as Spin's Rust SDK builds it: `GET /` says
+/// hello; `GET|PUT|DELETE /kv/{store}/{key}` and `GET /keys/{store}` use
+/// Spin's key-value interface; a store error is a 500 naming it.
+pub const SPIN_PROBE: &str = env!("WISP_GUEST_SPIN_PROBE");
+/// A Spin SDK module reading a Spin variable: it imports
+/// `fermyon:spin/variables@2.0.0`, which wisp does not provide.
+pub const SPIN_VARIABLES: &str = env!("WISP_GUEST_SPIN_VARIABLES");
 /// A `wasi:cli` command guest: the body `env`, `exit N`, `loop` or `trap` chooses, anything else is echoed.
 pub const STDIO_PROBE: &str = env!("WISP_GUEST_STDIO_PROBE");
 
