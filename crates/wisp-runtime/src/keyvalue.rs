@@ -447,10 +447,16 @@ impl spin::HostStore for GuestKeyValue<'_> {
                 Ok(page) => page,
                 Err(error) => return Ok(Err(error.into())),
             };
-            bytes += page.keys.iter().map(String::len).sum::<usize>();
+            // Each key costs the host its bytes and its `String`: a store of
+            // millions of one-byte keys is refused rather than listed.
+            bytes += page
+                .keys
+                .iter()
+                .map(|key| key.len() + std::mem::size_of::<String>())
+                .sum::<usize>();
             if bytes > MAX_BATCH_BYTES {
                 return Ok(Err(spin::Error::Other(format!(
-                    "the store's keys are more than {MAX_BATCH_BYTES} bytes: list them with \
+                    "the store's keys take more than {MAX_BATCH_BYTES} bytes: list them with \
                      wasi:keyvalue's list-keys, a page at a time"
                 ))));
             }
