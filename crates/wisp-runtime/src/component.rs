@@ -36,20 +36,29 @@ pub(crate) fn component_bytes(bytes: &[u8]) -> Result<Cow<'_, [u8]>, PrepareErro
             } else {
                 WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER
             };
-            wit_component::ComponentEncoder::default()
-                .validate(true)
-                .module(bytes)
-                .and_then(|encoder| encoder.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter))
-                .and_then(|mut encoder| encoder.encode())
-                .map(Cow::Owned)
-                .map_err(|error| {
-                    invalid(format!(
-                        "the artifact is a core WebAssembly module that cannot be made a \
-                         component (wisp takes wasm32-wasip1 modules, which import only \
-                         wasi_snapshot_preview1 and the interfaces of their embedded component \
-                         type; or build for wasm32-wasip2): {error:#}"
-                    ))
-                })
+            // The encoder reads a tenant's bytes: should it panic on them, the
+            // module is refused like any other it cannot convert, rather than
+            // failing the deploy (or a node's start) with a panic.
+            let encode = || {
+                wit_component::ComponentEncoder::default()
+                    .validate(true)
+                    .module(bytes)
+                    .and_then(|encoder| {
+                        encoder.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)
+                    })
+                    .and_then(|mut encoder| encoder.encode())
+            };
+            let why = match std::panic::catch_unwind(encode) {
+                Ok(Ok(component)) => return Ok(Cow::Owned(component)),
+                Ok(Err(error)) => format!("{error:#}"),
+                Err(_) => "the encoder failed on it".to_owned(),
+            };
+            Err(invalid(format!(
+                "the artifact is a core WebAssembly module that cannot be made a component \
+                 (wisp takes wasm32-wasip1 modules, which import only wasi_snapshot_preview1 \
+                 and the interfaces of their embedded component type; or build for \
+                 wasm32-wasip2): {why}"
+            )))
         }
         _ => Err(invalid(
             "the artifact is not WebAssembly (it does not start with \\0asm)".into(),

@@ -425,13 +425,8 @@ impl spin::HostStore for GuestKeyValue<'_> {
         store: Resource<SpinStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, spin::Error>> {
-        let (bucket, backend) = self.spin_bucket(&store)?;
-        Ok(
-            async { check_key(&key).map(|()| backend.get(&bucket, &key))?.await }
-                .await
-                .map(|value| value.is_some())
-                .map_err(spin::Error::from),
-        )
+        let value = spin::HostStore::get(self, store, key).await?;
+        Ok(value.map(|value| value.is_some()))
     }
 
     async fn get_keys(
