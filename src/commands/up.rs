@@ -49,6 +49,15 @@ pub struct Up {
     /// stands for its name, as one whole level (the node's admin token may subscribe anywhere).
     #[arg(long, env = "WISP_MQTT_PREFIX", default_value = wisp_core::events::NAMESPACE_PLACEHOLDER)]
     mqtt_prefix: String,
+    /// The PostgreSQL servers namespaces' `postgres` triggers may connect to,
+    /// as host[:port] (the node's admin token may name any).
+    #[arg(
+        long,
+        env = "WISP_POSTGRES_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    postgres_hosts: Vec<String>,
     /// Log lines, and call records, kept per function (the oldest go first).
     #[arg(long, default_value_t = wisp_server::DEFAULT_CALL_LOG_RETENTION)]
     call_log_retention: u32,
@@ -172,6 +181,7 @@ impl Up {
         config.trigger_scope = wisp_core::events::TriggerScope {
             nats: self.nats_prefix,
             mqtt: self.mqtt_prefix,
+            postgres_hosts: self.postgres_hosts,
         };
         config.call_log_retention = self.call_log_retention;
         config.telemetry = !self.no_telemetry;

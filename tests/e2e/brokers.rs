@@ -1,7 +1,9 @@
-//! Broker triggers against the real NATS server (with JetStream) and the
-//! real Mosquitto on this machine: messages become calls carrying CloudEvents,
-//! JetStream messages are acknowledged once their call is over, and a broker
-//! that is down leaves the node serving with the trigger shown disconnected.
+//! Broker triggers against the real NATS server (with JetStream), the real
+//! Mosquitto and the real PostgreSQL on this machine: messages and
+//! notifications become calls carrying CloudEvents, JetStream messages are
+//! acknowledged once their call is over, a lost database connection is made
+//! again, and a broker that is down leaves the node serving with the trigger
+//! shown disconnected.
 
 use std::time::Duration;
 
@@ -203,6 +205,152 @@ fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
         "{}",
         refused.error()
     );
+}
+
+/// Runs `sql` with `psql` on the machine's PostgreSQL (database `test`),
+/// and returns what it printed, unaligned.
+pub(crate) fn psql(sql: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test"])
+        .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The server process listening on `channel`, as PostgreSQL lists it.
+fn listener(channel: &str) -> String {
+    psql(&format!(
+        "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"{channel}\"'"
+    ))
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn row_changes_become_cloudevents_and_a_lost_connection_is_made_again() {
+    let table = unique("wisp_orders_");
+    psql(include_str!("../../docs/postgres-notify.sql"));
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, item text);
+         CREATE TRIGGER changed AFTER INSERT OR UPDATE OR DELETE ON {table}
+           FOR EACH ROW EXECUTE FUNCTION wisp_notify('{table}');"
+    ));
+    let node = node_with_probe(json!({ "triggers": [{
+        "postgres": "postgres://postgres@127.0.0.1:5432/test", "channel": table,
+    }] }));
+    wait_connected(&node);
+    psql(&format!("INSERT INTO {table} VALUES (1, 'tea')"));
+    let calls = wait_succeeded(&node, 1);
+    let body = calls[0]["result"]["body"].as_str().unwrap();
+    for expected in [
+        "header ce-type=dev.wisp.postgres.notification".to_owned(),
+        format!("header ce-subject={table}"),
+        "header content-type=application/json".to_owned(),
+        format!(
+            r#"body={{"op" : "INSERT", "table" : "{table}", "row" : {{"id":1,"item":"tea"}}}}"#
+        ),
+    ] {
+        assert!(body.contains(&expected), "`{expected}` in {body}");
+    }
+    assert_eq!(
+        calls[0]["source"],
+        format!("postgres \"{table}\" on 127.0.0.1:5432/test")
+    );
+
+    // The database drops the node's connection: the node connects and
+    // listens again, and the next change is a call too.
+    let first = listener(&table);
+    assert!(!first.is_empty(), "the node listens");
+    psql(&format!("SELECT pg_terminate_backend({first})"));
+    let again = node.eventually(Duration::from_secs(15), || {
+        let now = listener(&table);
+        !now.is_empty() && now != first
+    });
+    assert!(again, "listening again: {}", node.log());
+    psql(&format!("UPDATE {table} SET item = 'coffee' WHERE id = 1"));
+    let calls = wait_succeeded(&node, 2);
+    assert!(
+        calls.iter().any(|call| call["result"]["body"]
+            .as_str()
+            .unwrap()
+            .contains(r#""op" : "UPDATE""#)),
+        "{calls:?}"
+    );
+    psql(&format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn postgres_triggers_reach_only_listed_servers_and_never_show_the_password() {
+    let port = free_port();
+    let listed = format!("db.example:5432,127.0.0.1:{port}");
+    let node = Node::start_args(WISP, &["--postgres-hosts", &listed]);
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    let created = send(
+        node.admin("POST", "/system/namespaces"),
+        Some(br#"{"name":"team-a"}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = send(
+        node.admin("POST", "/system/tokens"),
+        Some(br#"{"namespace":"team-a","role":"deploy","name":"dev"}"#),
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_tenant = |url: &str| {
+        let deployment = json!({
+            "service": "orders", "namespace": "team-a", "kind": "wasm-http", "image": digest,
+            "triggers": [{ "postgres": url, "channel": "orders" }],
+        });
+        send(
+            node.request("POST", "/system/functions")
+                .set("Authorization", &format!("Bearer {token}")),
+            Some(deployment.to_string().as_bytes()),
+        )
+    };
+    // A tenant's URL has the node connect where it says: only to servers
+    // the operator listed.
+    let refused = as_tenant("postgres://postgres@127.0.0.1:5432/test");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains(&format!(
+            "lists in `wisp up --postgres-hosts` (db.example:5432, 127.0.0.1:{port})"
+        )),
+        "{}",
+        refused.error()
+    );
+    // A socket of the node's is no one's to name.
+    let socket = as_tenant("postgres://%2Fvar%2Frun%2Fpostgresql/test");
+    assert_eq!(socket.status, 400, "{}", socket.body);
+    assert!(socket.error().contains("over TCP"), "{}", socket.error());
+    let function = "/system/function/orders?namespace=team-a";
+    assert_eq!(send(node.admin("GET", function), None).status, 404);
+
+    // Listed, it deploys. The server is down, which the trigger shows,
+    // without the password anywhere.
+    let accepted = as_tenant(&format!("postgres://app:hunter2@127.0.0.1:{port}/shop"));
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let expected = format!("PostgreSQL at 127.0.0.1:{port}/shop");
+    let mut status = Value::Null;
+    let shown = node.eventually(Duration::from_secs(10), || {
+        status = send(node.admin("GET", function), None).json()["triggerStatus"][0].clone();
+        status["state"] == "disconnected"
+            && status["error"].as_str().unwrap_or("").contains(&expected)
+    });
+    assert!(shown, "{status}");
+    assert_eq!(
+        status["trigger"],
+        format!("postgres \"orders\" on 127.0.0.1:{port}/shop")
+    );
+    assert!(!status.to_string().contains("hunter2"), "{status}");
+    assert!(!node.log().contains("hunter2"), "{}", node.log());
 }
 
 /// A free TCP port on loopback.

@@ -664,6 +664,81 @@ fn broker_messages_are_taken_once_per_cluster() {
 }
 
 #[test]
+fn postgres_notifications_are_taken_once_per_cluster_and_by_another_node_when_one_is_lost() {
+    use crate::brokers::psql;
+    let table = crate::unique("wisp_cluster_");
+    psql(include_str!("../../docs/postgres-notify.sql"));
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY);
+         CREATE TRIGGER changed AFTER INSERT ON {table}
+           FOR EACH ROW EXECUTE FUNCTION wisp_notify('{table}');"
+    ));
+    let (_nats, _dir, _key, mut nodes) = cluster(3);
+    deploy_triggered_probe(
+        &nodes,
+        json!([{ "postgres": "postgres://postgres@127.0.0.1/test", "channel": table }]),
+    );
+    let state = |node: &Node| {
+        send(node.admin("GET", "/system/function/probe"), None).json()["triggerStatus"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    // One node listens; the others stand by.
+    let listener = |nodes: &[Node]| {
+        let states: Vec<String> = nodes.iter().map(state).collect();
+        let listening: Vec<usize> = (0..nodes.len())
+            .filter(|&i| states[i] == "connected")
+            .collect();
+        let standing_by = states.iter().filter(|s| *s == "standby").count();
+        (listening.len() == 1 && standing_by == nodes.len() - 1).then(|| listening[0])
+    };
+    let mut chosen = None;
+    let one = nodes[0].eventually(Duration::from_secs(20), || {
+        chosen = listener(&nodes);
+        chosen.is_some()
+    });
+    assert!(one, "{:?}", nodes.iter().map(state).collect::<Vec<_>>());
+    let rows = |nodes: &[Node]| {
+        let mut ids: Vec<String> = lines_of(&succeeded_everywhere(nodes), "body=")
+            .iter()
+            .map(|body| serde_json::from_str::<Value>(body).unwrap()["row"]["id"].to_string())
+            .collect();
+        ids.sort_by_key(|id| id.parse::<u32>().unwrap());
+        ids
+    };
+    let expect = |range: std::ops::RangeInclusive<u32>| -> Vec<String> {
+        range.map(|id| id.to_string()).collect()
+    };
+    psql(&format!(
+        "INSERT INTO {table} SELECT generate_series(1, 10)"
+    ));
+    let all = nodes[0].eventually(Duration::from_secs(15), || rows(&nodes).len() >= 10);
+    assert!(all, "{:?}", rows(&nodes));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        rows(&nodes),
+        expect(1..=10),
+        "each notification once, on one node"
+    );
+
+    // The listening node is lost: another takes over, and takes the
+    // notifications sent once it listens.
+    drop(nodes.remove(chosen.unwrap()).kill());
+    let again = nodes[0].eventually(Duration::from_secs(20), || listener(&nodes).is_some());
+    assert!(again, "{:?}", nodes.iter().map(state).collect::<Vec<_>>());
+    psql(&format!(
+        "INSERT INTO {table} SELECT generate_series(11, 15)"
+    ));
+    let taken = nodes[0].eventually(Duration::from_secs(15), || rows(&nodes).len() >= 5);
+    assert!(taken, "{:?}", rows(&nodes));
+    std::thread::sleep(Duration::from_millis(500));
+    // The lost node's calls went with it; the new ones are each there once.
+    assert_eq!(rows(&nodes), expect(11..=15));
+    psql(&format!("DROP TABLE {table}"));
+}
+
+#[test]
 fn losing_one_nats_server_of_three_loses_nothing() {
     let (mut nats, _dir, _key, nodes) = cluster(3);
     let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];

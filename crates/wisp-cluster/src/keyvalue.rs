@@ -13,7 +13,9 @@ use std::{
 
 use async_nats::jetstream::{consumer, kv};
 use futures_util::StreamExt as _;
-use wisp_core::kv::{Bucket, KeyValue, KvError, KvFuture, PAGE_KEYS, Page, incremented, paged};
+use wisp_core::kv::{
+    Bucket, KeyValue, KvError, KvFuture, PAGE_KEYS, Page, collect_keys, incremented, paged,
+};
 
 /// How long a listing may take before it is given up.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,6 +274,19 @@ impl KeyValue for ClusterKv {
                 .min(keys.len());
             let page: Vec<String> = keys.drain(start..).take(PAGE_KEYS + 1).collect();
             Ok(paged(page, start))
+        })
+    }
+
+    fn all_keys<'a>(&'a self, bucket: &'a Bucket, max_bytes: usize) -> KvFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut keys: Vec<String> = self
+                .keys(format!("{}.{}.>", bucket.namespace, bucket.store))
+                .await?
+                .into_iter()
+                .map(|(_, key)| key)
+                .collect();
+            keys.sort_unstable();
+            collect_keys(keys.into_iter().map(Ok), max_bytes)
         })
     }
 

@@ -14,7 +14,8 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
 /// A trigger as written in `wisp.toml` and the API: one key naming its
 /// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`,
-/// `{ mqtt = "sensors/#" }` or `{ kv = "default", prefix = "users/" }`, with
+/// `{ mqtt = "sensors/#" }`, `{ kv = "default", prefix = "users/" }` or
+/// `{ postgres = "postgres://app@db/shop", channel = "orders" }`, with
 /// that source's options beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +45,13 @@ pub struct TriggerDeclaration {
     /// Key-value: only keys that start with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// A PostgreSQL database whose notifications fire it:
+    /// `postgres://[user[:password]@]host[:port]/database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// PostgreSQL: the channel to `LISTEN` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A validated trigger.
@@ -58,6 +66,123 @@ pub enum Trigger {
     Mqtt(String),
     /// Each change of a key-value store of the function's namespace.
     Kv(KvTrigger),
+    /// Each notification on a PostgreSQL channel.
+    Postgres(PostgresTrigger),
+}
+
+/// A PostgreSQL trigger: a database reached over TCP, and a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTrigger {
+    /// The database, as declared.
+    pub url: String,
+    /// Where it is, parsed from `url`.
+    pub database: PostgresDatabase,
+    /// The channel: a lowercase PostgreSQL identifier.
+    pub channel: String,
+}
+
+/// A PostgreSQL database named by a `postgres://` URL: one host over TCP,
+/// never a socket of the node's, and no parameters, so what the node
+/// connects to is all in sight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresDatabase {
+    /// The user; PostgreSQL's default (`postgres`) when absent.
+    pub user: Option<String>,
+    /// The password, if any.
+    pub password: Option<String>,
+    /// The host: a DNS name or an IP address.
+    pub host: String,
+    /// The port (5432 when absent).
+    pub port: u16,
+    /// The database.
+    pub dbname: String,
+}
+
+impl PostgresDatabase {
+    /// Where it is without its credentials: `host:port/database`.
+    pub fn address(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.dbname)
+    }
+}
+
+impl FromStr for PostgresDatabase {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let form = "is not postgres://[user[:password]@]host[:port]/database (one host, over \
+                    TCP, without parameters)";
+        let invalid = || form.to_owned();
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(invalid)?;
+        if rest.contains(['?', '#', ',']) || rest.contains(char::is_whitespace) {
+            return Err(invalid());
+        }
+        let (authority, dbname) = rest.split_once('/').ok_or_else(invalid)?;
+        let (credentials, address) = match authority.rsplit_once('@') {
+            Some((credentials, address)) => (Some(credentials), address),
+            None => (None, authority),
+        };
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(String::from)
+                .map_err(|_| format!("{form}: a part is not percent-encoded UTF-8"))
+        };
+        let (user, password) = match credentials {
+            None => (None, None),
+            Some(credentials) => match credentials.split_once(':') {
+                Some((user, password)) => (Some(decode(user)?), Some(decode(password)?)),
+                None => (Some(decode(credentials)?), None),
+            },
+        };
+        let (host, port) = match address.strip_prefix('[') {
+            // An IPv6 literal: `[::1]:5432`.
+            Some(bracketed) => {
+                let (host, after) = bracketed.split_once(']').ok_or_else(invalid)?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match address.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (address, None),
+            },
+        };
+        let port = match port {
+            None => 5432,
+            Some(port) => port
+                .parse()
+                .ok()
+                .filter(|port| *port > 0)
+                .ok_or_else(invalid)?,
+        };
+        // A DNS name or an IP address: never a path, which would be a socket on the node.
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-.:".contains(&byte));
+        let dbname = decode(dbname)?;
+        if !host_ok || dbname.is_empty() || user.as_deref() == Some("") {
+            return Err(invalid());
+        }
+        Ok(Self {
+            user,
+            password,
+            host: host.to_ascii_lowercase(),
+            port,
+            dbname,
+        })
+    }
+}
+
+/// A channel: what `LISTEN` takes unquoted and does not fold, a lowercase
+/// identifier of at most 63 bytes.
+fn valid_channel(channel: &str) -> bool {
+    channel.len() <= 63
+        && channel.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && channel
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
 }
 
 /// A key-value trigger: a store, and the keys under a prefix.
@@ -99,6 +224,11 @@ impl Trigger {
             Self::Mqtt(topic) => format!("mqtt \"{topic}\""),
             Self::Kv(kv) if kv.prefix.is_empty() => format!("kv \"{}\"", kv.store),
             Self::Kv(kv) => format!("kv \"{}\" prefix \"{}\"", kv.store, kv.prefix),
+            Self::Postgres(postgres) => format!(
+                "postgres \"{}\" on {}",
+                postgres.channel,
+                postgres.database.address()
+            ),
         }
     }
 }
@@ -116,6 +246,8 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             mqtt,
             kv,
             prefix,
+            postgres,
+            channel,
         } = declaration;
         let nats_options =
             queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
@@ -123,6 +255,38 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             return Err(SpecError::Trigger(
                 "`prefix` is for key-value triggers: `{ kv = \"store\", prefix = \"...\" }`".into(),
             ));
+        }
+        if channel.is_some() && postgres.is_none() {
+            return Err(SpecError::Trigger(
+                "`channel` is for PostgreSQL triggers: `{ postgres = \"postgres://...\", channel = \"...\" }`"
+                    .into(),
+            ));
+        }
+        if let Some(url) = postgres {
+            if cron.is_some() || nats.is_some() || mqtt.is_some() || kv.is_some() || nats_options {
+                return Err(SpecError::Trigger(ONE_SOURCE.into()));
+            }
+            // The URL may hold a password: errors never repeat it.
+            let database: PostgresDatabase = url
+                .parse()
+                .map_err(|why| SpecError::Trigger(format!("trigger postgres: the URL {why}")))?;
+            let channel = channel.ok_or_else(|| {
+                SpecError::Trigger(format!(
+                    "trigger postgres on {}: name the `channel` to listen on",
+                    database.address()
+                ))
+            })?;
+            if !valid_channel(&channel) {
+                return Err(SpecError::Trigger(format!(
+                    "trigger postgres \"{channel}\": a channel is a lowercase identifier (`a-z`, \
+                     `0-9` and `_`, not first a digit), at most 63 bytes"
+                )));
+            }
+            return Ok(Self::Postgres(PostgresTrigger {
+                url,
+                database,
+                channel,
+            }));
         }
         match (cron, nats, mqtt, kv) {
             (None, None, None, Some(store)) if !nats_options => {
@@ -191,16 +355,16 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                 Ok(Self::Mqtt(topic))
             }
             (None, None, None, None) => Err(SpecError::Trigger(
-                "a trigger needs a source: `cron`, `nats`, `mqtt` or `kv`".into(),
+                "a trigger needs a source: `cron`, `nats`, `mqtt`, `kv` or `postgres`".into(),
             )),
-            _ => Err(SpecError::Trigger(
-                "a trigger has one source (`cron`, `nats`, `mqtt` or `kv`), and NATS options only \
-                 with `nats`"
-                    .into(),
-            )),
+            _ => Err(SpecError::Trigger(ONE_SOURCE.into())),
         }
     }
 }
+
+/// Why a trigger that names two sources, or another's options, is refused.
+const ONE_SOURCE: &str = "a trigger has one source (`cron`, `nats`, `mqtt`, `kv` or `postgres`), \
+                          and NATS options only with `nats`";
 
 /// A NATS subject: dot-separated tokens, `*` a whole token, `>` the last one.
 fn valid_subject(subject: &str) -> bool {
@@ -247,6 +411,10 @@ pub struct TriggerScope {
     pub nats: String,
     /// The MQTT pattern, such as `{namespace}` or `tenants/{namespace}`.
     pub mqtt: String,
+    /// The PostgreSQL servers a namespace's triggers may connect to, as
+    /// `host:port`; none unless the operator lists them, since a URL a
+    /// tenant writes has the node connect wherever it says.
+    pub postgres_hosts: Vec<String>,
 }
 
 impl Default for TriggerScope {
@@ -254,6 +422,7 @@ impl Default for TriggerScope {
         Self {
             nats: NAMESPACE_PLACEHOLDER.to_owned(),
             mqtt: NAMESPACE_PLACEHOLDER.to_owned(),
+            postgres_hosts: Vec::new(),
         }
     }
 }
@@ -295,6 +464,19 @@ pub enum ScopeError {
         /// What leaving the name out gives, if anything.
         default: String,
     },
+    /// A database on a server the operator did not list.
+    #[error(
+        "trigger {trigger}: namespace {namespace} may only listen to PostgreSQL servers the node \
+         lists in `wisp up --postgres-hosts`{listed}"
+    )]
+    UnlistedDatabase {
+        /// The trigger's label.
+        trigger: String,
+        /// The namespace.
+        namespace: String,
+        /// `(now: ...)` or `(none yet)`.
+        listed: String,
+    },
 }
 
 impl TriggerScope {
@@ -323,7 +505,22 @@ impl TriggerScope {
             Ok(())
         };
         check(&self.nats, '.', "NATS", valid_subject)?;
-        check(&self.mqtt, '/', "MQTT", valid_topic_filter)
+        check(&self.mqtt, '/', "MQTT", valid_topic_filter)?;
+        for host in &self.postgres_hosts {
+            format!("postgres://{host}/database")
+                .parse::<PostgresDatabase>()
+                .map_err(|_| format!("the PostgreSQL server `{host}` is not host[:port]"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a namespace's trigger may connect to `database`'s server.
+    fn lists(&self, database: &PostgresDatabase) -> bool {
+        self.postgres_hosts.iter().any(|host| {
+            format!("postgres://{host}/database")
+                .parse::<PostgresDatabase>()
+                .is_ok_and(|listed| listed.host == database.host && listed.port == database.port)
+        })
     }
 
     /// The prefix of every subject `namespace`'s functions may subscribe to, its last `.` included.
@@ -350,6 +547,16 @@ impl TriggerScope {
         match trigger {
             // A key-value trigger watches its own namespace's stores only.
             Trigger::Cron(_) | Trigger::Kv(_) => Ok(()),
+            Trigger::Postgres(postgres) if self.lists(&postgres.database) => Ok(()),
+            Trigger::Postgres(_) => Err(ScopeError::UnlistedDatabase {
+                trigger: trigger.label(),
+                namespace: namespace.to_owned(),
+                listed: if self.postgres_hosts.is_empty() {
+                    " (it lists none)".to_owned()
+                } else {
+                    format!(" ({})", self.postgres_hosts.join(", "))
+                },
+            }),
             Trigger::Mqtt(topic) => {
                 let prefix = self.mqtt_prefix(namespace);
                 if topic.starts_with(&prefix) {
@@ -439,6 +646,11 @@ impl From<Trigger> for TriggerDeclaration {
             Trigger::Kv(kv) => Self {
                 kv: Some(kv.store),
                 prefix: (!kv.prefix.is_empty()).then_some(kv.prefix),
+                ..Self::default()
+            },
+            Trigger::Postgres(postgres) => Self {
+                postgres: Some(postgres.url),
+                channel: Some(postgres.channel),
                 ..Self::default()
             },
         }
@@ -824,6 +1036,7 @@ mod tests {
         let custom = TriggerScope {
             nats: "tenants.{namespace}".into(),
             mqtt: "tenants/{namespace}/in".into(),
+            postgres_hosts: vec!["db.internal".into(), "10.0.0.7:6432".into()],
         };
         assert_eq!(custom.validate(), Ok(()));
         assert_eq!(custom.nats_prefix("a"), "tenants.a.");
@@ -849,6 +1062,126 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn postgres_triggers_name_one_tcp_host_and_never_show_the_password() {
+        let parse = |json: &str| {
+            serde_json::from_str::<TriggerDeclaration>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|declaration| Trigger::try_from(declaration).map_err(|e| e.to_string()))
+        };
+        let trigger = parse(
+            r#"{"postgres": "postgres://app:s%40cret@DB.internal/shop", "channel": "orders"}"#,
+        )
+        .unwrap();
+        let Trigger::Postgres(postgres) = &trigger else {
+            panic!("{trigger:?}")
+        };
+        assert_eq!(
+            postgres.database,
+            PostgresDatabase {
+                user: Some("app".into()),
+                password: Some("s@cret".into()),
+                host: "db.internal".into(),
+                port: 5432,
+                dbname: "shop".into(),
+            }
+        );
+        assert_eq!(
+            trigger.label(),
+            "postgres \"orders\" on db.internal:5432/shop"
+        );
+        let v6 = "postgresql://[::1]:6432/shop"
+            .parse::<PostgresDatabase>()
+            .unwrap();
+        assert_eq!((v6.host.as_str(), v6.port, v6.user), ("::1", 6432, None));
+        for (bad, expected) in [
+            // A socket of the node's, by path or by parameter.
+            (
+                r#"{"postgres": "postgres://%2Fvar%2Frun%2Fpostgresql/shop", "channel": "a"}"#,
+                "one host, over TCP",
+            ),
+            (
+                r#"{"postgres": "postgres:///shop?host=/var/run/postgresql", "channel": "a"}"#,
+                "one host, over TCP",
+            ),
+            (
+                r#"{"postgres": "postgres://a:s3cret@h1,h2/shop", "channel": "a"}"#,
+                "without parameters",
+            ),
+            (
+                r#"{"postgres": "postgres://h/shop?sslmode=disable", "channel": "a"}"#,
+                "without parameters",
+            ),
+            (
+                r#"{"postgres": "postgres://h/", "channel": "a"}"#,
+                "host[:port]/database",
+            ),
+            (
+                r#"{"postgres": "mysql://h/shop", "channel": "a"}"#,
+                "is not postgres://",
+            ),
+            (
+                r#"{"postgres": "postgres://h:0/shop", "channel": "a"}"#,
+                "is not postgres://",
+            ),
+            (
+                r#"{"postgres": "postgres://u:s3cret@h/shop"}"#,
+                "name the `channel`",
+            ),
+            (
+                r#"{"postgres": "postgres://h/shop", "channel": "Orders"}"#,
+                "lowercase identifier",
+            ),
+            (
+                r#"{"postgres": "postgres://h/shop", "channel": "a; drop"}"#,
+                "lowercase identifier",
+            ),
+            (
+                r#"{"postgres": "postgres://h/shop", "channel": "a", "cron": "@hourly"}"#,
+                "one source",
+            ),
+            (
+                r#"{"cron": "@hourly", "channel": "a"}"#,
+                "`channel` is for PostgreSQL",
+            ),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "`{error}` should mention `{expected}`"
+            );
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+
+        let scope = TriggerScope {
+            postgres_hosts: vec!["db.internal".into(), "10.0.0.7:6432".into()],
+            ..TriggerScope::default()
+        };
+        assert_eq!(scope.check("team-a", &trigger), Ok(()));
+        for (url, listed) in [
+            ("postgres://10.0.0.7:6432/x", true),
+            ("postgres://10.0.0.7/x", false),
+            ("postgres://127.0.0.1/x", false),
+            ("postgres://db.internal.evil/x", false),
+        ] {
+            let trigger = parse(&format!(r#"{{"postgres": "{url}", "channel": "a"}}"#)).unwrap();
+            assert_eq!(scope.check("team-a", &trigger).is_ok(), listed, "{url}");
+        }
+        let error = TriggerScope::default()
+            .check("team-a", &trigger)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--postgres-hosts` (it lists none)"),
+            "{error}"
+        );
+        let bad = TriggerScope {
+            postgres_hosts: vec!["/var/run/postgresql".into()],
+            ..TriggerScope::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

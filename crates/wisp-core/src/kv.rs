@@ -44,6 +44,9 @@ pub enum KvError {
     /// The store holds more keys than a listing reads.
     #[error("the store holds more than {0} keys, more than a listing reads in a cluster")]
     TooManyToList(u64),
+    /// The store's keys take more bytes than one listing of them all holds.
+    #[error("the store's keys take more than {0} bytes: list them a page at a time")]
+    KeysTooLarge(usize),
     /// The node's stores hold as many bytes as they may.
     #[error(
         "the key-value stores are full: they hold at most {0} bytes (`wisp up --kv-max-bytes`); \
@@ -100,6 +103,9 @@ pub trait KeyValue: Send + Sync {
     fn delete<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, ()>;
     /// The keys from position `cursor` on, at most [`PAGE_KEYS`] of them.
     fn list<'a>(&'a self, bucket: &'a Bucket, cursor: u64) -> KvFuture<'a, Page>;
+    /// Every key, in byte order, in one pass; [`KvError::KeysTooLarge`] once
+    /// their [`listed_bytes`] pass `max_bytes`.
+    fn all_keys<'a>(&'a self, bucket: &'a Bucket, max_bytes: usize) -> KvFuture<'a, Vec<String>>;
     /// Adds `delta` to the decimal number under `key` (0 when absent), at
     /// once, and returns the sum.
     fn increment<'a>(&'a self, bucket: &'a Bucket, key: &'a str, delta: u64) -> KvFuture<'a, u64>;
@@ -124,6 +130,30 @@ pub fn check_value(value: &[u8]) -> Result<(), KvError> {
         return Err(KvError::TooLarge(value.len()));
     }
     Ok(())
+}
+
+/// What holding `key` in a listing costs the host: its bytes and its
+/// `String`, so millions of one-byte keys count for what they take.
+pub fn listed_bytes(key: &str) -> usize {
+    key.len() + std::mem::size_of::<String>()
+}
+
+/// Collects `keys` until their [`listed_bytes`] pass `max_bytes`.
+pub fn collect_keys(
+    keys: impl IntoIterator<Item = Result<String, KvError>>,
+    max_bytes: usize,
+) -> Result<Vec<String>, KvError> {
+    let mut bytes = 0;
+    let mut collected = Vec::new();
+    for key in keys {
+        let key = key?;
+        bytes += listed_bytes(&key);
+        if bytes > max_bytes {
+            return Err(KvError::KeysTooLarge(max_bytes));
+        }
+        collected.push(key);
+    }
+    Ok(collected)
 }
 
 /// A page of `keys` read from position `cursor`, up to one more than a

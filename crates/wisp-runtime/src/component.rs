@@ -19,6 +19,11 @@ use crate::PrepareError;
 const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 const MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
 
+/// The largest core module wisp converts: the encoder holds a few copies
+/// of a module while it works, so a larger one is for the toolchain to
+/// make a component of, not for the node.
+pub(crate) const MAX_MODULE_BYTES: usize = 64 << 20;
+
 /// Spin host interfaces wisp provides; a component importing any other
 /// `fermyon:spin` or `spin:` interface is refused, naming it.
 const SPIN_PROVIDED: &[&str] = &["fermyon:spin/key-value@2.0.0"];
@@ -31,6 +36,15 @@ pub(crate) fn component_bytes(bytes: &[u8]) -> Result<Cow<'_, [u8]>, PrepareErro
             Ok(Cow::Borrowed(bytes))
         }
         [0x00, b'a', b's', b'm', version @ ..] if version.starts_with(&MODULE_VERSION) => {
+            if bytes.len() > MAX_MODULE_BYTES {
+                return Err(invalid(format!(
+                    "the artifact is a core WebAssembly module of {} bytes, and wisp makes \
+                     components of modules up to {MAX_MODULE_BYTES} bytes: make it a component \
+                     when you build it (wasm32-wasip2, or `wasm-tools component new` with the \
+                     WASI preview 1 adapter)",
+                    bytes.len()
+                )));
+            }
             let adapter = if exports_start(bytes)? {
                 WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
             } else {
@@ -40,8 +54,8 @@ pub(crate) fn component_bytes(bytes: &[u8]) -> Result<Cow<'_, [u8]>, PrepareErro
             // module is refused like any other it cannot convert, rather than
             // failing the deploy (or a node's start) with a panic.
             let encode = || {
+                // No validation here: compiling the component validates it.
                 wit_component::ComponentEncoder::default()
-                    .validate(true)
                     .module(bytes)
                     .and_then(|encoder| {
                         encoder.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)
@@ -180,6 +194,10 @@ mod tests {
             error.contains("env"),
             "names the import it cannot satisfy: {error}"
         );
+        let mut huge = command_module("wasi_snapshot_preview1");
+        huge.resize(MAX_MODULE_BYTES + 1, 0);
+        let error = component_bytes(&huge).unwrap_err().to_string();
+        assert!(error.contains("wasm-tools component new"), "{error}");
         let text = component_bytes(b"#!/bin/sh").unwrap_err().to_string();
         assert!(text.contains("not WebAssembly"), "{text}");
     }

@@ -434,33 +434,12 @@ impl spin::HostStore for GuestKeyValue<'_> {
         store: Resource<SpinStore>,
     ) -> wasmtime::Result<Result<Vec<String>, spin::Error>> {
         let (bucket, backend) = self.spin_bucket(&store)?;
-        let mut keys = Vec::new();
-        let mut bytes = 0;
-        let mut cursor = 0;
-        loop {
-            let page = match backend.list(&bucket, cursor).await {
-                Ok(page) => page,
-                Err(error) => return Ok(Err(error.into())),
-            };
-            // Each key costs the host its bytes and its `String`: a store of
-            // millions of one-byte keys is refused rather than listed.
-            bytes += page
-                .keys
-                .iter()
-                .map(|key| key.len() + std::mem::size_of::<String>())
-                .sum::<usize>();
-            if bytes > MAX_BATCH_BYTES {
-                return Ok(Err(spin::Error::Other(format!(
-                    "the store's keys take more than {MAX_BATCH_BYTES} bytes: list them with \
-                     wasi:keyvalue's list-keys, a page at a time"
-                ))));
-            }
-            keys.extend(page.keys);
-            match page.cursor {
-                Some(next) => cursor = next,
-                None => return Ok(Ok(keys)),
-            }
-        }
+        // Each key costs the host its bytes and its `String`: a store of
+        // millions of one-byte keys is refused rather than listed.
+        Ok(backend
+            .all_keys(&bucket, MAX_BATCH_BYTES)
+            .await
+            .map_err(Into::into))
     }
 
     async fn drop(&mut self, store: Resource<SpinStore>) -> wasmtime::Result<()> {

@@ -42,7 +42,9 @@ impl From<KvError> for ApiError {
             KvError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             KvError::NotANumber(_) | KvError::Overflow(_) => StatusCode::CONFLICT,
             KvError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            KvError::TooManyToList(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            KvError::TooManyToList(_) | KvError::KeysTooLarge(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             KvError::Backend(detail) => {
                 tracing::warn!("key-value store: {detail}");
                 return ApiError::new(

@@ -11,7 +11,9 @@ use std::{
 };
 
 use rusqlite::{OptionalExtension as _, params};
-use wisp_core::kv::{Bucket, KeyValue, KvError, KvFuture, PAGE_KEYS, Page, incremented, paged};
+use wisp_core::kv::{
+    Bucket, KeyValue, KvError, KvFuture, PAGE_KEYS, Page, collect_keys, incremented, paged,
+};
 
 use crate::StoreError;
 
@@ -144,6 +146,21 @@ impl KeyValue for KvStore {
         })
     }
 
+    fn all_keys<'a>(&'a self, bucket: &'a Bucket, max_bytes: usize) -> KvFuture<'a, Vec<String>> {
+        let (bucket, failed) = (bucket.clone(), self.failed());
+        self.run(move |db| {
+            let mut statement = db
+                .prepare_cached(
+                    "SELECT key FROM kv WHERE namespace = ?1 AND store = ?2 ORDER BY key",
+                )
+                .map_err(&failed)?;
+            let keys = statement
+                .query_map(params![bucket.namespace, bucket.store], |row| row.get(0))
+                .map_err(&failed)?;
+            collect_keys(keys.map(|key| key.map_err(&failed)), max_bytes)
+        })
+    }
+
     fn increment<'a>(&'a self, bucket: &'a Bucket, key: &'a str, delta: u64) -> KvFuture<'a, u64> {
         let (bucket, key, failed) = (bucket.clone(), key.to_owned(), self.failed());
         self.run(move |db| {
@@ -233,6 +250,13 @@ mod tests {
         let second = kv.list(&a, first.cursor.unwrap()).await.unwrap();
         assert_eq!((second.keys.len(), second.cursor), (6, None));
         assert_eq!(second.keys.last().unwrap(), "key01004");
+        let all = kv.all_keys(&a, 1 << 20).await.unwrap();
+        assert_eq!(all, [first.keys, second.keys].concat());
+        // 1,006 keys of 8 bytes or fewer, each counted with its `String`.
+        assert_eq!(
+            kv.all_keys(&a, 1006 * 24).await,
+            Err(KvError::KeysTooLarge(1006 * 24))
+        );
 
         kv.forget("team-a").await.unwrap();
         assert_eq!(kv.stores("team-a").await.unwrap(), Vec::<String>::new());

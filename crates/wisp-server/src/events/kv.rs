@@ -117,6 +117,10 @@ impl KeyValue for Watched {
         self.backend.list(bucket, cursor)
     }
 
+    fn all_keys<'a>(&'a self, bucket: &'a Bucket, max_bytes: usize) -> KvFuture<'a, Vec<String>> {
+        self.backend.all_keys(bucket, max_bytes)
+    }
+
     fn increment<'a>(&'a self, bucket: &'a Bucket, key: &'a str, delta: u64) -> KvFuture<'a, u64> {
         Box::pin(async move {
             let watchers = self.watchers(bucket, key);

@@ -17,6 +17,7 @@ mod handoff;
 pub(crate) mod kv;
 mod mqtt;
 mod nats;
+mod postgres;
 pub(crate) mod record;
 pub(crate) mod routes;
 pub(crate) mod triggers;

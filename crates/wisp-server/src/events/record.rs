@@ -20,6 +20,8 @@ pub const CRON_TICK: &str = "dev.wisp.cron.tick";
 pub const NATS_MESSAGE: &str = "dev.wisp.nats.message";
 /// The type of a message from an MQTT topic.
 pub const MQTT_MESSAGE: &str = "dev.wisp.mqtt.message";
+/// The type of a notification on a PostgreSQL channel.
+pub const POSTGRES_NOTIFICATION: &str = "dev.wisp.postgres.notification";
 
 /// `io.cloudevents.v1.CloudEvent`, field for field.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,5 +1,5 @@
 //! Triggers: the tasks that turn a function's declared event sources (cron,
-//! NATS, MQTT) into CloudEvents on the queue, and what each is doing, for
+//! NATS, MQTT, PostgreSQL) into CloudEvents on the queue, and what each is doing, for
 //! `wisp describe`. Adding a source means a task here and a variant of
 //! [`Trigger`]; the queue and the workers stay as they are. Key-value
 //! triggers need no task: the node's writes fire them ([`super::kv`]).
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
 use wisp_store::{CallOrigin, NewCall};
 
-use super::{Queue, cron, millis, mqtt, nats, record, rfc3339};
+use super::{Queue, cron, millis, mqtt, nats, postgres, record, rfc3339};
 use crate::node::Node;
 
 /// Events of one trigger being committed at once: enough to keep the queue's
@@ -140,6 +140,16 @@ impl Source {
         }
         node.queue.links.lock().expect("links").insert(key, link);
     }
+
+    /// What [`Source::set_link`] last recorded.
+    pub fn link(&self, node: &Node) -> Option<Link> {
+        let key = (
+            self.namespace.clone(),
+            self.function.clone(),
+            self.label.clone(),
+        );
+        node.queue.links.lock().expect("links").get(&key).cloned()
+    }
 }
 
 /// A broker trigger's connection.
@@ -151,6 +161,8 @@ pub(crate) enum Link {
     Connected,
     /// Not connected, and the last error; reconnecting with backoff.
     Disconnected(String),
+    /// Not connected because another node of the cluster is.
+    Standby,
 }
 
 /// The connections of broker triggers, by `(namespace, function, label)`.
@@ -174,6 +186,10 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                     source.set_link(node, Link::Connecting);
                     let url = node.config.mqtt_url.clone();
                     tokio::spawn(mqtt::run(source, topic.clone(), url, index))
+                }
+                Trigger::Postgres(trigger) => {
+                    source.set_link(node, Link::Connecting);
+                    tokio::spawn(postgres::run(source, trigger.clone()))
                 }
                 Trigger::Kv(_) => return None,
             };
@@ -204,11 +220,12 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                     next_firing_at: schedule.next_after(now).map(rfc3339),
                     trigger: label,
                 },
-                Trigger::Nats(_) | Trigger::Mqtt(_) => {
+                Trigger::Nats(_) | Trigger::Mqtt(_) | Trigger::Postgres(_) => {
                     let key = (spec.namespace.clone(), spec.name.clone(), label.clone());
                     let (state, error) = match links.get(&key) {
                         Some(Link::Connected) => ("connected", None),
                         Some(Link::Connecting) => ("connecting", None),
+                        Some(Link::Standby) => ("standby", None),
                         Some(Link::Disconnected(error)) => ("disconnected", Some(error.clone())),
                         None => ("disconnected", Some("not started".to_owned())),
                     };
