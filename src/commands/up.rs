@@ -49,6 +49,13 @@ pub struct Up {
     /// stands for its name, as one whole level (the node's admin token may subscribe anywhere).
     #[arg(long, env = "WISP_MQTT_PREFIX", default_value = wisp_core::events::NAMESPACE_PLACEHOLDER)]
     mqtt_prefix: String,
+    /// The Redis server of `redis_stream` triggers.
+    #[arg(long, env = "WISP_REDIS_URL", default_value = wisp_server::DEFAULT_REDIS_URL)]
+    redis_url: String,
+    /// The streams a namespace's Redis triggers may read under: `{namespace}`
+    /// stands for its name, as one whole `:`-separated part (the node's admin token may read any).
+    #[arg(long, env = "WISP_REDIS_PREFIX", default_value = wisp_core::events::NAMESPACE_PLACEHOLDER)]
+    redis_prefix: String,
     /// The PostgreSQL servers namespaces' `postgres` triggers may connect to,
     /// as host[:port] (the node's admin token may name any).
     #[arg(
@@ -178,9 +185,11 @@ impl Up {
         config.async_workers = self.async_workers;
         config.nats_url = self.nats_url;
         config.mqtt_url = self.mqtt_url;
+        config.redis_url = self.redis_url;
         config.trigger_scope = wisp_core::events::TriggerScope {
             nats: self.nats_prefix,
             mqtt: self.mqtt_prefix,
+            redis: self.redis_prefix,
             postgres_hosts: self.postgres_hosts,
         };
         config.call_log_retention = self.call_log_retention;

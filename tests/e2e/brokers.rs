@@ -1,9 +1,9 @@
 //! Broker triggers against the real NATS server (with JetStream), the real
-//! Mosquitto and the real PostgreSQL on this machine: messages and
-//! notifications become calls carrying CloudEvents, JetStream messages are
-//! acknowledged once their call is over, a lost database connection is made
-//! again, and a broker that is down leaves the node serving with the trigger
-//! shown disconnected.
+//! Mosquitto, Redis and PostgreSQL on this machine: messages, stream entries
+//! and notifications become calls carrying CloudEvents, JetStream messages
+//! and Redis entries are acknowledged once their call is over, a lost
+//! database connection is made again, and a broker that is down leaves the
+//! node serving with the trigger shown disconnected.
 
 use std::time::Duration;
 
@@ -202,6 +202,120 @@ fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
     assert_eq!(refused.status, 400);
     assert!(
         refused.error().contains("trigger nats \"orders..created\""),
+        "{}",
+        refused.error()
+    );
+}
+
+/// A connection to the machine's Redis.
+fn redis() -> redis::Connection {
+    redis::Client::open("redis://127.0.0.1:6379/")
+        .unwrap()
+        .get_connection()
+        .expect("Redis answers on 127.0.0.1:6379")
+}
+
+/// The entries of `stream` that `group` has read and not acknowledged.
+fn unacknowledged(stream: &str, group: &str) -> usize {
+    redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query::<Vec<redis::Value>>(&mut redis())
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn redis_stream_entries_become_calls_acknowledged_once_over_and_caught_up_after_a_restart() {
+    let stream = unique("wisp-test:");
+    let node = node_with_probe(json!({ "triggers": [{ "redis_stream": stream }] }));
+    wait_connected(&node);
+    let mut redis = redis();
+    let mut add = |item: &str| -> String {
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("item")
+            .arg(item)
+            .arg("qty")
+            .arg(2)
+            .query(&mut redis)
+            .unwrap()
+    };
+    let mut entries: Vec<String> = ["tea", "coffee", "cake"].map(&mut add).to_vec();
+    let calls = wait_succeeded(&node, 3);
+    let mut ids: Vec<String> = calls
+        .iter()
+        .map(|call| call["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let expected: Vec<String> = entries
+        .iter()
+        .map(|entry| format!("redis-{stream}-{entry}"))
+        .collect();
+    assert_eq!(ids, expected, "one call per entry, named by it");
+    let body = calls[0]["result"]["body"].as_str().unwrap();
+    for expected in [
+        "header ce-type=dev.wisp.redis.stream.entry".to_owned(),
+        format!("header ce-subject={stream}"),
+        "header content-type=application/json".to_owned(),
+        r#""qty":"2""#.to_owned(),
+    ] {
+        assert!(body.contains(&expected), "`{expected}` in {body}");
+    }
+    assert_eq!(calls[0]["source"], format!("redis stream \"{stream}\""));
+    let acknowledged = node.eventually(Duration::from_secs(10), || {
+        unacknowledged(&stream, "default_probe") == 0
+    });
+    assert!(acknowledged, "every entry acknowledged after its call");
+
+    // Entries added while the node is down are read when it is back.
+    let data_dir = node.data_dir.clone();
+    let (_, scratch) = node.stop();
+    entries.push(add("bread"));
+    let node = wisp_testing::Node::start_with(WISP, scratch, data_dir, &[]);
+    let calls = wait_succeeded(&node, 4);
+    assert!(
+        calls
+            .iter()
+            .any(|call| call["id"] == format!("redis-{stream}-{}", entries[3])),
+        "{calls:?}"
+    );
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
+
+    // A namespace reads only the streams under its prefix.
+    let created = send(
+        node.admin("POST", "/system/namespaces"),
+        Some(br#"{"name":"team-a"}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = send(
+        node.admin("POST", "/system/tokens"),
+        Some(br#"{"namespace":"team-a","role":"deploy","name":"dev"}"#),
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    let refused = send(
+        node.request("POST", "/system/functions")
+            .set("Authorization", &format!("Bearer {token}")),
+        Some(
+            json!({
+                "service": "orders", "namespace": "team-a", "kind": "wasm-http", "image": digest,
+                "triggers": [{ "redis_stream": "orders" }],
+            })
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains("streams under `team-a:`"),
         "{}",
         refused.error()
     );

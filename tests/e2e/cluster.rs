@@ -602,9 +602,10 @@ fn broker_messages_are_taken_once_per_cluster() {
     let (_nats, _dir, _key, nodes) = cluster(3);
     let subject = crate::unique("wisp.cluster.");
     let base = crate::unique("wisp/cluster/");
+    let stream = crate::unique("wisp-cluster:");
     deploy_triggered_probe(
         &nodes,
-        json!([{ "nats": subject }, { "mqtt": format!("{base}/#") }]),
+        json!([{ "nats": subject }, { "mqtt": format!("{base}/#") }, { "redis_stream": stream }]),
     );
     for node in &nodes {
         let connected = node.eventually(Duration::from_secs(10), || {
@@ -616,6 +617,19 @@ fn broker_messages_are_taken_once_per_cluster() {
         assert!(connected, "{}", node.log());
     }
     const MESSAGES: usize = 12;
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for n in 0..MESSAGES {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("msg")
+            .arg(format!("redis {n}"))
+            .query(&mut redis)
+            .unwrap();
+    }
     crate::runtime().block_on(async {
         let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
         for n in 0..MESSAGES {
@@ -649,7 +663,7 @@ fn broker_messages_are_taken_once_per_cluster() {
     let mut bodies = Vec::new();
     let all = nodes[0].eventually(Duration::from_secs(15), || {
         bodies = lines_of(&succeeded_everywhere(&nodes), "body=");
-        bodies.len() >= 2 * MESSAGES
+        bodies.len() >= 3 * MESSAGES
     });
     assert!(all, "{bodies:?}");
     // Give a second delivery the time to show.
@@ -657,10 +671,17 @@ fn broker_messages_are_taken_once_per_cluster() {
     let mut bodies = lines_of(&succeeded_everywhere(&nodes), "body=");
     bodies.sort();
     let mut expected: Vec<String> = (0..MESSAGES)
-        .flat_map(|n| [format!("mqtt {n}"), format!("nats {n}")])
+        .flat_map(|n| {
+            [
+                format!("mqtt {n}"),
+                format!("nats {n}"),
+                format!(r#"{{"msg":"redis {n}"}}"#),
+            ]
+        })
         .collect();
     expected.sort();
     assert_eq!(bodies, expected, "each message once, on one node");
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
 }
 
 #[test]

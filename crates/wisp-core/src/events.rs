@@ -15,7 +15,8 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 /// A trigger as written in `wisp.toml` and the API: one key naming its
 /// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`,
 /// `{ mqtt = "sensors/#" }`, `{ kv = "default", prefix = "users/" }` or
-/// `{ postgres = "postgres://app@db/shop", channel = "orders" }`, with
+/// `{ postgres = "postgres://app@db/shop", channel = "orders" }` or
+/// `{ redis_stream = "orders" }`, with
 /// that source's options beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,9 @@ pub struct TriggerDeclaration {
     /// PostgreSQL: the channel to `LISTEN` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// A Redis stream, read in a consumer group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_stream: Option<String>,
 }
 
 /// A validated trigger.
@@ -68,6 +72,8 @@ pub enum Trigger {
     Kv(KvTrigger),
     /// Each notification on a PostgreSQL channel.
     Postgres(PostgresTrigger),
+    /// Each entry of a Redis stream.
+    RedisStream(String),
 }
 
 /// A PostgreSQL trigger: a database reached over TCP, and a channel.
@@ -224,6 +230,7 @@ impl Trigger {
             Self::Mqtt(topic) => format!("mqtt \"{topic}\""),
             Self::Kv(kv) if kv.prefix.is_empty() => format!("kv \"{}\"", kv.store),
             Self::Kv(kv) => format!("kv \"{}\" prefix \"{}\"", kv.store, kv.prefix),
+            Self::RedisStream(stream) => format!("redis stream \"{stream}\""),
             Self::Postgres(postgres) => format!(
                 "postgres \"{}\" on {}",
                 postgres.channel,
@@ -248,6 +255,7 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             prefix,
             postgres,
             channel,
+            redis_stream,
         } = declaration;
         let nats_options =
             queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
@@ -262,8 +270,22 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                     .into(),
             ));
         }
+        let others =
+            cron.is_some() || nats.is_some() || mqtt.is_some() || kv.is_some() || nats_options;
+        if let Some(stream) = redis_stream {
+            if others || postgres.is_some() {
+                return Err(SpecError::Trigger(ONE_SOURCE.into()));
+            }
+            if !valid_stream(&stream) {
+                return Err(SpecError::Trigger(format!(
+                    "trigger redis stream \"{stream}\": a stream's key is 1 to {MAX_STREAM_BYTES} \
+                     bytes without spaces or control characters"
+                )));
+            }
+            return Ok(Self::RedisStream(stream));
+        }
         if let Some(url) = postgres {
-            if cron.is_some() || nats.is_some() || mqtt.is_some() || kv.is_some() || nats_options {
+            if others {
                 return Err(SpecError::Trigger(ONE_SOURCE.into()));
             }
             // The URL may hold a password: errors never repeat it.
@@ -355,7 +377,9 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                 Ok(Self::Mqtt(topic))
             }
             (None, None, None, None) => Err(SpecError::Trigger(
-                "a trigger needs a source: `cron`, `nats`, `mqtt`, `kv` or `postgres`".into(),
+                "a trigger needs a source: `cron`, `nats`, `mqtt`, `kv`, `postgres` or \
+                 `redis_stream`"
+                    .into(),
             )),
             _ => Err(SpecError::Trigger(ONE_SOURCE.into())),
         }
@@ -363,8 +387,18 @@ impl TryFrom<TriggerDeclaration> for Trigger {
 }
 
 /// Why a trigger that names two sources, or another's options, is refused.
-const ONE_SOURCE: &str = "a trigger has one source (`cron`, `nats`, `mqtt`, `kv` or `postgres`), \
-                          and NATS options only with `nats`";
+const ONE_SOURCE: &str = "a trigger has one source (`cron`, `nats`, `mqtt`, `kv`, `postgres` or \
+                          `redis_stream`), and NATS options only with `nats`";
+
+/// The longest Redis stream key a trigger names.
+const MAX_STREAM_BYTES: usize = 256;
+
+/// A Redis stream's key: printable, without spaces, and short.
+fn valid_stream(stream: &str) -> bool {
+    !stream.is_empty()
+        && stream.len() <= MAX_STREAM_BYTES
+        && !stream.contains(|c: char| c.is_whitespace() || c.is_control())
+}
 
 /// A NATS subject: dot-separated tokens, `*` a whole token, `>` the last one.
 fn valid_subject(subject: &str) -> bool {
@@ -411,6 +445,8 @@ pub struct TriggerScope {
     pub nats: String,
     /// The MQTT pattern, such as `{namespace}` or `tenants/{namespace}`.
     pub mqtt: String,
+    /// The Redis pattern, such as `{namespace}` or `tenants:{namespace}`.
+    pub redis: String,
     /// The PostgreSQL servers a namespace's triggers may connect to, as
     /// `host:port`; none unless the operator lists them, since a URL a
     /// tenant writes has the node connect wherever it says.
@@ -422,6 +458,7 @@ impl Default for TriggerScope {
         Self {
             nats: NAMESPACE_PLACEHOLDER.to_owned(),
             mqtt: NAMESPACE_PLACEHOLDER.to_owned(),
+            redis: NAMESPACE_PLACEHOLDER.to_owned(),
             postgres_hosts: Vec::new(),
         }
     }
@@ -430,7 +467,7 @@ impl Default for TriggerScope {
 /// A broker trigger a namespace may not declare: a 400 that says what it may.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
-    /// A NATS subject or MQTT topic outside the namespace's prefix.
+    /// A NATS subject, MQTT topic or Redis stream outside the namespace's prefix.
     #[error(
         "trigger {trigger}: namespace {namespace} may only subscribe to {what} under `{prefix}` \
          (such as `{prefix}orders` or `{prefix}{wildcard}`)"
@@ -440,7 +477,7 @@ pub enum ScopeError {
         trigger: String,
         /// The namespace.
         namespace: String,
-        /// `subjects` or `topics`.
+        /// `subjects`, `topics` or `streams`.
         what: &'static str,
         /// The allowed prefix, separator included.
         prefix: String,
@@ -482,7 +519,12 @@ pub enum ScopeError {
 impl TriggerScope {
     /// Checks both patterns; the error names the flag's value that is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        let check = |pattern: &str, separator: char, broker: &str, valid: fn(&str) -> bool| {
+        // `part` is what the separator delimits, `name` what the broker calls a whole one.
+        let check = |pattern: &str,
+                     separator: char,
+                     broker: &str,
+                     (part, name): (&str, &str),
+                     valid: fn(&str) -> bool| {
             let tokens = pattern.split(separator);
             let placeholders = tokens
                 .filter(|token| *token == NAMESPACE_PLACEHOLDER)
@@ -492,26 +534,36 @@ impl TriggerScope {
             if placeholders != 1 || pattern.matches(NAMESPACE_PLACEHOLDER).count() != 1 {
                 return Err(format!(
                     "the {broker} trigger prefix `{pattern}` must hold `{NAMESPACE_PLACEHOLDER}` \
-                     once, as a whole {}, so each namespace gets a prefix of its own",
-                    if separator == '.' { "token" } else { "level" }
+                     once, as a whole {part}, so each namespace gets a prefix of its own"
                 ));
             }
             if !literal || !valid(&sample) || sample.ends_with(separator) {
                 return Err(format!(
-                    "the {broker} trigger prefix `{pattern}` is not a plain {broker} {} without wildcards",
-                    if separator == '.' { "subject" } else { "topic" }
+                    "the {broker} trigger prefix `{pattern}` is not a plain {broker} {name} without wildcards"
                 ));
             }
             Ok(())
         };
-        check(&self.nats, '.', "NATS", valid_subject)?;
-        check(&self.mqtt, '/', "MQTT", valid_topic_filter)?;
+        check(&self.nats, '.', "NATS", ("token", "subject"), valid_subject)?;
+        check(
+            &self.mqtt,
+            '/',
+            "MQTT",
+            ("level", "topic"),
+            valid_topic_filter,
+        )?;
+        check(&self.redis, ':', "Redis", ("part", "key"), valid_stream)?;
         for host in &self.postgres_hosts {
             format!("postgres://{host}/database")
                 .parse::<PostgresDatabase>()
                 .map_err(|_| format!("the PostgreSQL server `{host}` is not host[:port]"))?;
         }
         Ok(())
+    }
+
+    /// The prefix of every Redis stream `namespace`'s functions may read, its last `:` included.
+    pub fn redis_prefix(&self, namespace: &str) -> String {
+        format!("{}:", self.redis.replace(NAMESPACE_PLACEHOLDER, namespace))
     }
 
     /// Whether a namespace's trigger may connect to `database`'s server.
@@ -547,6 +599,14 @@ impl TriggerScope {
         match trigger {
             // A key-value trigger watches its own namespace's stores only.
             Trigger::Cron(_) | Trigger::Kv(_) => Ok(()),
+            Trigger::RedisStream(stream) => {
+                let prefix = self.redis_prefix(namespace);
+                if stream.starts_with(&prefix) {
+                    Ok(())
+                } else {
+                    Err(outside("streams", prefix, "events"))
+                }
+            }
             Trigger::Postgres(postgres) if self.lists(&postgres.database) => Ok(()),
             Trigger::Postgres(_) => Err(ScopeError::UnlistedDatabase {
                 trigger: trigger.label(),
@@ -646,6 +706,10 @@ impl From<Trigger> for TriggerDeclaration {
             Trigger::Kv(kv) => Self {
                 kv: Some(kv.store),
                 prefix: (!kv.prefix.is_empty()).then_some(kv.prefix),
+                ..Self::default()
+            },
+            Trigger::RedisStream(stream) => Self {
+                redis_stream: Some(stream),
                 ..Self::default()
             },
             Trigger::Postgres(postgres) => Self {
@@ -999,6 +1063,7 @@ mod tests {
             r##"{"mqtt": "team-a/#"}"##,
             r#"{"mqtt": "team-a/+/temp"}"#,
             r#"{"cron": "@hourly"}"#,
+            r#"{"redis_stream": "team-a:orders"}"#,
         ] {
             assert_eq!(scope.check("team-a", &trigger(good)), Ok(()), "{good}");
         }
@@ -1011,6 +1076,15 @@ mod tests {
             (r##"{"mqtt": "#"}"##, "topics under `team-a/`"),
             (r#"{"mqtt": "+/x"}"#, "topics under `team-a/`"),
             (r##"{"mqtt": "$SYS/#"}"##, "topics under `team-a/`"),
+            (
+                r#"{"redis_stream": "team-b:orders"}"#,
+                "streams under `team-a:`",
+            ),
+            (r#"{"redis_stream": "team-a"}"#, "streams under `team-a:`"),
+            (
+                r#"{"redis_stream": "team-ab:x"}"#,
+                "streams under `team-a:`",
+            ),
             (
                 r#"{"nats": "team-a.x", "queue_group": "workers"}"#,
                 "`queue_group` \"workers\" is not namespace team-a's own",
@@ -1036,9 +1110,11 @@ mod tests {
         let custom = TriggerScope {
             nats: "tenants.{namespace}".into(),
             mqtt: "tenants/{namespace}/in".into(),
+            redis: "tenants:{namespace}".into(),
             postgres_hosts: vec!["db.internal".into(), "10.0.0.7:6432".into()],
         };
         assert_eq!(custom.validate(), Ok(()));
+        assert_eq!(custom.redis_prefix("a"), "tenants:a:");
         assert_eq!(custom.nats_prefix("a"), "tenants.a.");
         assert_eq!(custom.mqtt_prefix("a"), "tenants/a/in/");
         for bad in [
@@ -1206,6 +1282,7 @@ mod tests {
             r#"{"nats": "orders.>"}"#,
             r#"{"mqtt": "sensors/+/temp"}"#,
             r#"{"mqtt": "sensors/#"}"#,
+            r#"{"redis_stream": "orders:eu"}"#,
         ] {
             assert!(parse(good).is_ok(), "{good}: {:?}", parse(good));
         }
@@ -1221,6 +1298,9 @@ mod tests {
             (r#"{"mqtt": "a+/b"}"#, "not an MQTT topic filter"),
             (r#"{"cron": "@hourly", "mqtt": "a"}"#, "one source"),
             (r#"{"cron": "@hourly", "queue_group": "a"}"#, "one source"),
+            (r#"{"redis_stream": "a b"}"#, "trigger redis stream \"a b\""),
+            (r#"{"redis_stream": ""}"#, "1 to 256 bytes"),
+            (r#"{"redis_stream": "a", "mqtt": "b"}"#, "one source"),
         ] {
             let error = parse(bad).unwrap_err();
             assert!(

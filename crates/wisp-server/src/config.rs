@@ -23,6 +23,8 @@ pub const DEFAULT_ASYNC_WORKERS: u32 = 32;
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// The MQTT broker that `mqtt` triggers subscribe to, by default.
 pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+/// The Redis server that `redis_stream` triggers read from, by default.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Log lines (and, apart, call records) kept per function, by default.
 pub const DEFAULT_CALL_LOG_RETENTION: u32 = 10_000;
 /// How long a stopping node lets requests in flight finish, by default.
@@ -76,6 +78,8 @@ pub struct Config {
     pub nats_url: String,
     /// The MQTT broker of `mqtt` triggers (`mqtt://host:port`); connected only when a function declares one.
     pub mqtt_url: String,
+    /// The Redis server of `redis_stream` triggers; connected only when a function declares one.
+    pub redis_url: String,
     /// Where namespaces' broker triggers may subscribe (`{namespace}.` for
     /// NATS, `{namespace}/` for MQTT by default). Only the node's admin token
     /// may deploy a trigger outside its namespace's prefix.
@@ -162,6 +166,7 @@ impl Config {
             async_workers: DEFAULT_ASYNC_WORKERS,
             nats_url: DEFAULT_NATS_URL.to_owned(),
             mqtt_url: DEFAULT_MQTT_URL.to_owned(),
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
             trigger_scope: wisp_core::events::TriggerScope::default(),
             call_log_retention: DEFAULT_CALL_LOG_RETENTION,
             telemetry: true,
@@ -236,6 +241,9 @@ impl Config {
             }
         }
         mqtt_address(&self.mqtt_url).map_err(ConfigError::BrokerUrl)?;
+        redis::Client::open(self.redis_url.as_str()).map_err(|error| {
+            ConfigError::BrokerUrl(format!("the Redis URL `{}`: {error}", self.redis_url))
+        })?;
         self.trigger_scope
             .validate()
             .map_err(ConfigError::TriggerPrefix)?;

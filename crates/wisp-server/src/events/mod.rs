@@ -19,6 +19,7 @@ mod mqtt;
 mod nats;
 mod postgres;
 pub(crate) mod record;
+mod redis;
 pub(crate) mod routes;
 pub(crate) mod triggers;
 mod writer;

@@ -1,5 +1,5 @@
 //! Triggers: the tasks that turn a function's declared event sources (cron,
-//! NATS, MQTT, PostgreSQL) into CloudEvents on the queue, and what each is doing, for
+//! NATS, MQTT, Redis streams, PostgreSQL) into CloudEvents on the queue, and what each is doing, for
 //! `wisp describe`. Adding a source means a task here and a variant of
 //! [`Trigger`]; the queue and the workers stay as they are. Key-value
 //! triggers need no task: the node's writes fire them ([`super::kv`]).
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
 use wisp_store::{CallOrigin, NewCall};
 
-use super::{Queue, cron, millis, mqtt, nats, postgres, record, rfc3339};
+use super::{Queue, cron, millis, mqtt, nats, postgres, record, redis, rfc3339};
 use crate::node::Node;
 
 /// Events of one trigger being committed at once: enough to keep the queue's
@@ -187,6 +187,11 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                     let url = node.config.mqtt_url.clone();
                     tokio::spawn(mqtt::run(source, topic.clone(), url, index))
                 }
+                Trigger::RedisStream(stream) => {
+                    source.set_link(node, Link::Connecting);
+                    let url = node.config.redis_url.clone();
+                    tokio::spawn(redis::run(source, stream.clone(), url))
+                }
                 Trigger::Postgres(trigger) => {
                     source.set_link(node, Link::Connecting);
                     tokio::spawn(postgres::run(source, trigger.clone()))
@@ -220,7 +225,10 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                     next_firing_at: schedule.next_after(now).map(rfc3339),
                     trigger: label,
                 },
-                Trigger::Nats(_) | Trigger::Mqtt(_) | Trigger::Postgres(_) => {
+                Trigger::Nats(_)
+                | Trigger::Mqtt(_)
+                | Trigger::RedisStream(_)
+                | Trigger::Postgres(_) => {
                     let key = (spec.namespace.clone(), spec.name.clone(), label.clone());
                     let (state, error) = match links.get(&key) {
                         Some(Link::Connected) => ("connected", None),
