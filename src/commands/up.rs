@@ -56,6 +56,13 @@ pub struct Up {
     /// stands for its name, as one whole `:`-separated part (the node's admin token may read any).
     #[arg(long, env = "WISP_REDIS_PREFIX", default_value = wisp_core::events::NAMESPACE_PLACEHOLDER)]
     redis_prefix: String,
+    /// The AMQP broker (RabbitMQ) of `amqp` triggers.
+    #[arg(long, env = "WISP_AMQP_URL", default_value = wisp_server::DEFAULT_AMQP_URL)]
+    amqp_url: String,
+    /// The queues a namespace's AMQP triggers may consume under: `{namespace}`
+    /// stands for its name, as one whole `.`-separated word (the node's admin token may consume any).
+    #[arg(long, env = "WISP_AMQP_PREFIX", default_value = wisp_core::events::NAMESPACE_PLACEHOLDER)]
+    amqp_prefix: String,
     /// The PostgreSQL servers namespaces' `postgres` triggers may connect to,
     /// as host[:port] (the node's admin token may name any).
     #[arg(
@@ -186,10 +193,12 @@ impl Up {
         config.nats_url = self.nats_url;
         config.mqtt_url = self.mqtt_url;
         config.redis_url = self.redis_url;
+        config.amqp_url = self.amqp_url;
         config.trigger_scope = wisp_core::events::TriggerScope {
             nats: self.nats_prefix,
             mqtt: self.mqtt_prefix,
             redis: self.redis_prefix,
+            amqp: self.amqp_prefix,
             postgres_hosts: self.postgres_hosts,
         };
         config.call_log_retention = self.call_log_retention;

@@ -1,7 +1,7 @@
 //! Broker triggers against the real NATS server (with JetStream), the real
-//! Mosquitto, Redis and PostgreSQL on this machine: messages, stream entries
-//! and notifications become calls carrying CloudEvents, JetStream messages
-//! and Redis entries are acknowledged once their call is over, a lost
+//! Mosquitto, RabbitMQ, Redis and PostgreSQL on this machine: messages, stream
+//! entries and notifications become calls carrying CloudEvents, JetStream and
+//! AMQP messages and Redis entries are acknowledged once their call is over, a lost
 //! database connection is made again, and a broker that is down leaves the
 //! node serving with the trigger shown disconnected.
 
@@ -171,24 +171,42 @@ fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
         WISP,
         &[
             "--nats-url",
-            "nats://127.0.0.1:1",
+            "nats://wisp:s3cret@127.0.0.1:1",
             "--mqtt-url",
             "mqtt://127.0.0.1:1",
+            "--redis-url",
+            "redis://:s3cret@127.0.0.1:1/0",
+            "--amqp-url",
+            "amqp://guest:s3cret@127.0.0.1:1/%2f",
         ],
     );
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
     node.deploy_ok(json!({
         "service": "probe", "kind": "wasm-http", "image": digest,
-        "triggers": [{ "nats": "orders.created" }, { "mqtt": "sensors/#" }],
+        "triggers": [
+            { "nats": "orders.created" },
+            { "mqtt": "sensors/#" },
+            { "redis_stream": "orders" },
+            { "amqp": "orders" },
+        ],
     }));
     assert_eq!(node.get("/function/probe").status, 200);
+    let mut text = String::new();
     let described = node.eventually(Duration::from_secs(10), || {
         let output = node.cli(WISP).args(["describe", "probe"]).output().unwrap();
-        let text = String::from_utf8(output.stdout).unwrap();
-        text.contains("nats \"orders.created\": disconnected (cannot connect to NATS")
-            && text.contains("mqtt \"sensors/#\": disconnected (MQTT broker at mqtt://127.0.0.1:1")
+        text = String::from_utf8(output.stdout).unwrap();
+        text.contains(
+            "nats \"orders.created\": disconnected (cannot connect to NATS at nats://127.0.0.1:1",
+        ) && text.contains("mqtt \"sensors/#\": disconnected (MQTT broker at mqtt://127.0.0.1:1")
+            && text.contains(
+                "redis stream \"orders\": disconnected (Redis at redis://127.0.0.1:1: connect",
+            )
+            && text.contains("amqp \"orders\": disconnected (AMQP broker at amqp://127.0.0.1:1")
     });
-    assert!(described, "{}", node.log());
+    assert!(described, "{text}\n{}", node.log());
+    // The operator's credentials are no tenant's to read.
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(!node.log().contains("s3cret"), "{}", node.log());
     assert!(
         node.log().contains("is disconnected"),
         "the error is logged"
@@ -319,6 +337,92 @@ fn redis_stream_entries_become_calls_acknowledged_once_over_and_caught_up_after_
         "{}",
         refused.error()
     );
+}
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The messages of `queue` ready to be delivered, as RabbitMQ counts them.
+async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .unwrap()
+        .message_count()
+}
+
+#[test]
+fn amqp_messages_become_calls_acknowledged_once_over() {
+    let queue = unique("wisp-test.");
+    let node = node_with_probe(json!({ "triggers": [{ "amqp": queue }] }));
+    wait_connected(&node);
+    let runtime = runtime();
+    let (connection, channel) = runtime.block_on(async {
+        let connection = lapin::Connection::connect(AMQP, Default::default())
+            .await
+            .expect("RabbitMQ answers on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        for n in 0..3 {
+            let properties = lapin::BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_message_id(format!("m{n}").into());
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    Default::default(),
+                    format!("order {n}").as_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        (connection, channel)
+    });
+    let calls = wait_succeeded(&node, 3);
+    let mut ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let expected: Vec<String> = (0..3).map(|n| format!("amqp-{queue}-m{n}")).collect();
+    assert_eq!(
+        ids, expected,
+        "one call per message, named by its message-id"
+    );
+    let mut payloads = Vec::new();
+    for call in &calls {
+        let body = call["result"]["body"].as_str().unwrap();
+        for expected in [
+            "header ce-type=dev.wisp.amqp.message".to_owned(),
+            format!("header ce-subject={queue}"),
+            "header content-type=text/plain".to_owned(),
+        ] {
+            assert!(body.contains(&expected), "`{expected}` in {body}");
+        }
+        payloads.extend(body.lines().filter_map(|line| line.strip_prefix("body=")));
+    }
+    payloads.sort_unstable();
+    assert_eq!(payloads, ["order 0", "order 1", "order 2"]);
+    assert_eq!(calls[0]["source"], format!("amqp \"{queue}\""));
+    // Once the node is gone, a message it had not acknowledged would be
+    // ready again: none is.
+    drop(node.stop());
+    std::thread::sleep(Duration::from_millis(500));
+    runtime.block_on(async {
+        assert_eq!(
+            ready(&channel, &queue).await,
+            0,
+            "every message acknowledged"
+        );
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        connection.close(0, "done".into()).await.unwrap();
+    });
 }
 
 /// Runs `sql` with `psql` on the machine's PostgreSQL (database `test`),

@@ -603,9 +603,15 @@ fn broker_messages_are_taken_once_per_cluster() {
     let subject = crate::unique("wisp.cluster.");
     let base = crate::unique("wisp/cluster/");
     let stream = crate::unique("wisp-cluster:");
+    let queue = crate::unique("wisp-cluster.");
     deploy_triggered_probe(
         &nodes,
-        json!([{ "nats": subject }, { "mqtt": format!("{base}/#") }, { "redis_stream": stream }]),
+        json!([
+            { "nats": subject },
+            { "mqtt": format!("{base}/#") },
+            { "redis_stream": stream },
+            { "amqp": queue },
+        ]),
     );
     for node in &nodes {
         let connected = node.eventually(Duration::from_secs(10), || {
@@ -631,6 +637,25 @@ fn broker_messages_are_taken_once_per_cluster() {
             .unwrap();
     }
     crate::runtime().block_on(async {
+        let amqp =
+            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+                .await
+                .unwrap();
+        let channel = amqp.create_channel().await.unwrap();
+        for n in 0..MESSAGES {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    Default::default(),
+                    format!("amqp {n}").as_bytes(),
+                    Default::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
         let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
         for n in 0..MESSAGES {
             client
@@ -663,7 +688,7 @@ fn broker_messages_are_taken_once_per_cluster() {
     let mut bodies = Vec::new();
     let all = nodes[0].eventually(Duration::from_secs(15), || {
         bodies = lines_of(&succeeded_everywhere(&nodes), "body=");
-        bodies.len() >= 3 * MESSAGES
+        bodies.len() >= 4 * MESSAGES
     });
     assert!(all, "{bodies:?}");
     // Give a second delivery the time to show.
@@ -673,6 +698,7 @@ fn broker_messages_are_taken_once_per_cluster() {
     let mut expected: Vec<String> = (0..MESSAGES)
         .flat_map(|n| {
             [
+                format!("amqp {n}"),
                 format!("mqtt {n}"),
                 format!("nats {n}"),
                 format!(r#"{{"msg":"redis {n}"}}"#),
@@ -682,6 +708,17 @@ fn broker_messages_are_taken_once_per_cluster() {
     expected.sort();
     assert_eq!(bodies, expected, "each message once, on one node");
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
+    crate::runtime().block_on(async {
+        let amqp =
+            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+                .await
+                .unwrap();
+        let channel = amqp.create_channel().await.unwrap();
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    });
 }
 
 #[test]

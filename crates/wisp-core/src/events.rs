@@ -16,7 +16,7 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 /// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`,
 /// `{ mqtt = "sensors/#" }`, `{ kv = "default", prefix = "users/" }` or
 /// `{ postgres = "postgres://app@db/shop", channel = "orders" }` or
-/// `{ redis_stream = "orders" }`, with
+/// `{ redis_stream = "orders" }` or `{ amqp = "orders" }`, with
 /// that source's options beside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +56,9 @@ pub struct TriggerDeclaration {
     /// A Redis stream, read in a consumer group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_stream: Option<String>,
+    /// An AMQP (RabbitMQ) queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<String>,
 }
 
 /// A validated trigger.
@@ -74,6 +77,8 @@ pub enum Trigger {
     Postgres(PostgresTrigger),
     /// Each entry of a Redis stream.
     RedisStream(String),
+    /// Each message of an AMQP queue.
+    Amqp(String),
 }
 
 /// A PostgreSQL trigger: a database reached over TCP, and a channel.
@@ -231,6 +236,7 @@ impl Trigger {
             Self::Kv(kv) if kv.prefix.is_empty() => format!("kv \"{}\"", kv.store),
             Self::Kv(kv) => format!("kv \"{}\" prefix \"{}\"", kv.store, kv.prefix),
             Self::RedisStream(stream) => format!("redis stream \"{stream}\""),
+            Self::Amqp(queue) => format!("amqp \"{queue}\""),
             Self::Postgres(postgres) => format!(
                 "postgres \"{}\" on {}",
                 postgres.channel,
@@ -256,6 +262,7 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             postgres,
             channel,
             redis_stream,
+            amqp,
         } = declaration;
         let nats_options =
             queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
@@ -272,6 +279,18 @@ impl TryFrom<TriggerDeclaration> for Trigger {
         }
         let others =
             cron.is_some() || nats.is_some() || mqtt.is_some() || kv.is_some() || nats_options;
+        if let Some(queue) = amqp {
+            if others || postgres.is_some() || redis_stream.is_some() {
+                return Err(SpecError::Trigger(ONE_SOURCE.into()));
+            }
+            if !valid_queue(&queue) {
+                return Err(SpecError::Trigger(format!(
+                    "trigger amqp \"{queue}\": a queue's name is 1 to 255 bytes without spaces or \
+                     control characters, and not `amq.`, which the broker keeps for itself"
+                )));
+            }
+            return Ok(Self::Amqp(queue));
+        }
         if let Some(stream) = redis_stream {
             if others || postgres.is_some() {
                 return Err(SpecError::Trigger(ONE_SOURCE.into()));
@@ -377,8 +396,8 @@ impl TryFrom<TriggerDeclaration> for Trigger {
                 Ok(Self::Mqtt(topic))
             }
             (None, None, None, None) => Err(SpecError::Trigger(
-                "a trigger needs a source: `cron`, `nats`, `mqtt`, `kv`, `postgres` or \
-                 `redis_stream`"
+                "a trigger needs a source: `cron`, `nats`, `mqtt`, `kv`, `postgres`, \
+                 `redis_stream` or `amqp`"
                     .into(),
             )),
             _ => Err(SpecError::Trigger(ONE_SOURCE.into())),
@@ -387,11 +406,20 @@ impl TryFrom<TriggerDeclaration> for Trigger {
 }
 
 /// Why a trigger that names two sources, or another's options, is refused.
-const ONE_SOURCE: &str = "a trigger has one source (`cron`, `nats`, `mqtt`, `kv`, `postgres` or \
-                          `redis_stream`), and NATS options only with `nats`";
+const ONE_SOURCE: &str = "a trigger has one source (`cron`, `nats`, `mqtt`, `kv`, `postgres`, \
+                          `redis_stream` or `amqp`), and NATS options only with `nats`";
 
 /// The longest Redis stream key a trigger names.
 const MAX_STREAM_BYTES: usize = 256;
+
+/// An AMQP queue's name: at most 255 bytes, printable, without spaces, and
+/// not one the broker keeps (`amq.`).
+fn valid_queue(queue: &str) -> bool {
+    !queue.is_empty()
+        && queue.len() <= 255
+        && !queue.starts_with("amq.")
+        && !queue.contains(|c: char| c.is_whitespace() || c.is_control())
+}
 
 /// A Redis stream's key: printable, without spaces, and short.
 fn valid_stream(stream: &str) -> bool {
@@ -447,6 +475,8 @@ pub struct TriggerScope {
     pub mqtt: String,
     /// The Redis pattern, such as `{namespace}` or `tenants:{namespace}`.
     pub redis: String,
+    /// The AMQP pattern, such as `{namespace}` or `tenants.{namespace}`.
+    pub amqp: String,
     /// The PostgreSQL servers a namespace's triggers may connect to, as
     /// `host:port`; none unless the operator lists them, since a URL a
     /// tenant writes has the node connect wherever it says.
@@ -459,6 +489,7 @@ impl Default for TriggerScope {
             nats: NAMESPACE_PLACEHOLDER.to_owned(),
             mqtt: NAMESPACE_PLACEHOLDER.to_owned(),
             redis: NAMESPACE_PLACEHOLDER.to_owned(),
+            amqp: NAMESPACE_PLACEHOLDER.to_owned(),
             postgres_hosts: Vec::new(),
         }
     }
@@ -467,7 +498,7 @@ impl Default for TriggerScope {
 /// A broker trigger a namespace may not declare: a 400 that says what it may.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
-    /// A NATS subject, MQTT topic or Redis stream outside the namespace's prefix.
+    /// A NATS subject, MQTT topic, Redis stream or AMQP queue outside the namespace's prefix.
     #[error(
         "trigger {trigger}: namespace {namespace} may only subscribe to {what} under `{prefix}` \
          (such as `{prefix}orders` or `{prefix}{wildcard}`)"
@@ -477,7 +508,7 @@ pub enum ScopeError {
         trigger: String,
         /// The namespace.
         namespace: String,
-        /// `subjects`, `topics` or `streams`.
+        /// `subjects`, `topics`, `streams` or `queues`.
         what: &'static str,
         /// The allowed prefix, separator included.
         prefix: String,
@@ -553,6 +584,7 @@ impl TriggerScope {
             valid_topic_filter,
         )?;
         check(&self.redis, ':', "Redis", ("part", "key"), valid_stream)?;
+        check(&self.amqp, '.', "AMQP", ("word", "queue name"), valid_queue)?;
         for host in &self.postgres_hosts {
             format!("postgres://{host}/database")
                 .parse::<PostgresDatabase>()
@@ -564,6 +596,11 @@ impl TriggerScope {
     /// The prefix of every Redis stream `namespace`'s functions may read, its last `:` included.
     pub fn redis_prefix(&self, namespace: &str) -> String {
         format!("{}:", self.redis.replace(NAMESPACE_PLACEHOLDER, namespace))
+    }
+
+    /// The prefix of every AMQP queue `namespace`'s functions may consume, its last `.` included.
+    pub fn amqp_prefix(&self, namespace: &str) -> String {
+        format!("{}.", self.amqp.replace(NAMESPACE_PLACEHOLDER, namespace))
     }
 
     /// Whether a namespace's trigger may connect to `database`'s server.
@@ -599,6 +636,14 @@ impl TriggerScope {
         match trigger {
             // A key-value trigger watches its own namespace's stores only.
             Trigger::Cron(_) | Trigger::Kv(_) => Ok(()),
+            Trigger::Amqp(queue) => {
+                let prefix = self.amqp_prefix(namespace);
+                if queue.starts_with(&prefix) {
+                    Ok(())
+                } else {
+                    Err(outside("queues", prefix, "events"))
+                }
+            }
             Trigger::RedisStream(stream) => {
                 let prefix = self.redis_prefix(namespace);
                 if stream.starts_with(&prefix) {
@@ -706,6 +751,10 @@ impl From<Trigger> for TriggerDeclaration {
             Trigger::Kv(kv) => Self {
                 kv: Some(kv.store),
                 prefix: (!kv.prefix.is_empty()).then_some(kv.prefix),
+                ..Self::default()
+            },
+            Trigger::Amqp(queue) => Self {
+                amqp: Some(queue),
                 ..Self::default()
             },
             Trigger::RedisStream(stream) => Self {
@@ -1064,6 +1113,7 @@ mod tests {
             r#"{"mqtt": "team-a/+/temp"}"#,
             r#"{"cron": "@hourly"}"#,
             r#"{"redis_stream": "team-a:orders"}"#,
+            r#"{"amqp": "team-a.orders"}"#,
         ] {
             assert_eq!(scope.check("team-a", &trigger(good)), Ok(()), "{good}");
         }
@@ -1085,6 +1135,8 @@ mod tests {
                 r#"{"redis_stream": "team-ab:x"}"#,
                 "streams under `team-a:`",
             ),
+            (r#"{"amqp": "orders"}"#, "queues under `team-a.`"),
+            (r#"{"amqp": "team-b.orders"}"#, "queues under `team-a.`"),
             (
                 r#"{"nats": "team-a.x", "queue_group": "workers"}"#,
                 "`queue_group` \"workers\" is not namespace team-a's own",
@@ -1111,6 +1163,7 @@ mod tests {
             nats: "tenants.{namespace}".into(),
             mqtt: "tenants/{namespace}/in".into(),
             redis: "tenants:{namespace}".into(),
+            amqp: "tenants.{namespace}".into(),
             postgres_hosts: vec!["db.internal".into(), "10.0.0.7:6432".into()],
         };
         assert_eq!(custom.validate(), Ok(()));
@@ -1283,6 +1336,7 @@ mod tests {
             r#"{"mqtt": "sensors/+/temp"}"#,
             r#"{"mqtt": "sensors/#"}"#,
             r#"{"redis_stream": "orders:eu"}"#,
+            r#"{"amqp": "orders.eu"}"#,
         ] {
             assert!(parse(good).is_ok(), "{good}: {:?}", parse(good));
         }
@@ -1301,6 +1355,8 @@ mod tests {
             (r#"{"redis_stream": "a b"}"#, "trigger redis stream \"a b\""),
             (r#"{"redis_stream": ""}"#, "1 to 256 bytes"),
             (r#"{"redis_stream": "a", "mqtt": "b"}"#, "one source"),
+            (r#"{"amqp": "amq.direct"}"#, "trigger amqp \"amq.direct\""),
+            (r#"{"amqp": "a", "redis_stream": "b"}"#, "one source"),
         ] {
             let error = parse(bad).unwrap_err();
             assert!(

@@ -25,6 +25,9 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 /// The Redis server that `redis_stream` triggers read from, by default.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The AMQP broker that `amqp` triggers consume from, by default: a local
+/// RabbitMQ's default user and virtual host.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Log lines (and, apart, call records) kept per function, by default.
 pub const DEFAULT_CALL_LOG_RETENTION: u32 = 10_000;
 /// How long a stopping node lets requests in flight finish, by default.
@@ -80,6 +83,8 @@ pub struct Config {
     pub mqtt_url: String,
     /// The Redis server of `redis_stream` triggers; connected only when a function declares one.
     pub redis_url: String,
+    /// The AMQP broker of `amqp` triggers; connected only when a function declares one.
+    pub amqp_url: String,
     /// Where namespaces' broker triggers may subscribe (`{namespace}.` for
     /// NATS, `{namespace}/` for MQTT by default). Only the node's admin token
     /// may deploy a trigger outside its namespace's prefix.
@@ -167,6 +172,7 @@ impl Config {
             nats_url: DEFAULT_NATS_URL.to_owned(),
             mqtt_url: DEFAULT_MQTT_URL.to_owned(),
             redis_url: DEFAULT_REDIS_URL.to_owned(),
+            amqp_url: DEFAULT_AMQP_URL.to_owned(),
             trigger_scope: wisp_core::events::TriggerScope::default(),
             call_log_retention: DEFAULT_CALL_LOG_RETENTION,
             telemetry: true,
@@ -244,6 +250,9 @@ impl Config {
         redis::Client::open(self.redis_url.as_str()).map_err(|error| {
             ConfigError::BrokerUrl(format!("the Redis URL `{}`: {error}", self.redis_url))
         })?;
+        self.amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|error| ConfigError::BrokerUrl(format!("the AMQP URL: {error}")))?;
         self.trigger_scope
             .validate()
             .map_err(ConfigError::TriggerPrefix)?;

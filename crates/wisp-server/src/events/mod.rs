@@ -10,6 +10,7 @@
 //! function's `async_concurrency`. What each namespace may hold in the
 //! queue is bounded by its [`backlog`] quota.
 
+mod amqp;
 mod backlog;
 mod callback;
 mod cron;

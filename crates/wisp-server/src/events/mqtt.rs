@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
 };
 use crate::config::mqtt_address;
 
@@ -99,7 +99,7 @@ pub(super) async fn run(source: Source, topic: String, url: String, index: usize
             Err(error) => {
                 source.set_link(
                     &node,
-                    Link::Disconnected(format!("MQTT broker at {url}: {error}")),
+                    Link::Disconnected(format!("MQTT broker at {}: {error}", redacted(&url))),
                 );
                 drop(node);
                 tokio::time::sleep(backoff).await;

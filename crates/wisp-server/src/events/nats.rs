@@ -20,7 +20,7 @@ use wisp_core::{
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
 };
 use crate::node::Node;
 
@@ -69,7 +69,7 @@ async fn session(source: &Source, trigger: &NatsTrigger, url: &str) -> Result<()
         })
         .connect(url)
         .await
-        .map_err(|error| format!("cannot connect to NATS at {url}: {error}"))?;
+        .map_err(|error| format!("cannot connect to NATS at {}: {error}", redacted(url)))?;
     match &trigger.jetstream {
         None => core(source, client, trigger).await,
         Some((stream, consumer)) => {

@@ -20,6 +20,8 @@ pub const CRON_TICK: &str = "dev.wisp.cron.tick";
 pub const NATS_MESSAGE: &str = "dev.wisp.nats.message";
 /// The type of a message from an MQTT topic.
 pub const MQTT_MESSAGE: &str = "dev.wisp.mqtt.message";
+/// The type of a message from an AMQP queue.
+pub const AMQP_MESSAGE: &str = "dev.wisp.amqp.message";
 /// The type of an entry of a Redis stream.
 pub const REDIS_STREAM_ENTRY: &str = "dev.wisp.redis.stream.entry";
 /// The type of a notification on a PostgreSQL channel.

@@ -22,7 +22,7 @@ use wisp_core::events::default_consumer;
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
 };
 use crate::node::Node;
 
@@ -61,9 +61,10 @@ pub(super) async fn run(source: Source, stream: String, url: String) {
 /// One connection's worth of reading: returns `Ok` when the node is gone,
 /// and an error when Redis fails.
 async fn session(source: &Source, stream: &str, url: &str) -> Result<(), String> {
+    let at = redacted(url);
     let failed = |what: &str| {
-        let what = what.to_owned();
-        move |error: redis::RedisError| format!("Redis at {url}: {what}: {error}")
+        let (what, at) = (what.to_owned(), at.clone());
+        move |error: redis::RedisError| format!("Redis at {at}: {what}: {error}")
     };
     let client = redis::Client::open(url).map_err(failed("the URL"))?;
     // Reads block for a while: no response timeout, which would cut them off.

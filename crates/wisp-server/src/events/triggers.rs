@@ -1,5 +1,5 @@
 //! Triggers: the tasks that turn a function's declared event sources (cron,
-//! NATS, MQTT, Redis streams, PostgreSQL) into CloudEvents on the queue, and what each is doing, for
+//! NATS, MQTT, AMQP, Redis streams, PostgreSQL) into CloudEvents on the queue, and what each is doing, for
 //! `wisp describe`. Adding a source means a task here and a variant of
 //! [`Trigger`]; the queue and the workers stay as they are. Key-value
 //! triggers need no task: the node's writes fire them ([`super::kv`]).
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use wisp_core::{FunctionSpec, Trigger, events::TriggerStatus};
 use wisp_store::{CallOrigin, NewCall};
 
-use super::{Queue, cron, millis, mqtt, nats, postgres, record, redis, rfc3339};
+use super::{Queue, amqp, cron, millis, mqtt, nats, postgres, record, redis, rfc3339};
 use crate::node::Node;
 
 /// Events of one trigger being committed at once: enough to keep the queue's
@@ -152,6 +152,19 @@ impl Source {
     }
 }
 
+/// A broker's URL as statuses and logs show it: `scheme://host:port`,
+/// without the credentials and options an operator may have put in it.
+pub(super) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the broker".to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
 /// A broker trigger's connection.
 #[derive(Debug, Clone)]
 pub(crate) enum Link {
@@ -186,6 +199,11 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                     source.set_link(node, Link::Connecting);
                     let url = node.config.mqtt_url.clone();
                     tokio::spawn(mqtt::run(source, topic.clone(), url, index))
+                }
+                Trigger::Amqp(queue) => {
+                    source.set_link(node, Link::Connecting);
+                    let url = node.config.amqp_url.clone();
+                    tokio::spawn(amqp::run(source, queue.clone(), url))
                 }
                 Trigger::RedisStream(stream) => {
                     source.set_link(node, Link::Connecting);
@@ -228,6 +246,7 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                 Trigger::Nats(_)
                 | Trigger::Mqtt(_)
                 | Trigger::RedisStream(_)
+                | Trigger::Amqp(_)
                 | Trigger::Postgres(_) => {
                     let key = (spec.namespace.clone(), spec.name.clone(), label.clone());
                     let (state, error) = match links.get(&key) {
