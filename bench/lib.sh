@@ -101,3 +101,14 @@ upload() { curl -sf -H "Authorization: Bearer $NODE_TOKEN" -T "$1" "$NODE_URL/sy
 now_ms() { date +%s.%N | awk '{ printf "%.1f", $1 * 1000 }'; }
 first_200() { until curl -sf -o /dev/null "$1"; do :; done; }
 
+admin() { curl -sf -H "Authorization: Bearer $NODE_TOKEN" "$@"; }
+# A figure of the node's async queue, from /system/info (depth, running, triggerFirings).
+queue() { admin "$NODE_URL/system/info" | python3 -c "import json,sys; q=json.load(sys.stdin)['queue']; print(q['$1'])"; }
+# Waits until the queue is empty and nothing runs.
+drained() {
+    for _ in $(seq 30000); do
+        [ "$(queue depth)" = 0 ] && [ "$(queue running)" = 0 ] && return 0
+        sleep 0.02
+    done
+    echo "bench: the queue did not drain" >&2; exit 1
+}

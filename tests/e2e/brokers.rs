@@ -213,6 +213,18 @@ fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
     );
     assert_eq!(node.get("/function/probe").status, 200, "still serving");
 
+    // Each broker trigger holds connections: a function has at most 16.
+    let many = node.deploy(json!({
+        "service": "many", "kind": "wasm-http", "image": digest,
+        "triggers": (0..17).map(|n| json!({ "amqp": format!("orders.{n}") })).collect::<Vec<_>>(),
+    }));
+    assert_eq!(many.status, 400);
+    assert!(
+        many.error().contains("at most 16 triggers"),
+        "{}",
+        many.error()
+    );
+
     let refused = node.deploy(json!({
         "service": "bad", "kind": "wasm-http", "image": digest,
         "triggers": [{ "nats": "orders..created" }],
@@ -302,6 +314,21 @@ fn redis_stream_entries_become_calls_acknowledged_once_over_and_caught_up_after_
             .any(|call| call["id"] == format!("redis-{stream}-{}", entries[3])),
         "{calls:?}"
     );
+    // An entry over the node's body limit (32 MiB) is no call, and is not
+    // left pending either.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("blob")
+        .arg(vec![b'x'; 33 << 20])
+        .query(&mut redis)
+        .unwrap();
+    let skipped = node.eventually(Duration::from_secs(10), || {
+        node.log().contains("over the node's body limit")
+            && unacknowledged(&stream, "default_probe") == 0
+    });
+    assert!(skipped, "{}", node.log());
+    assert_eq!(succeeded(&node).len(), 4);
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
 
     // A namespace reads only the streams under its prefix.
@@ -569,6 +596,33 @@ fn postgres_triggers_reach_only_listed_servers_and_never_show_the_password() {
     );
     assert!(!status.to_string().contains("hunter2"), "{status}");
     assert!(!node.log().contains("hunter2"), "{}", node.log());
+    // A token that may only invoke the function does not see the password;
+    // one that may deploy it does.
+    let invoker = send(
+        node.admin("POST", "/system/tokens"),
+        Some(br#"{"namespace":"team-a","role":"invoke","name":"caller"}"#),
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen_by = |token: &str| {
+        send(
+            node.request("GET", function)
+                .set("Authorization", &format!("Bearer {token}")),
+            None,
+        )
+        .json()["triggers"][0]["postgres"]
+            .clone()
+    };
+    assert_eq!(
+        seen_by(&invoker),
+        format!("postgres://app:***@127.0.0.1:{port}/shop")
+    );
+    assert_eq!(
+        seen_by(&token),
+        format!("postgres://app:hunter2@127.0.0.1:{port}/shop")
+    );
 }
 
 /// A free TCP port on loopback.

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{HumanDuration, SpecError};
 
+/// The most triggers one function declares: each broker trigger holds
+/// connections to its broker, so a function cannot open thousands.
+pub const MAX_TRIGGERS: usize = 16;
+
 /// The shortest `@every` interval: shorter ones would flood the queue.
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
@@ -150,10 +154,10 @@ impl FromStr for PostgresDatabase {
         };
         let (host, port) = match address.strip_prefix('[') {
             // An IPv6 literal: `[::1]:5432`.
-            Some(bracketed) => {
-                let (host, after) = bracketed.split_once(']').ok_or_else(invalid)?;
-                (host, after.strip_prefix(':'))
-            }
+            Some(bracketed) => match bracketed.split_once(']').ok_or_else(invalid)? {
+                (host, "") => (host, None),
+                (host, after) => (host, Some(after.strip_prefix(':').ok_or_else(invalid)?)),
+            },
             None => match address.split_once(':') {
                 Some((host, port)) => (host, Some(port)),
                 None => (address, None),
@@ -161,9 +165,9 @@ impl FromStr for PostgresDatabase {
         };
         let port = match port {
             None => 5432,
-            Some(port) => port
-                .parse()
-                .ok()
+            Some(port) => Some(port)
+                .filter(|port| port.bytes().all(|byte| byte.is_ascii_digit()))
+                .and_then(|port| port.parse().ok())
                 .filter(|port| *port > 0)
                 .ok_or_else(invalid)?,
         };
@@ -173,7 +177,9 @@ impl FromStr for PostgresDatabase {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"-.:".contains(&byte));
         let dbname = decode(dbname)?;
-        if !host_ok || dbname.is_empty() || user.as_deref() == Some("") {
+        // Names end up in labels and logs: no control characters.
+        let printable = |name: &str| !name.is_empty() && !name.contains(char::is_control);
+        if !host_ok || !printable(&dbname) || user.as_deref().is_some_and(|user| !printable(user)) {
             return Err(invalid());
         }
         Ok(Self {
@@ -224,6 +230,26 @@ pub struct NatsTrigger {
 }
 
 impl Trigger {
+    /// The trigger as someone who may not deploy the function sees it:
+    /// without a database password.
+    pub fn without_secrets(&self) -> Self {
+        match self {
+            Self::Postgres(postgres) if postgres.database.password.is_some() => {
+                let database = &postgres.database;
+                let user = database.user.as_deref().unwrap_or("postgres");
+                let mut shown = postgres.clone();
+                shown.url = format!(
+                    "postgres://{}:***@{}",
+                    percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC),
+                    database.address()
+                );
+                shown.database.password = None;
+                Self::Postgres(shown)
+            }
+            other => other.clone(),
+        }
+    }
+
     /// How `wisp describe` and errors name the trigger: `cron "*/5 * * * *"`.
     pub fn label(&self) -> String {
         match self {
@@ -1221,6 +1247,12 @@ mod tests {
             trigger.label(),
             "postgres \"orders\" on db.internal:5432/shop"
         );
+        let shown = serde_json::to_string(&trigger.without_secrets()).unwrap();
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/shop"),
+            "{shown}"
+        );
+        assert!(!shown.contains("cret"), "{shown}");
         let v6 = "postgresql://[::1]:6432/shop"
             .parse::<PostgresDatabase>()
             .unwrap();
@@ -1253,6 +1285,18 @@ mod tests {
             ),
             (
                 r#"{"postgres": "postgres://h:0/shop", "channel": "a"}"#,
+                "is not postgres://",
+            ),
+            (
+                r#"{"postgres": "postgres://h:+5432/shop", "channel": "a"}"#,
+                "is not postgres://",
+            ),
+            (
+                r#"{"postgres": "postgres://[::1]junk/shop", "channel": "a"}"#,
+                "is not postgres://",
+            ),
+            (
+                r#"{"postgres": "postgres://h/sh%0Aop", "channel": "a"}"#,
                 "is not postgres://",
             ),
             (

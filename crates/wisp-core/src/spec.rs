@@ -888,6 +888,13 @@ impl FunctionSpec {
                 "asyncConcurrency must be at least 1".into(),
             ));
         }
+        if triggers.len() > crate::events::MAX_TRIGGERS {
+            return Err(SpecError::Trigger(format!(
+                "a function has at most {} triggers; this one declares {}",
+                crate::events::MAX_TRIGGERS,
+                triggers.len()
+            )));
+        }
         let triggers = triggers
             .into_iter()
             .map(Trigger::try_from)

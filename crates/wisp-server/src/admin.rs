@@ -70,9 +70,10 @@ fn status_of(node: &Node, spec: &FunctionSpec) -> FunctionStatus {
     status
 }
 
-/// A function's status as `principal` may see it: its environment and
-/// command only for a token that may deploy in its namespace. They often
-/// hold credentials, and an `invoke` token only needs to call the function.
+/// A function's status as `principal` may see it: its environment, command
+/// and trigger passwords only for a token that may deploy in its namespace.
+/// They often hold credentials, and an `invoke` token only needs to call the
+/// function.
 fn visible_to(principal: &Principal, mut status: FunctionStatus) -> FunctionStatus {
     let namespace = status
         .deployment
@@ -82,6 +83,11 @@ fn visible_to(principal: &Principal, mut status: FunctionStatus) -> FunctionStat
     if principal.allow(namespace, Action::Deploy).is_err() {
         status.deployment.env_vars.clear();
         status.deployment.env_process = None;
+        for declaration in &mut status.deployment.triggers {
+            if let Ok(trigger) = wisp_core::Trigger::try_from(declaration.clone()) {
+                *declaration = trigger.without_secrets().into();
+            }
+        }
     }
     status
 }

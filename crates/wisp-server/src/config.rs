@@ -248,7 +248,10 @@ impl Config {
         }
         mqtt_address(&self.mqtt_url).map_err(ConfigError::BrokerUrl)?;
         redis::Client::open(self.redis_url.as_str()).map_err(|error| {
-            ConfigError::BrokerUrl(format!("the Redis URL `{}`: {error}", self.redis_url))
+            ConfigError::BrokerUrl(format!(
+                "the Redis URL `{}`: {error}",
+                redacted(&self.redis_url)
+            ))
         })?;
         self.amqp_url
             .parse::<lapin::uri::AMQPUri>()
@@ -275,4 +278,17 @@ pub(crate) fn mqtt_address(url: &str) -> Result<(String, u16), String> {
         .filter(|host| !host.is_empty())
         .ok_or_else(invalid)?;
     Ok((host.to_owned(), uri.port_u16().unwrap_or(1883)))
+}
+
+/// A broker's URL as statuses and logs show it: `scheme://host:port`,
+/// without the credentials and options an operator may have put in it.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the broker".to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
 }

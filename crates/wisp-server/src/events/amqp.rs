@@ -3,7 +3,9 @@
 //! broker hands each message to one node. A message becomes a call, and is
 //! acknowledged only once that call is over: rejected without requeueing
 //! when the call ends dead (so the queue's dead-letter exchange, if any,
-//! gets it), and returned to the queue when it could not be queued. A node
+//! gets it), and returned to the queue when it could not be queued or its
+//! call is gone before it ended (another node took it over). A message
+//! larger than the node's body limit is rejected without a call. A node
 //! that goes away leaves its unacknowledged messages to the broker, which
 //! delivers them again: delivery is at least once, and a message that
 //! carries a `message-id` keeps its call id (`amqp-{queue}-{message id}`)
@@ -26,8 +28,9 @@ use wisp_core::{CallState, events::NAME_SEPARATOR};
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
+    triggers::{Event, FIRST_BACKOFF, Link, Source},
 };
+use crate::config::redacted;
 
 /// Messages delivered and not yet acknowledged, per node and trigger.
 const PREFETCH: u16 = 64;
@@ -49,10 +52,9 @@ pub(super) async fn run(source: Source, queue: String, url: String) {
         let Some(node) = source.node.upgrade() else {
             return;
         };
-        source.set_link(&node, Link::Disconnected(error));
+        let wait = source.disconnected(&node, error, &mut backoff);
         drop(node);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -124,6 +126,18 @@ async fn session(source: &Source, queue: &str, url: &str) -> Result<(), String> 
         let Some(node) = source.node.upgrade() else {
             return Ok(());
         };
+        if delivery.data.len() as u64 > node.config.max_body_size {
+            tracing::error!(
+                "{}.{}: a message of {queue} is {} bytes, over the node's body limit; rejected",
+                source.function,
+                source.namespace,
+                delivery.data.len()
+            );
+            if let Err(error) = delivery.acker.reject(BasicRejectOptions::default()).await {
+                tracing::warn!("a message of {queue} was not settled: {error}");
+            }
+            continue;
+        }
         let properties = &delivery.properties;
         let event = Event {
             id: properties
@@ -142,22 +156,23 @@ async fn session(source: &Source, queue: &str, url: &str) -> Result<(), String> 
         let queue = queue.to_owned();
         source
             .queue_in_background(node, event, |queued| async move {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
                 let settled = match queued {
                     Ok((key, _)) => match waiter.queue.outcome(&waiter.store, &key).await {
                         Some(CallState::Dead) => acker.reject(BasicRejectOptions::default()).await,
                         Some(_) => acker.ack(BasicAckOptions::default()).await,
-                        // The node is stopping: the broker delivers it again.
-                        None => return,
+                        // The node is stopping (then the broker has it back
+                        // anyway), or the call is gone: it goes back.
+                        None => acker.nack(requeue).await,
                     },
                     Err(error) => {
                         tracing::error!(
                             "a message of {queue} could not be queued; it goes back: {error}"
                         );
                         tokio::time::sleep(REQUEUE_AFTER).await;
-                        let requeue = BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        };
                         acker.nack(requeue).await
                     }
                 };

@@ -165,6 +165,19 @@ impl Queue {
         }
     }
 
+    /// Lets go of whoever waits on the calls of a removed namespace: those
+    /// calls are gone, and will never be over.
+    pub(crate) fn forget_waiters(&self, namespace: &str) {
+        let prefixes = [
+            format!("caller/{namespace}/"),
+            format!("trigger/{namespace}/"),
+        ];
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .retain(|key, _| !prefixes.iter().any(|prefix| key.starts_with(prefix)));
+    }
+
     fn notify(&self, id: &str, state: CallState) {
         let waiting = self.waiters.lock().expect("waiters").remove(id);
         for waiter in waiting.into_iter().flatten() {

@@ -11,9 +11,9 @@ use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
 };
-use crate::config::mqtt_address;
+use crate::config::{mqtt_address, redacted};
 
 /// Runs one MQTT trigger until it is aborted or the node is gone. `index`
 /// tells a function's triggers apart in their client ids.

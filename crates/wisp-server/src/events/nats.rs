@@ -20,9 +20,9 @@ use wisp_core::{
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source, redacted},
+    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
 };
-use crate::node::Node;
+use crate::{config::redacted, node::Node};
 
 /// How often a message whose call is still running is marked in progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);

@@ -10,18 +10,16 @@
 //! one whose id ranks highest for the trigger, asked again every few
 //! seconds; the others stand by.
 
-use std::{
-    hash::{Hash as _, Hasher as _},
-    time::Duration,
-};
+use std::time::Duration;
 
 use chrono::Utc;
+use sha2::{Digest as _, Sha256};
 use tokio_postgres::{AsyncMessage, NoTls};
 use wisp_core::events::PostgresTrigger;
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
+    triggers::{Event, FIRST_BACKOFF, Link, Source},
 };
 use crate::node::Node;
 
@@ -57,26 +55,28 @@ pub(super) async fn run(source: Source, trigger: PostgresTrigger) {
         let Some(node) = source.node.upgrade() else {
             return;
         };
-        source.set_link(&node, Link::Disconnected(error));
+        let wait = source.disconnected(&node, error, &mut backoff);
         drop(node);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
     }
 }
 
 /// Whether this node is the one to listen: always on a lone node; in a
 /// cluster, the live member whose id ranks highest for this trigger
-/// (rendezvous hashing, so triggers spread over the nodes and only a lost
-/// node's move). Should the members not be known, a node that listens
-/// keeps listening.
+/// (rendezvous hashing over SHA-256, which every version of wisp computes
+/// alike, so triggers spread over the nodes and only a lost node's move).
+/// Should the members not be known, a node that listens keeps listening.
 async fn listens_here(node: &Node, source: &Source) -> bool {
     let Some(cluster) = &node.cluster else {
         return true;
     };
     let rank = |id: &str| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&source.namespace, &source.function, &source.label, id).hash(&mut hasher);
-        hasher.finish()
+        let mut hasher = Sha256::new();
+        for part in [&source.namespace, &source.function, &source.label, id] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.finalize()
     };
     match cluster.members().await {
         Ok(members) => members

@@ -141,6 +141,20 @@ impl Source {
         node.queue.links.lock().expect("links").insert(key, link);
     }
 
+    /// Records that a broker trigger's connection failed or was lost, and
+    /// answers how long to wait before the next attempt: the first backoff
+    /// after a connection that had worked, else twice the last wait.
+    pub fn disconnected(&self, node: &Node, error: String, backoff: &mut Duration) -> Duration {
+        let wait = if matches!(self.link(node), Some(Link::Connected)) {
+            FIRST_BACKOFF
+        } else {
+            *backoff
+        };
+        *backoff = (wait * 2).min(MAX_BACKOFF);
+        self.set_link(node, Link::Disconnected(error));
+        wait
+    }
+
     /// What [`Source::set_link`] last recorded.
     pub fn link(&self, node: &Node) -> Option<Link> {
         let key = (
@@ -150,19 +164,6 @@ impl Source {
         );
         node.queue.links.lock().expect("links").get(&key).cloned()
     }
-}
-
-/// A broker's URL as statuses and logs show it: `scheme://host:port`,
-/// without the credentials and options an operator may have put in it.
-pub(super) fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "the broker".to_owned();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}")
 }
 
 /// A broker trigger's connection.
