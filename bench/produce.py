@@ -25,15 +25,16 @@ def redis(port, stream, count):
     key = stream.encode()
     command = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$3\r\nmsg\r\n$5\r\nhello\r\n" % (len(key), key)
     s.sendall(command * count)
-    replies, buf = 0, b""
-    while replies < count:
+    # Each reply is a bulk string, the entry's id: `$N\r\nID\r\n`.
+    buf = b""
+    while buf.count(b"\r\n") < 2 * count:
         chunk = s.recv(65536)
         if not chunk:
             sys.exit("redis closed the connection")
         buf += chunk
-        replies += chunk.count(b"\r\n$")  # each reply is one bulk string, the entry id
-        if b"-ERR" in buf:
-            sys.exit(buf.decode(errors="replace"))
+        # An error reply starts a line with `-`; an id has one only inside it.
+        if buf.startswith(b"-") or b"\r\n-" in buf:
+            sys.exit(buf.decode(errors="replace")[-200:])
 
 
 def amqp(port, queue, count):
