@@ -181,16 +181,19 @@ async fn session(source: &Source, trigger: &PostgresTrigger) -> Result<(), Strin
             content_type: Some(content_type.to_owned()),
             fired_at: None,
         };
-        // In order, one at a time: a table's changes reach the queue as
-        // they were made.
-        if let Err(error) = source.queue(&node, event).await {
-            tracing::error!(
-                "{}.{}: a notification on {} could not be queued: {error}",
-                source.function,
-                source.namespace,
-                trigger.channel
-            );
-        }
+        // Committed alongside the next ones, as broker messages are: the
+        // calls run concurrently anyway, so their order is not kept.
+        let label = format!("{}.{}", source.function, source.namespace);
+        let channel = trigger.channel.clone();
+        source
+            .queue_in_background(node, event, |queued| async move {
+                if let Err(error) = queued {
+                    tracing::error!(
+                        "{label}: a notification on {channel} could not be queued: {error}"
+                    );
+                }
+            })
+            .await;
     }
 }
 
