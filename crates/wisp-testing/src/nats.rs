@@ -62,7 +62,10 @@ impl NatsCluster {
     }
 
     fn start_in(size: usize, dir: Dir) -> Self {
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = free_ports(2 * size)
+            .chunks(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
@@ -166,10 +169,13 @@ impl Drop for NatsCluster {
     }
 }
 
-/// A port free now on loopback.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// `count` ports free now on loopback, all different: each is held until
+/// every one is chosen, so the system cannot hand one out twice.
+fn free_ports(count: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|listener| listener.local_addr().expect("its address").port())
+        .collect()
 }
