@@ -232,7 +232,9 @@ fn a_fork_bomb_is_bounded_and_gone_at_the_deadline() {
     attacker(
         &node,
         "bomb",
-        "#!/bin/sh\nbomb() { bomb | bomb & sleep 30; }\nbomb 2>/dev/null\n",
+        // Its shells wait on a FIFO, which needs no fork: at the limit they
+        // stay, rather than exiting when `sleep` cannot be started.
+        "#!/bin/sh\nmkfifo /tmp/hold && exec 3<>/tmp/hold\nbomb() { bomb | bomb & read x <&3; }\nbomb 2>/dev/null\n",
         json!({}),
     );
     let response = while_serving(&node, || {
@@ -275,7 +277,9 @@ fn a_fork_bomb_on_one_node_leaves_another_nodes_processes_room_to_fork() {
     attacker(
         &bombed,
         "bomb",
-        "#!/bin/sh\nbomb() { bomb | bomb & sleep 30; }\nbomb 2>/dev/null\n",
+        // Its shells wait on a FIFO, which needs no fork: at the limit they
+        // stay, rather than exiting when `sleep` cannot be started.
+        "#!/bin/sh\nmkfifo /tmp/hold && exec 3<>/tmp/hold\nbomb() { bomb | bomb & read x <&3; }\nbomb 2>/dev/null\n",
         // Long enough to go off and be watched on a loaded machine.
         json!({ "timeout": "6s" }),
     );
