@@ -10,7 +10,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wisp_testing::{Node, send};
 
-use crate::{WISP, deploy_probe, node_with_probe, runtime, unique};
+use crate::{
+    WISP, deploy_probe, node_with_probe, runtime,
+    tenants::{create_namespace, create_token},
+    unique,
+};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -238,7 +242,7 @@ fn a_broker_that_is_down_shows_disconnected_and_the_node_serves() {
 }
 
 /// A connection to the machine's Redis.
-fn redis() -> redis::Connection {
+pub(crate) fn redis() -> redis::Connection {
     redis::Client::open("redis://127.0.0.1:6379/")
         .unwrap()
         .get_connection()
@@ -332,19 +336,8 @@ fn redis_stream_entries_become_calls_acknowledged_once_over_and_caught_up_after_
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
 
     // A namespace reads only the streams under its prefix.
-    let created = send(
-        node.admin("POST", "/system/namespaces"),
-        Some(br#"{"name":"team-a"}"#),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let token = send(
-        node.admin("POST", "/system/tokens"),
-        Some(br#"{"namespace":"team-a","role":"deploy","name":"dev"}"#),
-    )
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    create_namespace(&node, json!({ "name": "team-a" }));
+    let (_, token) = create_token(&node, &node.token, "team-a", "deploy");
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
     let refused = send(
         node.request("POST", "/system/functions")
@@ -368,6 +361,15 @@ fn redis_stream_entries_become_calls_acknowledged_once_over_and_caught_up_after_
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A connection to the machine's RabbitMQ, and a channel on it.
+pub(crate) async fn amqp() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(AMQP, Default::default())
+        .await
+        .expect("RabbitMQ answers on 127.0.0.1:5672");
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
 /// The messages of `queue` ready to be delivered, as RabbitMQ counts them.
 async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
     let passive = lapin::options::QueueDeclareOptions {
@@ -388,10 +390,7 @@ fn amqp_messages_become_calls_acknowledged_once_over() {
     wait_connected(&node);
     let runtime = runtime();
     let (connection, channel) = runtime.block_on(async {
-        let connection = lapin::Connection::connect(AMQP, Default::default())
-            .await
-            .expect("RabbitMQ answers on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = amqp().await;
         for n in 0..3 {
             let properties = lapin::BasicProperties::default()
                 .with_content_type("text/plain".into())
@@ -434,6 +433,26 @@ fn amqp_messages_become_calls_acknowledged_once_over() {
     payloads.sort_unstable();
     assert_eq!(payloads, ["order 0", "order 1", "order 2"]);
     assert_eq!(calls[0]["source"], format!("amqp \"{queue}\""));
+    // A removed function consumes no more: its connection goes with it.
+    remove_probe(&node);
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let consumers = || {
+        runtime.block_on(async {
+            channel
+                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .await
+                .unwrap()
+                .consumer_count()
+        })
+    };
+    assert!(
+        node.eventually(Duration::from_secs(10), || consumers() == 0),
+        "{} consumers left",
+        consumers()
+    );
     // Once the node is gone, a message it had not acknowledged would be
     // ready again: none is.
     drop(node.stop());
@@ -527,7 +546,23 @@ fn row_changes_become_cloudevents_and_a_lost_connection_is_made_again() {
             .contains(r#""op" : "UPDATE""#)),
         "{calls:?}"
     );
+    // A removed function listens no more: its connection goes with it.
+    remove_probe(&node);
+    assert!(
+        node.eventually(Duration::from_secs(10), || listener(&table).is_empty()),
+        "still listening: {}",
+        listener(&table)
+    );
     psql(&format!("DROP TABLE {table}"));
+}
+
+/// Removes the function `probe`.
+fn remove_probe(node: &Node) {
+    let removed = send(
+        node.admin("DELETE", "/system/functions"),
+        Some(json!({ "functionName": "probe" }).to_string().as_bytes()),
+    );
+    assert_eq!(removed.status, 200, "{}", removed.body);
 }
 
 #[test]
@@ -536,19 +571,8 @@ fn postgres_triggers_reach_only_listed_servers_and_never_show_the_password() {
     let listed = format!("db.example:5432,127.0.0.1:{port}");
     let node = Node::start_args(WISP, &["--postgres-hosts", &listed]);
     let digest = node.upload_file(wisp_testing::HTTP_PROBE);
-    let created = send(
-        node.admin("POST", "/system/namespaces"),
-        Some(br#"{"name":"team-a"}"#),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let token = send(
-        node.admin("POST", "/system/tokens"),
-        Some(br#"{"namespace":"team-a","role":"deploy","name":"dev"}"#),
-    )
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    create_namespace(&node, json!({ "name": "team-a" }));
+    let (_, token) = create_token(&node, &node.token, "team-a", "deploy");
     let as_tenant = |url: &str| {
         let deployment = json!({
             "service": "orders", "namespace": "team-a", "kind": "wasm-http", "image": digest,
@@ -598,14 +622,7 @@ fn postgres_triggers_reach_only_listed_servers_and_never_show_the_password() {
     assert!(!node.log().contains("hunter2"), "{}", node.log());
     // A token that may only invoke the function does not see the password;
     // one that may deploy it does.
-    let invoker = send(
-        node.admin("POST", "/system/tokens"),
-        Some(br#"{"namespace":"team-a","role":"invoke","name":"caller"}"#),
-    )
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, invoker) = create_token(&node, &node.token, "team-a", "invoke");
     let seen_by = |token: &str| {
         send(
             node.request("GET", function)

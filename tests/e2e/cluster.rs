@@ -623,10 +623,7 @@ fn broker_messages_are_taken_once_per_cluster() {
         assert!(connected, "{}", node.log());
     }
     const MESSAGES: usize = 12;
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut redis = crate::brokers::redis();
     for n in 0..MESSAGES {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
@@ -637,11 +634,7 @@ fn broker_messages_are_taken_once_per_cluster() {
             .unwrap();
     }
     crate::runtime().block_on(async {
-        let amqp =
-            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-                .await
-                .unwrap();
-        let channel = amqp.create_channel().await.unwrap();
+        let (_amqp, channel) = crate::brokers::amqp().await;
         for n in 0..MESSAGES {
             channel
                 .basic_publish(
@@ -709,11 +702,7 @@ fn broker_messages_are_taken_once_per_cluster() {
     assert_eq!(bodies, expected, "each message once, on one node");
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
     crate::runtime().block_on(async {
-        let amqp =
-            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-                .await
-                .unwrap();
-        let channel = amqp.create_channel().await.unwrap();
+        let (_amqp, channel) = crate::brokers::amqp().await;
         channel
             .queue_delete(queue.as_str().into(), Default::default())
             .await

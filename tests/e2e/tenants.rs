@@ -27,7 +27,7 @@ fn call(
 }
 
 /// Creates a namespace with the admin token.
-fn create_namespace(node: &Node, body: Value) {
+pub(crate) fn create_namespace(node: &Node, body: Value) {
     let response = call(
         node,
         Some(&node.token),
@@ -39,7 +39,7 @@ fn create_namespace(node: &Node, body: Value) {
 }
 
 /// Creates a token with `by` and returns `(id, token)`.
-fn create_token(node: &Node, by: &str, namespace: &str, role: &str) -> (String, String) {
+pub(crate) fn create_token(node: &Node, by: &str, namespace: &str, role: &str) -> (String, String) {
     let body =
         json!({ "namespace": namespace, "role": role, "name": format!("{role}-{namespace}") });
     let response = call(node, Some(by), "POST", "/system/tokens", Some(&body));

@@ -74,6 +74,18 @@ impl ClusterKv {
         }
     }
 
+    /// A store's keys, in byte order.
+    async fn sorted_keys(&self, bucket: &Bucket) -> Result<Vec<String>, KvError> {
+        let mut keys: Vec<String> = self
+            .keys(format!("{}.{}.>", bucket.namespace, bucket.store))
+            .await?
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
     /// The `(store, key)` of every key under `filter` (a subject within the
     /// bucket, starting with a namespace), unescaped.
     async fn keys(&self, filter: String) -> Result<Vec<(String, String)>, KvError> {
@@ -262,13 +274,7 @@ impl KeyValue for ClusterKv {
 
     fn list<'a>(&'a self, bucket: &'a Bucket, cursor: u64) -> KvFuture<'a, Page> {
         Box::pin(async move {
-            let mut keys: Vec<String> = self
-                .keys(format!("{}.{}.>", bucket.namespace, bucket.store))
-                .await?
-                .into_iter()
-                .map(|(_, key)| key)
-                .collect();
-            keys.sort_unstable();
+            let mut keys = self.sorted_keys(bucket).await?;
             let start = usize::try_from(cursor)
                 .unwrap_or(usize::MAX)
                 .min(keys.len());
@@ -279,13 +285,7 @@ impl KeyValue for ClusterKv {
 
     fn all_keys<'a>(&'a self, bucket: &'a Bucket, max_bytes: usize) -> KvFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let mut keys: Vec<String> = self
-                .keys(format!("{}.{}.>", bucket.namespace, bucket.store))
-                .await?
-                .into_iter()
-                .map(|(_, key)| key)
-                .collect();
-            keys.sort_unstable();
+            let keys = self.sorted_keys(bucket).await?;
             collect_keys(keys.into_iter().map(Ok), max_bytes)
         })
     }

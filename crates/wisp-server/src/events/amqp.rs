@@ -28,7 +28,7 @@ use wisp_core::{CallState, events::NAME_SEPARATOR};
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, Source},
+    triggers::{Event, Link, Source},
 };
 use crate::config::redacted;
 
@@ -40,22 +40,7 @@ const REQUEUE_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs one AMQP trigger until it is aborted or the node is gone.
 pub(super) async fn run(source: Source, queue: String, url: String) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        if source.node.upgrade().is_none() {
-            return;
-        }
-        let error = match session(&source, &queue, &url).await {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        let Some(node) = source.node.upgrade() else {
-            return;
-        };
-        let wait = source.disconnected(&node, error, &mut backoff);
-        drop(node);
-        tokio::time::sleep(wait).await;
-    }
+    source.reconnecting(|| session(&source, &queue, &url)).await;
 }
 
 /// Connects and consumes; returns `Ok` when the node is gone, and an error

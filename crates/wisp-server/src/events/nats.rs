@@ -20,7 +20,7 @@ use wisp_core::{
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, MAX_BACKOFF, Source},
+    triggers::{Event, Link, Source},
 };
 use crate::{config::redacted, node::Node};
 
@@ -29,21 +29,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs one NATS trigger until it is aborted or the node is gone.
 pub(super) async fn run(source: Source, trigger: NatsTrigger, url: String) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let error = match source.node.upgrade() {
-            Some(_) => match session(&source, &trigger, &url).await {
-                Ok(()) => return,
-                Err(error) => error,
-            },
-            None => return,
-        };
-        if let Some(node) = source.node.upgrade() {
-            source.set_link(&node, Link::Disconnected(error));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    source
+        .reconnecting(|| session(&source, &trigger, &url))
+        .await;
 }
 
 /// Connects and subscribes; returns only when the subscription fails.

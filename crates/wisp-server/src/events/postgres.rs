@@ -19,7 +19,7 @@ use wisp_core::events::PostgresTrigger;
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, Source},
+    triggers::{Event, Link, Source},
 };
 use crate::node::Node;
 
@@ -32,33 +32,24 @@ const READ_AHEAD: usize = 64;
 
 /// Runs one PostgreSQL trigger until it is aborted or the node is gone.
 pub(super) async fn run(source: Source, trigger: PostgresTrigger) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let Some(node) = source.node.upgrade() else {
-            return;
-        };
-        if !listens_here(&node, &source).await {
-            source.set_link(&node, Link::Standby);
-            drop(node);
-            tokio::time::sleep(STANDBY_CHECK).await;
-            continue;
-        }
-        drop(node);
-        let error = match session(&source, &trigger).await {
-            Ok(()) => {
-                // Handed to another node of the cluster.
-                backoff = FIRST_BACKOFF;
-                continue;
+    source
+        .reconnecting(|| async {
+            loop {
+                let Some(node) = source.node.upgrade() else {
+                    return Ok(());
+                };
+                if listens_here(&node, &source).await {
+                    drop(node);
+                    // `Ok` when handed to another node of the cluster.
+                    session(&source, &trigger).await?;
+                } else {
+                    source.set_link(&node, Link::Standby);
+                    drop(node);
+                    tokio::time::sleep(STANDBY_CHECK).await;
+                }
             }
-            Err(error) => error,
-        };
-        let Some(node) = source.node.upgrade() else {
-            return;
-        };
-        let wait = source.disconnected(&node, error, &mut backoff);
-        drop(node);
-        tokio::time::sleep(wait).await;
-    }
+        })
+        .await;
 }
 
 /// Whether this node is the one to listen: always on a lone node; in a

@@ -29,7 +29,7 @@ use wisp_core::events::default_consumer;
 
 use super::{
     record,
-    triggers::{Event, FIRST_BACKOFF, Link, Source},
+    triggers::{Event, Link, Source},
 };
 use crate::{config::redacted, node::Node};
 
@@ -61,22 +61,9 @@ pub(super) async fn run(source: Source, stream: String, url: String) {
         permits: Arc::new(tokio::sync::Semaphore::new(WINDOW)),
         ids: Mutex::default(),
     });
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        if source.node.upgrade().is_none() {
-            return;
-        }
-        let error = match session(&source, &stream, &url, &taken).await {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        let Some(node) = source.node.upgrade() else {
-            return;
-        };
-        let wait = source.disconnected(&node, error, &mut backoff);
-        drop(node);
-        tokio::time::sleep(wait).await;
-    }
+    source
+        .reconnecting(|| session(&source, &stream, &url, &taken))
+        .await;
 }
 
 /// One connection's worth of reading: returns `Ok` when the node is gone,

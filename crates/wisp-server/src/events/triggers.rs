@@ -141,18 +141,38 @@ impl Source {
         node.queue.links.lock().expect("links").insert(key, link);
     }
 
-    /// Records that a broker trigger's connection failed or was lost, and
-    /// answers how long to wait before the next attempt: the first backoff
-    /// after a connection that had worked, else twice the last wait.
-    pub fn disconnected(&self, node: &Node, error: String, backoff: &mut Duration) -> Duration {
-        let wait = if matches!(self.link(node), Some(Link::Connected)) {
-            FIRST_BACKOFF
-        } else {
-            *backoff
-        };
-        *backoff = (wait * 2).min(MAX_BACKOFF);
-        self.set_link(node, Link::Disconnected(error));
-        wait
+    /// Runs a broker trigger's `session` (connect, subscribe, take
+    /// events) again each time it fails, until it returns `Ok` or the node is
+    /// gone. Each failure is shown as the trigger's link; the wait before the
+    /// next attempt starts at [`FIRST_BACKOFF`] after a connection that had
+    /// worked, and doubles up to [`MAX_BACKOFF`] while none does.
+    pub async fn reconnecting<Session, Connected>(&self, mut session: Session)
+    where
+        Session: FnMut() -> Connected,
+        Connected: Future<Output = Result<(), String>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if self.node.upgrade().is_none() {
+                return;
+            }
+            let error = match session().await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            let Some(node) = self.node.upgrade() else {
+                return;
+            };
+            let wait = if matches!(self.link(&node), Some(Link::Connected)) {
+                FIRST_BACKOFF
+            } else {
+                backoff
+            };
+            backoff = (wait * 2).min(MAX_BACKOFF);
+            self.set_link(&node, Link::Disconnected(error));
+            drop(node);
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// What [`Source::set_link`] last recorded.
