@@ -11,6 +11,7 @@ mod invoke;
 mod kv;
 mod limits;
 mod observability;
+mod openapi;
 mod openfaas;
 
 mod refusals;

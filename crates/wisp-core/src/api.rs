@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A deploy or update request: `POST` / `PUT /system/functions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FunctionDeployment {
     /// The function's name.
@@ -121,7 +121,7 @@ pub struct FunctionDeployment {
 }
 
 /// OpenFaaS's `limits` object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Memory limit, such as `"128Mi"`.
@@ -130,7 +130,7 @@ pub struct Limits {
 }
 
 /// A deployed function: `GET /system/functions` and `/system/function/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     /// The function's name again, as OpenFaaS's clients (`faas-cli list`) read it.
@@ -154,7 +154,7 @@ pub struct FunctionStatus {
 }
 
 /// `POST /system/scale-function/{name}`, in OpenFaaS's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The function; the path's name wins when both are given.
@@ -168,7 +168,7 @@ pub struct ScaleRequest {
 }
 
 /// `DELETE /system/functions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeleteFunction {
     /// The function to remove.
@@ -179,7 +179,7 @@ pub struct DeleteFunction {
 }
 
 /// `PUT /system/artifacts` and `GET /system/artifacts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactInfo {
     /// `sha256:<hex>` of the bytes.
     pub digest: String,
@@ -188,7 +188,7 @@ pub struct ArtifactInfo {
 }
 
 /// Every error the API answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What was wrong, in one sentence.
     pub error: String,
@@ -196,7 +196,7 @@ pub struct ErrorBody {
 
 /// A live node, as `GET /system/nodes` lists it: in a cluster, from its
 /// heartbeats.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     /// The node's id, unique in the cluster.
@@ -214,7 +214,7 @@ pub struct NodeInfo {
 }
 
 /// `GET /system/info`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SystemInfo {
     /// Who serves the API, in OpenFaaS's shape.
@@ -237,7 +237,7 @@ pub struct SystemInfo {
 }
 
 /// OpenFaaS's `provider` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderInfo {
     /// Always `wisp`.
     pub provider: String,
@@ -246,7 +246,7 @@ pub struct ProviderInfo {
 }
 
 /// OpenFaaS's `version` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     /// The release, from the crate version.
     pub release: String,

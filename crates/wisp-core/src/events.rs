@@ -22,7 +22,7 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 /// `{ postgres = "postgres://app@db/shop", channel = "orders" }` or
 /// `{ redis_stream = "orders" }` or `{ amqp = "orders" }`, with
 /// that source's options beside it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerDeclaration {
     /// A cron schedule: five fields (an optional sixth, first, for seconds),
@@ -881,7 +881,7 @@ impl fmt::Display for Schedule {
 }
 
 /// Where an async call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallState {
     /// Waiting for a worker, or for its next attempt.
@@ -943,7 +943,7 @@ impl FromStr for CallState {
 }
 
 /// An async call: `GET /system/calls/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallInfo {
     /// The call id, as answered in `X-Call-Id`.
@@ -984,7 +984,7 @@ pub struct CallInfo {
 }
 
 /// A function's response to an async call, as kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallResult {
     /// The HTTP status.
     pub status: u16,
@@ -998,14 +998,14 @@ pub struct CallResult {
 }
 
 /// `GET /system/calls`: the newest calls first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallList {
     /// The calls.
     pub calls: Vec<CallInfo>,
 }
 
 /// What a function's trigger is doing, in its status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerStatus {
     /// The trigger, such as `cron "@every 1m"`.
@@ -1024,7 +1024,7 @@ pub struct TriggerStatus {
 }
 
 /// The queue's counters, in `GET /system/info`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueInfo {
     /// Calls waiting for a worker or for a retry.

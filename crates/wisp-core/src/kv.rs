@@ -80,7 +80,7 @@ impl Bucket {
 
 /// One page of a store's keys, in byte order: what `list-keys` and
 /// `GET /system/kv/{store}` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page {
     /// The keys.
     pub keys: Vec<String>,

@@ -57,7 +57,7 @@ pub const RESERVED_PATHS: &[&str] = &[
 ];
 
 /// How a function's artifact is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FunctionKind {
     /// A component exporting `wasi:http/incoming-handler`: a fresh instance per request.
@@ -358,7 +358,9 @@ fn validate_key_value_stores(kind: FunctionKind, stores: &[String]) -> Result<()
 }
 
 /// What a process function may reach on the network.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Network {
     /// Nothing: its own loopback only.
@@ -379,7 +381,7 @@ pub const MAX_PARALLELISM: u32 = 64;
 pub const DEFAULT_PARALLELISM: u32 = 4;
 
 /// One step of a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     untagged,
     expecting = "a function as `name` or `name.namespace`, `{ map = \"name\" }` or `{ tee = [\"a\", \"b\"] }`"
@@ -395,7 +397,7 @@ pub enum Step {
 
 /// A `map` step: the input split into items, the function called on each,
 /// `parallelism` at a time, and the outputs joined in the input's order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MapStep {
     /// The function.
@@ -409,7 +411,7 @@ pub struct MapStep {
 }
 
 /// How a `map` step splits its input, and joins its outputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     /// Each line is an item; each output is a line of the result.
@@ -422,7 +424,7 @@ pub enum Split {
 
 /// A `tee` step: the same input to each function at once; the outputs
 /// concatenated in order, or a JSON object by function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeeStep {
     /// The functions.
@@ -433,7 +435,7 @@ pub struct TeeStep {
 }
 
 /// How a `tee` step joins its outputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Join {
     /// One after the other, in the order listed.

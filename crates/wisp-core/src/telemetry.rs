@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// The function's STDOUT.
@@ -38,7 +38,7 @@ impl LogStream {
 }
 
 /// One stored log line, as `GET /system/logs` streams it (one JSON object per line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     /// Its position in the log: later lines have larger ids.
@@ -59,7 +59,7 @@ pub struct LogEntry {
 }
 
 /// How a call reached its function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallSource {
     /// A synchronous HTTP request.
@@ -69,7 +69,7 @@ pub enum CallSource {
 }
 
 /// One finished call: a span of its trace and a reading of the meter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     /// The call id (`X-Call-Id`); an async call's retries share it.
@@ -113,7 +113,7 @@ pub fn is_failure(status: u16) -> bool {
 }
 
 /// A call in a trace, with the last line it wrote to STDERR.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TracedCall {
     /// The call.
@@ -125,7 +125,7 @@ pub struct TracedCall {
 }
 
 /// Every call of one trace, as `GET /system/traces/{call_id}` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Trace {
     /// The trace id.
@@ -135,7 +135,7 @@ pub struct Trace {
 }
 
 /// One function's totals, as `GET /system/usage` answers: what a bill is made of.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     /// The namespace.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ByteSize;
 
 /// What a namespace token may do inside its namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything inside the namespace, its tokens included.
@@ -224,7 +224,7 @@ impl Scope {
 
 /// A namespace's quotas; an absent one is unbounded (the node's own limits
 /// still apply).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Quotas {
     /// Functions the namespace may hold.
@@ -344,7 +344,7 @@ impl Quotas {
 }
 
 /// `POST /system/namespaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewNamespace {
     /// A DNS label.
@@ -355,7 +355,7 @@ pub struct NewNamespace {
 }
 
 /// A namespace: `GET /system/namespaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceInfo {
     /// Its name.
@@ -371,7 +371,7 @@ pub struct NamespaceInfo {
 }
 
 /// `POST /system/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
     /// The namespace the token acts in.
@@ -384,7 +384,7 @@ pub struct NewToken {
 }
 
 /// A token as listed: never the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     /// Its id, used to revoke it.
@@ -401,7 +401,7 @@ pub struct TokenInfo {
 }
 
 /// The answer to `POST /system/tokens`: the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedToken {
     /// The token, for `Authorization: Bearer`.
@@ -413,7 +413,7 @@ pub struct CreatedToken {
 
 /// `POST` and `PUT /system/secrets`. Its `Debug` leaves the value out, so
 /// it cannot reach a log line by accident.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSecret {
     /// The secret's name, a DNS label.
@@ -440,7 +440,7 @@ impl fmt::Debug for NewSecret {
 }
 
 /// A secret as listed: its name, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretInfo {
     /// Its name.

@@ -133,6 +133,24 @@ macro_rules! serde_as_string {
                 deserializer.deserialize_any(Visitor)
             }
         }
+
+        /// Written as a string; a bare number is read as well.
+        impl utoipa::PartialSchema for $type {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+                OneOfBuilder::new()
+                    .item(ObjectBuilder::new().schema_type(Type::String))
+                    .item(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0)),
+                    )
+                    .description(Some($expecting))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $type {}
     };
 }
 

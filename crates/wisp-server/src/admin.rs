@@ -10,7 +10,7 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Extension, Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, put},
@@ -30,6 +30,7 @@ use wisp_runtime::{Executor, PrepareError};
 
 use crate::{
     ApiError, cluster,
+    error::{Path, Query},
     node::{Node, Runner},
 };
 
@@ -53,8 +54,10 @@ pub(crate) fn json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         .map_err(|error| ApiError::bad_request(format!("invalid request body: {error}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct NamespaceQuery {
+    /// The namespace; `default` when absent.
     namespace: Option<String>,
 }
 
@@ -92,6 +95,17 @@ fn visible_to(principal: &Principal, mut status: FunctionStatus) -> FunctionStat
     status
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/functions",
+    tag = "functions",
+    summary = "The deployed functions",
+    params(NamespaceQuery),
+    responses(
+        (status = 200, body = [FunctionStatus]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn list(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -108,6 +122,17 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/function/{name}",
+    tag = "functions",
+    summary = "One function",
+    params(("name" = String, Path, description = "`name` or `name.namespace`"), NamespaceQuery),
+    responses(
+        (status = 200, body = FunctionStatus),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn describe(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -124,6 +149,17 @@ async fn describe(
     Ok(Json(visible_to(&principal, status_of(&node, &stored.spec))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/system/functions",
+    tag = "functions",
+    summary = "Deploy a function",
+    request_body = FunctionDeployment,
+    responses(
+        (status = 202, description = "Deployed", body = FunctionStatus),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn create(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -135,6 +171,17 @@ async fn create(
         .map(|status| (StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/system/functions",
+    tag = "functions",
+    summary = "Update a function",
+    request_body = FunctionDeployment,
+    responses(
+        (status = 200, description = "Updated", body = FunctionStatus),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn update(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -410,6 +457,18 @@ pub(crate) async fn collect_artifacts(node: Arc<Node>) {
 }
 
 /// Sets a fixed replica count for a `process-http` function (OpenFaaS's scale call).
+#[utoipa::path(
+    post,
+    path = "/system/scale-function/{name}",
+    tag = "functions",
+    summary = "Set a function's replicas",
+    params(("name" = String, Path, description = "`name` or `name.namespace`"), NamespaceQuery),
+    request_body = ScaleRequest,
+    responses(
+        (status = 202, body = FunctionStatus),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn scale(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -448,6 +507,17 @@ async fn scale(
     Ok((StatusCode::ACCEPTED, Json(status_of(&node, &function.spec))).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/system/functions",
+    tag = "functions",
+    summary = "Remove a function",
+    request_body = DeleteFunction,
+    responses(
+        (status = 200, description = "Removed"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn remove(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -483,6 +553,17 @@ async fn remove(
 /// over it, nothing is stored (403). An upload that declares a length over
 /// what is left is refused before it is read, and one that grows past it is
 /// cut off there, its temporary file removed.
+#[utoipa::path(
+    put,
+    path = "/system/artifacts",
+    tag = "artifacts",
+    summary = "Upload an artifact",
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, body = ArtifactInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn upload(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -558,6 +639,11 @@ async fn upload(
             upload.write(&data)?;
         }
     }
+    if upload.size() == 0 {
+        return Err(ApiError::bad_request(
+            "the artifact is empty: send a component's, module's or archive's bytes as the body",
+        ));
+    }
     let digest = upload.digest();
     let _guard = node.deploy_lock.lock().await;
     if let Some(quota) = quota
@@ -579,6 +665,16 @@ async fn upload(
 }
 
 /// Every artifact for the node's token; for a namespace token, those its namespace's functions use.
+#[utoipa::path(
+    get,
+    path = "/system/artifacts",
+    tag = "artifacts",
+    summary = "The uploaded artifacts",
+    responses(
+        (status = 200, body = [ArtifactInfo]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn artifacts(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -592,6 +688,17 @@ async fn artifacts(
 }
 
 /// Whether an artifact is stored, so a client can skip uploading it again.
+#[utoipa::path(
+    get,
+    path = "/system/artifacts/{digest}",
+    tag = "artifacts",
+    summary = "One artifact",
+    params(("digest" = String, Path, description = "`sha256:<hex>`")),
+    responses(
+        (status = 200, body = ArtifactInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn artifact(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -606,6 +713,16 @@ async fn artifact(
 
 /// The node's figures; any valid token may read them, and a namespace
 /// token's function count covers its namespace only.
+#[utoipa::path(
+    get,
+    path = "/system/info",
+    tag = "node",
+    summary = "The node's provider, version and counters",
+    responses(
+        (status = 200, body = SystemInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn info(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,

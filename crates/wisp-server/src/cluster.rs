@@ -772,6 +772,16 @@ pub(crate) async fn leave(node: &Node) {
 
 /// `GET /system/nodes`: the live nodes, the cluster's members or this node
 /// alone; for the node's admin token.
+#[utoipa::path(
+    get,
+    path = "/system/nodes",
+    tag = "node",
+    summary = "The live nodes",
+    responses(
+        (status = 200, body = [wisp_core::api::NodeInfo]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 pub(crate) async fn nodes(
     axum::extract::State(node): axum::extract::State<Arc<Node>>,
     axum::Extension(principal): axum::Extension<wisp_core::tenancy::Principal>,

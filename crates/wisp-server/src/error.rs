@@ -94,3 +94,39 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// axum's extractor of the same name, answering what it cannot parse with
+/// the API's JSON error (400, naming what was wrong) instead of plain text.
+macro_rules! json_rejection {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub(crate) struct $name<T>(pub T);
+
+        impl<S, T> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: serde::de::DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, ApiError> {
+                match axum::extract::$name::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$name(value)) => Ok(Self(value)),
+                    Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+                }
+            }
+        }
+    };
+}
+
+json_rejection!(
+    Query,
+    "The query string, parsed; a 400 in JSON when it does not fit."
+);
+json_rejection!(
+    Path,
+    "The path's parameters, parsed; a 400 in JSON when they do not fit."
+);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Router,
-    extract::{Path, Request, State},
+    extract::{Request, State},
     response::{IntoResponse as _, Response},
     routing::any,
 };
@@ -19,6 +19,7 @@ use wisp_core::{FunctionKind, FunctionSpec, spec::Step};
 use crate::{
     ApiError, auth,
     dispatch::{Call, CallId, dispatch},
+    error::Path,
     node::{Deployed, Node, Runner},
 };
 
@@ -35,6 +36,19 @@ pub fn routes() -> Router<Arc<Node>> {
         .fallback(by_route)
 }
 
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options, trace),
+    path = "/function/{name}",
+    tag = "invocation",
+    security((), ("token" = [])),
+    summary = "Call a function",
+    params(("name" = String, Path, description = "`name` or `name.namespace`")),
+    request_body(content = crate::openapi::Anything, content_type = "*/*"),
+    responses(
+        (status = 200, description = "The function's answer, whatever its status"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn by_name(
     State(node): State<Arc<Node>>,
     Extension(CallId(call_id)): Extension<CallId>,
@@ -66,6 +80,19 @@ pub(crate) fn path_after(raw: &str, prefix: &str) -> String {
 /// deployed functions named as a pipeline would. It belongs to the first
 /// step's namespace, its deadline is the longest of its steps', and the
 /// caller needs a token for each private step, as for calling it alone.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options, trace),
+    path = "/pipe/{steps}",
+    tag = "invocation",
+    security((), ("token" = [])),
+    summary = "Run functions as an ad-hoc pipeline",
+    params(("steps" = String, Path, description = "Comma-separated functions")),
+    request_body(content = crate::openapi::Anything, content_type = "*/*"),
+    responses(
+        (status = 200, description = "The last step's answer"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn pipe(
     State(node): State<Arc<Node>>,
     Extension(CallId(call_id)): Extension<CallId>,

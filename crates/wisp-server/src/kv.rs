@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{StatusCode, header},
     response::{IntoResponse as _, Response},
     routing::get,
@@ -20,7 +20,11 @@ use wisp_core::{
     tenancy::{Action, Principal},
 };
 
-use crate::{ApiError, node::Node};
+use crate::{
+    ApiError,
+    error::{Path, Query},
+    node::Node,
+};
 
 pub(crate) fn system_routes() -> Router<Arc<Node>> {
     Router::new()
@@ -58,11 +62,22 @@ impl From<KvError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Scope {
+    /// The namespace; `default` when absent.
     namespace: Option<String>,
-    /// Where a listing of keys starts: the `cursor` of the page before.
+}
+
+/// A page of a store's keys.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct Listing {
+    /// The namespace; `default` when absent.
+    namespace: Option<String>,
+    /// Where the page starts: the `cursor` of the page before.
     #[serde(default)]
     cursor: u64,
 }
@@ -96,6 +111,17 @@ impl Scope {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/kv",
+    tag = "kv",
+    summary = "A namespace's key-value stores",
+    params(Scope),
+    responses(
+        (status = 200, body = [String]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn stores(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -105,16 +131,41 @@ async fn stores(
     Ok(Json(node.key_value.stores(&namespace).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/kv/{store}",
+    tag = "kv",
+    summary = "A page of a store's keys",
+    params(("store" = String, Path), Listing),
+    responses(
+        (status = 200, body = Page),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn keys(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
     Path(store): Path<String>,
-    Query(scope): Query<Scope>,
+    Query(listing): Query<Listing>,
 ) -> Result<Json<Page>, ApiError> {
+    let scope = Scope {
+        namespace: listing.namespace,
+    };
     let bucket = scope.bucket(&node, &principal, &store)?;
-    Ok(Json(node.key_value.list(&bucket, scope.cursor).await?))
+    Ok(Json(node.key_value.list(&bucket, listing.cursor).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/kv/{store}/{key}",
+    tag = "kv",
+    summary = "A key's value",
+    params(("store" = String, Path), ("key" = String, Path), Scope),
+    responses(
+        (status = 200, body = crate::openapi::Binary, content_type = "application/octet-stream"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn read(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -134,6 +185,18 @@ async fn read(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/system/kv/{store}/{key}",
+    tag = "kv",
+    summary = "Set a key",
+    params(("store" = String, Path), ("key" = String, Path), Scope),
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Set"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn write(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -156,6 +219,17 @@ async fn write(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/system/kv/{store}/{key}",
+    tag = "kv",
+    summary = "Delete a key",
+    params(("store" = String, Path), ("key" = String, Path), Scope),
+    responses(
+        (status = 204, description = "Deleted, or was absent"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn remove(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,

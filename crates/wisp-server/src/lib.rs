@@ -23,6 +23,7 @@ mod events;
 mod invoke;
 mod kv;
 mod node;
+mod openapi;
 mod pipeline;
 mod reads;
 mod secrets;
@@ -84,13 +85,29 @@ fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         ));
     Router::new()
         .nest("/system", system)
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
+        .route("/system/openapi.json", get(openapi::document))
         .merge(telemetry::routes::public_routes())
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "node",
+    summary = "Whether the node serves",
+    security(()),
+    responses((status = 200, body = Health))
+)]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
 }
 
 /// The `/system` routes that answer from the whole cluster in cluster mode

@@ -19,7 +19,7 @@ use std::{
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{Path as UrlPath, Query, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse as _, Response},
     routing::{delete, get},
@@ -34,7 +34,14 @@ use wisp_store::{SecretWrite, StoredSecret};
 
 use wisp_cluster::Key;
 
-use crate::{ApiError, admin::ready, cluster, node::Node, telemetry::rfc3339_millis};
+use crate::{
+    ApiError,
+    admin::ready,
+    cluster,
+    error::{Path as UrlPath, Query},
+    node::Node,
+    telemetry::rfc3339_millis,
+};
 
 /// The per-function directories of secret files under `data/secrets`,
 /// which only the node's user may enter.
@@ -122,9 +129,11 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
         .route("/secrets/{name}", delete(remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct NamespaceQuery {
+    /// The namespace; `default` when absent.
     namespace: Option<String>,
 }
 
@@ -136,6 +145,17 @@ fn info(secret: StoredSecret) -> SecretInfo {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/secrets",
+    tag = "secrets",
+    summary = "Secrets' names, never their values",
+    params(NamespaceQuery),
+    responses(
+        (status = 200, body = [SecretInfo]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn list(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -146,6 +166,17 @@ async fn list(
     Ok(Json(secrets.into_iter().map(info).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/system/secrets",
+    tag = "secrets",
+    summary = "Create a secret",
+    request_body = NewSecret,
+    responses(
+        (status = 201, description = "Created"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn create(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -154,6 +185,17 @@ async fn create(
     write(node, &principal, &body, false).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/system/secrets",
+    tag = "secrets",
+    summary = "Replace a secret's value",
+    request_body = NewSecret,
+    responses(
+        (status = 200, description = "Replaced"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn replace(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -268,6 +310,17 @@ pub(crate) async fn reload(
 }
 
 /// `DELETE /system/secrets/{name}[?namespace=N]`: 204.
+#[utoipa::path(
+    delete,
+    path = "/system/secrets/{name}",
+    tag = "secrets",
+    summary = "Remove a secret",
+    params(("name" = String, Path), NamespaceQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn remove(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -280,7 +333,7 @@ async fn remove(
 }
 
 /// The body of OpenFaaS's `DELETE /system/secrets`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SecretName {
     name: String,
     namespace: Option<String>,
@@ -288,6 +341,17 @@ struct SecretName {
 
 /// `DELETE /system/secrets` with `{"name", "namespace"}`, as OpenFaaS's
 /// clients send it: 200, which `faas-cli secret remove` expects.
+#[utoipa::path(
+    delete,
+    path = "/system/secrets",
+    tag = "secrets",
+    summary = "Remove a secret, as OpenFaaS does",
+    request_body = SecretName,
+    responses(
+        (status = 200, description = "Removed"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn remove_named(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Json, Router,
-    extract::{Path, Query, Request, State},
+    extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse as _, Response},
     routing::{get, post},
@@ -23,7 +23,12 @@ use wisp_core::{
 use wisp_store::{CallFilter, CallOrigin, CallRow, NewCall};
 
 use super::{Queue, backlog::QueueQuota, callback, millis, record, rfc3339};
-use crate::{ApiError, auth, dispatch, dispatch::CallId, node::Node};
+use crate::{
+    ApiError, auth, dispatch,
+    dispatch::CallId,
+    error::{Path, Query},
+    node::Node,
+};
 
 /// The most calls one list answers.
 const MAX_LIST: u32 = 1000;
@@ -44,6 +49,19 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
         .route("/calls/{id}/retry", post(retry))
 }
 
+#[utoipa::path(
+    post,
+    path = "/async-function/{name}",
+    tag = "invocation",
+    security((), ("token" = [])),
+    summary = "Queue a call",
+    params(("name" = String, Path, description = "`name` or `name.namespace`"), ("X-Callback-Url" = Option<String>, Header, description = "Where the result is POSTed"), ("X-Call-Id" = Option<String>, Header, description = "The call's id; a fresh one when absent")),
+    request_body(content = crate::openapi::Anything, content_type = "*/*"),
+    responses(
+        (status = 202, description = "Queued", headers(("X-Call-Id" = String, description = "The call's id"))),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn enqueue(
     State(node): State<Arc<Node>>,
     Extension(CallId(id)): Extension<CallId>,
@@ -154,15 +172,32 @@ fn queue_quota(node: &Node, namespace: &str) -> QueueQuota {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this namespace's calls.
     namespace: Option<String>,
+    /// Only this function's calls: `name` or `name.namespace`.
     function: Option<String>,
+    /// Only calls in this state.
+    #[param(value_type = Option<wisp_core::events::CallState>)]
     status: Option<String>,
+    /// The most calls answered (100 when absent, at most 1,000).
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/calls",
+    tag = "calls",
+    summary = "Async calls, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, body = CallList),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn list(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -198,10 +233,13 @@ async fn list(
 }
 
 /// Narrows a lookup by id: `function` (`name` or `name.namespace`) and `namespace`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WhichCall {
+    /// The call's namespace.
     namespace: Option<String>,
+    /// The call's function: `name` or `name.namespace`.
     function: Option<String>,
 }
 
@@ -261,6 +299,17 @@ fn find_call(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/calls/{id}",
+    tag = "calls",
+    summary = "One async call",
+    params(("id" = String, Path), WhichCall),
+    responses(
+        (status = 200, body = CallInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn show(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -271,6 +320,17 @@ async fn show(
     Ok(Json(info(row)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/system/calls/{id}/retry",
+    tag = "calls",
+    summary = "Queue a finished call again",
+    params(("id" = String, Path), WhichCall),
+    responses(
+        (status = 202, body = CallInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn retry(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,

@@ -10,7 +10,7 @@ use std::{convert::Infallible, sync::Arc};
 use axum::{
     Extension, Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse as _, Response},
     routing::get,
@@ -26,6 +26,7 @@ use wisp_store::{LogFilter, NewRecord, StoreError};
 use super::{entry, rfc3339_millis};
 use crate::{
     ApiError,
+    error::{Path, Query},
     node::{Node, split_reference},
 };
 
@@ -50,6 +51,17 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
         .route("/usage", get(usage))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    security((), ("token" = [])),
+    tag = "node",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, body = String, content_type = "application/openmetrics-text"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn metrics(
     State(node): State<Arc<Node>>,
     headers: axum::http::HeaderMap,
@@ -94,19 +106,35 @@ fn parse_since(since: &str) -> Result<i64, ApiError> {
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
     /// `name` or `name.namespace`.
     name: Option<String>,
+    /// Only this namespace's lines.
     namespace: Option<String>,
+    /// Only this call's lines.
     call: Option<String>,
+    /// Only lines this recent: a duration such as `10m`, or an RFC 3339 time.
     since: Option<String>,
     /// The latest lines to answer; a negative one (faas-cli's `-1`) is as many as may be.
     tail: Option<i64>,
+    /// Keep streaming new lines as they are written.
     #[serde(default)]
     follow: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/logs",
+    tag = "telemetry",
+    summary = "Functions' log lines, oldest first",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "One JSON log line per line", body = String, content_type = "application/x-ndjson"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn logs(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -247,6 +275,17 @@ fn call_record(record: NewRecord) -> CallRecord {
 
 /// The trace a call belongs to; a namespace token asks only about its
 /// namespace's calls and sees only those of the trace.
+#[utoipa::path(
+    get,
+    path = "/system/traces/{call_id}",
+    tag = "telemetry",
+    summary = "The whole trace of a call",
+    params(("call_id" = String, Path)),
+    responses(
+        (status = 200, body = Trace),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn trace(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -295,12 +334,26 @@ async fn trace(
     Ok(Json(trace))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecordQuery {
+    /// The function: `name` or `name.namespace`.
     name: String,
+    /// The most records answered (100 when absent, at most 1,000).
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/records",
+    tag = "telemetry",
+    summary = "A function's latest calls",
+    params(RecordQuery),
+    responses(
+        (status = 200, body = [CallRecord]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn records(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -314,12 +367,26 @@ async fn records(
     Ok(Json(records.into_iter().map(call_record).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UsageQuery {
+    /// Only this namespace's functions.
     namespace: Option<String>,
+    /// Only calls this recent: a duration such as `24h`, or an RFC 3339 time.
     since: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/usage",
+    tag = "telemetry",
+    summary = "Each function's totals",
+    params(UsageQuery),
+    responses(
+        (status = 200, body = [Usage]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn usage(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse as _, Response},
     routing::{delete, get},
@@ -26,7 +26,14 @@ use wisp_store::{NamespaceRemoval, Store, StoredNamespace, StoredToken};
 use wisp_cluster::Key;
 
 use super::Tenants;
-use crate::{ApiError, admin::json, cluster, node::Node, telemetry::rfc3339_millis};
+use crate::{
+    ApiError,
+    admin::json,
+    cluster,
+    error::{Path, Query},
+    node::Node,
+    telemetry::rfc3339_millis,
+};
 
 pub(crate) fn system_routes() -> Router<Arc<Node>> {
     Router::new()
@@ -63,19 +70,32 @@ fn token_info(token: StoredToken) -> TokenInfo {
 
 /// `GET /system/namespaces`: names, as OpenFaaS (`faas-cli namespaces`)
 /// lists them; `?detail=true` for each one's quotas and usage.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct NamespacesQuery {
+    /// Each namespace's quotas and usage rather than its name alone.
     #[serde(default)]
     detail: bool,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Namespaces {
     Names(Vec<String>),
     Detailed(Vec<NamespaceInfo>),
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/namespaces",
+    tag = "tenants",
+    summary = "The namespaces the token may see",
+    params(NamespacesQuery),
+    responses(
+        (status = 200, body = Namespaces),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn namespaces(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -98,6 +118,17 @@ async fn namespaces(
         .map(|detailed| Json(Namespaces::Detailed(detailed)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/system/namespaces",
+    tag = "tenants",
+    summary = "Create a namespace",
+    request_body = NewNamespace,
+    responses(
+        (status = 201, body = NamespaceInfo),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn create_namespace(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -128,6 +159,17 @@ async fn create_namespace(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/system/namespaces/{name}",
+    tag = "tenants",
+    summary = "Remove a namespace and all it holds",
+    params(("name" = String, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn remove_namespace(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -210,12 +252,25 @@ pub(crate) fn unknown_namespace(name: &str) -> ApiError {
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
+    /// Only this namespace's tokens.
     namespace: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/system/tokens",
+    tag = "tenants",
+    summary = "Tokens, never their secrets",
+    params(TokenQuery),
+    responses(
+        (status = 200, body = [TokenInfo]),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn tokens(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -232,6 +287,17 @@ async fn tokens(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/system/tokens",
+    tag = "tenants",
+    summary = "Create a token",
+    request_body = NewToken,
+    responses(
+        (status = 201, body = CreatedToken),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn create_token(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
@@ -262,6 +328,17 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/system/tokens/{id}",
+    tag = "tenants",
+    summary = "Revoke a token",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+    )
+)]
 async fn revoke_token(
     State(node): State<Arc<Node>>,
     Extension(principal): Extension<Principal>,
