@@ -59,6 +59,11 @@ fn the_web_ui_logs_in_lists_invokes_and_shows_logs_and_traces() {
     node.deploy_ok(
         json!({ "service": "chained", "kind": "pipeline", "steps": ["probe", "failing"] }),
     );
+    let app = node.upload(&script_archive("app.py", wisp_testing::HTTP_APP));
+    node.deploy_ok(json!({
+        "service": "app", "kind": "process-http", "image": app, "envProcess": "./app.py",
+        "minScale": 0,
+    }));
     let thief = node.upload(&script_archive("thief.sh", THIEF));
     node.deploy_ok(json!({
         "service": "thief", "kind": "process", "image": thief, "envProcess": "./thief.sh",

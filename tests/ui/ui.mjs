@@ -1,7 +1,7 @@
 // Drives wisp's web UI in Debian's Chromium: log in, see the functions, invoke
 // one, see its log line and its call tree; see the namespaces, tokens, secrets
 // and usage pages; invoke a private function; deploy one from an uploaded
-// artifact, call it and remove it; then check that a function's page cannot
+// artifact, call it and remove it; scale an app; then check that a function's page cannot
 // get at the token. Usage: node ui.mjs URL UI_URL TOKEN SCREENSHOT PROBE_WASM
 import { chromium } from "playwright-core";
 
@@ -97,6 +97,24 @@ try {
   await page.click("#remove");
   await page.waitForSelector("h1:text('Functions')", { timeout: 10000 });
   await page.waitForSelector("tr[data-function=uploaded]", { state: "detached", timeout: 10000 });
+  // Scale an app to two replicas and see both ready; a count over the
+  // node's bound is refused with the API's message.
+  await page.goto(`${ui}#/function/app.default`);
+  await page.waitForSelector("#scale");
+  await page.fill("#replicas", "2");
+  await page.click("#scale");
+  for (let ready = false, tries = 0; !ready; tries++) {
+    if (tries === 60) throw new Error(`the app did not reach 2 replicas: ${await page.textContent("#facts")}`);
+    await page.reload();
+    await page.waitForSelector("#facts");
+    ready = (await page.textContent("#facts")).includes("2 of 2");
+    if (!ready) await page.waitForTimeout(500);
+  }
+  await page.fill("#replicas", "1000");
+  await page.click("#scale");
+  await page.waitForSelector("#action-error:has-text('at most')", { timeout: 10000 });
+  await page.goto(`${ui}#/`);
+  await page.waitForSelector("#deploy");
   // A deploy the node refuses says why.
   await page.fill("#deploy-name", "Not A Name");
   await page.click("#deploy");
