@@ -13,6 +13,8 @@ struct Template {
     about: &'static str,
     needs: &'static str,
     files: &'static [(&'static str, &'static str)],
+    /// Whether it gets [`WASI_HTTP_WIT`] under `wit/`.
+    wasi_http: bool,
 }
 
 /// Embeds a template's file.
@@ -24,6 +26,19 @@ macro_rules! file {
         )
     };
 }
+
+/// The world of a wasi:http handler and the WASI interfaces it depends on,
+/// which the templates whose compilers read WIT get under `wit/`.
+const WASI_HTTP_WIT: &[(&str, &str)] = &[
+    file!("wit", "world.wit"),
+    file!("wit", "deps/cli.wit"),
+    file!("wit", "deps/clocks.wit"),
+    file!("wit", "deps/filesystem.wit"),
+    file!("wit", "deps/http.wit"),
+    file!("wit", "deps/io.wit"),
+    file!("wit", "deps/random.wit"),
+    file!("wit", "deps/sockets.wit"),
+];
 
 const TEMPLATES: &[Template] = &[
     Template {
@@ -37,6 +52,7 @@ const TEMPLATES: &[Template] = &[
             file!("rust-http", "src/main.rs"),
             file!("rust-http", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "rust-stdio",
@@ -49,6 +65,7 @@ const TEMPLATES: &[Template] = &[
             file!("rust-stdio", "src/main.rs"),
             file!("rust-stdio", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "python-http",
@@ -58,17 +75,23 @@ const TEMPLATES: &[Template] = &[
             file!("python-http", ".gitignore"),
             file!("python-http", "README.md"),
             file!("python-http", "app.py"),
-            file!("python-http", "wit/deps/cli.wit"),
-            file!("python-http", "wit/deps/clocks.wit"),
-            file!("python-http", "wit/deps/filesystem.wit"),
-            file!("python-http", "wit/deps/http.wit"),
-            file!("python-http", "wit/deps/io.wit"),
-            file!("python-http", "wit/deps/random.wit"),
-            file!("python-http", "wit/deps/sockets.wit"),
-            file!("python-http", "wit/world.wit"),
             file!("python-http", "wisp.toml"),
             file!("python-http", "wisp_http.py"),
         ],
+        wasi_http: true,
+    },
+    Template {
+        name: "js-http",
+        about: "a wasi:http component in JavaScript (componentize-js): JSON in, JSON out",
+        needs: "Node.js and npm",
+        files: &[
+            file!("js-http", ".gitignore"),
+            file!("js-http", "README.md"),
+            file!("js-http", "app.js"),
+            file!("js-http", "package.json"),
+            file!("js-http", "wisp.toml"),
+        ],
+        wasi_http: true,
     },
     Template {
         name: "c-stdio",
@@ -80,6 +103,7 @@ const TEMPLATES: &[Template] = &[
             file!("c-stdio", "main.c"),
             file!("c-stdio", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "shell",
@@ -90,6 +114,7 @@ const TEMPLATES: &[Template] = &[
             file!("shell", "handler.sh"),
             file!("shell", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "python",
@@ -100,6 +125,7 @@ const TEMPLATES: &[Template] = &[
             file!("python", "handler.py"),
             file!("python", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "python-app",
@@ -110,6 +136,7 @@ const TEMPLATES: &[Template] = &[
             file!("python-app", "app.py"),
             file!("python-app", "wisp.toml"),
         ],
+        wasi_http: false,
     },
     Template {
         name: "node-app",
@@ -120,6 +147,7 @@ const TEMPLATES: &[Template] = &[
             file!("node-app", "server.js"),
             file!("node-app", "wisp.toml"),
         ],
+        wasi_http: false,
     },
 ];
 
@@ -184,8 +212,16 @@ impl New {
 
 fn write(template: &Template, name: &str, dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    for (path, text) in template.files {
-        let target = dir.join(path);
+    let wit = WASI_HTTP_WIT
+        .iter()
+        .filter(|_| template.wasi_http)
+        .map(|(path, text)| (format!("wit/{path}"), text));
+    let own = template
+        .files
+        .iter()
+        .map(|(path, text)| ((*path).to_owned(), text));
+    for (path, text) in own.chain(wit) {
+        let target = dir.join(&path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("create {}", parent.display()))?;
@@ -223,6 +259,7 @@ mod tests {
         let mut embedded: Vec<String> = TEMPLATES
             .iter()
             .flat_map(|t| t.files.iter().map(|(path, _)| format!("{}/{path}", t.name)))
+            .chain(WASI_HTTP_WIT.iter().map(|(path, _)| format!("wit/{path}")))
             .collect();
         embedded.sort();
         assert_eq!(embedded, on_disk);

@@ -682,6 +682,11 @@ fn every_template_of_wisp_new_deploys_from_anywhere_and_answers() {
             r#"{"message": "hello, ada"}"#,
         ),
         (
+            "js-http",
+            r#"{"name": "ada"}"#,
+            r#"{"message":"hello, ada"}"#,
+        ),
+        (
             "c-stdio",
             "one two three\n",
             r#"{"lines":1,"words":3,"bytes":14}"#,
