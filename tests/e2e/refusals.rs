@@ -270,3 +270,24 @@ fn a_request_refused_before_its_body_is_read_says_the_connection_closes() {
     assert!(head.contains("connection: close"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("X-Callback-Url"));
 }
+
+#[test]
+fn malformed_queries_empty_uploads_and_stray_parameters_are_json_errors() {
+    let node = Node::start(WISP);
+    // A query that does not parse names what was wrong, in the API's JSON.
+    let bad = send(node.admin("GET", "/system/calls?limit=many"), None);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.error().contains("limit"), "{}", bad.body);
+    let bad = send(node.admin("GET", "/system/records?limit=1"), None);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.error().contains("name"), "{}", bad.body);
+    // An artifact needs bytes; nothing is stored.
+    let empty = send(node.admin("PUT", "/system/artifacts"), Some(b""));
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    assert!(empty.error().contains("empty"), "{}", empty.body);
+    assert_empty(&node);
+    // A listing's cursor means nothing to one key.
+    let stray = send(node.admin("GET", "/system/kv/default/k?cursor=1"), None);
+    assert_eq!(stray.status, 400, "{}", stray.body);
+    assert!(stray.error().contains("cursor"), "{}", stray.body);
+}

@@ -105,7 +105,7 @@ impl fmt::Display for ByteSize {
 }
 
 macro_rules! serde_as_string {
-    ($type:ty, $expecting:literal) => {
+    ($type:ty, $expecting:literal, bare_numbers: $bare_numbers:literal) => {
         impl Serialize for $type {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_str(self)
@@ -134,19 +134,21 @@ macro_rules! serde_as_string {
             }
         }
 
-        /// Written as a string; a bare number is read as well.
+        /// A string; for a size, a bare number of bytes too.
         impl utoipa::PartialSchema for $type {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-                OneOfBuilder::new()
-                    .item(ObjectBuilder::new().schema_type(Type::String))
-                    .item(
-                        ObjectBuilder::new()
-                            .schema_type(Type::Integer)
-                            .minimum(Some(0)),
-                    )
-                    .description(Some($expecting))
-                    .into()
+                let text = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some($expecting));
+                if $bare_numbers {
+                    let bytes = ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0));
+                    OneOfBuilder::new().item(text).item(bytes).into()
+                } else {
+                    text.into()
+                }
             }
         }
 
@@ -154,8 +156,9 @@ macro_rules! serde_as_string {
     };
 }
 
-serde_as_string!(HumanDuration, "a duration such as \"10s\"");
-serde_as_string!(ByteSize, "a size such as \"128MiB\"");
+// A bare number is no duration (it has no unit): only sizes take one.
+serde_as_string!(HumanDuration, "a duration such as \"10s\"", bare_numbers: false);
+serde_as_string!(ByteSize, "a size such as \"128MiB\"", bare_numbers: true);
 
 #[cfg(test)]
 mod tests {

@@ -96,7 +96,7 @@ impl IntoResponse for ApiError {
 }
 
 /// axum's extractor of the same name, answering what it cannot parse with
-/// the API's JSON error (400, naming what was wrong) instead of plain text.
+/// the API's JSON error (axum's status and message) instead of plain text.
 macro_rules! json_rejection {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]

@@ -1,9 +1,11 @@
-//! `GET /system/openapi.json`: the HTTP API's OpenAPI 3.1 document,
-//! derived at build time from the handlers' `#[utoipa::path]` attributes
-//! and the API types in `wisp_core`, so it cannot drift from the code.
-//! Served without a token: it describes the API, it holds nothing.
+//! `GET /system/openapi.json`: the HTTP API's OpenAPI 3.1 document, built
+//! from the `#[utoipa::path]` attribute each handler carries beside its
+//! code and from the API types in `wisp_core` themselves, so a field added
+//! to a type is in the document at once. The list of handlers below is the
+//! one part kept by hand: a handler missing from it is missing from the
+//! document. Served without a token: it describes the API, it holds nothing.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use axum::{
     http::header,
@@ -160,13 +162,10 @@ impl Modify for OpenStatus {
 }
 
 /// The document, built once.
-static JSON: LazyLock<Arc<str>> = LazyLock::new(|| {
+static JSON: LazyLock<String> = LazyLock::new(|| {
     let mut document = Document::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    document
-        .to_json()
-        .expect("the OpenAPI document serializes")
-        .into()
+    document.to_json().expect("the OpenAPI document serializes")
 });
 
 #[utoipa::path(
