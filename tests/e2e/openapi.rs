@@ -42,6 +42,16 @@ fn the_openapi_document_lists_every_route_and_needs_no_token() {
             "{method} {path} is not in the document"
         );
     }
+    // Every operation documents its errors: `{"error": ...}`.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            assert_eq!(
+                operation["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path}"
+            );
+        }
+    }
     let schemas = &document["components"]["schemas"];
     let deployment = &schemas["FunctionDeployment"];
     assert_eq!(deployment["required"], json!(["service"]));

@@ -102,8 +102,7 @@ fn visible_to(principal: &Principal, mut status: FunctionStatus) -> FunctionStat
     summary = "The deployed functions",
     params(NamespaceQuery),
     responses(
-        (status = 200, body = [FunctionStatus]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [FunctionStatus])
     )
 )]
 async fn list(
@@ -129,8 +128,7 @@ async fn list(
     summary = "One function",
     params(("name" = String, Path, description = "`name` or `name.namespace`"), NamespaceQuery),
     responses(
-        (status = 200, body = FunctionStatus),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = FunctionStatus)
     )
 )]
 async fn describe(
@@ -156,8 +154,7 @@ async fn describe(
     summary = "Deploy a function",
     request_body = FunctionDeployment,
     responses(
-        (status = 202, description = "Deployed", body = FunctionStatus),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 202, description = "Deployed", body = FunctionStatus)
     )
 )]
 async fn create(
@@ -178,8 +175,7 @@ async fn create(
     summary = "Update a function",
     request_body = FunctionDeployment,
     responses(
-        (status = 200, description = "Updated", body = FunctionStatus),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "Updated", body = FunctionStatus)
     )
 )]
 async fn update(
@@ -465,8 +461,7 @@ pub(crate) async fn collect_artifacts(node: Arc<Node>) {
     params(("name" = String, Path, description = "`name` or `name.namespace`"), NamespaceQuery),
     request_body = ScaleRequest,
     responses(
-        (status = 202, body = FunctionStatus),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 202, body = FunctionStatus)
     )
 )]
 async fn scale(
@@ -514,8 +509,7 @@ async fn scale(
     summary = "Remove a function",
     request_body = DeleteFunction,
     responses(
-        (status = 200, description = "Removed"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "Removed")
     )
 )]
 async fn remove(
@@ -560,8 +554,7 @@ async fn remove(
     summary = "Upload an artifact",
     request_body(content = crate::openapi::Binary, content_type = "application/octet-stream"),
     responses(
-        (status = 200, body = ArtifactInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = ArtifactInfo)
     )
 )]
 async fn upload(
@@ -671,8 +664,7 @@ async fn upload(
     tag = "artifacts",
     summary = "The uploaded artifacts",
     responses(
-        (status = 200, body = [ArtifactInfo]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [ArtifactInfo])
     )
 )]
 async fn artifacts(
@@ -695,8 +687,7 @@ async fn artifacts(
     summary = "One artifact",
     params(("digest" = String, Path, description = "`sha256:<hex>`")),
     responses(
-        (status = 200, body = ArtifactInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = ArtifactInfo)
     )
 )]
 async fn artifact(
@@ -719,8 +710,7 @@ async fn artifact(
     tag = "node",
     summary = "The node's provider, version and counters",
     responses(
-        (status = 200, body = SystemInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = SystemInfo)
     )
 )]
 async fn info(

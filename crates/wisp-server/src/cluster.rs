@@ -778,8 +778,7 @@ pub(crate) async fn leave(node: &Node) {
     tag = "node",
     summary = "The live nodes",
     responses(
-        (status = 200, body = [wisp_core::api::NodeInfo]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [wisp_core::api::NodeInfo])
     )
 )]
 pub(crate) async fn nodes(

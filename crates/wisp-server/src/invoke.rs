@@ -45,8 +45,7 @@ pub fn routes() -> Router<Arc<Node>> {
     params(("name" = String, Path, description = "`name` or `name.namespace`")),
     request_body(content = crate::openapi::Anything, content_type = "*/*"),
     responses(
-        (status = 200, description = "The function's answer, whatever its status"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "The function's answer, whatever its status")
     )
 )]
 async fn by_name(
@@ -89,8 +88,7 @@ pub(crate) fn path_after(raw: &str, prefix: &str) -> String {
     params(("steps" = String, Path, description = "Comma-separated functions")),
     request_body(content = crate::openapi::Anything, content_type = "*/*"),
     responses(
-        (status = 200, description = "The last step's answer"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "The last step's answer")
     )
 )]
 async fn pipe(

@@ -118,8 +118,7 @@ impl Scope {
     summary = "A namespace's key-value stores",
     params(Scope),
     responses(
-        (status = 200, body = [String]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [String])
     )
 )]
 async fn stores(
@@ -138,8 +137,7 @@ async fn stores(
     summary = "A page of a store's keys",
     params(("store" = String, Path), Listing),
     responses(
-        (status = 200, body = Page),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = Page)
     )
 )]
 async fn keys(
@@ -162,8 +160,7 @@ async fn keys(
     summary = "A key's value",
     params(("store" = String, Path), ("key" = String, Path), Scope),
     responses(
-        (status = 200, body = crate::openapi::Binary, content_type = "application/octet-stream"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = crate::openapi::Binary, content_type = "application/octet-stream")
     )
 )]
 async fn read(
@@ -193,8 +190,7 @@ async fn read(
     params(("store" = String, Path), ("key" = String, Path), Scope),
     request_body(content = crate::openapi::Binary, content_type = "application/octet-stream"),
     responses(
-        (status = 204, description = "Set"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 204, description = "Set")
     )
 )]
 async fn write(
@@ -226,8 +222,7 @@ async fn write(
     summary = "Delete a key",
     params(("store" = String, Path), ("key" = String, Path), Scope),
     responses(
-        (status = 204, description = "Deleted, or was absent"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 204, description = "Deleted, or was absent")
     )
 )]
 async fn remove(

@@ -67,7 +67,8 @@ use crate::{admin, cluster, events, invoke, kv, secrets, telemetry, tenants};
         crate::healthz,
         document,
     ),
-    modifiers(&Token, &OptionalBodies, &OpenStatus),
+    modifiers(&Token, &ErrorAnswers, &OptionalBodies, &OpenStatus),
+    components(schemas(wisp_core::api::ErrorBody)),
     security(("token" = [])),
     tags(
         (name = "invocation", description = "Calling functions; a private function needs a token of its namespace"),
@@ -96,6 +97,50 @@ impl Modify for Token {
     }
 }
 
+/// Every error the API answers is `{"error": ...}` with its status: each
+/// operation's `default` answer, given here once rather than on each handler.
+struct ErrorAnswers;
+
+impl Modify for ErrorAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, ResponseBuilder, content::Content};
+        let error = ResponseBuilder::new()
+            .description("An error")
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations(item) {
+                operation
+                    .responses
+                    .responses
+                    .entry("default".to_owned())
+                    .or_insert_with(|| error.clone().into());
+            }
+        }
+    }
+}
+
+/// Every operation of a path.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// A function may be called with no body at all: the invocation routes'
 /// bodies are optional (`#[utoipa::path]` makes every body it is given
 /// required, unless its type is an `Option`, which would allow JSON `null`).
@@ -111,17 +156,7 @@ impl Modify for OptionalBodies {
             {
                 continue;
             }
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations(item) {
                 if let Some(body) = &mut operation.request_body {
                     body.required = Some(Required::False);
                 }

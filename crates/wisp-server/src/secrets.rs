@@ -152,8 +152,7 @@ fn info(secret: StoredSecret) -> SecretInfo {
     summary = "Secrets' names, never their values",
     params(NamespaceQuery),
     responses(
-        (status = 200, body = [SecretInfo]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [SecretInfo])
     )
 )]
 async fn list(
@@ -173,8 +172,7 @@ async fn list(
     summary = "Create a secret",
     request_body = NewSecret,
     responses(
-        (status = 201, description = "Created"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 201, description = "Created")
     )
 )]
 async fn create(
@@ -192,8 +190,7 @@ async fn create(
     summary = "Replace a secret's value",
     request_body = NewSecret,
     responses(
-        (status = 200, description = "Replaced"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "Replaced")
     )
 )]
 async fn replace(
@@ -317,8 +314,7 @@ pub(crate) async fn reload(
     summary = "Remove a secret",
     params(("name" = String, Path), NamespaceQuery),
     responses(
-        (status = 204, description = "Removed"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 204, description = "Removed")
     )
 )]
 async fn remove(
@@ -348,8 +344,7 @@ struct SecretName {
     summary = "Remove a secret, as OpenFaaS does",
     request_body = SecretName,
     responses(
-        (status = 200, description = "Removed"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "Removed")
     )
 )]
 async fn remove_named(

@@ -58,8 +58,7 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
     params(("name" = String, Path, description = "`name` or `name.namespace`"), ("X-Callback-Url" = Option<String>, Header, description = "Where the result is POSTed"), ("X-Call-Id" = Option<String>, Header, description = "The call's id; a fresh one when absent")),
     request_body(content = crate::openapi::Anything, content_type = "*/*"),
     responses(
-        (status = 202, description = "Queued", headers(("X-Call-Id" = String, description = "The call's id"))),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 202, description = "Queued", headers(("X-Call-Id" = String, description = "The call's id")))
     )
 )]
 async fn enqueue(
@@ -194,8 +193,7 @@ struct ListQuery {
     summary = "Async calls, newest first",
     params(ListQuery),
     responses(
-        (status = 200, body = CallList),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = CallList)
     )
 )]
 async fn list(
@@ -306,8 +304,7 @@ fn find_call(
     summary = "One async call",
     params(("id" = String, Path), WhichCall),
     responses(
-        (status = 200, body = CallInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = CallInfo)
     )
 )]
 async fn show(
@@ -327,8 +324,7 @@ async fn show(
     summary = "Queue a finished call again",
     params(("id" = String, Path), WhichCall),
     responses(
-        (status = 202, body = CallInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 202, body = CallInfo)
     )
 )]
 async fn retry(

@@ -58,8 +58,7 @@ pub(crate) fn system_routes() -> Router<Arc<Node>> {
     tag = "node",
     summary = "Prometheus metrics",
     responses(
-        (status = 200, body = String, content_type = "application/openmetrics-text"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = String, content_type = "application/openmetrics-text")
     )
 )]
 async fn metrics(
@@ -131,8 +130,7 @@ struct LogQuery {
     summary = "Functions' log lines, oldest first",
     params(LogQuery),
     responses(
-        (status = 200, description = "One JSON log line per line", body = String, content_type = "application/x-ndjson"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, description = "One JSON log line per line", body = String, content_type = "application/x-ndjson")
     )
 )]
 async fn logs(
@@ -282,8 +280,7 @@ fn call_record(record: NewRecord) -> CallRecord {
     summary = "The whole trace of a call",
     params(("call_id" = String, Path)),
     responses(
-        (status = 200, body = Trace),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = Trace)
     )
 )]
 async fn trace(
@@ -350,8 +347,7 @@ struct RecordQuery {
     summary = "A function's latest calls",
     params(RecordQuery),
     responses(
-        (status = 200, body = [CallRecord]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [CallRecord])
     )
 )]
 async fn records(
@@ -383,8 +379,7 @@ struct UsageQuery {
     summary = "Each function's totals",
     params(UsageQuery),
     responses(
-        (status = 200, body = [Usage]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [Usage])
     )
 )]
 async fn usage(

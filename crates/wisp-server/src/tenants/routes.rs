@@ -92,8 +92,7 @@ enum Namespaces {
     summary = "The namespaces the token may see",
     params(NamespacesQuery),
     responses(
-        (status = 200, body = Namespaces),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = Namespaces)
     )
 )]
 async fn namespaces(
@@ -125,8 +124,7 @@ async fn namespaces(
     summary = "Create a namespace",
     request_body = NewNamespace,
     responses(
-        (status = 201, body = NamespaceInfo),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 201, body = NamespaceInfo)
     )
 )]
 async fn create_namespace(
@@ -166,8 +164,7 @@ async fn create_namespace(
     summary = "Remove a namespace and all it holds",
     params(("name" = String, Path)),
     responses(
-        (status = 204, description = "Removed"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 204, description = "Removed")
     )
 )]
 async fn remove_namespace(
@@ -267,8 +264,7 @@ struct TokenQuery {
     summary = "Tokens, never their secrets",
     params(TokenQuery),
     responses(
-        (status = 200, body = [TokenInfo]),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 200, body = [TokenInfo])
     )
 )]
 async fn tokens(
@@ -294,8 +290,7 @@ async fn tokens(
     summary = "Create a token",
     request_body = NewToken,
     responses(
-        (status = 201, body = CreatedToken),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 201, body = CreatedToken)
     )
 )]
 async fn create_token(
@@ -335,8 +330,7 @@ async fn create_token(
     summary = "Revoke a token",
     params(("id" = String, Path)),
     responses(
-        (status = 204, description = "Revoked"),
-        (status = "default", description = "An error", body = wisp_core::api::ErrorBody)
+        (status = 204, description = "Revoked")
     )
 )]
 async fn revoke_token(
