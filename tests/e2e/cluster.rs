@@ -1202,3 +1202,73 @@ fn quotas_and_routes_hold_across_the_cluster_when_two_nodes_deploy_at_once() {
         assert_eq!(deployed, 1, "round {round}: {statuses:?}");
     }
 }
+
+#[test]
+fn a_namespaces_own_concurrency_and_queue_quotas_hold_across_the_cluster() {
+    let (_nats, _dir, _key, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    for (namespace, quotas) in [
+        ("narrow", json!({ "maxConcurrency": 1 })),
+        ("short", json!({ "maxQueuedCalls": 2 })),
+    ] {
+        let created = call(
+            a,
+            &a.token,
+            "POST",
+            "/system/namespaces",
+            Some(json!({ "name": namespace, "quotas": quotas })),
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+        let mut slow = says("slow", "done");
+        slow["namespace"] = json!(namespace);
+        slow["envProcess"] = json!("sleep 3");
+        a.deploy_ok(slow);
+    }
+    assert!(settled(&[a, b], "/function/slow.short", 200, None));
+    assert!(settled(&[a, b], "/function/slow.narrow", 200, None));
+
+    // One call running on A leaves no room on B, once B has given back its
+    // share of the calls above (within a second of their end).
+    std::thread::sleep(Duration::from_secs(2));
+    let running = a.get_in_background("/function/slow.narrow");
+    assert!(a.eventually(SETTLED, || {
+        read(a, "/system/info").json()["activeInvocations"] == 1
+    }));
+    let busy = b.post("/function/slow.narrow", b"");
+    assert_eq!(busy.status, 429, "{}", busy.body);
+    assert!(
+        busy.error().contains("across the cluster"),
+        "{}",
+        busy.error()
+    );
+    assert!(busy.header("retry-after").is_some());
+    assert_eq!(running.join().unwrap().status, 200);
+    // Once it is over, B gets the slot within a second or two.
+    assert!(b.eventually(Duration::from_secs(10), || {
+        b.get_in_background("/function/slow.narrow")
+            .join()
+            .unwrap()
+            .status
+            == 200
+    }));
+
+    // Two async calls queued, one through each node, fill the quota of 2:
+    // a third is refused by either node, though each holds only one.
+    let enqueue = |node: &Node| node.post("/async-function/slow.short", b"");
+    let enqueued =
+        |node: &Node| node.eventually(Duration::from_secs(10), || enqueue(node).status == 202);
+    assert!(enqueued(a));
+    assert!(enqueued(b));
+    for node in [a, b] {
+        let over = enqueue(node);
+        assert_eq!(over.status, 429, "{}", over.body);
+        assert!(
+            over.error().contains("across the cluster")
+                && over.error().contains("max_queued_calls"),
+            "{}",
+            over.error()
+        );
+    }
+    // Once they have run, there is room again.
+    assert!(enqueued(b));
+}

@@ -22,9 +22,12 @@
 //! other live node and gathers their answers, both sealed with the same key,
 //! so the NATS account's credentials alone can neither ask nor read.
 //!
-//! Namespaces' key-value stores live in a bucket of their own ([`ClusterKv`]).
+//! Namespaces' key-value stores live in a bucket of their own ([`ClusterKv`]),
+//! and the shares each node holds of a cluster-wide quota in another
+//! ([`Cluster::set_share`]).
 
 mod keyvalue;
+mod shares;
 
 use std::{
     collections::HashMap,
@@ -55,6 +58,8 @@ const ARTIFACTS: &str = "wisp_artifacts";
 const CALLS: &str = "wisp_calls";
 /// The bucket of every namespace's key-value stores.
 const KEY_VALUE: &str = "wisp_kv";
+/// The bucket of the nodes' shares of cluster-wide quotas.
+const QUOTAS: &str = "wisp_quotas";
 /// The registry key of the sealed admin token.
 const ADMIN_TOKEN: &str = "node.admin-token";
 /// How long a lease is held at most: one older was left by a node that
@@ -320,6 +325,7 @@ struct Buckets {
     calls: kv::Store,
     artifacts: object_store::ObjectStore,
     key_value: kv::Store,
+    quotas: kv::Store,
 }
 
 /// How a node joins a cluster.
@@ -343,6 +349,7 @@ pub struct Cluster {
     calls: kv::Store,
     artifacts: object_store::ObjectStore,
     key_value: Arc<ClusterKv>,
+    quotas: kv::Store,
     key: SealingKey,
     /// What this node last saw of each registry key: what its next write
     /// expects, and which changes of the key are older than what it holds.
@@ -381,6 +388,7 @@ impl Cluster {
                     calls,
                     artifacts,
                     key_value,
+                    quotas,
                 }) => {
                     return Ok(Self {
                         context,
@@ -390,6 +398,7 @@ impl Cluster {
                         calls,
                         artifacts,
                         key_value: Arc::new(ClusterKv::new(key_value, config.key_value_max_bytes)),
+                        quotas,
                         key: config.key,
                         revisions: Mutex::default(),
                         processed: std::sync::atomic::AtomicU64::new(0),
@@ -476,6 +485,18 @@ impl Cluster {
             },
         )
         .await?;
+        let quotas = key_value(
+            context,
+            kv::Config {
+                bucket: QUOTAS.to_owned(),
+                description: "wisp: each node's share of the cluster-wide quotas".to_owned(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         let mut key_value = key_value(
             context,
             kv::Config {
@@ -499,6 +520,7 @@ impl Cluster {
             calls,
             artifacts,
             key_value,
+            quotas,
         })
     }
 
@@ -1342,7 +1364,7 @@ mod tests {
         file
     }
 
-    fn key(byte: u8) -> SealingKey {
+    pub(crate) fn key(byte: u8) -> SealingKey {
         SealingKey::from_file(key_file(&hex::encode([byte; 32])).path()).unwrap()
     }
 

@@ -413,6 +413,24 @@ pub async fn join(node: &Arc<Node>) -> Result<(), ClusterError> {
         apply(node, &cluster, change, &mut failed).await;
     }
     cluster.processed(last);
+    if let Some(shares) = node.shares.clone() {
+        // Listed first, so the shares it writes are not dropped as a stranger's.
+        if let Err(error) = cluster.heartbeat(&me(node)).await {
+            tracing::warn!("{error}");
+        }
+        if let Err(error) = shares.start(crate::shares::queued(node)).await {
+            tracing::warn!("could not give back the quota shares held before: {error}");
+        }
+        let node = Arc::downgrade(node);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(crate::shares::SETTLE);
+            loop {
+                ticks.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                shares.settle(|| crate::shares::queued(&node)).await;
+            }
+        });
+    }
     tokio::spawn(follow(Arc::downgrade(node), cluster.clone(), last, failed));
     tokio::spawn(crate::reads::answer(Arc::downgrade(node), cluster.clone()));
     let member = Arc::downgrade(node);

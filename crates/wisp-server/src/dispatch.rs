@@ -89,6 +89,7 @@ pub struct Call {
 pub(crate) struct Admission {
     _function_slot: OwnedSemaphorePermit,
     _namespace_slot: Option<OwnedSemaphorePermit>,
+    _cluster_slot: Option<crate::shares::Slot>,
     _active: Active,
 }
 
@@ -274,9 +275,27 @@ pub(crate) async fn admit(
         Some(limit) => Some(limit.acquire(queue_timeout).await.map_err(rejected)?),
         None => None,
     };
+    // In a cluster, a namespace's own concurrency quota holds across it.
+    let cluster_slot = match (&node.shares, function.spec.kind) {
+        (_, FunctionKind::Pipeline) | (None, _) => None,
+        (Some(shares), _) => match node
+            .tenants
+            .namespace(&function.spec.namespace)
+            .and_then(|namespace| namespace.quotas.max_concurrency)
+        {
+            Some(max) => Some(
+                shares
+                    .slot(&function.spec.namespace, max, queue_timeout)
+                    .await
+                    .map_err(rejected)?,
+            ),
+            None => None,
+        },
+    };
     Ok(Admission {
         _function_slot: function_slot,
         _namespace_slot: namespace_slot,
+        _cluster_slot: cluster_slot,
         _active: active,
     })
 }

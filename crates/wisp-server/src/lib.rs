@@ -27,6 +27,7 @@ mod openapi;
 mod pipeline;
 mod reads;
 mod secrets;
+mod shares;
 mod telemetry;
 mod tenants;
 mod ui;

@@ -120,6 +120,8 @@ pub struct Node {
     pub(crate) address: std::sync::OnceLock<String>,
     /// The cluster whose registry this node caches, in cluster mode.
     pub(crate) cluster: Option<Arc<wisp_cluster::Cluster>>,
+    /// The node's shares of its namespaces' quotas, in cluster mode.
+    pub(crate) shares: Option<Arc<crate::shares::Shares>>,
     /// The generation of each namespace the node holds, in cluster mode.
     pub(crate) generations: crate::cluster::Generations,
     /// Whether changes of the cluster's registry wait to be applied here:
@@ -242,12 +244,16 @@ impl Node {
         // The same after a restart, so a node that comes back knows which
         // async calls of the cluster's it held.
         let id = load_or_create(&config.data_dir.join("node-id"), wisp_cluster::node_id)?;
+        let shares = cluster
+            .as_ref()
+            .map(|cluster| Arc::new(crate::shares::Shares::new(cluster.clone(), id.clone())));
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             id,
             address: std::sync::OnceLock::new(),
             generations: crate::cluster::Generations::open(&config.data_dir),
             registry_behind: std::sync::atomic::AtomicBool::new(false),
+            shares,
             cluster,
             config,
             admin_token,

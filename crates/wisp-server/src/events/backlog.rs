@@ -115,6 +115,14 @@ impl Backlog {
         })
     }
 
+    /// What each namespace holds: its calls and their bytes.
+    pub(crate) fn held(&self) -> Vec<(String, u64, u64)> {
+        self.usage()
+            .iter()
+            .map(|(namespace, usage)| (namespace.clone(), usage.calls, usage.bytes))
+            .collect()
+    }
+
     /// Forgets a removed namespace's counts: its calls were deleted with it.
     pub(crate) fn forget(&self, namespace: &str) {
         self.usage().remove(namespace);

@@ -114,20 +114,21 @@ async fn enqueue(
         callback_url,
         created_at: millis(now),
     };
-    let reservation = match node.queue.backlog.reserve(
-        &call.namespace,
-        call.event.len() as u64,
-        Some(queue_quota(&node, &call.namespace)),
-    ) {
-        Ok(reservation) => reservation,
-        Err(exceeded) => {
-            let mut response =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, exceeded.to_string()).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(QUEUE_RETRY_AFTER));
-            return Ok(response);
-        }
+    let reserved = node
+        .queue
+        .backlog
+        .reserve(
+            &call.namespace,
+            call.event.len() as u64,
+            Some(queue_quota(&node, &call.namespace)),
+        )
+        .map_err(|exceeded| ApiError::new(StatusCode::TOO_MANY_REQUESTS, exceeded.to_string()));
+    let reservation = match reserved {
+        Ok(reservation) => match crate::shares::cover_queued(&node, &call.namespace).await {
+            Ok(()) => reservation,
+            Err(error) => return Ok(refused(error)),
+        },
+        Err(error) => return Ok(refused(error)),
     };
     match Queue::enqueue_reserved(&node, call, None, reservation).await {
         Ok(true) => Ok(StatusCode::ACCEPTED.into_response()),
@@ -151,6 +152,18 @@ async fn enqueue(
 /// The `Retry-After` of an enqueue over its namespace's queue quota, in
 /// seconds: queued calls take a while to drain, so sooner is rarely useful.
 const QUEUE_RETRY_AFTER: u64 = 5;
+
+/// An enqueue turned away, with a `Retry-After` when it is over a quota.
+fn refused(error: ApiError) -> Response {
+    let over_quota = error.status == StatusCode::TOO_MANY_REQUESTS;
+    let mut response = error.into_response();
+    if over_quota {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(QUEUE_RETRY_AFTER));
+    }
+    response
+}
 
 /// A namespace's queue quota: its own, else the node's per-namespace default.
 fn queue_quota(node: &Node, namespace: &str) -> QueueQuota {
