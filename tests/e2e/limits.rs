@@ -295,3 +295,51 @@ fn slow_and_huge_request_heads_cannot_starve_the_gateway() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(node.get("/healthz").status, 200);
 }
+
+/// What `/metrics` counts of the compile cache's misses: Cranelift's
+/// compilations, done in the background after Winch's.
+fn compiled(node: &Node) -> Option<u64> {
+    let metrics = send(node.admin("GET", "/metrics"), None).body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wisp_compile_cache_misses_total "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+#[test]
+fn a_new_components_limits_hold_on_winchs_code_and_on_cranelifts_after() {
+    // A node's first deploy of a component serves at once with Winch's
+    // code while Cranelift compiles; the same calls are made before and
+    // after Cranelift's code takes over, and give the same answers.
+    let node = node_with_probe(json!({ "timeout": "500ms", "memory": "16MiB" }));
+    let calls = |tier: &str| {
+        let echo = node.post("/function/probe", b"same");
+        assert_eq!(echo.status, 200, "{tier}: {}", echo.body);
+        assert!(echo.body.contains("body=same\n"), "{tier}: {}", echo.body);
+        let looping = node.get("/function/probe/loop");
+        assert_eq!(looping.status, 504, "{tier}: {}", looping.body);
+        let bomb = node.get("/function/probe/grow?mib=64");
+        assert_eq!(bomb.status, 502, "{tier}: {}", bomb.body);
+        assert!(
+            bomb.error().contains("memory limit"),
+            "{tier}: {}",
+            bomb.error()
+        );
+        assert_eq!(node.get("/function/probe/trap").status, 502, "{tier}");
+    };
+    calls("first calls");
+    assert!(
+        node.eventually(Duration::from_secs(60), || compiled(&node) == Some(1)),
+        "Cranelift's code is compiled and cached: {:?}",
+        compiled(&node)
+    );
+    calls("on Cranelift's code");
+    // A second function of the same artifact uses the cached code at once.
+    let digest = send(node.admin("GET", "/system/function/probe"), None).json()["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.deploy_ok(json!({ "service": "again", "kind": "wasm-http", "image": digest }));
+    assert_eq!(node.post("/function/again", b"x").status, 200);
+    assert_eq!(compiled(&node), Some(1), "compiled once");
+}

@@ -3,6 +3,13 @@
 //! components compiled once per artifact digest and engine version and cached
 //! on disk, and a fresh instance per request from an `InstancePre`.
 //!
+//! A component met for the first time is compiled twice. Winch, a baseline
+//! compiler, makes code in a fraction of Cranelift's time, and the function
+//! serves with it at once; Cranelift then compiles it on a thread of lower
+//! priority, the result is cached, and every function serving the Winch code
+//! switches to Cranelift's between two calls (a call keeps the code it began
+//! with). Functions with a fuel limit get Cranelift's code only.
+//!
 //! A guest starts inline, in the request's own task: most finish within one
 //! epoch slice and pay no thread hand-off. One still running after a whole
 //! slice moves to a runtime of its own whose threads run at a lower priority
@@ -23,7 +30,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
@@ -33,9 +40,9 @@ use std::{
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Strategy,
     UpdateDeadline,
-    component::{Component, Linker, ResourceTable},
+    component::{Component, InstancePre, Linker, ResourceTable},
 };
 use wasmtime_wasi::{
     FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -151,7 +158,8 @@ impl WasmLimits {
 pub struct CacheStats {
     /// Components loaded precompiled from disk.
     pub hits: AtomicU64,
-    /// Components compiled because no precompiled copy existed.
+    /// Components compiled by Cranelift because no precompiled copy existed
+    /// (Winch's quick compilations are not counted).
     pub misses: AtomicU64,
 }
 
@@ -167,14 +175,7 @@ impl GuestRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("wisp-guest")
             .enable_all()
-            .on_thread_start(|| {
-                // SAFETY: setpriority(2) on the calling thread (who = 0 is the
-                // caller's tid under Linux's per-thread nice) has no memory-safety
-                // preconditions. Failure only leaves the default priority.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, GUEST_NICENESS);
-                }
-            })
+            .on_thread_start(lower_priority)
             .build()?;
         Ok(Self(Some(runtime)))
     }
@@ -234,42 +235,157 @@ impl Flavour {
             loaded: Mutex::default(),
         })
     }
+
+    /// The component of `digest` compiled for this engine, if it is in memory.
+    fn loaded(&self, digest: &str) -> Option<Component> {
+        self.loaded
+            .lock()
+            .expect("component map")
+            .get(digest)
+            .cloned()
+    }
+
+    fn keep(&self, digest: &str, component: &Component) {
+        self.loaded
+            .lock()
+            .expect("component map")
+            .insert(digest.to_owned(), component.clone());
+    }
 }
 
-/// The wasmtime engines of a node: one for most functions, and one that
-/// counts fuel for those with a fuel limit (counting slows every guest down,
-/// so only they pay for it).
+/// Compiles a component's `bytes` for `engine`.
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, PrepareError> {
+    Component::new(engine, bytes).map_err(|error| {
+        PrepareError::InvalidArtifact(format!("the component does not compile: {}", chain(&error)))
+    })
+}
+
+/// Caches a compiled component at `path`. Caching is an optimisation: a
+/// failure is logged, not returned.
+fn write_cache(path: &Path, component: &Component) {
+    let write = || -> Result<(), String> {
+        let bytes = component.serialize().map_err(|error| error.to_string())?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(|error| error.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|error| error.to_string())
+    };
+    if let Err(error) = write() {
+        tracing::warn!(
+            "could not cache compiled component at {}: {error}",
+            path.display()
+        );
+    }
+}
+
+/// Lowers the calling thread's priority to the guests': work that can wait
+/// does not take cores from the node's threads.
+fn lower_priority() {
+    // SAFETY: setpriority(2) on the calling thread (who = 0 is the
+    // caller's tid under Linux's per-thread nice) has no memory-safety
+    // preconditions. Failure only leaves the default priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, GUEST_NICENESS);
+    }
+}
+
+/// What is done with Cranelift's code of a component once it is ready.
+type Retarget = Box<dyn FnOnce(&Component) + Send>;
+
+/// The wasmtime engines of a node: one for most functions, one that counts
+/// fuel for those with a fuel limit (counting slows every guest down, so
+/// only they pay for it), and one compiling with Winch.
 pub struct WasmEngine {
-    plain: Flavour,
+    plain: Arc<Flavour>,
     metered: Flavour,
+    quick: Arc<Flavour>,
+    /// The digests Cranelift is compiling in the background, with what to
+    /// do once each is ready.
+    optimizing: Arc<Mutex<HashMap<String, Vec<Retarget>>>>,
     guests: GuestRuntime,
-    stats: CacheStats,
+    stats: Arc<CacheStats>,
     outbound: Arc<Outbound>,
+}
+
+/// A component as [`WasmEngine::load`] gives it.
+#[derive(Clone)]
+pub struct Loaded {
+    component: Component,
+    /// The artifact's digest while this is Winch's code and Cranelift's is
+    /// being compiled.
+    quick: Option<String>,
+}
+
+impl Loaded {
+    /// Whether this is Cranelift's code, not Winch's.
+    pub fn optimized(&self) -> bool {
+        self.quick.is_none()
+    }
+}
+
+/// A function's `InstancePre`: for Winch's code of its component, then for
+/// Cranelift's, swapped in between two calls.
+struct Tiered<P>(Arc<RwLock<P>>);
+
+impl<P: Clone + Send + Sync + 'static> Tiered<P> {
+    fn new(pre: P) -> Self {
+        Self(Arc::new(RwLock::new(pre)))
+    }
+
+    /// The one a call starts with.
+    fn current(&self) -> P {
+        self.0.read().expect("instance pre").clone()
+    }
+
+    /// What swaps in the `InstancePre` of Cranelift's code, made with
+    /// `linker` and `typed`, while the function is still deployed.
+    fn retarget(
+        &self,
+        linker: Linker<GuestState>,
+        typed: fn(InstancePre<GuestState>) -> wasmtime::Result<P>,
+    ) -> Retarget {
+        let cell = Arc::downgrade(&self.0);
+        Box::new(move |component| {
+            let Some(cell) = cell.upgrade() else { return };
+            match linker.instantiate_pre(component).and_then(typed) {
+                Ok(pre) => *cell.write().expect("instance pre") = pre,
+                Err(error) => tracing::warn!(
+                    "Cranelift's code of a component does not link; Winch's serves on: {}",
+                    chain(&error)
+                ),
+            }
+        })
+    }
+}
+
+/// The pool of instances `config` says.
+fn pool(config: &WasmConfig) -> PoolingAllocationConfig {
+    let instances = config.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        // One instance cannot take a share of the pool out of proportion:
+        // a larger component is refused when it is loaded (a 400 at deploy).
+        .max_core_instances_per_component(MAX_CORE_INSTANCES)
+        .max_memories_per_component(MAX_MEMORIES)
+        .max_tables_per_component(MAX_TABLES)
+        // Every instance may be at those maxima: one tenant's calls of a
+        // large component cannot empty the pool while instances are left.
+        .total_core_instances(instances.saturating_mul(MAX_CORE_INSTANCES))
+        .total_memories(instances.saturating_mul(MAX_MEMORIES))
+        .total_tables(instances.saturating_mul(MAX_TABLES))
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory as usize)
+        // The top of a reused fiber stack stays resident: every call
+        // touches it, and faulting it back in after a madvise cost a
+        // quarter of a hello request. Linear memories are reset with
+        // madvise instead: keeping even 256KiB of them resident (a memset
+        // per instance) measured slower than faulting their few pages in.
+        .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
+    pool
 }
 
 impl WasmEngine {
     /// Creates the engines and starts their epoch ticker.
     pub fn new(config: &WasmConfig) -> Result<Self, PrepareError> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(config.max_instances)
-            // One instance cannot take a share of the pool out of proportion:
-            // a larger component is refused when it is loaded (a 400 at deploy).
-            .max_core_instances_per_component(MAX_CORE_INSTANCES)
-            .max_memories_per_component(MAX_MEMORIES)
-            .max_tables_per_component(MAX_TABLES)
-            // Every instance may be at those maxima: one tenant's calls of a
-            // large component cannot empty the pool while instances are left.
-            .total_core_instances(config.max_instances.saturating_mul(MAX_CORE_INSTANCES))
-            .total_memories(config.max_instances.saturating_mul(MAX_MEMORIES))
-            .total_tables(config.max_instances.saturating_mul(MAX_TABLES))
-            .total_stacks(config.max_instances)
-            .max_memory_size(config.max_memory as usize)
-            // The top of a reused fiber stack stays resident: every call
-            // touches it, and faulting it back in after a madvise cost a
-            // quarter of a hello request. Linear memories are reset with
-            // madvise instead: keeping even 256KiB of them resident (a memset
-            // per instance) measured slower than faulting their few pages in.
-            .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
         // Fuel-limited functions are the exception: their instances are
@@ -278,10 +394,23 @@ impl WasmEngine {
             wasm.clone().consume_fuel(true),
             &config.cache_dir.join("fuel"),
         )?;
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Winch's code serves a component for the moment Cranelift's takes,
+        // from a pool of its own as large, with the same bounds (a component
+        // the pool would refuse is refused at deploy, and a function serving
+        // Winch's code runs as many at once). Pools reserve address space,
+        // not memory.
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(config)));
+        let quick = Flavour::new(
+            wasm.clone().strategy(Strategy::Winch),
+            &config.cache_dir.join("winch"),
+        )?;
         let plain = Flavour::new(&wasm, &config.cache_dir)?;
 
-        let tickers = [plain.engine.weak(), metered.engine.weak()];
+        let tickers = [
+            plain.engine.weak(),
+            metered.engine.weak(),
+            quick.engine.weak(),
+        ];
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
@@ -300,10 +429,12 @@ impl WasmEngine {
         let guests = GuestRuntime::new()
             .map_err(|error| PrepareError::Internal(format!("guest runtime: {error}")))?;
         Ok(Self {
-            plain,
+            plain: Arc::new(plain),
             metered,
+            quick: Arc::new(quick),
+            optimizing: Arc::default(),
             guests,
-            stats: CacheStats::default(),
+            stats: Arc::default(),
             outbound: Arc::new(Outbound {
                 egress: config.egress.clone(),
                 internal: OnceLock::new(),
@@ -327,82 +458,143 @@ impl WasmEngine {
     }
 
     /// Loads a component by digest, `metered` to count fuel: from memory,
-    /// from the disk cache, or by compiling `wasm` (then cached). Blocking:
+    /// from the disk cache, or by compiling `wasm`. Compiled the first time,
+    /// a component that is not metered is Winch's code at first, and
+    /// Cranelift's once compiled in the background (then cached). Blocking:
     /// compilation takes a while.
-    pub fn load(
-        &self,
-        digest: &str,
-        wasm: &Path,
-        metered: bool,
-    ) -> Result<Component, PrepareError> {
+    pub fn load(&self, digest: &str, wasm: &Path, metered: bool) -> Result<Loaded, PrepareError> {
         let flavour = self.flavour(metered);
-        if let Some(component) = flavour.loaded.lock().expect("component map").get(digest) {
-            return Ok(component.clone());
+        let optimized = |component| Loaded {
+            component,
+            quick: None,
+        };
+        if let Some(component) = flavour.loaded(digest) {
+            return Ok(optimized(component));
+        }
+        if !metered && let Some(component) = self.quick.loaded(digest) {
+            return Ok(Loaded {
+                component,
+                quick: Some(digest.to_owned()),
+            });
         }
         let hex = digest.trim_start_matches("sha256:");
         let cached = flavour.cache_dir.join(format!("{hex}.cwasm"));
         // SAFETY: the file was written by `Component::serialize` of an engine
         // with the same compatibility hash (it is in the directory name), into
         // a directory only this node writes, and renamed into place whole.
-        let component = match unsafe { Component::deserialize_file(&flavour.engine, &cached) } {
-            Ok(component) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                component
+        if let Ok(component) = unsafe { Component::deserialize_file(&flavour.engine, &cached) } {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            flavour.keep(digest, &component);
+            return Ok(optimized(component));
+        }
+        let bytes = std::fs::read(wasm)
+            .map_err(|error| PrepareError::Internal(format!("read {}: {error}", wasm.display())))?;
+        let bytes = component_bytes(&bytes)?;
+        if !metered {
+            match Component::new(&self.quick.engine, &bytes) {
+                Ok(component) => {
+                    self.quick.keep(digest, &component);
+                    self.optimize(digest, bytes.into_owned(), cached);
+                    return Ok(Loaded {
+                        component,
+                        quick: Some(digest.to_owned()),
+                    });
+                }
+                // Cranelift says why, if it cannot compile it either.
+                Err(error) => tracing::debug!("Winch cannot compile {digest}: {}", chain(&error)),
             }
-            Err(_) => {
-                let bytes = std::fs::read(wasm).map_err(|error| {
-                    PrepareError::Internal(format!("read {}: {error}", wasm.display()))
-                })?;
-                let bytes = component_bytes(&bytes)?;
-                let component = Component::new(&flavour.engine, &bytes).map_err(|error| {
-                    PrepareError::InvalidArtifact(format!(
-                        "the component does not compile: {}",
-                        chain(&error)
-                    ))
-                })?;
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                self.write_cache(&cached, &component);
-                component
-            }
-        };
-        flavour
-            .loaded
+        }
+        let component = compile(&flavour.engine, &bytes)?;
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        write_cache(&cached, &component);
+        flavour.keep(digest, &component);
+        Ok(optimized(component))
+    }
+
+    /// Compiles `bytes` with Cranelift on a thread of lower priority than
+    /// the node's, caches the code at `cached`, and gives it to the
+    /// functions serving Winch's code of `digest`.
+    fn optimize(&self, digest: &str, bytes: Vec<u8>, cached: PathBuf) {
+        self.optimizing
             .lock()
-            .expect("component map")
-            .insert(digest.to_owned(), component.clone());
-        Ok(component)
+            .expect("optimizing")
+            .insert(digest.to_owned(), Vec::new());
+        let (plain, quick, optimizing, stats) = (
+            self.plain.clone(),
+            self.quick.clone(),
+            self.optimizing.clone(),
+            self.stats.clone(),
+        );
+        let owned = digest.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("wisp-compile".into())
+            .spawn(move || {
+                let digest = owned;
+                lower_priority();
+                let started = Instant::now();
+                let compiled = compile(&plain.engine, &bytes);
+                if let Ok(component) = &compiled {
+                    stats.misses.fetch_add(1, Ordering::Relaxed);
+                    write_cache(&cached, component);
+                    // Kept before the waiting list goes: a function prepared
+                    // in between finds it there.
+                    plain.keep(&digest, component);
+                    quick.loaded.lock().expect("component map").remove(&digest);
+                }
+                let waiting = optimizing
+                    .lock()
+                    .expect("optimizing")
+                    .remove(&digest)
+                    .unwrap_or_default();
+                match compiled {
+                    Ok(component) => {
+                        tracing::debug!(
+                            "{digest}: Cranelift's code ready in {} ms",
+                            started.elapsed().as_millis()
+                        );
+                        waiting.into_iter().for_each(|retarget| retarget(&component));
+                    }
+                    Err(error) => tracing::warn!(
+                        "{digest}: Cranelift cannot compile what Winch did; Winch's code serves on: {error}"
+                    ),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!("{digest}: Winch's code serves on: no compile thread: {error}");
+            self.optimizing.lock().expect("optimizing").remove(digest);
+        }
+    }
+
+    /// Has `retarget` called with Cranelift's code of `loaded` once it is
+    /// ready (at once if it is by now), if `loaded` is Winch's.
+    fn when_optimized(&self, loaded: &Loaded, retarget: impl FnOnce() -> Retarget) {
+        let Some(digest) = &loaded.quick else { return };
+        let mut optimizing = self.optimizing.lock().expect("optimizing");
+        match optimizing.get_mut(digest) {
+            Some(waiting) => waiting.push(retarget()),
+            None => {
+                drop(optimizing);
+                if let Some(component) = self.plain.loaded(digest) {
+                    retarget()(&component);
+                }
+            }
+        }
     }
 
     /// Forgets the in-memory copy of a component no function uses any more.
     pub fn unload(&self, digest: &str) {
-        for flavour in [&self.plain, &self.metered] {
+        for flavour in [&*self.plain, &self.metered, &*self.quick] {
             flavour.loaded.lock().expect("component map").remove(digest);
-        }
-    }
-
-    /// Caching is an optimisation: a failure is logged, not returned.
-    fn write_cache(&self, path: &Path, component: &Component) {
-        let write = || -> Result<(), String> {
-            let bytes = component.serialize().map_err(|error| error.to_string())?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes).map_err(|error| error.to_string())?;
-            std::fs::rename(&tmp, path).map_err(|error| error.to_string())
-        };
-        if let Err(error) = write() {
-            tracing::warn!(
-                "could not cache compiled component at {}: {error}",
-                path.display()
-            );
         }
     }
 
     /// Prepares a `wasi:http` component.
     pub fn http_function(
         &self,
-        component: &Component,
+        loaded: &Loaded,
         limits: WasmLimits,
     ) -> Result<HttpFunction, PrepareError> {
-        let pre = self.instantiate_pre(component, &limits)?;
+        let pre = self.instantiate_pre(loaded, &limits)?;
         let pre = ProxyPre::new(pre).map_err(|_| {
             PrepareError::InvalidArtifact(
                 "the component does not export wasi:http/incoming-handler@0.2 (a wasm-http function \
@@ -410,6 +602,10 @@ impl WasmEngine {
                     .into(),
             )
         })?;
+        let pre = Tiered::new(pre);
+        self.when_optimized(loaded, || {
+            pre.retarget(self.plain.linker.clone(), ProxyPre::new)
+        });
         Ok(HttpFunction {
             pre,
             limits: Arc::new(limits),
@@ -421,10 +617,10 @@ impl WasmEngine {
     /// Prepares a `wasi:cli` command component.
     pub fn stdio_function(
         &self,
-        component: &Component,
+        loaded: &Loaded,
         limits: WasmLimits,
     ) -> Result<StdioFunction, PrepareError> {
-        let pre = self.instantiate_pre(component, &limits)?;
+        let pre = self.instantiate_pre(loaded, &limits)?;
         let pre = CommandPre::new(pre).map_err(|_| {
             PrepareError::InvalidArtifact(
                 "the component does not export wasi:cli/run@0.2 (a wasm-stdio function needs the \
@@ -432,6 +628,10 @@ impl WasmEngine {
                     .into(),
             )
         })?;
+        let pre = Tiered::new(pre);
+        self.when_optimized(loaded, || {
+            pre.retarget(self.plain.linker.clone(), CommandPre::new)
+        });
         Ok(StdioFunction {
             pre,
             limits: Arc::new(limits),
@@ -442,10 +642,14 @@ impl WasmEngine {
 
     fn instantiate_pre(
         &self,
-        component: &Component,
+        loaded: &Loaded,
         limits: &WasmLimits,
-    ) -> Result<wasmtime::component::InstancePre<GuestState>, PrepareError> {
-        let flavour = self.flavour(limits.fuel.is_some());
+    ) -> Result<InstancePre<GuestState>, PrepareError> {
+        let component = &loaded.component;
+        let flavour = match (limits.fuel, &loaded.quick) {
+            (None, Some(_)) => &*self.quick,
+            _ => self.flavour(limits.fuel.is_some()),
+        };
         if !Engine::same(component.engine(), &flavour.engine) {
             return Err(PrepareError::Internal(
                 "the component was loaded for the other engine (metered or not)".into(),
@@ -741,7 +945,7 @@ fn first_line(message: &str) -> String {
 
 /// A prepared `wasi:http` component.
 pub struct HttpFunction {
-    pre: ProxyPre<GuestState>,
+    pre: Tiered<ProxyPre<GuestState>>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
     outbound: Arc<Outbound>,
@@ -760,8 +964,9 @@ impl HttpFunction {
             .stderr(stderr.clone())
             .build();
         let sliced = Arc::new(AtomicBool::new(false));
+        let pre = self.pre.current();
         let mut store = new_store(
-            self.pre.engine(),
+            pre.engine(),
             &self.limits,
             &self.outbound,
             wasi,
@@ -800,7 +1005,6 @@ impl HttpFunction {
         let (request, outparam) =
             setup(&mut store).map_err(|error| InvokeError::Internal(chain(&error)))?;
 
-        let pre = self.pre.clone();
         let deadline = invocation.deadline;
         let output = self.limits.output.clone();
         let call_id = invocation.call_id.clone();
@@ -868,7 +1072,7 @@ impl HttpFunction {
 
 /// A prepared `wasi:cli` command component.
 pub struct StdioFunction {
-    pre: CommandPre<GuestState>,
+    pre: Tiered<CommandPre<GuestState>>,
     limits: Arc<WasmLimits>,
     guests: tokio::runtime::Handle,
     outbound: Arc<Outbound>,
@@ -898,15 +1102,15 @@ impl StdioFunction {
             .arg(&self.limits.name)
             .build();
         let sliced = Arc::new(AtomicBool::new(false));
+        let pre = self.pre.current();
         let mut store = new_store(
-            self.pre.engine(),
+            pre.engine(),
             &self.limits,
             &self.outbound,
             wasi,
             &invocation,
             sliced.clone(),
         );
-        let pre = self.pre.clone();
         let deadline = invocation.deadline;
         let run = async move {
             let run = async {
