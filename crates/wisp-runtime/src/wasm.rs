@@ -297,7 +297,10 @@ type Retarget = Box<dyn FnOnce(&Component) + Send>;
 pub struct WasmEngine {
     plain: Arc<Flavour>,
     metered: Flavour,
-    quick: Arc<Flavour>,
+    /// Winch's engine, made when a component is first compiled: a node
+    /// whose components are all cached never reserves its pool.
+    quick: Arc<OnceLock<Option<Flavour>>>,
+    quick_config: (wasmtime::Config, PathBuf),
     /// The digests Cranelift is compiling in the background, with what to
     /// do once each is ready.
     optimizing: Arc<Mutex<HashMap<String, Vec<Retarget>>>>,
@@ -400,17 +403,16 @@ impl WasmEngine {
         // Winch's code runs as many at once). Pools reserve address space,
         // not memory.
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(config)));
-        let quick = Flavour::new(
-            wasm.clone().strategy(Strategy::Winch),
-            &config.cache_dir.join("winch"),
-        )?;
+        let mut quick_config = wasm.clone();
+        quick_config.strategy(Strategy::Winch);
+        // Cranelift compiles in the background on one thread of lower
+        // priority: the cores stay the node's.
+        wasm.parallel_compilation(false);
         let plain = Flavour::new(&wasm, &config.cache_dir)?;
+        let quick: Arc<OnceLock<Option<Flavour>>> = Arc::default();
 
-        let tickers = [
-            plain.engine.weak(),
-            metered.engine.weak(),
-            quick.engine.weak(),
-        ];
+        let tickers = [plain.engine.weak(), metered.engine.weak()];
+        let quick_ticker = Arc::downgrade(&quick);
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
@@ -421,6 +423,11 @@ impl WasmEngine {
                 {
                     engines.iter().for_each(Engine::increment_epoch);
                     drop(engines);
+                    if let Some(quick) = quick_ticker.upgrade()
+                        && let Some(Some(flavour)) = quick.get()
+                    {
+                        flavour.engine.increment_epoch();
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -431,7 +438,8 @@ impl WasmEngine {
         Ok(Self {
             plain: Arc::new(plain),
             metered,
-            quick: Arc::new(quick),
+            quick,
+            quick_config: (quick_config, config.cache_dir.join("winch")),
             optimizing: Arc::default(),
             guests,
             stats: Arc::default(),
@@ -446,6 +454,25 @@ impl WasmEngine {
     /// go: set once, by the node that serves the functions.
     pub fn serve_internal(&self, internal: Arc<dyn Internal>) {
         let _ = self.outbound.internal.set(internal);
+    }
+
+    /// Winch's engine, made now if it is not yet; none if it cannot be.
+    fn quick(&self) -> Option<&Flavour> {
+        self.quick
+            .get_or_init(|| {
+                let (config, cache_dir) = &self.quick_config;
+                Flavour::new(config, cache_dir)
+                    .inspect_err(|error| {
+                        tracing::warn!("components compile with Cranelift only: {error}");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Winch's engine, if it was made.
+    fn quick_made(&self) -> Option<&Flavour> {
+        self.quick.get().and_then(Option::as_ref)
     }
 
     fn flavour(&self, metered: bool) -> &Flavour {
@@ -471,7 +498,9 @@ impl WasmEngine {
         if let Some(component) = flavour.loaded(digest) {
             return Ok(optimized(component));
         }
-        if !metered && let Some(component) = self.quick.loaded(digest) {
+        if !metered
+            && let Some(component) = self.quick_made().and_then(|quick| quick.loaded(digest))
+        {
             return Ok(Loaded {
                 component,
                 quick: Some(digest.to_owned()),
@@ -490,10 +519,10 @@ impl WasmEngine {
         let bytes = std::fs::read(wasm)
             .map_err(|error| PrepareError::Internal(format!("read {}: {error}", wasm.display())))?;
         let bytes = component_bytes(&bytes)?;
-        if !metered {
-            match Component::new(&self.quick.engine, &bytes) {
+        if !metered && let Some(quick) = self.quick() {
+            match Component::new(&quick.engine, &bytes) {
                 Ok(component) => {
-                    self.quick.keep(digest, &component);
+                    quick.keep(digest, &component);
                     self.optimize(digest, bytes.into_owned(), cached);
                     return Ok(Loaded {
                         component,
@@ -539,7 +568,9 @@ impl WasmEngine {
                     // Kept before the waiting list goes: a function prepared
                     // in between finds it there.
                     plain.keep(&digest, component);
-                    quick.loaded.lock().expect("component map").remove(&digest);
+                    if let Some(Some(quick)) = quick.get() {
+                        quick.loaded.lock().expect("component map").remove(&digest);
+                    }
                 }
                 let waiting = optimizing
                     .lock()
@@ -583,7 +614,10 @@ impl WasmEngine {
 
     /// Forgets the in-memory copy of a component no function uses any more.
     pub fn unload(&self, digest: &str) {
-        for flavour in [&*self.plain, &self.metered, &*self.quick] {
+        for flavour in [Some(&*self.plain), Some(&self.metered), self.quick_made()]
+            .into_iter()
+            .flatten()
+        {
             flavour.loaded.lock().expect("component map").remove(digest);
         }
     }
@@ -647,7 +681,9 @@ impl WasmEngine {
     ) -> Result<InstancePre<GuestState>, PrepareError> {
         let component = &loaded.component;
         let flavour = match (limits.fuel, &loaded.quick) {
-            (None, Some(_)) => &*self.quick,
+            (None, Some(_)) => self.quick_made().ok_or_else(|| {
+                PrepareError::Internal("Winch's code without Winch's engine".into())
+            })?,
             _ => self.flavour(limits.fuel.is_some()),
         };
         if !Engine::same(component.engine(), &flavour.engine) {
