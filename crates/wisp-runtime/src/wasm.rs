@@ -253,6 +253,13 @@ impl Flavour {
     }
 }
 
+/// Reads an artifact as a component (a command module gets the adapter).
+fn read_component(wasm: &Path) -> Result<Vec<u8>, PrepareError> {
+    let bytes = std::fs::read(wasm)
+        .map_err(|error| PrepareError::Internal(format!("read {}: {error}", wasm.display())))?;
+    Ok(component_bytes(&bytes)?.into_owned())
+}
+
 /// Compiles a component's `bytes` for `engine`.
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, PrepareError> {
     Component::new(engine, bytes).map_err(|error| {
@@ -265,7 +272,13 @@ fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, PrepareError> {
 fn write_cache(path: &Path, component: &Component) {
     let write = || -> Result<(), String> {
         let bytes = component.serialize().map_err(|error| error.to_string())?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique: two writers of one path never share a temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&tmp, bytes).map_err(|error| error.to_string())?;
         std::fs::rename(&tmp, path).map_err(|error| error.to_string())
     };
@@ -301,9 +314,10 @@ pub struct WasmEngine {
     /// whose components are all cached never reserves its pool.
     quick: Arc<OnceLock<Option<Flavour>>>,
     quick_config: (wasmtime::Config, PathBuf),
-    /// The digests Cranelift is compiling in the background, with what to
-    /// do once each is ready.
+    /// The digests queued for Cranelift, with what to do once each is ready.
     optimizing: Arc<Mutex<HashMap<String, Vec<Retarget>>>>,
+    /// The queue of the one thread that compiles them.
+    compile: std::sync::mpsc::Sender<Job>,
     guests: GuestRuntime,
     stats: Arc<CacheStats>,
     outbound: Arc<Outbound>,
@@ -313,15 +327,75 @@ pub struct WasmEngine {
 #[derive(Clone)]
 pub struct Loaded {
     component: Component,
-    /// The artifact's digest while this is Winch's code and Cranelift's is
-    /// being compiled.
-    quick: Option<String>,
+    /// What Cranelift is to compile, when this is Winch's code.
+    quick: Option<Job>,
 }
 
-impl Loaded {
-    /// Whether this is Cranelift's code, not Winch's.
-    pub fn optimized(&self) -> bool {
-        self.quick.is_none()
+/// A component for Cranelift to compile in the background.
+#[derive(Debug, Clone)]
+struct Job {
+    digest: String,
+    /// The artifact.
+    wasm: PathBuf,
+    /// Where its code is cached.
+    cached: PathBuf,
+}
+
+/// Compiles the components queued on `jobs`, one at a time on a thread of
+/// lower priority than the node's, caches each, and gives its code to the
+/// functions waiting for it (those still deployed; none if the component
+/// was unloaded meanwhile).
+fn optimize(
+    plain: &Flavour,
+    quick: &OnceLock<Option<Flavour>>,
+    optimizing: &Mutex<HashMap<String, Vec<Retarget>>>,
+    stats: &CacheStats,
+    jobs: std::sync::mpsc::Receiver<Job>,
+) {
+    lower_priority();
+    for job in jobs {
+        let started = Instant::now();
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            compile(&plain.engine, &read_component(&job.wasm)?)
+        }))
+        .unwrap_or_else(|_| Err(PrepareError::Internal("Cranelift panicked".into())));
+        if let Ok(component) = &compiled {
+            stats.misses.fetch_add(1, Ordering::Relaxed);
+            write_cache(&job.cached, component);
+        }
+        let mut waiting = optimizing.lock().expect("optimizing");
+        let Some(retargets) = waiting.remove(&job.digest) else {
+            continue;
+        };
+        // Under the lock a function being prepared takes: it finds either
+        // the waiting list or Cranelift's code.
+        if let Ok(component) = &compiled {
+            plain.keep(&job.digest, component);
+        }
+        if let Some(Some(quick)) = quick.get() {
+            quick
+                .loaded
+                .lock()
+                .expect("component map")
+                .remove(&job.digest);
+        }
+        drop(waiting);
+        match compiled {
+            Ok(component) => {
+                tracing::debug!(
+                    "{}: Cranelift's code ready in {} ms",
+                    job.digest,
+                    started.elapsed().as_millis()
+                );
+                retargets
+                    .into_iter()
+                    .for_each(|retarget| retarget(&component));
+            }
+            Err(error) => tracing::warn!(
+                "{}: Cranelift cannot compile what Winch did; Winch's code serves on: {error}",
+                job.digest
+            ),
+        }
     }
 }
 
@@ -435,14 +509,31 @@ impl WasmEngine {
 
         let guests = GuestRuntime::new()
             .map_err(|error| PrepareError::Internal(format!("guest runtime: {error}")))?;
+        let plain = Arc::new(plain);
+        let optimizing: Arc<Mutex<HashMap<String, Vec<Retarget>>>> = Arc::default();
+        let stats: Arc<CacheStats> = Arc::default();
+        let (compile, jobs) = std::sync::mpsc::channel();
+        {
+            let (plain, quick, optimizing, stats) = (
+                plain.clone(),
+                quick.clone(),
+                optimizing.clone(),
+                stats.clone(),
+            );
+            std::thread::Builder::new()
+                .name("wisp-compile".into())
+                .spawn(move || optimize(&plain, &quick, &optimizing, &stats, jobs))
+                .map_err(|error| PrepareError::Internal(format!("compile thread: {error}")))?;
+        }
         Ok(Self {
-            plain: Arc::new(plain),
+            plain,
             metered,
             quick,
             quick_config: (quick_config, config.cache_dir.join("winch")),
-            optimizing: Arc::default(),
+            optimizing,
+            compile,
             guests,
-            stats: Arc::default(),
+            stats,
             outbound: Arc::new(Outbound {
                 egress: config.egress.clone(),
                 internal: OnceLock::new(),
@@ -487,27 +578,31 @@ impl WasmEngine {
     /// Loads a component by digest, `metered` to count fuel: from memory,
     /// from the disk cache, or by compiling `wasm`. Compiled the first time,
     /// a component that is not metered is Winch's code at first, and
-    /// Cranelift's once compiled in the background (then cached). Blocking:
-    /// compilation takes a while.
+    /// Cranelift's once compiled in the background (then cached) for the
+    /// functions prepared with it. Blocking: compilation takes a while.
     pub fn load(&self, digest: &str, wasm: &Path, metered: bool) -> Result<Loaded, PrepareError> {
         let flavour = self.flavour(metered);
+        let hex = digest.trim_start_matches("sha256:");
+        let cached = flavour.cache_dir.join(format!("{hex}.cwasm"));
         let optimized = |component| Loaded {
             component,
             quick: None,
         };
+        let quick = |component| Loaded {
+            component,
+            quick: Some(Job {
+                digest: digest.to_owned(),
+                wasm: wasm.to_owned(),
+                cached: cached.clone(),
+            }),
+        };
         if let Some(component) = flavour.loaded(digest) {
             return Ok(optimized(component));
         }
-        if !metered
-            && let Some(component) = self.quick_made().and_then(|quick| quick.loaded(digest))
+        if !metered && let Some(component) = self.quick_made().and_then(|made| made.loaded(digest))
         {
-            return Ok(Loaded {
-                component,
-                quick: Some(digest.to_owned()),
-            });
+            return Ok(quick(component));
         }
-        let hex = digest.trim_start_matches("sha256:");
-        let cached = flavour.cache_dir.join(format!("{hex}.cwasm"));
         // SAFETY: the file was written by `Component::serialize` of an engine
         // with the same compatibility hash (it is in the directory name), into
         // a directory only this node writes, and renamed into place whole.
@@ -516,18 +611,12 @@ impl WasmEngine {
             flavour.keep(digest, &component);
             return Ok(optimized(component));
         }
-        let bytes = std::fs::read(wasm)
-            .map_err(|error| PrepareError::Internal(format!("read {}: {error}", wasm.display())))?;
-        let bytes = component_bytes(&bytes)?;
-        if !metered && let Some(quick) = self.quick() {
-            match Component::new(&quick.engine, &bytes) {
+        let bytes = read_component(wasm)?;
+        if !metered && let Some(made) = self.quick() {
+            match Component::new(&made.engine, &bytes) {
                 Ok(component) => {
-                    quick.keep(digest, &component);
-                    self.optimize(digest, bytes.into_owned(), cached);
-                    return Ok(Loaded {
-                        component,
-                        quick: Some(digest.to_owned()),
-                    });
+                    made.keep(digest, &component);
+                    return Ok(quick(component));
                 }
                 // Cranelift says why, if it cannot compile it either.
                 Err(error) => tracing::debug!("Winch cannot compile {digest}: {}", chain(&error)),
@@ -540,80 +629,39 @@ impl WasmEngine {
         Ok(optimized(component))
     }
 
-    /// Compiles `bytes` with Cranelift on a thread of lower priority than
-    /// the node's, caches the code at `cached`, and gives it to the
-    /// functions serving Winch's code of `digest`.
-    fn optimize(&self, digest: &str, bytes: Vec<u8>, cached: PathBuf) {
-        self.optimizing
-            .lock()
-            .expect("optimizing")
-            .insert(digest.to_owned(), Vec::new());
-        let (plain, quick, optimizing, stats) = (
-            self.plain.clone(),
-            self.quick.clone(),
-            self.optimizing.clone(),
-            self.stats.clone(),
-        );
-        let owned = digest.to_owned();
-        let spawned = std::thread::Builder::new()
-            .name("wisp-compile".into())
-            .spawn(move || {
-                let digest = owned;
-                lower_priority();
-                let started = Instant::now();
-                let compiled = compile(&plain.engine, &bytes);
-                if let Ok(component) = &compiled {
-                    stats.misses.fetch_add(1, Ordering::Relaxed);
-                    write_cache(&cached, component);
-                    // Kept before the waiting list goes: a function prepared
-                    // in between finds it there.
-                    plain.keep(&digest, component);
-                    if let Some(Some(quick)) = quick.get() {
-                        quick.loaded.lock().expect("component map").remove(&digest);
-                    }
-                }
-                let waiting = optimizing
-                    .lock()
-                    .expect("optimizing")
-                    .remove(&digest)
-                    .unwrap_or_default();
-                match compiled {
-                    Ok(component) => {
-                        tracing::debug!(
-                            "{digest}: Cranelift's code ready in {} ms",
-                            started.elapsed().as_millis()
-                        );
-                        waiting.into_iter().for_each(|retarget| retarget(&component));
-                    }
-                    Err(error) => tracing::warn!(
-                        "{digest}: Cranelift cannot compile what Winch did; Winch's code serves on: {error}"
-                    ),
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::warn!("{digest}: Winch's code serves on: no compile thread: {error}");
-            self.optimizing.lock().expect("optimizing").remove(digest);
-        }
-    }
-
     /// Has `retarget` called with Cranelift's code of `loaded` once it is
-    /// ready (at once if it is by now), if `loaded` is Winch's.
+    /// ready (at once if it is by now), if `loaded` is Winch's: the first
+    /// function to wait for a component queues its compilation.
     fn when_optimized(&self, loaded: &Loaded, retarget: impl FnOnce() -> Retarget) {
-        let Some(digest) = &loaded.quick else { return };
+        let Some(job) = &loaded.quick else { return };
         let mut optimizing = self.optimizing.lock().expect("optimizing");
-        match optimizing.get_mut(digest) {
-            Some(waiting) => waiting.push(retarget()),
-            None => {
-                drop(optimizing);
-                if let Some(component) = self.plain.loaded(digest) {
-                    retarget()(&component);
-                }
-            }
+        if let Some(waiting) = optimizing.get_mut(&job.digest) {
+            waiting.push(retarget());
+            return;
+        }
+        if let Some(component) = self.plain.loaded(&job.digest) {
+            drop(optimizing);
+            retarget()(&component);
+            return;
+        }
+        optimizing.insert(job.digest.clone(), vec![retarget()]);
+        drop(optimizing);
+        if self.compile.send(job.clone()).is_err() {
+            tracing::warn!(
+                "{}: Winch's code serves on: the compiler is gone",
+                job.digest
+            );
+            self.optimizing
+                .lock()
+                .expect("optimizing")
+                .remove(&job.digest);
         }
     }
 
-    /// Forgets the in-memory copy of a component no function uses any more.
+    /// Forgets the in-memory copy of a component no function uses any more,
+    /// and Cranelift's compilation of it if it is queued.
     pub fn unload(&self, digest: &str) {
+        self.optimizing.lock().expect("optimizing").remove(digest);
         for flavour in [Some(&*self.plain), Some(&self.metered), self.quick_made()]
             .into_iter()
             .flatten()
