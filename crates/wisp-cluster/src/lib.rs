@@ -1368,17 +1368,22 @@ mod tests {
         SealingKey::from_file(key_file(&hex::encode([byte; 32])).path()).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_change_read_late_never_undoes_a_newer_write_of_the_node() {
-        let nats = wisp_testing::NatsCluster::start(1);
-        let cluster = Cluster::connect(Config {
+    /// A node's handle on a cluster of one NATS server, with key 1.
+    pub(crate) async fn connected(nats: &wisp_testing::NatsCluster) -> Cluster {
+        Cluster::connect(Config {
             urls: nats.urls_from(0),
             replicas: 1,
             key: key(1),
             key_value_max_bytes: 1 << 20,
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_change_read_late_never_undoes_a_newer_write_of_the_node() {
+        let nats = wisp_testing::NatsCluster::start(1);
+        let cluster = connected(&nats).await;
         let changes = cluster
             .follow(cluster.last_revision().await.unwrap())
             .await

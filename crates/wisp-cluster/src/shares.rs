@@ -125,7 +125,7 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Cluster, Config, Member, tests::key};
+    use crate::{Member, tests::connected};
 
     fn member(id: &str) -> Member {
         Member {
@@ -141,14 +141,7 @@ mod tests {
     #[tokio::test]
     async fn live_nodes_shares_fit_in_the_quota_and_a_dead_nodes_do_not_count() {
         let nats = wisp_testing::NatsCluster::start(1);
-        let cluster = Cluster::connect(Config {
-            urls: nats.urls_from(0),
-            replicas: 1,
-            key: key(1),
-            key_value_max_bytes: 1 << 20,
-        })
-        .await
-        .unwrap();
+        let cluster = connected(&nats).await;
         for id in ["a", "b"] {
             cluster.heartbeat(&member(id)).await.unwrap();
         }
