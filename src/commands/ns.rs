@@ -39,6 +39,9 @@ enum Action {
         /// The most bytes of async calls it may have queued or running (`256MiB`) [default: the node's].
         #[arg(long)]
         max_queued_bytes: Option<ByteSize>,
+        /// The most bytes its buckets' objects may take (`10GiB`).
+        #[arg(long)]
+        max_object_bytes: Option<ByteSize>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -66,6 +69,7 @@ impl Ns {
                 max_artifact_bytes,
                 max_queued_calls,
                 max_queued_bytes,
+                max_object_bytes,
                 remote,
             } => {
                 let request = NewNamespace {
@@ -76,6 +80,7 @@ impl Ns {
                         max_artifact_bytes,
                         max_queued_calls,
                         max_queued_bytes,
+                        max_object_bytes,
                     },
                 };
                 let created = Client::new(&remote).create_namespace(&request)?;

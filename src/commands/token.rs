@@ -1,7 +1,9 @@
 //! `wisp token`: create, list and revoke namespace tokens.
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use wisp_core::tenancy::{NewToken, Role};
+use sha2::{Digest as _, Sha256};
+use wisp_core::tenancy::{NewToken, Role, s3_keys};
 
 use super::Remote;
 use crate::client::Client;
@@ -39,6 +41,12 @@ enum Action {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print a token's S3 keys, for `aws`, boto3 or rclone against the
+    /// node's buckets: `eval "$(wisp token s3-keys)"`.
+    S3Keys {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Revoke a token: it stops working at once.
     Revoke {
         /// The token's id, from `wisp token ls`.
@@ -72,6 +80,27 @@ impl TokenCommand {
                         "token {} ({} in namespace {}): keep it now, it is not shown again",
                         created.info.id, created.info.role, created.info.namespace
                     );
+                }
+            }
+            Action::S3Keys { remote } => {
+                let token = remote
+                    .token()
+                    .context("no token: pass --token or set WISP_TOKEN")?;
+                let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                let (id, secret) = s3_keys(&hash);
+                let endpoint = format!("{}/s3", remote.url().trim_end_matches('/'));
+                if remote.json {
+                    let keys = serde_json::json!({
+                        "accessKeyId": id,
+                        "secretAccessKey": secret,
+                        "endpointUrl": endpoint,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&keys)?);
+                } else {
+                    println!("export AWS_ACCESS_KEY_ID={id}");
+                    println!("export AWS_SECRET_ACCESS_KEY={secret}");
+                    println!("export AWS_ENDPOINT_URL={endpoint}");
+                    println!("export AWS_REGION=us-east-1");
                 }
             }
             Action::Ls { namespace, remote } => {

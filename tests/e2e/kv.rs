@@ -437,7 +437,7 @@ fn changes_of_a_store_fire_the_functions_that_watch_it() {
     for (trigger, says) in [
         (
             json!({ "prefix": "users/" }),
-            "`prefix` is for key-value triggers",
+            "`prefix` is for key-value and bucket triggers",
         ),
         (json!({ "kv": "Default" }), "not a key-value store's name"),
         (json!({ "kv": "default", "mqtt": "a/b" }), "one source"),

@@ -2,6 +2,7 @@
 //! HTTP and through the real CLI, with guest components built from source.
 
 mod brokers;
+mod buckets;
 mod cli;
 mod cluster;
 mod compose;

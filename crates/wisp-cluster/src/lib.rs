@@ -27,6 +27,7 @@
 //! ([`Cluster::set_share`]).
 
 mod keyvalue;
+mod objects;
 mod shares;
 
 use std::{
@@ -40,6 +41,7 @@ use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 pub use keyvalue::ClusterKv;
+pub use objects::ClusterObjects;
 use ring::aead;
 pub use wisp_core::api::NodeInfo as Member;
 
@@ -60,6 +62,10 @@ const CALLS: &str = "wisp_calls";
 const KEY_VALUE: &str = "wisp_kv";
 /// The bucket of the nodes' shares of cluster-wide quotas.
 const QUOTAS: &str = "wisp_quotas";
+/// The object store of every namespace's objects.
+const OBJECTS: &str = "wisp_objects";
+/// The bucket of every namespace's buckets and uploads in progress.
+const OBJECT_INDEX: &str = "wisp_buckets";
 /// The registry key of the sealed admin token.
 const ADMIN_TOKEN: &str = "node.admin-token";
 /// How long a lease is held at most: one older was left by a node that
@@ -326,6 +332,8 @@ struct Buckets {
     artifacts: object_store::ObjectStore,
     key_value: kv::Store,
     quotas: kv::Store,
+    objects: object_store::ObjectStore,
+    object_index: kv::Store,
 }
 
 /// How a node joins a cluster.
@@ -350,6 +358,8 @@ pub struct Cluster {
     artifacts: object_store::ObjectStore,
     key_value: Arc<ClusterKv>,
     quotas: kv::Store,
+    objects: object_store::ObjectStore,
+    object_index: kv::Store,
     key: SealingKey,
     /// What this node last saw of each registry key: what its next write
     /// expects, and which changes of the key are older than what it holds.
@@ -389,6 +399,8 @@ impl Cluster {
                     artifacts,
                     key_value,
                     quotas,
+                    objects,
+                    object_index,
                 }) => {
                     return Ok(Self {
                         context,
@@ -399,6 +411,8 @@ impl Cluster {
                         artifacts,
                         key_value: Arc::new(ClusterKv::new(key_value, config.key_value_max_bytes)),
                         quotas,
+                        objects,
+                        object_index,
                         key: config.key,
                         revisions: Mutex::default(),
                         processed: std::sync::atomic::AtomicU64::new(0),
@@ -497,6 +511,19 @@ impl Cluster {
             },
         )
         .await?;
+        let object_index = key_value(
+            context,
+            kv::Config {
+                bucket: OBJECT_INDEX.to_owned(),
+                description: "wisp: every namespace's object buckets and uploads in progress"
+                    .to_owned(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         let mut key_value = key_value(
             context,
             kv::Config {
@@ -513,6 +540,19 @@ impl Cluster {
         )
         .await?;
         bound(context, &mut key_value.stream, key_value_max_bytes).await?;
+        let objects = match context.get_object_store(OBJECTS).await {
+            Ok(store) => store,
+            Err(_) => context
+                .create_object_store(object_store::Config {
+                    bucket: OBJECTS.to_owned(),
+                    description: Some("wisp: every namespace's objects".to_owned()),
+                    num_replicas: replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| jetstream_error("create the object store")(&error))?,
+        };
         Ok(Buckets {
             registry,
             members,
@@ -521,6 +561,8 @@ impl Cluster {
             artifacts,
             key_value,
             quotas,
+            objects,
+            object_index,
         })
     }
 
@@ -830,6 +872,12 @@ impl Cluster {
     pub fn open(&self, key: &Key, generation: &str, sealed: &[u8]) -> Result<String, ClusterError> {
         let label = format!("{}@{generation}", key.subject());
         String::from_utf8(self.key.open(&label, sealed)?).map_err(|_| ClusterError::Unseal(label))
+    }
+
+    /// The cluster's object buckets; `scratch` is the node's data
+    /// directory, where parts are joined.
+    pub fn objects(&self, scratch: &Path) -> ClusterObjects {
+        ClusterObjects::new(self.objects.clone(), self.object_index.clone(), scratch)
     }
 
     /// The cluster's key-value stores.

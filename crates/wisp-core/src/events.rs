@@ -18,7 +18,8 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
 /// A trigger as written in `wisp.toml` and the API: one key naming its
 /// source, such as `{ cron = "*/5 * * * *" }`, `{ nats = "orders.created" }`,
-/// `{ mqtt = "sensors/#" }`, `{ kv = "default", prefix = "users/" }` or
+/// `{ mqtt = "sensors/#" }`, `{ kv = "default", prefix = "users/" }`,
+/// `{ bucket = "uploads", events = ["created"], prefix = "img/" }` or
 /// `{ postgres = "postgres://app@db/shop", channel = "orders" }` or
 /// `{ redis_stream = "orders" }` or `{ amqp = "orders" }`, with
 /// that source's options beside it.
@@ -47,7 +48,13 @@ pub struct TriggerDeclaration {
     /// A key-value store of the function's namespace whose changes fire it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<String>,
-    /// Key-value: only keys that start with this.
+    /// An object bucket of the function's namespace whose changes fire it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Bucket: which changes fire it, `created` and `deleted`; both when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Key-value and bucket: only keys that start with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// A PostgreSQL database whose notifications fire it:
@@ -77,6 +84,8 @@ pub enum Trigger {
     Mqtt(String),
     /// Each change of a key-value store of the function's namespace.
     Kv(KvTrigger),
+    /// Each object created or deleted in a bucket of the function's namespace.
+    Bucket(BucketTrigger),
     /// Each notification on a PostgreSQL channel.
     Postgres(PostgresTrigger),
     /// Each entry of a Redis stream.
@@ -218,6 +227,30 @@ impl KvTrigger {
     }
 }
 
+/// A bucket trigger: a bucket, the changes that fire it, and the keys
+/// under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketTrigger {
+    /// The bucket, in the function's namespace.
+    pub bucket: String,
+    /// Whether an object written (by a PUT or a completed multipart upload) fires it.
+    pub created: bool,
+    /// Whether an object removed fires it.
+    pub deleted: bool,
+    /// Only keys that start with it; every key when empty.
+    pub prefix: String,
+}
+
+impl BucketTrigger {
+    /// Whether a change of `key` in `bucket` fires it: `created` when the
+    /// object was written, else removed.
+    pub fn matches(&self, bucket: &str, key: &str, created: bool) -> bool {
+        self.bucket == bucket
+            && key.starts_with(&self.prefix)
+            && if created { self.created } else { self.deleted }
+    }
+}
+
 /// A NATS trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsTrigger {
@@ -261,6 +294,20 @@ impl Trigger {
             Self::Mqtt(topic) => format!("mqtt \"{topic}\""),
             Self::Kv(kv) if kv.prefix.is_empty() => format!("kv \"{}\"", kv.store),
             Self::Kv(kv) => format!("kv \"{}\" prefix \"{}\"", kv.store, kv.prefix),
+            Self::Bucket(bucket) => {
+                let mut label = format!("bucket \"{}\"", bucket.bucket);
+                if !(bucket.created && bucket.deleted) {
+                    label += if bucket.created {
+                        " created"
+                    } else {
+                        " deleted"
+                    };
+                }
+                if !bucket.prefix.is_empty() {
+                    label += &format!(" prefix \"{}\"", bucket.prefix);
+                }
+                label
+            }
             Self::RedisStream(stream) => format!("redis stream \"{stream}\""),
             Self::Amqp(queue) => format!("amqp \"{queue}\""),
             Self::Postgres(postgres) => format!(
@@ -284,6 +331,8 @@ impl TryFrom<TriggerDeclaration> for Trigger {
             nats_consumer,
             mqtt,
             kv,
+            bucket,
+            events,
             prefix,
             postgres,
             channel,
@@ -292,9 +341,16 @@ impl TryFrom<TriggerDeclaration> for Trigger {
         } = declaration;
         let nats_options =
             queue_group.is_some() || nats_stream.is_some() || nats_consumer.is_some();
-        if prefix.is_some() && kv.is_none() {
+        if prefix.is_some() && kv.is_none() && bucket.is_none() {
             return Err(SpecError::Trigger(
-                "`prefix` is for key-value triggers: `{ kv = \"store\", prefix = \"...\" }`".into(),
+                "`prefix` is for key-value and bucket triggers: `{ kv = \"store\", prefix = \"...\" }`"
+                    .into(),
+            ));
+        }
+        if events.is_some() && bucket.is_none() {
+            return Err(SpecError::Trigger(
+                "`events` is for bucket triggers: `{ bucket = \"uploads\", events = [\"created\"] }`"
+                    .into(),
             ));
         }
         if channel.is_some() && postgres.is_none() {
@@ -305,6 +361,40 @@ impl TryFrom<TriggerDeclaration> for Trigger {
         }
         let others =
             cron.is_some() || nats.is_some() || mqtt.is_some() || kv.is_some() || nats_options;
+        if let Some(bucket) = bucket {
+            if others || postgres.is_some() || redis_stream.is_some() || amqp.is_some() {
+                return Err(SpecError::Trigger(ONE_SOURCE.into()));
+            }
+            if crate::name::validate_name(&bucket).is_err() {
+                return Err(SpecError::Trigger(format!(
+                    "trigger bucket \"{bucket}\": not a bucket's name (a DNS label)"
+                )));
+            }
+            let prefix = prefix.unwrap_or_default();
+            if prefix.len() > crate::kv::MAX_KEY_BYTES {
+                return Err(SpecError::Trigger(format!(
+                    "trigger bucket \"{bucket}\": a prefix is at most {} bytes",
+                    crate::kv::MAX_KEY_BYTES
+                )));
+            }
+            let events = events.unwrap_or_else(|| vec!["created".into(), "deleted".into()]);
+            if events.is_empty() {
+                return Err(SpecError::Trigger(format!(
+                    "trigger bucket \"{bucket}\": `events` names at least one of `created` and `deleted`"
+                )));
+            }
+            if let Some(other) = events.iter().find(|e| *e != "created" && *e != "deleted") {
+                return Err(SpecError::Trigger(format!(
+                    "trigger bucket \"{bucket}\": event `{other}` is not `created` or `deleted`"
+                )));
+            }
+            return Ok(Self::Bucket(BucketTrigger {
+                created: events.iter().any(|e| e == "created"),
+                deleted: events.iter().any(|e| e == "deleted"),
+                bucket,
+                prefix,
+            }));
+        }
         if let Some(queue) = amqp {
             if others || postgres.is_some() || redis_stream.is_some() {
                 return Err(SpecError::Trigger(ONE_SOURCE.into()));
@@ -661,7 +751,7 @@ impl TriggerScope {
         };
         match trigger {
             // A key-value trigger watches its own namespace's stores only.
-            Trigger::Cron(_) | Trigger::Kv(_) => Ok(()),
+            Trigger::Cron(_) | Trigger::Kv(_) | Trigger::Bucket(_) => Ok(()),
             Trigger::Amqp(queue) => {
                 let prefix = self.amqp_prefix(namespace);
                 if queue.starts_with(&prefix) {
@@ -777,6 +867,13 @@ impl From<Trigger> for TriggerDeclaration {
             Trigger::Kv(kv) => Self {
                 kv: Some(kv.store),
                 prefix: (!kv.prefix.is_empty()).then_some(kv.prefix),
+                ..Self::default()
+            },
+            Trigger::Bucket(bucket) => Self {
+                events: (!(bucket.created && bucket.deleted))
+                    .then(|| vec![if bucket.created { "created" } else { "deleted" }.to_owned()]),
+                bucket: Some(bucket.bucket),
+                prefix: (!bucket.prefix.is_empty()).then_some(bucket.prefix),
                 ..Self::default()
             },
             Trigger::Amqp(queue) => Self {

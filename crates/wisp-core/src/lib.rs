@@ -13,6 +13,7 @@ pub mod events;
 pub mod kv;
 pub mod manifest;
 pub mod name;
+pub mod objects;
 pub mod spec;
 pub mod telemetry;
 pub mod tenancy;

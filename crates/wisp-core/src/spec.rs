@@ -54,6 +54,7 @@ pub const RESERVED_PATHS: &[&str] = &[
     "/healthz",
     "/metrics",
     "/ui",
+    "/s3",
 ];
 
 /// How a function's artifact is run.

@@ -245,6 +245,9 @@ pub struct Quotas {
     /// running; it overrides the node's per-namespace limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued_bytes: Option<ByteSize>,
+    /// Bytes its buckets' objects may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_object_bytes: Option<ByteSize>,
 }
 
 /// What a namespace holds, as its quotas count it.
@@ -313,6 +316,7 @@ impl Quotas {
             ),
             ("maxQueuedCalls", self.max_queued_calls == Some(0)),
             ("maxQueuedBytes", self.max_queued_bytes == Some(ByteSize(0))),
+            ("maxObjectBytes", self.max_object_bytes == Some(ByteSize(0))),
         ];
         match zero.into_iter().find(|(_, zero)| *zero) {
             Some((quota, _)) => Err(format!("{quota} must be at least 1")),
@@ -473,6 +477,16 @@ pub fn secret_env_name(secret: &str) -> String {
 
 /// The longest token label.
 pub const MAX_TOKEN_LABEL: usize = 100;
+
+/// A token's S3 keys, from its SHA-256 `hash` (what the node keeps of it):
+/// the access key id, the hex of the first 10 bytes of the hash's own
+/// SHA-256, which says nothing of the secret; and the secret access key,
+/// the hash in hex, from which the token cannot be found.
+pub fn s3_keys(hash: &[u8; 32]) -> (String, String) {
+    use sha2::Digest as _;
+    let id = sha2::Sha256::digest(hash);
+    (hex::encode(&id[..10]), hex::encode(hash))
+}
 
 /// Checks a token's label: printable and short, since lists show it.
 pub fn validate_token_label(label: &str) -> Result<(), String> {

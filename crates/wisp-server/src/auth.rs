@@ -63,6 +63,11 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// The principal of a request's token, if it carries a known one.
+pub(crate) fn token_principal(node: &Node, headers: &HeaderMap) -> Option<Principal> {
+    resolve(node, &bearer(headers)?)
+}
+
 fn resolve(node: &Node, token: &str) -> Option<Principal> {
     if constant_time_eq(token.as_bytes(), node.admin_token.as_bytes()) {
         return Some(Principal::Node);
@@ -97,7 +102,7 @@ pub(crate) fn allow_metrics(node: &Node, headers: &HeaderMap) -> Result<(), ApiE
 }
 
 /// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -14,6 +14,7 @@
 mod admin;
 mod admission;
 mod auth;
+mod buckets;
 mod cluster;
 mod config;
 mod connection;
@@ -89,6 +90,7 @@ fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/healthz", get(healthz))
         .route("/system/openapi.json", get(openapi::document))
         .merge(telemetry::routes::public_routes())
+        .merge(buckets::routes())
         .merge(events::routes::invoke_routes())
         .merge(invoke::routes())
 }

@@ -132,6 +132,8 @@ pub struct Node {
     pub(crate) store: Arc<Store>,
     /// Every namespace's key-value stores: in SQLite, or the cluster's.
     pub(crate) key_value: Arc<dyn KeyValue>,
+    /// The namespaces' object buckets.
+    pub(crate) objects: Arc<dyn wisp_core::objects::Objects>,
     pub(crate) queue: events::Queue,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) metrics: Metrics,
@@ -241,6 +243,10 @@ impl Node {
                 config.kv_max_bytes,
             )?),
         };
+        let objects: Arc<dyn wisp_core::objects::Objects> = match &cluster {
+            Some(cluster) => Arc::new(cluster.objects(&config.data_dir)),
+            None => Arc::new(wisp_store::ObjectStore::open(&config.data_dir)?),
+        };
         // The same after a restart, so a node that comes back knows which
         // async calls of the cluster's it held.
         let id = load_or_create(&config.data_dir.join("node-id"), wisp_cluster::node_id)?;
@@ -259,6 +265,7 @@ impl Node {
             admin_token,
             store,
             key_value: Arc::new(events::kv::Watched::new(key_value, me.clone())),
+            objects,
             queue,
             telemetry,
             metrics: Metrics::new(me.clone()),

@@ -16,6 +16,7 @@
 
 mod artifacts;
 mod kv;
+mod objects;
 mod queue;
 mod registry;
 mod telemetry;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use artifacts::ArtifactUpload;
 pub use kv::KvStore;
+pub use objects::{ObjectStore, Staging};
 pub use queue::{
     CallFilter, CallOrigin, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall,
     call_key,

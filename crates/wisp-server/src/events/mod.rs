@@ -18,6 +18,7 @@ mod handoff;
 pub(crate) mod kv;
 mod mqtt;
 mod nats;
+pub(crate) mod objects;
 mod postgres;
 pub(crate) mod record;
 mod redis;

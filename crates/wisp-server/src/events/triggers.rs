@@ -235,7 +235,7 @@ pub(crate) fn start(node: &Arc<Node>, spec: &FunctionSpec) -> Vec<tokio::task::A
                     source.set_link(node, Link::Connecting);
                     tokio::spawn(postgres::run(source, trigger.clone()))
                 }
-                Trigger::Kv(_) => return None,
+                Trigger::Kv(_) | Trigger::Bucket(_) => return None,
             };
             Some(task.abort_handle())
         })
@@ -285,7 +285,7 @@ pub(crate) fn status(node: &Node, spec: &FunctionSpec) -> Vec<TriggerStatus> {
                         next_firing_at: None,
                     }
                 }
-                Trigger::Kv(_) => TriggerStatus {
+                Trigger::Kv(_) | Trigger::Bucket(_) => TriggerStatus {
                     trigger: label,
                     state: "watching".into(),
                     error: None,

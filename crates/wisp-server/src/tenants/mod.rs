@@ -14,7 +14,7 @@ use std::{
 use sha2::{Digest as _, Sha256};
 use wisp_core::{
     FunctionSpec,
-    tenancy::{NamespaceUsage, Principal, Quotas, Role},
+    tenancy::{NamespaceUsage, Principal, Quotas, Role, s3_keys},
 };
 use wisp_store::{NamespaceRemoval, Store, StoreError, StoredNamespace, StoredToken};
 
@@ -191,6 +191,15 @@ impl Tenants {
             |_, principal| !matches!(principal, Principal::Tenant { id: own, .. } if own == id),
         );
         Ok(removed)
+    }
+
+    /// The token whose S3 access key id is `key_id`: its hash and principal.
+    pub(crate) fn s3_key(&self, key_id: &str) -> Option<([u8; 32], Principal)> {
+        self.read()
+            .tokens
+            .iter()
+            .find(|(hash, _)| s3_keys(hash).0 == key_id)
+            .map(|(hash, principal)| (*hash, principal.clone()))
     }
 
     /// The principal of the token with this id, if it exists.

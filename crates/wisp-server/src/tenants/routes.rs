@@ -142,6 +142,7 @@ async fn create_namespace(
         // A new namespace: whatever a namespace of that name left in the
         // key-value stores (a write racing its removal) is not its own.
         node.key_value.forget(&request.name).await?;
+        forget_objects(&node, &request.name).await?;
     }
     let created = node
         .tenants
@@ -204,6 +205,7 @@ async fn remove_namespace(
     forgotten?;
     // So do its key-value stores, which every node shares in a cluster.
     node.key_value.forget(&name).await?;
+    forget_objects(&node, &name).await?;
     // Its tokens and secrets go with it, on every node.
     for token in node.store.tokens()? {
         if token.namespace == name {
@@ -241,6 +243,14 @@ fn in_use(name: &str, functions: u32) -> ApiError {
         StatusCode::CONFLICT,
         format!("namespace {name} still holds {functions} function(s): remove them first"),
     )
+}
+
+/// Removes a namespace's buckets and objects.
+async fn forget_objects(node: &Node, namespace: &str) -> Result<(), ApiError> {
+    node.objects
+        .forget(namespace)
+        .await
+        .map_err(ApiError::internal)
 }
 
 pub(crate) fn unknown_namespace(name: &str) -> ApiError {
