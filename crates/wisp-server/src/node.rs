@@ -244,7 +244,10 @@ impl Node {
             )?),
         };
         let objects: Arc<dyn wisp_core::objects::Objects> = match &cluster {
-            Some(cluster) => Arc::new(cluster.objects(&config.data_dir)),
+            Some(cluster) => {
+                wisp_store::ObjectStore::sweep_staging(&config.data_dir)?;
+                Arc::new(cluster.objects(&config.data_dir))
+            }
             None => Arc::new(wisp_store::ObjectStore::open(&config.data_dir)?),
         };
         // The same after a restart, so a node that comes back knows which

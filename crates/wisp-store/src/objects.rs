@@ -97,10 +97,15 @@ impl From<Fail> for ObjectError {
     }
 }
 
+/// The bytes a staging file gathers before it writes them.
+const STAGING_BUFFER: usize = 1 << 20;
+
 /// Bytes being written: a file under `objects/tmp`, removed unless it is
 /// stored.
 pub struct Staging {
-    file: tokio::fs::File,
+    /// Buffered: each write to a `tokio::fs::File` is a trip to the
+    /// blocking pool, too many for a body's small frames.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     path: tempfile::TempPath,
     md5: Md5,
     size: u64,
@@ -130,6 +135,7 @@ impl Staging {
             .await
             .map_err(StoreError::io("write", &self.path))?;
         self.file
+            .get_mut()
             .sync_all()
             .await
             .map_err(StoreError::io("sync", &self.path))?;
@@ -172,22 +178,38 @@ impl ObjectStore {
             root: objects,
             db: Mutex::new(db),
         };
+        Self::sweep_staging(root)?;
         inner.sweep()?;
         Ok(Self {
             inner: Arc::new(inner),
         })
     }
 
-    /// A new staging file for an object's or a part's bytes, in `tmp`
-    /// under `root` (the data directory), which both backends use.
-    pub fn staging(root: &Path) -> Result<Staging, StoreError> {
+    /// Removes the staging files under `root` (the data directory) a crash
+    /// left behind: at start, before anything is staged.
+    pub fn sweep_staging(root: &Path) -> Result<(), StoreError> {
         let dir = root.join("objects").join("tmp");
         private_dir(&dir)?;
+        let entries = std::fs::read_dir(&dir).map_err(StoreError::io("read", &dir))?;
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(())
+    }
+
+    /// A new staging file for an object's or a part's bytes, in `tmp`
+    /// under `root` (the data directory, swept at start by
+    /// [`ObjectStore::sweep_staging`]), which both backends use.
+    pub fn staging(root: &Path) -> Result<Staging, StoreError> {
+        let dir = root.join("objects").join("tmp");
         let (file, path) = tempfile::NamedTempFile::new_in(&dir)
             .map_err(StoreError::io("create a file in", &dir))?
             .into_parts();
         Ok(Staging {
-            file: tokio::fs::File::from_std(file),
+            file: tokio::io::BufWriter::with_capacity(
+                STAGING_BUFFER,
+                tokio::fs::File::from_std(file),
+            ),
             path,
             md5: Md5::new(),
             size: 0,
@@ -226,7 +248,6 @@ impl Inner {
             Ok(files)
         };
         for (dir, kept) in [
-            ("tmp", HashSet::new()),
             ("data", named("SELECT file FROM objects")?),
             ("parts", named("SELECT file FROM parts")?),
         ] {

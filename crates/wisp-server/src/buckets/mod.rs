@@ -42,6 +42,8 @@ use crate::node::Node;
 const MAX_PUT_BYTES: u64 = 5 << 30;
 /// The largest XML document a client sends (a completion of 10,000 parts).
 const MAX_XML_BYTES: usize = 2 << 20;
+/// The bytes of an object read at once, and sent as one frame.
+const READ_CHUNK: usize = 256 << 10;
 /// The most keys a listing or a batch deletion takes, as in S3.
 const MAX_KEYS: usize = 1000;
 
@@ -707,7 +709,7 @@ async fn read(objects: &dyn Objects, at: &ObjectPath, parts: &Parts) -> Result<R
             ));
         }
     }
-    let stream = tokio_util::io::ReaderStream::new(object.body.take(length));
+    let stream = tokio_util::io::ReaderStream::with_capacity(object.body.take(length), READ_CHUNK);
     Ok(response.body(Body::from_stream(stream)).expect("response"))
 }
 
