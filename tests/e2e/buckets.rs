@@ -3,7 +3,8 @@
 //! would; `curl`-style requests with a bearer token reach the same objects;
 //! a namespace's byte quota holds; objects outlive a restart and go with
 //! their namespace; stored and removed objects fire the functions whose
-//! bucket triggers watch them.
+//! bucket triggers watch them; a wasm function reaches the buckets it
+//! declares, in-process.
 
 use std::{process::Command, time::Duration};
 
@@ -319,4 +320,75 @@ fn objects_stored_and_removed_fire_the_functions_whose_bucket_triggers_match() {
         "{body}"
     );
     assert!(body.contains("header ce-subject=doc/a.txt"), "{body}");
+}
+
+#[test]
+fn a_wasm_function_reaches_the_buckets_it_declares_in_process() {
+    let node = Node::start(WISP);
+    create_namespace(&node, json!({ "name": "team-b" }));
+    let token = node.token.clone();
+    for (path, body) in [
+        ("/uploads/cat.txt", "meow"),
+        ("/private/key.txt", "secret"),
+        ("/uploads.team-b/cat.txt", "team-b's"),
+    ] {
+        assert_eq!(
+            s3(&node, &token, "PUT", path, Some(body.as_bytes())).status,
+            200
+        );
+    }
+    // The probe answers with what a GET of PROBE_UPSTREAM answered it.
+    let probe = node.upload_file(wisp_testing::HTTP_PROBE);
+    let deploy = |name: &str, namespace: &str, path: &str, buckets: serde_json::Value| {
+        node.deploy_ok(json!({
+            "service": name, "namespace": namespace, "kind": "wasm-http", "image": probe,
+            "envVars": { "PROBE_UPSTREAM": format!("http://wisp.internal/s3{path}") },
+            "buckets": buckets,
+        }));
+    };
+    deploy("reader", "default", "/uploads/cat.txt", json!(["uploads"]));
+    deploy(
+        "lister",
+        "default",
+        "/uploads?list-type=2",
+        json!(["uploads"]),
+    );
+    deploy("snoop", "default", "/private/key.txt", json!(["uploads"]));
+    deploy(
+        "thief",
+        "default",
+        "/uploads.team-b/cat.txt",
+        json!(["uploads"]),
+    );
+    deploy("undeclared", "default", "/uploads/cat.txt", json!([]));
+    deploy("reader", "team-b", "/uploads/cat.txt", json!(["uploads"]));
+
+    let read = node.post("/function/reader", b"");
+    assert_eq!(
+        (read.status, read.body.as_str()),
+        (200, "meow"),
+        "{}",
+        node.log()
+    );
+    let listed = node.post("/function/lister", b"");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(
+        listed.body.contains("<Key>cat.txt</Key>"),
+        "{}",
+        listed.body
+    );
+    // Only what it declares, and only in its own namespace.
+    for function in ["snoop", "thief", "undeclared"] {
+        let refused = node.post(&format!("/function/{function}"), b"");
+        assert_eq!(refused.status, 403, "{function}: {}", refused.body);
+        // S3's XML error, its apostrophe escaped.
+        assert!(
+            refused.body.contains("<Code>AccessDenied</Code>")
+                && refused.body.contains(": declare it in `buckets`"),
+            "{function}: {}",
+            refused.body
+        );
+    }
+    let theirs = node.post("/function/reader.team-b", b"");
+    assert_eq!((theirs.status, theirs.body.as_str()), (200, "team-b's"));
 }

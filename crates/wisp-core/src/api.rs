@@ -113,6 +113,10 @@ pub struct FunctionDeployment {
     /// Key-value stores of its namespace it may use, by name (`default`, as in Spin).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_value_stores: Vec<String>,
+    /// Object buckets of its namespace it may use, by name, through
+    /// `http://wisp.internal/s3/{bucket}/{key}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
     /// A `pipeline`'s steps, in order: functions by `name` (of the
     /// pipeline's namespace) or `name.namespace`, `{"map": name}` or
     /// `{"tee": [names]}`.

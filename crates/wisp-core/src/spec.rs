@@ -257,6 +257,9 @@ pub enum SpecError {
     /// A key-value store's name is not a DNS label, or is given twice.
     #[error("key-value store `{0}`: {1}")]
     KeyValueStore(String, String),
+    /// A bucket's name is not a DNS label, or is given twice.
+    #[error("bucket `{0}`: {1}")]
+    Bucket(String, String),
     /// `network` on a wasm function.
     #[error(
         "`network` is for process functions; a {0} function reaches only its allowed_outbound_hosts"
@@ -336,24 +339,27 @@ fn validate_secrets(secrets: &[String], env: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
-/// Checks the key-value stores a function names: DNS labels, each once, of
-/// a wasm function (the one kind that reaches them).
-fn validate_key_value_stores(kind: FunctionKind, stores: &[String]) -> Result<(), SpecError> {
+/// Checks the stores or buckets a function declares: DNS labels, each
+/// once, of a wasm function (the one kind that reaches them yet), or
+/// `refuse(name, why)`.
+fn validate_declared(
+    kind: FunctionKind,
+    names: &[String],
+    what: &str,
+    refuse: fn(String, String) -> SpecError,
+) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
-    for store in stores {
-        let refuse = |why: &str| Err(SpecError::KeyValueStore(store.clone(), why.to_owned()));
-        if !kind.is_wasm() {
-            return refuse(&format!(
-                "key-value stores are for wasm functions (`wasi:keyvalue`); a {kind} function \
-                 cannot reach them yet"
-            ));
-        }
-        if validate_name(store).is_err() {
-            return refuse("not a DNS label");
-        }
-        if !seen.insert(store) {
-            return refuse("named twice");
-        }
+    for name in names {
+        let why = if !kind.is_wasm() {
+            format!("{what} are for wasm functions; a {kind} function cannot reach them yet")
+        } else if validate_name(name).is_err() {
+            "not a DNS label".to_owned()
+        } else if !seen.insert(name) {
+            "named twice".to_owned()
+        } else {
+            continue;
+        };
+        return Err(refuse(name.clone(), why));
     }
     Ok(())
 }
@@ -480,6 +486,7 @@ fn validate_steps(
     env: &BTreeMap<String, String>,
     secrets: &[String],
     key_value_stores: &[String],
+    buckets: &[String],
 ) -> Result<(), SpecError> {
     let refuse = |message: String| Err(SpecError::Pipeline(message));
     if kind != FunctionKind::Pipeline {
@@ -523,10 +530,11 @@ fn validate_steps(
             _ => {}
         }
     }
-    if !env.is_empty() || !secrets.is_empty() || !key_value_stores.is_empty() {
+    if !env.is_empty() || !secrets.is_empty() || !key_value_stores.is_empty() || !buckets.is_empty()
+    {
         return refuse(
-            "a pipeline has no environment, secrets or key-value stores of its own: give them \
-             to its steps"
+            "a pipeline has no environment, secrets, key-value stores or buckets of its own: \
+             give them to its steps"
                 .into(),
         );
     }
@@ -595,6 +603,9 @@ pub struct FunctionSpec {
     /// Key-value stores of its namespace it may use, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_value_stores: Vec<String>,
+    /// Object buckets of its namespace it may use, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
     /// A pipeline's steps, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
@@ -753,6 +764,7 @@ impl FunctionSpec {
             private,
             secrets,
             key_value_stores,
+            buckets,
             steps,
         } = deployment;
         validate_name(&service)?;
@@ -764,7 +776,14 @@ impl FunctionSpec {
             .or(has_command.then_some(FunctionKind::Process))
             .ok_or(SpecError::MissingKind)?;
         let artifact = image.filter(|image| !image.is_empty());
-        validate_steps(kind, &steps, &env_vars, &secrets, &key_value_stores)?;
+        validate_steps(
+            kind,
+            &steps,
+            &env_vars,
+            &secrets,
+            &key_value_stores,
+            &buckets,
+        )?;
         if artifact.is_some() && kind == FunctionKind::Pipeline {
             return Err(SpecError::Pipeline(
                 "a pipeline has no `image`: its steps are functions of their own".into(),
@@ -920,7 +939,18 @@ impl FunctionSpec {
             return Err(SpecError::LoaderVariables(loader));
         }
         validate_secrets(&secrets, &env_vars)?;
-        validate_key_value_stores(kind, &key_value_stores)?;
+        validate_declared(
+            kind,
+            &key_value_stores,
+            "key-value stores (`wasi:keyvalue`)",
+            SpecError::KeyValueStore,
+        )?;
+        validate_declared(
+            kind,
+            &buckets,
+            "buckets (`http://wisp.internal/s3/...`)",
+            SpecError::Bucket,
+        )?;
         Ok(Self {
             name: service,
             namespace,
@@ -946,6 +976,7 @@ impl FunctionSpec {
             private: private.unwrap_or(false),
             secrets,
             key_value_stores,
+            buckets,
             steps,
         })
     }
@@ -995,6 +1026,7 @@ impl FunctionSpec {
                 private: Some(self.private),
                 secrets: self.secrets.clone(),
                 key_value_stores: self.key_value_stores.clone(),
+                buckets: self.buckets.clone(),
                 steps: self.steps.clone(),
             },
             invocation_count: observed.invocations,
@@ -1086,6 +1118,20 @@ mod tests {
                     ..deployment(FunctionKind::Process)
                 },
                 "a process function cannot reach them yet",
+            ),
+            (
+                FunctionDeployment {
+                    buckets: vec!["uploads".into(), "uploads".into()],
+                    ..deployment(FunctionKind::WasmHttp)
+                },
+                "bucket `uploads`: named twice",
+            ),
+            (
+                FunctionDeployment {
+                    buckets: vec!["uploads".into()],
+                    ..deployment(FunctionKind::ProcessHttp)
+                },
+                "bucket `uploads`: buckets (`http://wisp.internal/s3/...`) are for wasm functions",
             ),
             (
                 FunctionDeployment {

@@ -349,7 +349,8 @@ pub const INTERNAL_DOMAIN: &str = ".wisp.internal";
 /// would the same call from outside (statuses, limits, privacy), plus 508
 /// for a chain deeper than it allows.
 pub trait Internal: Send + Sync {
-    /// Calls the function `reference` names (`name` or `name.namespace`).
+    /// Calls the function `reference` names (`name` or `name.namespace`),
+    /// or the node's own services when it is empty ([`NODE_HOST`]).
     fn call(
         &self,
         caller: Caller,
@@ -369,10 +370,19 @@ pub struct Caller {
     pub depth: u32,
 }
 
+/// The host of the node's own services to its functions (their buckets,
+/// `http://wisp.internal/s3/...`): reached in-process like another
+/// function, as the empty reference, and without an allowlist entry, since
+/// the node grants each function only what it declares.
+pub const NODE_HOST: &str = "wisp.internal";
+
 /// The function a request's host names under [`INTERNAL_DOMAIN`], as `name`
-/// or `name.namespace`.
+/// or `name.namespace`; empty for [`NODE_HOST`].
 fn internal_reference(uri: &http::Uri) -> Option<String> {
     let host = uri.host()?.to_ascii_lowercase();
+    if host == NODE_HOST {
+        return Some(String::new());
+    }
     let reference = host.strip_suffix(INTERNAL_DOMAIN)?;
     (!reference.is_empty() && reference.split('.').count() <= 2).then(|| reference.to_owned())
 }
@@ -439,7 +449,11 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<Sent>> + Send> {
-        if !self.allows(request.uri()) {
+        let to_node = request
+            .uri()
+            .host()
+            .is_some_and(|host| host.eq_ignore_ascii_case(NODE_HOST));
+        if !to_node && !self.allows(request.uri()) {
             Self::deny(
                 &self.function,
                 &self.call_id,

@@ -241,6 +241,10 @@ async fn call_internal(
         )
         .into_response();
     }
+    if reference.is_empty() {
+        let request = request.map(axum::body::Body::new);
+        return crate::buckets::for_function(node, &caller.namespace, &caller.name, request).await;
+    }
     let (name, namespace) = reference
         .split_once('.')
         .unwrap_or((reference, caller.namespace.as_str()));

@@ -166,6 +166,9 @@ pub struct FunctionManifest {
     /// Key-value stores of its namespace it may use, by name.
     #[serde(default)]
     pub key_value_stores: Vec<String>,
+    /// Object buckets of its namespace it may use, by name.
+    #[serde(default)]
+    pub buckets: Vec<String>,
     /// What `wisp dev` watches to build and deploy the function again:
     /// globs relative to the manifest's directory.
     #[serde(default)]
@@ -339,6 +342,7 @@ impl FunctionManifest {
             private: None,
             secrets: Vec::new(),
             key_value_stores: Vec::new(),
+            buckets: Vec::new(),
             watch: Vec::new(),
             steps: Vec::new(),
         }
@@ -380,6 +384,7 @@ impl FunctionManifest {
             private: self.private,
             secrets: self.secrets.clone(),
             key_value_stores: self.key_value_stores.clone(),
+            buckets: self.buckets.clone(),
             steps: self.steps.clone(),
         }
     }

@@ -168,22 +168,73 @@ fn xml_response(status: StatusCode, body: String) -> Response {
 }
 
 async fn serve(State(node): State<Arc<Node>>, request: Request) -> Response {
-    let method = request.method().clone();
-    let resource = request.uri().path().to_owned();
-    match handle(&node, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            let request_id = hex::encode(rand::random::<[u8; 8]>());
-            let mut response = xml_response(
-                error.status,
-                xml::error(error.code, &error.message, &resource, &request_id),
-            );
-            if method == Method::HEAD {
-                *response.body_mut() = Body::empty();
-            }
-            response
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    match principal(&node, &parts, &query) {
+        Ok((principal, verified)) => {
+            respond(&node, parts, body, Access::Client(principal), verified).await
         }
+        Err(error) => error_response(&parts, error),
     }
+}
+
+/// A function's request to its buckets, in-process
+/// (`http://wisp.internal/s3/{bucket}/{key}`): S3's API, with the buckets
+/// the function declares for credentials.
+pub(crate) async fn for_function(
+    node: &Arc<Node>,
+    namespace: &str,
+    name: &str,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(function) = node.function(namespace, name) else {
+        let error = S3Error::denied(format!("function {name}.{namespace} is not deployed"));
+        return error_response(&parts, error);
+    };
+    let access = Access::Function {
+        namespace: namespace.to_owned(),
+        buckets: function.spec.buckets.clone(),
+    };
+    respond(node, parts, body, access, None).await
+}
+
+/// Who asks.
+enum Access {
+    /// A client: its token's principal.
+    Client(Principal),
+    /// A function of the node: the buckets of its namespace it declares.
+    Function {
+        namespace: String,
+        buckets: Vec<String>,
+    },
+}
+
+/// Answers a request; `verified`, the client's signature once checked.
+async fn respond(
+    node: &Arc<Node>,
+    parts: Parts,
+    body: Body,
+    access: Access,
+    verified: Option<Verified>,
+) -> Response {
+    match handle(node, &parts, body, access, verified).await {
+        Ok(response) => response,
+        Err(error) => error_response(&parts, error),
+    }
+}
+
+/// S3's error document for `error` (no body for a HEAD).
+fn error_response(parts: &Parts, error: S3Error) -> Response {
+    let request_id = hex::encode(rand::random::<[u8; 8]>());
+    let mut response = xml_response(
+        error.status,
+        xml::error(error.code, &error.message, parts.uri.path(), &request_id),
+    );
+    if parts.method == Method::HEAD {
+        *response.body_mut() = Body::empty();
+    }
+    response
 }
 
 /// What a request names: a bucket (with its namespace) and a key.
@@ -280,7 +331,19 @@ fn principal(
 /// Where a bucket named in a path lives: `{bucket}.{namespace}`, or the
 /// caller's own namespace (`default` for the node's token). The caller must
 /// be allowed to manage the namespace's data.
-fn scope(principal: &Principal, named: &str) -> Result<(String, String), S3Error> {
+fn scope(access: &Access, named: &str) -> Result<(String, String), S3Error> {
+    let principal = match access {
+        Access::Client(principal) => principal,
+        Access::Function { namespace, buckets } => {
+            // Declared names are DNS labels: `{bucket}.{namespace}` is none.
+            if !buckets.iter().any(|bucket| bucket == named) {
+                return Err(S3Error::denied(format!(
+                    "bucket `{named}` is not one of the function's: declare it in `buckets`"
+                )));
+            }
+            return Ok((named.to_owned(), namespace.clone()));
+        }
+    };
     let (bucket, namespace) = match named.split_once('.') {
         Some((bucket, namespace)) => (bucket, namespace),
         None => match principal {
@@ -294,10 +357,14 @@ fn scope(principal: &Principal, named: &str) -> Result<(String, String), S3Error
     Ok((bucket.to_owned(), namespace.to_owned()))
 }
 
-async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, S3Error> {
-    let (parts, body) = request.into_parts();
+async fn handle(
+    node: &Arc<Node>,
+    parts: &Parts,
+    body: Body,
+    access: Access,
+    verified: Option<Verified>,
+) -> Result<Response, S3Error> {
     let query = parts.uri.query().unwrap_or("").to_owned();
-    let (principal, verified) = principal(node, &parts, &query)?;
     let objects = node.objects.clone();
     let target = target(parts.uri.path())?;
     let params = Params(sigv4::decoded_pairs(&query));
@@ -313,20 +380,29 @@ async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, S3Error>
                 "the service takes GET only",
             ));
         }
-        let namespace = match &principal {
-            Principal::Tenant { namespace, .. } => namespace.clone(),
-            Principal::Node => DEFAULT_NAMESPACE.to_owned(),
+        let (namespace, declared) = match &access {
+            Access::Client(principal) => {
+                let namespace = match principal {
+                    Principal::Tenant { namespace, .. } => namespace.clone(),
+                    Principal::Node => DEFAULT_NAMESPACE.to_owned(),
+                };
+                principal
+                    .allow(&namespace, Action::ManageData)
+                    .map_err(|error| S3Error::denied(error.to_string()))?;
+                (namespace, None)
+            }
+            Access::Function { namespace, buckets } => (namespace.clone(), Some(buckets)),
         };
-        principal
-            .allow(&namespace, Action::ManageData)
-            .map_err(|error| S3Error::denied(error.to_string()))?;
-        let buckets = objects.buckets(&namespace).await?;
+        let mut buckets = objects.buckets(&namespace).await?;
+        if let Some(declared) = declared {
+            buckets.retain(|bucket| declared.contains(&bucket.name));
+        }
         return Ok(xml_response(
             StatusCode::OK,
             xml::buckets(&namespace, &buckets, ""),
         ));
     };
-    let (bucket, namespace) = scope(&principal, named)?;
+    let (bucket, namespace) = scope(&access, named)?;
     let Some(stored) = node.tenants.namespace(&namespace) else {
         return Err(S3Error::new(
             StatusCode::NOT_FOUND,
@@ -342,7 +418,7 @@ async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, S3Error>
             bucket: &bucket,
             named,
         };
-        return bucket_request(node, &at, &parts, body, &params, verified.as_ref()).await;
+        return bucket_request(node, &at, parts, body, &params, verified.as_ref()).await;
     };
     check_bucket(&bucket)?;
     let at = ObjectPath {
@@ -380,7 +456,7 @@ async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, S3Error>
                 }
             }
         }
-        Method::GET | Method::HEAD => read(objects.as_ref(), &at, &parts).await,
+        Method::GET | Method::HEAD => read(objects.as_ref(), &at, parts).await,
         Method::DELETE => {
             if let Some(upload) = upload {
                 objects.abort_upload(&at, upload).await?;
