@@ -361,6 +361,11 @@ fn a_wasm_function_reaches_the_buckets_it_declares_in_process() {
         json!(["uploads"]),
     );
     deploy("undeclared", "default", "/uploads/cat.txt", json!([]));
+    node.deploy_ok(json!({
+        "service": "elsewhere", "kind": "wasm-http", "image": probe,
+        "envVars": { "PROBE_UPSTREAM": "http://wisp.internal/system/functions" },
+        "buckets": ["system"],
+    }));
     deploy("reader", "team-b", "/uploads/cat.txt", json!(["uploads"]));
 
     let read = node.post("/function/reader", b"");
@@ -389,6 +394,9 @@ fn a_wasm_function_reaches_the_buckets_it_declares_in_process() {
             refused.body
         );
     }
+    // The node serves its functions nothing but their buckets.
+    let elsewhere = node.post("/function/elsewhere", b"");
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.body);
     let theirs = node.post("/function/reader.team-b", b"");
     assert_eq!((theirs.status, theirs.body.as_str()), (200, "team-b's"));
 }
