@@ -6,6 +6,7 @@ mod buckets;
 mod cli;
 mod cluster;
 mod compose;
+mod endpoint;
 mod escapes;
 mod events;
 mod invoke;

@@ -110,11 +110,14 @@ pub struct FunctionDeployment {
     /// Secrets of its namespace it is handed, by name (`wisp secret create`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
-    /// Key-value stores of its namespace it may use, by name (`default`, as in Spin).
+    /// Key-value stores of its namespace it may use, by name (`default`, as
+    /// in Spin): through `wasi:keyvalue` from wasm, `$WISP_API_URL/kv/{store}/{key}`
+    /// from a process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_value_stores: Vec<String>,
     /// Object buckets of its namespace it may use, by name, through
-    /// `http://wisp.internal/s3/{bucket}/{key}`.
+    /// `http://wisp.internal/s3/{bucket}/{key}` from wasm,
+    /// `$WISP_API_URL/s3/{bucket}/{key}` from a process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<String>,
     /// A `pipeline`'s steps, in order: functions by `name` (of the

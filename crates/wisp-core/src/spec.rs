@@ -340,19 +340,14 @@ fn validate_secrets(secrets: &[String], env: &BTreeMap<String, String>) -> Resul
 }
 
 /// Checks the stores or buckets a function declares: DNS labels, each
-/// once, of a wasm function (the one kind that reaches them yet), or
-/// `refuse(name, why)`.
+/// once, or `refuse(name, why)`.
 fn validate_declared(
-    kind: FunctionKind,
     names: &[String],
-    what: &str,
     refuse: fn(String, String) -> SpecError,
 ) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for name in names {
-        let why = if !kind.is_wasm() {
-            format!("{what} are for wasm functions; a {kind} function cannot reach them yet")
-        } else if validate_name(name).is_err() {
+        let why = if validate_name(name).is_err() {
             "not a DNS label".to_owned()
         } else if !seen.insert(name) {
             "named twice".to_owned()
@@ -939,18 +934,8 @@ impl FunctionSpec {
             return Err(SpecError::LoaderVariables(loader));
         }
         validate_secrets(&secrets, &env_vars)?;
-        validate_declared(
-            kind,
-            &key_value_stores,
-            "key-value stores (`wasi:keyvalue`)",
-            SpecError::KeyValueStore,
-        )?;
-        validate_declared(
-            kind,
-            &buckets,
-            "buckets (`http://wisp.internal/s3/...`)",
-            SpecError::Bucket,
-        )?;
+        validate_declared(&key_value_stores, SpecError::KeyValueStore)?;
+        validate_declared(&buckets, SpecError::Bucket)?;
         Ok(Self {
             name: service,
             namespace,
@@ -1114,13 +1099,6 @@ mod tests {
             ),
             (
                 FunctionDeployment {
-                    key_value_stores: vec!["default".into()],
-                    ..deployment(FunctionKind::Process)
-                },
-                "a process function cannot reach them yet",
-            ),
-            (
-                FunctionDeployment {
                     buckets: vec!["uploads".into(), "uploads".into()],
                     ..deployment(FunctionKind::WasmHttp)
                 },
@@ -1128,10 +1106,10 @@ mod tests {
             ),
             (
                 FunctionDeployment {
-                    buckets: vec!["uploads".into()],
+                    buckets: vec!["Up".into()],
                     ..deployment(FunctionKind::ProcessHttp)
                 },
-                "bucket `uploads`: buckets (`http://wisp.internal/s3/...`) are for wasm functions",
+                "bucket `Up`: not a DNS label",
             ),
             (
                 FunctionDeployment {

@@ -512,15 +512,22 @@ async fn run_replica(app: Arc<App>) {
         }
     };
     let group = child.id().map(|pid| pid as libc::pid_t);
-    if let Some(lease) = lease.as_mut()
-        && let Err(error) = lease.network_up().await
-    {
-        if let Some(group) = group {
-            kill_group(group);
-        }
-        let _ = child.wait().await;
-        return app.start_failed(format!("could not set up a replica's network: {error}"));
+    let serving = match lease.as_mut() {
+        Some(lease) => lease.network_up().await,
+        None => Ok(()),
     }
+    // A replica serves many calls: its own calls are one deep.
+    .and_then(|()| app.program.serve_endpoint(lease.as_mut(), 0));
+    let _serving = match serving {
+        Ok(serving) => serving,
+        Err(error) => {
+            if let Some(group) = group {
+                kill_group(group);
+            }
+            let _ = child.wait().await;
+            return app.start_failed(format!("could not set up a replica's network: {error}"));
+        }
+    };
     let _namespace = lease
         .as_ref()
         .and_then(|lease| lease.netns())

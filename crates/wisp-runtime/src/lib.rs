@@ -11,6 +11,7 @@
 
 pub mod app;
 mod component;
+pub mod endpoint;
 pub mod keyvalue;
 pub mod netns;
 pub mod outbound;

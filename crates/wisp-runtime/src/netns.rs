@@ -123,24 +123,35 @@ fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     prefix == 0 || (a.to_bits() >> shift) == (b.to_bits() >> shift)
 }
 
-/// A sandbox started and held on its `--block-fd`, waiting for its network.
+/// A sandbox started and held on its `--block-fd`, waiting for its network
+/// (when it has user-mode networking) and for the node's endpoint in it.
 #[derive(Debug)]
 pub struct Pending {
     /// bubblewrap's `--info-fd`, read end.
     pub(crate) info: File,
     /// bubblewrap's `--block-fd`, write end: a byte lets the sandbox go on.
     pub(crate) block: File,
-    pub(crate) config: Arc<NetConfig>,
+    /// How to reach out through slirp4netns; none for a sandbox without a network.
+    pub(crate) config: Option<Arc<NetConfig>>,
+    /// Whether the node listens inside, at `127.0.0.1:`[`ENDPOINT_PORT`].
+    pub(crate) endpoint: bool,
 }
 
-/// A sandbox's network, up: dropping it stops slirp4netns.
+/// Where the node listens inside a sandbox with a namespace of its own (see
+/// [`crate::endpoint`]): the namespace is fresh, so the port is free, and
+/// the node binds it before anything of the function runs.
+pub const ENDPOINT_PORT: u16 = 80;
+
+/// A sandbox's namespace, set up: dropping it stops slirp4netns.
 #[derive(Debug)]
 pub struct Network {
     netns: Arc<File>,
     /// Taken when dropped, to be reaped.
     slirp: Option<std::process::Child>,
     /// slirp4netns's `--exit-fd`: it exits when this closes, the node's death included.
-    _exit: OwnedFd,
+    _exit: Option<OwnedFd>,
+    /// The node's listener inside, until it is taken.
+    pub(crate) endpoint: Option<std::net::TcpListener>,
 }
 
 impl Drop for Network {
@@ -163,72 +174,47 @@ impl Network {
     pub fn netns(&self) -> Arc<File> {
         self.netns.clone()
     }
+
+    /// Whether the sandbox reaches out through slirp4netns.
+    pub(crate) fn reaches_out(&self) -> bool {
+        self.slirp.is_some()
+    }
 }
 
 impl Pending {
-    /// Adds the routes, starts slirp4netns and lets the sandbox go on. On
-    /// failure the sandbox is killed before it runs anything.
+    /// Adds the routes, starts slirp4netns, binds the node's endpoint, and
+    /// lets the sandbox go on. On failure the sandbox is killed before it
+    /// runs anything.
     pub fn start(mut self) -> std::io::Result<Network> {
         let pid = child_pid(&mut self.info)?;
         let mut up = || -> std::io::Result<Network> {
             let netns = Arc::new(File::open(format!("/proc/{pid}/ns/net"))?);
-            let deny = self.config.deny.clone();
-            in_netns(&netns, move || {
+            let deny = self
+                .config
+                .as_ref()
+                .map(|config| config.deny.clone())
+                .unwrap_or_default();
+            let endpoint = self.endpoint;
+            let endpoint = in_netns(&netns, move || {
                 wait_for_loopback()?;
-                let netlink = Netlink::open()?;
-                deny.iter()
-                    .try_for_each(|(address, prefix)| netlink.add(*address, *prefix, None))
+                if !deny.is_empty() {
+                    let netlink = Netlink::open()?;
+                    deny.iter()
+                        .try_for_each(|(address, prefix)| netlink.add(*address, *prefix, None))?;
+                }
+                endpoint
+                    .then(|| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, ENDPOINT_PORT)))
+                    .transpose()
             })?;
-            let (mut ready, ready_write) = std::io::pipe()?;
-            let (exit_read, exit) = std::io::pipe()?;
-            let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
-            let mut command = std::process::Command::new(&self.config.slirp);
-            command
-                .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-                .arg(format!("--ready-fd={ready_fd}"))
-                .arg(format!("--exit-fd={exit_fd}"))
-                .arg(pid.to_string())
-                .arg("tap0")
-                .env_clear()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: fcntl(2) on two descriptor numbers, between fork and exec.
-            unsafe {
-                use std::os::unix::process::CommandExt as _;
-                command.pre_exec(move || {
-                    for fd in [ready_fd, exit_fd] {
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-            let mut slirp = command.spawn()?;
-            drop((ready_write, exit_read));
-            let mut byte = [0u8; 1];
-            let answered =
-                wait_readable(ready.as_raw_fd(), READY_TIMEOUT)? && ready.read(&mut byte)? == 1;
-            if !answered {
-                let _ = slirp.kill();
-                let _ = slirp.wait();
-                return Err(std::io::Error::other(
-                    "slirp4netns did not set up the sandbox's network",
-                ));
-            }
-            let network = Network {
+            let mut network = Network {
                 netns,
-                slirp: Some(slirp),
-                _exit: exit.into(),
+                slirp: None,
+                _exit: None,
+                endpoint,
             };
-            let allow = self.config.allow.clone();
-            in_netns(&network.netns, move || {
-                let netlink = Netlink::open()?;
-                allow
-                    .iter()
-                    .try_for_each(|(address, prefix)| netlink.add(*address, *prefix, Some(GATEWAY)))
-            })?;
+            if let Some(config) = &self.config {
+                network.reach_out(pid, config)?;
+            }
             self.block.write_all(b"1")?;
             Ok(network)
         };
@@ -236,6 +222,60 @@ impl Pending {
             // SAFETY: kill(2) on the sandbox's first process; the kernel then
             // kills everything in its PID namespace.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    }
+}
+
+impl Network {
+    /// Starts slirp4netns for the sandbox whose first process is `pid`, and
+    /// routes what the operator opened through it.
+    fn reach_out(&mut self, pid: libc::pid_t, config: &NetConfig) -> std::io::Result<()> {
+        let (mut ready, ready_write) = std::io::pipe()?;
+        let (exit_read, exit) = std::io::pipe()?;
+        let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
+        let mut command = std::process::Command::new(&config.slirp);
+        command
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .arg(format!("--ready-fd={ready_fd}"))
+            .arg(format!("--exit-fd={exit_fd}"))
+            .arg(pid.to_string())
+            .arg("tap0")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: fcntl(2) on two descriptor numbers, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(move || {
+                for fd in [ready_fd, exit_fd] {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut slirp = command.spawn()?;
+        drop((ready_write, exit_read));
+        let mut byte = [0u8; 1];
+        let answered =
+            wait_readable(ready.as_raw_fd(), READY_TIMEOUT)? && ready.read(&mut byte)? == 1;
+        if !answered {
+            let _ = slirp.kill();
+            let _ = slirp.wait();
+            return Err(std::io::Error::other(
+                "slirp4netns did not set up the sandbox's network",
+            ));
+        }
+        self.slirp = Some(slirp);
+        self._exit = Some(exit.into());
+        let allow = config.allow.clone();
+        in_netns(&self.netns, move || {
+            let netlink = Netlink::open()?;
+            allow
+                .iter()
+                .try_for_each(|(address, prefix)| netlink.add(*address, *prefix, Some(GATEWAY)))
         })
     }
 }

@@ -12,6 +12,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Stdio,
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,7 +20,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::{
-    Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response, full_response,
+    Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
+    endpoint::{self, NodeAccess, Serving},
+    full_response,
     sandbox::{FUNCTION_DIR, Jail, Lease},
     stdio_content_type, watchdog_env,
 };
@@ -46,6 +49,9 @@ pub struct Program {
     pub env: Vec<(String, String)>,
     /// The sandbox its processes run in; none when the node runs unsandboxed.
     pub jail: Option<Jail>,
+    /// What its processes reach at `$WISP_API_URL` ([`crate::endpoint`]);
+    /// no endpoint when absent.
+    pub node: Option<Arc<NodeAccess>>,
 }
 
 impl Program {
@@ -82,6 +88,7 @@ impl Program {
             args: words.collect(),
             env,
             jail: None,
+            node: None,
         })
     }
 
@@ -108,12 +115,22 @@ impl Program {
         .chain(self.env.iter().cloned())
         .chain(extra)
         .collect();
+        let token = self.node.as_ref().map(|_| endpoint::token());
         let (mut command, lease) = match &self.jail {
-            Some(jail) => jail.command(&self.dir, &self.program, &env)?,
+            Some(jail) => jail.command(&self.dir, &self.program, &env, token.as_deref())?,
             None => {
                 let mut command = tokio::process::Command::new(&self.program);
                 command.current_dir(&self.dir).env_clear().envs(env);
-                (command, None)
+                let lease = match &token {
+                    Some(token) => {
+                        let listener =
+                            std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+                        command.envs(endpoint::env(listener.local_addr()?.port(), token));
+                        Some(Lease::unsandboxed(listener, token))
+                    }
+                    None => None,
+                };
+                (command, lease)
             }
         };
         command
@@ -123,6 +140,23 @@ impl Program {
             .process_group(0)
             .kill_on_drop(true);
         Ok((command, lease))
+    }
+
+    /// Serves the node's endpoint to a process started from
+    /// [`Program::command`], once its network is up, for as long as the
+    /// returned guard is kept; `depth` is how many in-process calls led to
+    /// the process.
+    pub fn serve_endpoint(
+        &self,
+        lease: Option<&mut Lease>,
+        depth: u32,
+    ) -> std::io::Result<Option<Serving>> {
+        let (Some(node), Some((listener, token))) =
+            (&self.node, lease.and_then(Lease::take_endpoint))
+        else {
+            return Ok(None);
+        };
+        endpoint::serve(listener, token, node.clone(), depth).map(Some)
     }
 }
 
@@ -151,15 +185,24 @@ impl ProcessFunction {
         // From here on, however the call ends (cancelled while its network
         // is set up, too), nothing of it outlives it.
         let group = child.id().map(|pid| GroupGuard(pid as libc::pid_t));
-        if let Some(lease) = lease.as_mut()
-            && let Err(error) = lease.network_up().await
-        {
-            let _ = child.start_kill();
-            return Err(InvokeError::Internal(format!(
-                "set up the network of {}: {error}",
-                self.program.program.display()
-            )));
+        let serving = match lease.as_mut() {
+            Some(lease) => lease.network_up().await,
+            None => Ok(()),
         }
+        .and_then(|()| {
+            self.program
+                .serve_endpoint(lease.as_mut(), invocation.depth)
+        });
+        let serving = match serving {
+            Ok(serving) => serving,
+            Err(error) => {
+                let _ = child.start_kill();
+                return Err(InvokeError::Internal(format!(
+                    "set up the network of {}: {error}",
+                    self.program.program.display()
+                )));
+            }
+        };
         let exit = group.as_ref().and_then(|group| pidfd(group.0));
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -191,6 +234,7 @@ impl ProcessFunction {
                 // uid and its network are its own until then.
                 let _group = group;
                 let _lease = lease;
+                let _serving = serving;
                 let run = async {
                     tokio::try_join!(
                         async {
@@ -244,7 +288,7 @@ impl ProcessFunction {
         };
         let outcome = tokio::time::timeout_at(deadline, run).await;
         // Whatever happened, nothing of this request may outlive it.
-        drop(group);
+        drop((group, serving));
         let (stdout, stderr, status) = match outcome {
             Ok(finished) => finished,
             Err(_) => return Err(InvokeError::Timeout(deadline - started)),

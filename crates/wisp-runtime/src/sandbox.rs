@@ -172,7 +172,7 @@ impl Sandbox {
             secrets: None,
         };
         let (mut command, _lease) = jail
-            .command(Path::new("/"), Path::new("/usr/bin/true"), &[])
+            .command(Path::new("/"), Path::new("/usr/bin/true"), &[], None)
             .map_err(|error| SandboxError::Unusable(error.to_string()))?;
         let output = command
             .as_std_mut()
@@ -197,10 +197,11 @@ impl Sandbox {
             std::io::Error::other(format!("more than {UIDS} sandboxed processes at once"))
         })?;
         Ok(Some(Lease {
-            uid,
-            sandbox: self.clone(),
-            pending: None,
-            network: None,
+            uid: Some(Uid {
+                uid,
+                sandbox: self.clone(),
+            }),
+            ..Lease::default()
         }))
     }
 }
@@ -251,23 +252,36 @@ impl UidBlock {
     }
 }
 
+/// What one sandboxed process holds until it is gone: the uid it runs as,
+/// its network namespace, the node's endpoint in it.
+#[derive(Debug, Default)]
+pub struct Lease {
+    uid: Option<Uid>,
+    /// A namespace to set up once the sandbox is spawned.
+    pending: Option<Pending>,
+    /// That namespace, up; slirp4netns stops when it is dropped.
+    network: Option<netns::Network>,
+    /// The node's endpoint, bound on the host's loopback when the sandbox
+    /// shares the host's network.
+    endpoint: Option<std::net::TcpListener>,
+    /// The token the process was given for the endpoint.
+    api_token: Option<String>,
+}
+
 /// A uid one sandboxed process runs as; it goes to the back of the queue
 /// when the process is gone, so it is not reused soon.
 #[derive(Debug)]
-pub struct Lease {
+struct Uid {
     uid: u32,
     sandbox: Arc<Sandbox>,
-    /// A network of its own, to set up once the sandbox is spawned.
-    pending: Option<Pending>,
-    /// That network, up; slirp4netns stops when it is dropped.
-    network: Option<netns::Network>,
 }
 
 impl Lease {
-    /// Sets up the network of a sandbox just spawned from the command this
-    /// lease came with, if it has one of its own, and lets the sandbox go
-    /// on; until then it waits, before anything of the function runs. On
-    /// failure the sandbox is killed.
+    /// Sets up the network namespace of a sandbox just spawned from the
+    /// command this lease came with, if the node has one to set up (the
+    /// sandbox's own network, the node's endpoint in it), and lets the
+    /// sandbox go on; until then it waits, before anything of the function
+    /// runs. On failure the sandbox is killed.
     pub async fn network_up(&mut self) -> std::io::Result<()> {
         if let Some(pending) = self.pending.take() {
             let network = tokio::task::spawn_blocking(move || pending.start())
@@ -278,10 +292,37 @@ impl Lease {
         Ok(())
     }
 
-    /// Whether the sandbox has a network of its own, to be set up with
-    /// [`Lease::network_up`].
+    /// Whether the sandbox has a network of its own, reached through
+    /// slirp4netns, to be set up with [`Lease::network_up`].
     pub fn has_own_network(&self) -> bool {
-        self.pending.is_some() || self.network.is_some()
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.config.is_some())
+            || self
+                .network
+                .as_ref()
+                .is_some_and(netns::Network::reaches_out)
+    }
+
+    /// The node's listener for the process's requests ([`crate::endpoint`])
+    /// and the token the process was given, once the network is up; taken once.
+    pub fn take_endpoint(&mut self) -> Option<(std::net::TcpListener, String)> {
+        let listener = self.endpoint.take().or_else(|| {
+            self.network
+                .as_mut()
+                .and_then(|network| network.endpoint.take())
+        })?;
+        Some((listener, self.api_token.take()?))
+    }
+
+    /// A lease for a process outside any sandbox that gets the node's
+    /// endpoint on the host's loopback.
+    pub(crate) fn unsandboxed(endpoint: std::net::TcpListener, token: &str) -> Self {
+        Self {
+            endpoint: Some(endpoint),
+            api_token: Some(token.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// The sandbox's own network namespace, once up: where the node makes
@@ -291,7 +332,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for Uid {
     fn drop(&mut self) {
         if let Some((_, uids)) = &self.sandbox.uids {
             uids.lock().expect("uids").push_back(self.uid);
@@ -333,20 +374,43 @@ impl Jail {
     /// descriptor, so they are not on its command line, which the sandbox
     /// sees as its first process's; `wisp-jail` gets `env` on another
     /// descriptor and sets it only on the function's program, as it execs it.
+    ///
+    /// With `api_token`, the process is told where the node's endpoint is
+    /// and that token ([`crate::endpoint`]), wherever the node can listen
+    /// for it: in the sandbox's own network namespace when the node is root,
+    /// on the host's loopback when the sandbox shares the host's network.
+    /// The listener comes with the lease, after [`Lease::network_up`].
     pub fn command(
         &self,
         dir: &Path,
         program: &Path,
         env: &[(String, String)],
+        api_token: Option<&str>,
     ) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
         let mut lease = self.sandbox.lease()?;
+        let root = lease.is_some();
         let wants_network = self.serves || self.network == Network::Outbound;
         // Root, with slirp4netns: a namespace of its own even for the network.
-        let own_network = self
-            .sandbox
-            .net
-            .as_ref()
-            .filter(|_| wants_network && lease.is_some());
+        let own_network = self.sandbox.net.as_ref().filter(|_| wants_network && root);
+        // The node enters the sandbox's namespace when it is root and the
+        // sandbox has one; it listens on the host's when they share it.
+        let enters = root && (own_network.is_some() || !wants_network);
+        let api = match api_token {
+            Some(token) if enters => Some((token, None)),
+            Some(token) if wants_network => {
+                let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+                Some((token, Some(listener)))
+            }
+            _ => None,
+        };
+        let mut env = env.to_vec();
+        if let Some((token, listener)) = &api {
+            let port = match listener {
+                Some(listener) => listener.local_addr()?.port(),
+                None => netns::ENDPOINT_PORT,
+            };
+            env.extend(crate::endpoint::env(port, token));
+        }
         let mut network_fds = [None, None, None];
         let mut options = Options::default();
         options.args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
@@ -359,23 +423,32 @@ impl Jail {
         if !wants_network || own_network.is_some() {
             options.arg("--unshare-net");
         }
-        if let (Some(config), Some(lease)) = (own_network, lease.as_mut()) {
+        let endpoint_inside = api.as_ref().is_some_and(|(_, listener)| listener.is_none());
+        if let Some(lease) = lease
+            .as_mut()
+            .filter(|_| own_network.is_some() || endpoint_inside)
+        {
             let (info, info_write) = std::io::pipe()?;
             let (block_read, block) = std::io::pipe()?;
             options.args(["--info-fd", &FDS[4].to_string()]);
             options.args(["--block-fd", &FDS[5].to_string()]);
-            // bubblewrap would make it 0600, root's: out of the function's reach.
-            options.args(["--perms", "0644", "--ro-bind-data", &FDS[6].to_string()]);
-            options.arg("/etc/resolv.conf");
             network_fds = [
                 Some(OwnedFd::from(info_write)),
                 Some(block_read.into()),
-                Some(memory_file(RESOLV_CONF.to_vec())?),
+                None,
             ];
+            if own_network.is_some() {
+                // bubblewrap would make it 0600, root's: out of the function's reach.
+                options.args(["--perms", "0644", "--ro-bind-data", &FDS[6].to_string()]);
+                options.arg("/etc/resolv.conf");
+                network_fds[2] = Some(memory_file(RESOLV_CONF.to_vec())?);
+            }
+            lease.api_token = api_token.map(str::to_owned);
             lease.pending = Some(Pending {
                 info: OwnedFd::from(info).into(),
                 block: OwnedFd::from(block).into(),
-                config: config.clone(),
+                config: own_network.cloned(),
+                endpoint: endpoint_inside,
             });
         }
         options
@@ -426,7 +499,10 @@ impl Jail {
         // When the node is root, bubblewrap runs as root (so it can bind any
         // path) and `wisp-jail` drops to the leased uid.
         let entry = Entry {
-            uid: lease.as_ref().map(|lease| lease.uid),
+            uid: lease
+                .as_ref()
+                .and_then(|lease| lease.uid.as_ref())
+                .map(|uid| uid.uid),
             bind: match (self.serves, self.network) {
                 (true, _) => Bind::PortEnv,
                 (false, Network::Outbound) => Bind::None,
@@ -466,7 +542,7 @@ impl Jail {
         let limits = Limits {
             memory: (!self.serves).then_some(self.memory),
             cpu_time: self.cpu_time.map(|time| time.as_secs().max(1) + 1),
-            processes: lease.is_some().then_some(if self.serves {
+            processes: root.then_some(if self.serves {
                 MAX_REPLICA_TASKS
             } else {
                 MAX_PROCESSES
@@ -483,6 +559,13 @@ impl Jail {
                     fds.each_ref()
                         .map(|fd| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
                 )
+            });
+        }
+        if let Some((token, Some(listener))) = api {
+            lease = Some(Lease {
+                endpoint: Some(listener),
+                api_token: Some(token.to_owned()),
+                ..lease.unwrap_or_default()
             });
         }
         Ok((command, lease))

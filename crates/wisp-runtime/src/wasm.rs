@@ -547,6 +547,12 @@ impl WasmEngine {
         let _ = self.outbound.internal.set(internal);
     }
 
+    /// What [`WasmEngine::serve_internal`] set: where processes' requests to
+    /// the node's endpoint go too ([`crate::endpoint`]).
+    pub fn internal(&self) -> Option<Arc<dyn Internal>> {
+        self.outbound.internal.get().cloned()
+    }
+
     /// Winch's engine, made now if it is not yet; none if it cannot be.
     fn quick(&self) -> Option<&Flavour> {
         self.quick

@@ -243,7 +243,23 @@ async fn call_internal(
     }
     if reference.is_empty() {
         let request = request.map(axum::body::Body::new);
-        return crate::buckets::for_function(node, &caller.namespace, &caller.name, request).await;
+        let (namespace, name) = (&caller.namespace, &caller.name);
+        let path = request.uri().path();
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        let (buckets, stores) = (under("/s3"), under("/kv"));
+        return if buckets {
+            crate::buckets::for_function(node, namespace, name, request).await
+        } else if stores {
+            crate::kv::for_function(node, namespace, name, request).await
+        } else {
+            ApiError::not_found(
+                "the node serves its functions' key-value stores under /kv/ and buckets under /s3/",
+            )
+            .into_response()
+        };
     }
     let (name, namespace) = reference
         .split_once('.')

@@ -18,6 +18,7 @@ use wisp_core::{
 use wisp_runtime::{
     Executor, Output, PrepareError,
     app::AppFunction,
+    endpoint::NodeAccess,
     keyvalue::KeyValueAccess,
     process::{ProcessFunction, Program},
     sandbox::{Jail, Sandbox, SandboxError},
@@ -411,6 +412,13 @@ impl Node {
                 network: spec.network,
                 serves: spec.scale.is_some(),
                 secrets: secret_dir,
+            });
+            program.node = self.engine.internal().map(|internal| {
+                Arc::new(NodeAccess {
+                    internal,
+                    namespace: spec.namespace.clone(),
+                    name: spec.name.clone(),
+                })
             });
             return Ok(match &spec.scale {
                 Some(scale) => Executor::App(AppFunction::new(

@@ -178,9 +178,8 @@ async fn serve(State(node): State<Arc<Node>>, request: Request) -> Response {
     }
 }
 
-/// A function's request to its buckets, in-process
-/// (`http://wisp.internal/s3/{bucket}/{key}`): S3's API, with the buckets
-/// the function declares for credentials.
+/// A function's request to its buckets, in-process (a path under `/s3`):
+/// S3's API, with the buckets the function declares for credentials.
 pub(crate) async fn for_function(
     node: &Arc<Node>,
     namespace: &str,
@@ -188,15 +187,6 @@ pub(crate) async fn for_function(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    if path != "/s3" && !path.starts_with("/s3/") {
-        let error = S3Error::new(
-            StatusCode::NOT_FOUND,
-            "NoSuchResource",
-            "the node serves its functions' buckets under http://wisp.internal/s3/",
-        );
-        return error_response(&parts, error);
-    }
     let Some(function) = node.function(namespace, name) else {
         let error = S3Error::denied(format!("function {name}.{namespace} is not deployed"));
         return error_response(&parts, error);
