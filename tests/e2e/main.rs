@@ -23,6 +23,7 @@ mod scaling;
 mod secrets;
 mod spin;
 mod tenants;
+mod thumbnails;
 mod ui;
 
 use serde_json::{Value, json};

@@ -13,7 +13,8 @@
 //! runs, see [`crate::sandbox`]), so nothing else reaches it; on the host's
 //! loopback when the process shares the host's network (a node that is not
 //! root, or runs unsandboxed), where the token is what keeps others out.
-//! Either way it lives exactly as long as the process.
+//! Either way it lives exactly as long as the process, and holds at most
+//! [`MAX_CONNECTIONS`] connections of it at once.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -24,6 +25,14 @@ use crate::{
     Response,
     outbound::{Caller, Internal},
 };
+
+/// The most connections one process may hold open to the endpoint at once:
+/// further ones wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may take to send a request's head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest request head the endpoint reads.
+const MAX_HEAD_SIZE: usize = 64 << 10;
 
 /// The variable that tells a process where the node is.
 pub const URL_VARIABLE: &str = "WISP_API_URL";
@@ -84,9 +93,24 @@ pub(crate) fn serve(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let shared = Arc::new((token, access, depth));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_header_size(MAX_HEAD_SIZE);
     let task = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!("the node's endpoint for {}: accept: {error}", shared.1.name);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             while connections.try_join_next().is_some() {}
             let shared = shared.clone();
             let service = hyper::service::service_fn(move |request| {
@@ -96,10 +120,11 @@ pub(crate) fn serve(
                     Ok::<_, Infallible>(answer(request, token, access, *depth).await)
                 }
             });
-            connections.spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            connections.spawn(async move {
+                let _slot = slot;
+                connection.await
+            });
         }
     });
     Ok(Serving(task.abort_handle()))

@@ -231,16 +231,6 @@ async fn call_internal(
     reference: &str,
     request: axum::http::Request<wisp_runtime::ResponseBody>,
 ) -> Response {
-    if caller.depth > MAX_CALL_DEPTH {
-        return ApiError::new(
-            StatusCode::LOOP_DETECTED,
-            format!(
-                "function {}.{} called {reference} {} calls deep: more than {MAX_CALL_DEPTH}, a loop",
-                caller.name, caller.namespace, caller.depth
-            ),
-        )
-        .into_response();
-    }
     if reference.is_empty() {
         let request = request.map(axum::body::Body::new);
         let (namespace, name) = (&caller.namespace, &caller.name);
@@ -260,6 +250,16 @@ async fn call_internal(
             )
             .into_response()
         };
+    }
+    if caller.depth > MAX_CALL_DEPTH {
+        return ApiError::new(
+            StatusCode::LOOP_DETECTED,
+            format!(
+                "function {}.{} called {reference} {} calls deep: more than {MAX_CALL_DEPTH}, a loop",
+                caller.name, caller.namespace, caller.depth
+            ),
+        )
+        .into_response();
     }
     let (name, namespace) = reference
         .split_once('.')
