@@ -1,7 +1,9 @@
 //! Processes and apps reach the node at `$WISP_API_URL` with
 //! `$WISP_API_TOKEN`: the key-value stores and buckets their function
-//! declares, shared with wasm guests, and other functions in-process; nothing
-//! of another namespace's, nothing without the token.
+//! declares, shared with wasm guests, and the functions its
+//! `allowed_outbound_hosts` allows, in-process; nothing of another
+//! namespace's, nothing without the token, and no endpoint at all for a
+//! function that declares none of these.
 
 use serde_json::json;
 use wisp_testing::{Node, Response, script_archive, send};
@@ -100,7 +102,13 @@ fn a_process_and_a_guest_share_the_stores_they_declare_and_nothing_else() {
         "default",
         json!({ "keyValueStores": ["default"] }),
     );
-    deploy_forwarder(&node, "nosy", "default", json!({}));
+    deploy_forwarder(
+        &node,
+        "nosy",
+        "default",
+        json!({ "keyValueStores": ["sessions"] }),
+    );
+    node.deploy_ok(json!({ "service": "bare", "kind": "process", "envProcess": "env" }));
     deploy_forwarder(
         &node,
         "shell",
@@ -133,6 +141,10 @@ fn a_process_and_a_guest_share_the_stores_they_declare_and_nothing_else() {
     let gone = send(node.admin("GET", "/system/kv/default/users/43"), None);
     assert_eq!(gone.status, 404, "{}", gone.body);
 
+    // A function that reaches nothing of the node's is told of no endpoint.
+    let bare = node.post("/function/bare", b"");
+    assert_eq!(bare.status, 200, "{}", bare.body);
+    assert!(!bare.body.contains("WISP_API"), "{}", bare.body);
     // A function that did not declare the store is told so.
     let refused = forward(&node, "nosy", "GET", "/kv/default/users/42", b"");
     let (error, code) = status(&refused);
@@ -162,7 +174,15 @@ fn a_process_and_a_guest_share_the_stores_they_declare_and_nothing_else() {
 fn a_process_reaches_its_buckets_and_calls_functions_in_process() {
     let node = Node::start(WISP);
     namespace(&node, "team-b");
-    deploy_forwarder(&node, "shell", "default", json!({ "buckets": ["uploads"] }));
+    deploy_forwarder(
+        &node,
+        "shell",
+        "default",
+        json!({
+            "buckets": ["uploads"],
+            "allowedOutboundHosts": ["http://probe.wisp.internal", "http://*.team-b.wisp.internal"],
+        }),
+    );
     crate::deploy_probe(&node, json!({}));
     node.deploy_ok(json!({
         "service": "hidden", "namespace": "team-b", "kind": "process",
@@ -182,8 +202,8 @@ fn a_process_reaches_its_buckets_and_calls_functions_in_process() {
     assert_eq!(code, 403, "{undeclared}");
     assert!(error.contains("AccessDenied"), "{error}");
 
-    // Functions, in-process: its own namespace's, another's public ones,
-    // not another's private ones.
+    // Functions, in-process, that its allowlist names: its own namespace's,
+    // another's public ones, not another's private ones.
     let echoed = forward(&node, "shell", "POST", "/function/probe/echo", b"ping");
     let (echo, code) = status(&echoed);
     assert_eq!(code, 200, "{echoed}");
@@ -193,8 +213,12 @@ fn a_process_reaches_its_buckets_and_calls_functions_in_process() {
     let hidden = forward(&node, "shell", "GET", "/function/hidden.team-b", b"");
     assert_eq!(status(&hidden).1, 401, "{hidden}");
     assert!(!hidden.contains("hidden\n"));
-    let unknown = forward(&node, "shell", "GET", "/function/nobody", b"");
+    let unknown = forward(&node, "shell", "GET", "/function/nobody.team-b", b"");
     assert_eq!(status(&unknown).1, 404, "{unknown}");
+    let unlisted = forward(&node, "shell", "GET", "/function/other", b"");
+    let (error, code) = status(&unlisted);
+    assert_eq!(code, 403, "{unlisted}");
+    assert!(error.contains("allowed_outbound_hosts"), "{error}");
     let elsewhere = forward(&node, "shell", "GET", "/system/functions", b"");
     assert_eq!(status(&elsewhere).1, 404, "{elsewhere}");
 }
@@ -209,7 +233,7 @@ fn a_process_calling_itself_ends_with_508() {
     ));
     node.deploy_ok(json!({
         "service": "loop", "kind": "process", "image": looping, "envProcess": "./loop.sh",
-        "timeout": "60s",
+        "timeout": "60s", "allowedOutboundHosts": ["http://*.wisp.internal"],
     }));
     let answer = node.get("/function/loop");
     assert_eq!(answer.status, 200, "{}", answer.body);

@@ -1,10 +1,13 @@
-//! The node, as processes reach it: every `process` call and every
-//! `process-http` replica is told `$WISP_API_URL` and `$WISP_API_TOKEN`, a
-//! listener of the node's own and a token made for that process alone. What
-//! the process sends there is what a wasm guest reaches under
+//! The node, as processes reach it: each `process` call and `process-http`
+//! replica of a function that declares key-value stores or buckets, or
+//! allows `http://*.wisp.internal` (or one function there) in its
+//! `allowed_outbound_hosts`, is told `$WISP_API_URL` and `$WISP_API_TOKEN`,
+//! a listener of the node's own and a token made for that process alone.
+//! What the process sends there is what a wasm guest reaches under
 //! `http://*.wisp.internal` ([`Internal`]), as the same function:
 //!
-//! - `$WISP_API_URL/function/{name}[.{namespace}]/...` calls a function in-process;
+//! - `$WISP_API_URL/function/{name}[.{namespace}]/...` calls a function
+//!   in-process, if `http://{name}[.{namespace}].wisp.internal` is allowed;
 //! - `$WISP_API_URL/kv/{store}/{key}` and `$WISP_API_URL/s3/{bucket}/{key}`
 //!   reach the key-value stores and buckets its function declares.
 //!
@@ -23,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::{
     Response,
-    outbound::{Caller, Internal},
+    outbound::{Caller, INTERNAL_DOMAIN, Internal, host_matches},
 };
 
 /// The most connections one process may hold open to the endpoint at once:
@@ -48,6 +51,32 @@ pub struct NodeAccess {
     pub namespace: String,
     /// The function's name.
     pub name: String,
+    /// Its `allowed_outbound_hosts`: the functions it may call.
+    pub allowed: Vec<String>,
+}
+
+impl NodeAccess {
+    /// Whether a function reaches anything through the endpoint: it declares
+    /// stores or buckets, or allows a host under [`INTERNAL_DOMAIN`]. Others
+    /// get none, and their calls do not pay for one.
+    pub fn wanted(stores: &[String], buckets: &[String], allowed: &[String]) -> bool {
+        !stores.is_empty()
+            || !buckets.is_empty()
+            || allowed.iter().any(|entry| {
+                let host = entry.split_once("://").map_or("", |(_, rest)| rest);
+                let host = host.trim_end_matches('/');
+                let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+                host == "*" || host.to_ascii_lowercase().ends_with(INTERNAL_DOMAIN)
+            })
+    }
+
+    /// Whether the function may call the one `reference` names.
+    fn may_call(&self, reference: &str) -> bool {
+        let host = format!("{reference}{INTERNAL_DOMAIN}");
+        self.allowed
+            .iter()
+            .any(|allowed| host_matches(allowed, "http", &host, 80))
+    }
 }
 
 impl std::fmt::Debug for NodeAccess {
@@ -55,6 +84,7 @@ impl std::fmt::Debug for NodeAccess {
         f.debug_struct("NodeAccess")
             .field("namespace", &self.namespace)
             .field("name", &self.name)
+            .field("allowed", &self.allowed)
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +171,13 @@ async fn answer(
     let shown = request
         .headers_mut()
         .remove(http::header::AUTHORIZATION)
-        .and_then(|value| Some(value.to_str().ok()?.strip_prefix("Bearer ")?.to_owned()));
+        .and_then(|value| {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
     if !shown.is_some_and(|shown| same(shown.as_bytes(), token.as_bytes())) {
         return refusal(
             http::StatusCode::UNAUTHORIZED,
@@ -157,6 +193,13 @@ async fn answer(
             );
         }
     };
+    if !reference.is_empty() && !access.may_call(&reference) {
+        return refusal(
+            http::StatusCode::FORBIDDEN,
+            "the function may call only the functions its allowed_outbound_hosts allows \
+             (http://*.wisp.internal, or http://{name}[.{namespace}].wisp.internal)",
+        );
+    }
     *request.uri_mut() = uri;
     let caller = Caller {
         namespace: access.namespace.clone(),
@@ -212,7 +255,7 @@ fn refusal(status: http::StatusCode, message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{route, same};
+    use super::{NodeAccess, route, same};
 
     #[test]
     fn paths_name_a_function_or_the_nodes_services() {
@@ -231,6 +274,36 @@ mod tests {
         }
         for path in ["/function/", "/function//x", "/function/a.b.c/x"] {
             assert!(route(&path.parse().unwrap()).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn only_functions_that_reach_something_get_an_endpoint() {
+        let none: &[String] = &[];
+        let hosts = |hosts: &[&str]| {
+            hosts
+                .iter()
+                .map(|host| host.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(!NodeAccess::wanted(none, none, none));
+        assert!(!NodeAccess::wanted(
+            none,
+            none,
+            &hosts(&["https://api.example.com"])
+        ));
+        assert!(NodeAccess::wanted(&hosts(&["default"]), none, none));
+        assert!(NodeAccess::wanted(none, &hosts(&["uploads"]), none));
+        for allowed in [
+            "http://*.wisp.internal",
+            "http://users.wisp.internal",
+            "http://users.team-b.wisp.internal:80/",
+            "*://*:*",
+        ] {
+            assert!(
+                NodeAccess::wanted(none, none, &hosts(&[allowed])),
+                "{allowed}"
+            );
         }
     }
 

@@ -260,7 +260,7 @@ impl Network {
         drop((ready_write, exit_read));
         let mut byte = [0u8; 1];
         let answered =
-            wait_readable(ready.as_raw_fd(), READY_TIMEOUT)? && ready.read(&mut byte)? == 1;
+            wait_readable(ready.as_raw_fd(), READY_TIMEOUT)? && ready.read_exact(&mut byte).is_ok();
         if !answered {
             let _ = slirp.kill();
             let _ = slirp.wait();
@@ -285,7 +285,7 @@ fn child_pid(info: &mut File) -> std::io::Result<libc::pid_t> {
     let mut text = Vec::new();
     let mut buffer = [0u8; 256];
     while !text.contains(&b'}') {
-        let read = info.read(&mut buffer)?;
+        let read = restarted(|| info.read(&mut buffer))?;
         if read == 0 {
             break;
         }
@@ -340,19 +340,37 @@ fn wait_for_loopback() -> std::io::Result<()> {
     }
 }
 
+/// `call` again for as long as a signal interrupts it: the node's threads
+/// take the SIGCHLD of every process it starts, and a blocking call of a
+/// thread that takes one fails with `EINTR`.
+fn restarted<T>(mut call: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match call() {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}
+
+/// The result of a syscall that returns -1 and sets `errno` on failure.
+fn checked(result: isize) -> std::io::Result<usize> {
+    usize::try_from(result).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// Whether `fd` became readable within `timeout`.
 fn wait_readable(fd: i32, timeout: Duration) -> std::io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll(2) on one valid pollfd.
-    let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
-    if ready < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(ready > 0)
+    let deadline = std::time::Instant::now() + timeout;
+    restarted(|| {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: poll(2) on one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis() as i32) };
+        checked(ready as isize).map(|ready| ready > 0)
+    })
 }
 
 /// Runs `work` on a thread of its own inside `netns`; the thread ends with
@@ -459,31 +477,29 @@ impl Netlink {
         message.extend_from_slice(&1u32.to_ne_bytes());
         message.extend_from_slice(&0u32.to_ne_bytes());
         message.extend(body);
-        // SAFETY: send(2) of a buffer we own, to the kernel.
-        let sent = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        restarted(|| {
+            // SAFETY: send(2) of a buffer we own, to the kernel.
+            checked(unsafe {
+                libc::send(
+                    self.0.as_raw_fd(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                    0,
+                )
+            })
+        })?;
         let mut answer = [0u8; 512];
-        // SAFETY: recv(2) into a buffer we own.
-        let read = unsafe {
-            libc::recv(
-                self.0.as_raw_fd(),
-                answer.as_mut_ptr().cast(),
-                answer.len(),
-                0,
-            )
-        };
-        if read < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let read = restarted(|| {
+            // SAFETY: recv(2) into a buffer we own.
+            checked(unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    answer.as_mut_ptr().cast(),
+                    answer.len(),
+                    0,
+                )
+            })
+        })?;
         // nlmsghdr (16 bytes) then, for NLMSG_ERROR, the errno (0 on success).
         let kind = u16::from_ne_bytes([answer[4], answer[5]]);
         if read < 20 || i32::from(kind) != libc::NLMSG_ERROR {

@@ -415,7 +415,7 @@ impl OutboundPolicy {
 
 /// Whether `scheme://host:port` matches an allowlist entry such as
 /// `https://api.example.com`, `http://*.example.com:8080` or `*://localhost:*`.
-fn host_matches(allowed: &str, scheme: &str, host: &str, port: u16) -> bool {
+pub(crate) fn host_matches(allowed: &str, scheme: &str, host: &str, port: u16) -> bool {
     let Some((allowed_scheme, rest)) = allowed.split_once("://") else {
         return false;
     };

@@ -413,13 +413,24 @@ impl Node {
                 serves: spec.scale.is_some(),
                 secrets: secret_dir,
             });
-            program.node = self.engine.internal().map(|internal| {
-                Arc::new(NodeAccess {
-                    internal,
-                    namespace: spec.namespace.clone(),
-                    name: spec.name.clone(),
+            program.node = self
+                .engine
+                .internal()
+                .filter(|_| {
+                    NodeAccess::wanted(
+                        &spec.key_value_stores,
+                        &spec.buckets,
+                        &spec.allowed_outbound_hosts,
+                    )
                 })
-            });
+                .map(|internal| {
+                    Arc::new(NodeAccess {
+                        internal,
+                        namespace: spec.namespace.clone(),
+                        name: spec.name.clone(),
+                        allowed: spec.allowed_outbound_hosts.clone(),
+                    })
+                });
             return Ok(match &spec.scale {
                 Some(scale) => Executor::App(AppFunction::new(
                     spec.name.clone(),
