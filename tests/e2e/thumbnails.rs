@@ -126,6 +126,9 @@ fn deploy(node: &Node) {
 fn an_upload_becomes_a_thumbnail_in_the_gallery_even_across_a_kill() {
     let node = Node::start(WISP);
     deploy(&node);
+    let empty = node.get("/gallery");
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert!(empty.body.contains("0 image(s)"), "{}", empty.body);
 
     upload(&node, "cats/tom.bmp", &bmp(400, 300));
     upload(&node, "notes.txt", b"not an image at all");

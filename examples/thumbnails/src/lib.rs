@@ -127,6 +127,10 @@ fn gallery() -> Result<Answer, String> {
             listing.push_str(&format!("&continuation-token={}", encode(token)));
         }
         let (status, xml) = send(Method::Get, &listing, None)?;
+        if status == 404 {
+            // No thumbnail made yet: the bucket is made by its first object.
+            break;
+        }
         if status != 200 {
             return Err(format!("listing thumbnails: {status}\n"));
         }
