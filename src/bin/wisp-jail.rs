@@ -1,11 +1,17 @@
 //! `wisp-jail`: run by bubblewrap inside a process function's sandbox to
-//! drop privileges, apply Landlock and execute the function (see the
-//! `wisp_jail` crate). Not for use by hand.
+//! drop privileges, apply Landlock and execute the function, or, with
+//! `--template`, to stay as the function's warm sandbox and do that for a
+//! fresh process per call (see the `wisp_jail` crate). Not for use by hand.
 
 fn main() {
-    let error = match wisp_jail::Entry::parse(std::env::args_os().skip(1)) {
-        Ok((entry, program)) => entry.enter(&program),
-        Err(error) => error,
+    let mut args = std::env::args_os().skip(1).peekable();
+    let error = if args.peek().is_some_and(|arg| arg == "--template") {
+        wisp_jail::template::serve()
+    } else {
+        match wisp_jail::Entry::parse(args) {
+            Ok((entry, program)) => entry.enter(&program),
+            Err(error) => error,
+        }
     };
     eprintln!("wisp-jail: {error}");
     // As a shell does: 127 when the program is not there, 126 otherwise.

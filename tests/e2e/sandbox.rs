@@ -157,9 +157,12 @@ fn a_process_without_network_cannot_reach_the_admin_api_or_anything_else() {
     );
     let isolated = while_serving(&node, || attack(&node, "isolated", b""));
     assert_eq!(isolated.status, 200, "{}", isolated.body);
+    // A warm sandbox (a root node) refuses IP sockets outright; a sandbox
+    // of its own per call has only its own loopback.
     assert!(
-        isolated.body.starts_with("ConnectionRefusedError"),
-        "no route to the node from its own network namespace: {}",
+        isolated.body.starts_with("PermissionError")
+            || isolated.body.starts_with("ConnectionRefusedError"),
+        "no socket, or no route to the node from its own network namespace: {}",
         isolated.body
     );
 
@@ -346,6 +349,52 @@ fn loops_and_sleepers_holding_children_are_killed_at_the_deadline() {
             processes_of(&node)
         );
     }
+}
+
+#[test]
+fn nothing_a_call_leaves_behind_reaches_the_next() {
+    let node = node();
+    // Each call says what it finds of earlier ones (files in /tmp, sleepers,
+    // a listener on its loopback), then leaves all three behind.
+    attacker(
+        &node,
+        "litterer",
+        r#"#!/bin/sh
+echo "tmp:$(ls -A /tmp | tr '\n' ' ')"
+echo "sleepers:$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$')"
+echo "listeners:$(grep -c ":1F90 00000000:0000 0A" /proc/net/tcp)"
+echo "uid:$(id -u)"
+echo litter > /tmp/litter
+sleep 300 </dev/null >/dev/null 2>&1 &
+setsid sleep 300 </dev/null >/dev/null 2>&1 &
+python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); time.sleep(300)' </dev/null >/dev/null 2>&1 &
+sleep 0.3
+"#,
+        json!({}),
+    );
+    let calls: Vec<Response> = (0..3)
+        .map(|_| node.post("/function/litterer.attackers", b""))
+        .collect();
+    let mut uids = Vec::new();
+    for response in &calls {
+        assert_eq!(response.status, 200, "{}", response.body);
+        let mut lines = response.body.lines();
+        assert_eq!(lines.next(), Some("tmp:"), "{}", response.body);
+        assert_eq!(lines.next(), Some("sleepers:0"), "{}", response.body);
+        assert_eq!(lines.next(), Some("listeners:0"), "{}", response.body);
+        uids.push(lines.next().unwrap().to_owned());
+    }
+    uids.dedup();
+    assert_eq!(
+        uids.len(),
+        3,
+        "each call runs as a uid of its own: {uids:?}"
+    );
+    assert!(
+        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
+        "left behind: {:?}",
+        processes_of(&node)
+    );
 }
 
 #[test]

@@ -17,6 +17,12 @@
 //!
 //! It is a program of its own because Landlock forbids mounting: it can only
 //! be applied once bubblewrap has finished building the view.
+//!
+//! Run as `wisp-jail --template`, it is instead the warm sandbox of a
+//! function (see [`template`]): it stays, and does the same for a fresh
+//! process per call.
+
+pub mod template;
 
 use std::{ffi::OsString, os::unix::process::CommandExt as _};
 
@@ -61,6 +67,9 @@ pub enum JailError {
     /// A Landlock ruleset could not be built or enforced.
     #[error("landlock: {0}")]
     Landlock(#[from] RulesetError),
+    /// The warm sandbox could not make a call's namespaces or mounts.
+    #[error("{0}")]
+    Template(String),
     /// The program could not be executed.
     #[error("execute {program}: {error}")]
     Exec {
@@ -156,10 +165,15 @@ impl Entry {
     /// Confines this process and executes `program` with the environment
     /// read from [`ENV_FD`]; returns only on failure.
     pub fn enter(&self, program: &[OsString]) -> JailError {
-        let env = match read_env() {
-            Ok(env) => env,
-            Err(error) => return JailError::Environment(error),
-        };
+        match read_env() {
+            Ok(env) => self.exec(program, env),
+            Err(error) => JailError::Environment(error),
+        }
+    }
+
+    /// Confines this process and executes `program` with `env` as its whole
+    /// environment; returns only on failure.
+    pub(crate) fn exec(&self, program: &[OsString], env: Vec<(OsString, OsString)>) -> JailError {
         if let Some(uid) = self.uid
             && let Err(error) = drop_to(uid)
         {

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod outbound;
 pub mod process;
 pub mod sandbox;
+pub mod warm;
 pub mod wasm;
 
 use std::{

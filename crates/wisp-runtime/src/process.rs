@@ -17,14 +17,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use crate::{
     Invocation, InvokeError, LogStream, Meter, Output, PrepareError, Response,
     endpoint::{self, NodeAccess, Serving},
     full_response,
     sandbox::{FUNCTION_DIR, Jail, Lease},
-    stdio_content_type, watchdog_env,
+    stdio_content_type,
+    warm::{self, Warm},
+    watchdog_env,
 };
 
 /// The most a process may write to STDOUT (its response body).
@@ -103,18 +105,7 @@ impl Program {
         &self,
         extra: Vec<(String, String)>,
     ) -> std::io::Result<(tokio::process::Command, Option<Lease>)> {
-        let home = match &self.jail {
-            Some(_) => Path::new(FUNCTION_DIR),
-            None => self.dir.as_path(),
-        };
-        let env: Vec<(String, String)> = [
-            ("PATH".to_owned(), FUNCTION_PATH.to_owned()),
-            ("HOME".to_owned(), home.to_string_lossy().into_owned()),
-        ]
-        .into_iter()
-        .chain(self.env.iter().cloned())
-        .chain(extra)
-        .collect();
+        let env = self.environment(extra);
         let token = self.node.as_ref().map(|_| endpoint::token());
         let (mut command, lease) = match &self.jail {
             Some(jail) => jail.command(&self.dir, &self.program, &env, token.as_deref())?,
@@ -142,6 +133,23 @@ impl Program {
         Ok((command, lease))
     }
 
+    /// A process's whole environment: `PATH`, `HOME`, what the function
+    /// declared and `extra`.
+    fn environment(&self, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+        let home = match &self.jail {
+            Some(_) => Path::new(FUNCTION_DIR),
+            None => self.dir.as_path(),
+        };
+        [
+            ("PATH".to_owned(), FUNCTION_PATH.to_owned()),
+            ("HOME".to_owned(), home.to_string_lossy().into_owned()),
+        ]
+        .into_iter()
+        .chain(self.env.iter().cloned())
+        .chain(extra)
+        .collect()
+    }
+
     /// Serves the node's endpoint to a process started from
     /// [`Program::command`], once its network is up, for as long as the
     /// returned guard is kept; `depth` is how many in-process calls led to
@@ -164,22 +172,85 @@ impl Program {
 #[derive(Debug, Clone)]
 pub struct ProcessFunction {
     /// What to run.
-    pub program: Program,
+    program: Program,
     /// Where its STDERR lines go.
-    pub output: Output,
+    output: Output,
+    /// Its warm sandbox, when its processes start in one ([`crate::warm`]).
+    warm: Option<Arc<Warm>>,
+}
+
+/// A call's process, started: its STDIO, what waits for its exit status,
+/// and what must be kept until it is gone (dropped, it ends the call's processes).
+struct Running {
+    stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    stdout: Box<dyn AsyncRead + Send + Unpin>,
+    stderr: Box<dyn AsyncRead + Send + Unpin>,
+    wait: std::pin::Pin<
+        Box<dyn Future<Output = Result<std::process::ExitStatus, InvokeError>> + Send>,
+    >,
+    guard: Box<dyn Send>,
 }
 
 impl ProcessFunction {
-    /// Runs one request in a fresh process.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
-        let started = tokio::time::Instant::now();
+    /// A function that runs `program`, its STDERR lines to `output`.
+    pub fn new(program: Program, output: Output) -> Self {
+        let warm = match (&program.jail, &program.node) {
+            (Some(jail), None) => Warm::new(jail, program.dir.clone()),
+            _ => None,
+        };
+        Self {
+            program,
+            output,
+            warm,
+        }
+    }
+
+    /// Starts a call's process in the function's warm sandbox.
+    async fn start_warm(
+        &self,
+        warm: &Warm,
+        request: Vec<(String, String)>,
+        meter: Arc<Meter>,
+    ) -> std::io::Result<Running> {
+        let env = self.program.environment(request);
+        let argv = std::iter::once(self.program.program.clone().into_os_string())
+            .chain(self.program.args.iter().map(Into::into))
+            .collect();
+        let started = warm.start(argv, &env).await?;
+        let outcome = started.outcome;
+        let wait = async move {
+            let outcome = warm::outcome(outcome).await.ok_or_else(|| {
+                InvokeError::Internal(
+                    "the sandbox could not start the process (see the function's log)".into(),
+                )
+            })?;
+            meter.cpu(Duration::from_micros(outcome.cpu_micros));
+            meter.memory(outcome.max_rss_kib * 1024);
+            Ok(std::os::unix::process::ExitStatusExt::from_raw(
+                outcome.status,
+            ))
+        };
+        Ok(Running {
+            stdin: Box::new(started.stdin),
+            stdout: Box::new(started.stdout),
+            stderr: Box::new(started.stderr),
+            wait: Box::pin(wait),
+            guard: Box::new(started.lease),
+        })
+    }
+
+    /// Starts a call's process in a sandbox of its own, or none; `depth` is
+    /// how many in-process calls led to it.
+    async fn start_cold(
+        &self,
+        request: Vec<(String, String)>,
+        depth: u32,
+        meter: Arc<Meter>,
+    ) -> Result<Running, InvokeError> {
         let spawn_error = |error: std::io::Error| {
             InvokeError::Internal(format!("spawn {}: {error}", self.program.program.display()))
         };
-        let (mut command, mut lease) = self
-            .program
-            .command(watchdog_env(&invocation))
-            .map_err(spawn_error)?;
+        let (mut command, mut lease) = self.program.command(request).map_err(spawn_error)?;
         let mut child = command.stdin(Stdio::piped()).spawn().map_err(spawn_error)?;
         drop(command);
         // From here on, however the call ends (cancelled while its network
@@ -189,10 +260,7 @@ impl ProcessFunction {
             Some(lease) => lease.network_up().await,
             None => Ok(()),
         }
-        .and_then(|()| {
-            self.program
-                .serve_endpoint(lease.as_mut(), invocation.depth)
-        });
+        .and_then(|()| self.program.serve_endpoint(lease.as_mut(), depth));
         let serving = match serving {
             Ok(serving) => serving,
             Err(error) => {
@@ -207,14 +275,6 @@ impl ProcessFunction {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let Invocation {
-            call_id,
-            body,
-            deadline,
-            meter,
-            streamed,
-            ..
-        } = invocation;
         let wait = async move {
             // Read what it used while it is a zombie; reaping forgets it.
             if let Some(exit) = exit {
@@ -225,16 +285,54 @@ impl ProcessFunction {
                 .await
                 .map_err(|error| InvokeError::Internal(format!("wait: {error}")))
         };
+        Ok(Running {
+            stdin: Box::new(stdin),
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            wait: Box::pin(wait),
+            // The group is killed first; the uid and the network are the
+            // process's own until then.
+            guard: Box::new((group, lease, serving)),
+        })
+    }
+
+    /// Runs one request in a fresh process.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response, InvokeError> {
+        let started = tokio::time::Instant::now();
+        let request = watchdog_env(&invocation);
+        let meter = invocation.meter.clone();
+        let Running {
+            stdin,
+            stdout,
+            stderr,
+            wait,
+            guard,
+        } = match &self.warm {
+            Some(warm) => self
+                .start_warm(warm, request, meter)
+                .await
+                .map_err(|error| {
+                    InvokeError::Internal(format!(
+                        "start {} in its warm sandbox: {error}",
+                        self.program.program.display()
+                    ))
+                })?,
+            None => self.start_cold(request, invocation.depth, meter).await?,
+        };
+        let Invocation {
+            call_id,
+            body,
+            deadline,
+            streamed,
+            ..
+        } = invocation;
         let content_type = stdio_content_type(&self.program.env);
         if streamed {
             let (mut sender, channel) = http_body_util::Channel::new(1);
             let output = self.output.clone();
             let task = tokio::spawn(async move {
-                // Whatever happens, nothing of this request outlives it; its
-                // uid and its network are its own until then.
-                let _group = group;
-                let _lease = lease;
-                let _serving = serving;
+                // Whatever happens, nothing of this request outlives it.
+                let _guard = guard;
                 let run = async {
                     tokio::try_join!(
                         async {
@@ -288,7 +386,7 @@ impl ProcessFunction {
         };
         let outcome = tokio::time::timeout_at(deadline, run).await;
         // Whatever happened, nothing of this request may outlive it.
-        drop((group, serving));
+        drop(guard);
         let (stdout, stderr, status) = match outcome {
             Ok(finished) => finished,
             Err(_) => return Err(InvokeError::Timeout(deadline - started)),
@@ -501,10 +599,7 @@ mod tests {
     fn shell_with(script: &str, lines: Arc<Lines>) -> ProcessFunction {
         let mut program = Program::new(std::env::temp_dir(), "sh -c", vec![]).unwrap();
         program.args.push(script.into());
-        ProcessFunction {
-            program,
-            output: Output(lines),
-        }
+        ProcessFunction::new(program, Output(lines))
     }
 
     fn shell(script: &str) -> ProcessFunction {

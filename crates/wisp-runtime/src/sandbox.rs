@@ -28,7 +28,10 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use wisp_core::{egress::Cidr, spec::Network};
-use wisp_jail::{Bind, ENV_FD, Entry, JAIL_PATH};
+use wisp_jail::{
+    Bind, ENV_FD, Entry, JAIL_PATH,
+    template::{CONTROL_FD, Request, SECCOMP_FDS},
+};
 
 use crate::netns::{self, NetConfig, Pending, RESOLV_CONF};
 
@@ -62,6 +65,8 @@ pub const MAX_OPEN_FILES: u64 = 256;
 const FDS: [i32; 7] = [3, 4, ARGS_FD, ENV_FD, 7, 8, 9];
 /// Where bubblewrap reads its options.
 const ARGS_FD: i32 = 5;
+// A warm sandbox's template finds its socket and seccomp programs among them.
+const _: () = assert!(FDS[0] == CONTROL_FD && FDS[4] == SECCOMP_FDS[0] && FDS[5] == SECCOMP_FDS[1]);
 
 /// Why the sandbox cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +103,8 @@ pub struct Sandbox {
     isolated: Vec<u8>,
     /// The seccomp program for functions with outbound network: no listening sockets either.
     outbound: Vec<u8>,
+    /// The seccomp program of warm sandboxes.
+    warm: Vec<u8>,
     /// When the node is root: the unprivileged uids sandboxes take turns
     /// with, from the block this node holds.
     uids: Option<(UidBlock, Mutex<VecDeque<u32>>)>,
@@ -151,8 +158,9 @@ impl Sandbox {
             bwrap,
             jail,
             clone3: clone3_filter()?,
-            isolated: filter(false)?,
-            outbound: filter(true)?,
+            isolated: filter(Filter::Isolated)?,
+            outbound: filter(Filter::Outbound)?,
+            warm: filter(Filter::Warm)?,
             uids,
             net,
         });
@@ -451,48 +459,8 @@ impl Jail {
                 endpoint: endpoint_inside,
             });
         }
-        options
-            .args(["--hostname", "wisp"])
-            .args(["--ro-bind", "/usr", "/usr"]);
-        for link in ["/bin", "/lib", "/lib64", "/sbin"] {
-            match std::fs::read_link(link) {
-                Ok(target) => options.arg("--symlink").arg(target).arg(link),
-                Err(_) => options.args(["--ro-bind-try", link, link]),
-            };
-        }
-        options
-            .args(["--proc", "/proc", "--dev", "/dev"])
-            .args(["--perms", "1777", "--size", &TMP_SIZE.to_string()])
-            .args(["--tmpfs", "/tmp", "--ro-bind"])
-            .arg(dir)
-            .args([FUNCTION_DIR, "--chdir", FUNCTION_DIR])
-            // bubblewrap would make `/run` 0700, out of the function's reach.
-            .args(["--perms", "0755", "--dir", "/run", "--ro-bind"])
-            .arg(&self.sandbox.jail)
-            .arg(JAIL_PATH);
-        if let Some(secrets) = &self.secrets {
-            options.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
-            // Its parents made reachable, as `/run` above.
-            options
-                .args(["--perms", "0755", "--dir", "/var"])
-                .args(["--perms", "0755", "--dir", "/var/openfaas"])
-                .arg("--ro-bind")
-                .arg(secrets)
-                .arg(OPENFAAS_SECRETS_DIR);
-        }
-        if wants_network {
-            if own_network.is_none() {
-                options.args(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]);
-            }
-            for file in [
-                "/etc/hosts",
-                "/etc/nsswitch.conf",
-                "/etc/ssl",
-                "/etc/ca-certificates",
-            ] {
-                options.args(["--ro-bind-try", file, file]);
-            }
-        }
+        self.view(&mut options, dir, wants_network, own_network.is_some());
+        options.args(["--chdir", FUNCTION_DIR]);
         for fd in &FDS[..2] {
             options.args(["--add-seccomp-fd", &fd.to_string()]);
         }
@@ -515,10 +483,7 @@ impl Jail {
             .args(["--args", &ARGS_FD.to_string(), "--", JAIL_PATH])
             .args(entry.args())
             .current_dir("/");
-        match program.strip_prefix(dir) {
-            Ok(own) => command.arg(Path::new(FUNCTION_DIR).join(own)),
-            Err(_) => command.arg(program),
-        };
+        command.arg(inside(dir, program));
         let filter = match (self.network, self.serves) {
             (Network::Outbound, false) => &self.sandbox.outbound,
             _ => &self.sandbox.isolated,
@@ -540,6 +505,7 @@ impl Jail {
             resolv,
         ];
         let limits = Limits {
+            parent_death: true,
             memory: (!self.serves).then_some(self.memory),
             cpu_time: self.cpu_time.map(|time| time.as_secs().max(1) + 1),
             processes: root.then_some(if self.serves {
@@ -570,6 +536,169 @@ impl Jail {
         }
         Ok((command, lease))
     }
+
+    /// Whether this function's processes start in a warm sandbox
+    /// ([`crate::warm`]): when the node is root, for processes without a
+    /// network that do not serve.
+    pub(crate) fn warms(&self) -> bool {
+        self.sandbox.uids.is_some() && self.network == Network::None && !self.serves
+    }
+
+    /// A uid for one process, when the node is root.
+    pub(crate) fn lease(&self) -> std::io::Result<Option<Lease>> {
+        self.sandbox.lease()
+    }
+
+    /// What a warm sandbox is asked for one call: `argv` (the program a
+    /// path inside the sandbox) with `env`, as the leased uid, within this
+    /// jail's limits.
+    pub(crate) fn request(
+        &self,
+        lease: Option<&Lease>,
+        argv: Vec<std::ffi::OsString>,
+        env: &[(String, String)],
+    ) -> Request {
+        Request {
+            uid: lease
+                .and_then(|lease| lease.uid.as_ref())
+                .map(|uid| uid.uid),
+            memory: Some(self.memory),
+            cpu_seconds: self.cpu_time.map(|time| time.as_secs().max(1) + 1),
+            processes: Some(MAX_PROCESSES),
+            open_files: MAX_OPEN_FILES,
+            tmp_size: TMP_SIZE,
+            argv,
+            env: env
+                .iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect(),
+        }
+    }
+
+    /// The command that starts this function's warm sandbox, and the
+    /// node's end of the socket it takes requests on. The template is in
+    /// the sandbox's namespaces and view, without seccomp, rlimits or uid
+    /// of its own: it applies them to each call's process. It is not killed
+    /// with the thread that spawned it, as a call's process is: it lives as
+    /// long as the function, and exits when the node closes the socket.
+    pub(crate) fn template(
+        &self,
+        dir: &Path,
+    ) -> std::io::Result<(tokio::process::Command, OwnedFd)> {
+        let (node, template) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )?;
+        // The template blocks on its end; the node never does on its own.
+        rustix::io::ioctl_fionbio(&template, false)?;
+        let mut options = Options::default();
+        options
+            .args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"])
+            .args(["--unshare-cgroup-try", "--die-with-parent", "--unshare-net"]);
+        self.view(&mut options, dir, false, false);
+        // The template's own processes are not the function's: the
+        // function's process works in its directory, they in `/`.
+        options.args(["--chdir", "/"]);
+        let mut command = tokio::process::Command::new(&self.sandbox.bwrap);
+        command
+            .env_clear()
+            .args([
+                "--args",
+                &ARGS_FD.to_string(),
+                "--",
+                JAIL_PATH,
+                "--template",
+            ])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        let fds = [
+            Some(template),
+            None,
+            Some(memory_file(options.0)?),
+            None,
+            Some(filter_pipe(&self.sandbox.clone3)?),
+            Some(filter_pipe(&self.sandbox.warm)?),
+            None,
+        ];
+        let limits = Limits {
+            parent_death: false,
+            memory: None,
+            cpu_time: None,
+            processes: None,
+        };
+        // SAFETY: as in `command`: only async-signal-safe calls, nothing allocated.
+        unsafe {
+            command.pre_exec(move || {
+                limits.apply(
+                    fds.each_ref()
+                        .map(|fd| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
+                )
+            });
+        }
+        Ok((command, node))
+    }
+
+    /// What the sandbox sees of the filesystem: `/usr`, the function's
+    /// files at [`FUNCTION_DIR`], a private `/tmp`, `/proc`, a minimal
+    /// `/dev`, `wisp-jail`, its secrets and, with a network, the few `/etc`
+    /// files that reaching out needs (`resolv.conf` unless the sandbox has
+    /// a network of its own, whose `resolv.conf` is its own).
+    fn view(&self, options: &mut Options, dir: &Path, wants_network: bool, own_network: bool) {
+        options
+            .args(["--hostname", "wisp"])
+            .args(["--ro-bind", "/usr", "/usr"]);
+        for link in ["/bin", "/lib", "/lib64", "/sbin"] {
+            match std::fs::read_link(link) {
+                Ok(target) => options.arg("--symlink").arg(target).arg(link),
+                Err(_) => options.args(["--ro-bind-try", link, link]),
+            };
+        }
+        options
+            .args(["--proc", "/proc", "--dev", "/dev"])
+            .args(["--perms", "1777", "--size", &TMP_SIZE.to_string()])
+            .args(["--tmpfs", "/tmp", "--ro-bind"])
+            .arg(dir)
+            .arg(FUNCTION_DIR)
+            // bubblewrap would make `/run` 0700, out of the function's reach.
+            .args(["--perms", "0755", "--dir", "/run", "--ro-bind"])
+            .arg(&self.sandbox.jail)
+            .arg(JAIL_PATH);
+        if let Some(secrets) = &self.secrets {
+            options.arg("--ro-bind").arg(secrets).arg(SECRETS_DIR);
+            // Its parents made reachable, as `/run` above.
+            options
+                .args(["--perms", "0755", "--dir", "/var"])
+                .args(["--perms", "0755", "--dir", "/var/openfaas"])
+                .arg("--ro-bind")
+                .arg(secrets)
+                .arg(OPENFAAS_SECRETS_DIR);
+        }
+        if wants_network {
+            if !own_network {
+                options.args(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]);
+            }
+            for file in [
+                "/etc/hosts",
+                "/etc/nsswitch.conf",
+                "/etc/ssl",
+                "/etc/ca-certificates",
+            ] {
+                options.args(["--ro-bind-try", file, file]);
+            }
+        }
+    }
+}
+
+/// Where the sandbox sees `program`: in [`FUNCTION_DIR`] if it is one of
+/// the function's files in `dir`, else where the host has it.
+pub(crate) fn inside(dir: &Path, program: &Path) -> PathBuf {
+    match program.strip_prefix(dir) {
+        Ok(own) => Path::new(FUNCTION_DIR).join(own),
+        Err(_) => program.to_owned(),
+    }
 }
 
 /// bubblewrap's options, NUL-terminated, as `--args FD` reads them.
@@ -595,6 +724,8 @@ impl Options {
 /// The rlimits of one sandboxed process, applied between fork and exec.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// Killed with the thread that spawned it: a process of one call.
+    parent_death: bool,
     memory: Option<u64>,
     cpu_time: Option<u64>,
     processes: Option<u64>,
@@ -617,7 +748,7 @@ impl Limits {
         // SAFETY: each call is a plain syscall on integers this child owns.
         unsafe {
             // Nothing it starts may outlive the node, even when the node is killed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if self.parent_death && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // bubblewrap and `wisp-jail` read from known descriptors, which
@@ -751,36 +882,70 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// Which seccomp program a sandbox gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// A process without a network, in a sandbox of its own.
+    Isolated,
+    /// A process that reaches out: no listening sockets either.
+    Outbound,
+    /// A warm sandbox's template and every call's process in it
+    /// ([`crate::warm`]). The template makes each call's mount, PID and IPC
+    /// namespaces and mounts its `/tmp` and `/proc`, so `mount` and `clone`
+    /// with those three flags pass the filter; a call's process, with no
+    /// capabilities left, cannot use them anyway. Calls share the
+    /// template's network namespace, so no IP socket may be made: without a
+    /// network, all it could reach is another call's.
+    Warm,
+}
+
 /// Compiles the seccomp program, as the bytes of its `sock_filter` array.
-fn filter(outbound: bool) -> Result<Vec<u8>, SandboxError> {
+fn filter(kind: Filter) -> Result<Vec<u8>, SandboxError> {
     let error = |error: seccompiler::BackendError| SandboxError::Filter(error.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
         .iter()
+        .filter(|&&syscall| !(kind == Filter::Warm && syscall == libc::SYS_mount))
         .map(|&syscall| (syscall, Vec::new()))
         .collect();
+    let first_argument = |length: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(0, length, op, value)
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+    };
     let flags = NAMESPACE_FLAGS
         .iter()
+        .filter(|&&flag| {
+            kind != Filter::Warm
+                || ![libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWIPC].contains(&flag)
+        })
         .map(|&flag| {
             let flag = flag as u64;
-            SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )
-            .and_then(|condition| SeccompRule::new(vec![condition]))
+            first_argument(SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(error)?;
     rules.insert(libc::SYS_clone, flags);
-    if outbound {
-        for syscall in [
-            libc::SYS_bind,
-            libc::SYS_listen,
-            libc::SYS_accept,
-            libc::SYS_accept4,
-        ] {
-            rules.insert(syscall, Vec::new());
+    match kind {
+        Filter::Isolated => {}
+        Filter::Outbound => {
+            for syscall in [
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_accept,
+                libc::SYS_accept4,
+            ] {
+                rules.insert(syscall, Vec::new());
+            }
+        }
+        Filter::Warm => {
+            let domains = [libc::AF_INET, libc::AF_INET6]
+                .into_iter()
+                .map(|domain| {
+                    // An `int`: its upper half is whatever the caller left there.
+                    first_argument(SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(error)?;
+            rules.insert(libc::SYS_socket, domains);
         }
     }
     compile(rules, libc::EPERM)

@@ -438,10 +438,7 @@ impl Node {
                     scale.clone(),
                     self.output(spec),
                 )?),
-                None => Executor::Process(ProcessFunction {
-                    program,
-                    output: self.output(spec),
-                }),
+                None => Executor::Process(ProcessFunction::new(program, self.output(spec))),
             });
         }
         let digest = spec.artifact.as_deref().unwrap_or_default();
