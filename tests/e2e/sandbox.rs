@@ -355,7 +355,8 @@ fn loops_and_sleepers_holding_children_are_killed_at_the_deadline() {
 fn nothing_a_call_leaves_behind_reaches_the_next() {
     let node = node();
     // Each call says what it finds of earlier ones (files in /tmp, sleepers,
-    // a listener on its loopback), then leaves all three behind.
+    // a listener on its loopback) and which sockets it may make, then
+    // leaves all three behind.
     attacker(
         &node,
         "litterer",
@@ -364,6 +365,10 @@ echo "tmp:$(ls -A /tmp | tr '\n' ' ')"
 echo "sleepers:$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$')"
 echo "listeners:$(grep -c ":1F90 00000000:0000 0A" /proc/net/tcp)"
 echo "uid:$(id -u)"
+python3 -c 'import socket
+for family in (2, 10, 30, 40, 43):
+    try: socket.socket(family, socket.SOCK_STREAM); print("socket family", family)
+    except OSError: pass'
 echo litter > /tmp/litter
 sleep 300 </dev/null >/dev/null 2>&1 &
 setsid sleep 300 </dev/null >/dev/null 2>&1 &
@@ -383,6 +388,9 @@ sleep 0.3
         assert_eq!(lines.next(), Some("sleepers:0"), "{}", response.body);
         assert_eq!(lines.next(), Some("listeners:0"), "{}", response.body);
         uids.push(lines.next().unwrap().to_owned());
+        // Calls share the warm sandbox's network namespace: no socket
+        // family that could reach another call's (IP, TIPC, vsock, SMC).
+        assert_eq!(lines.next(), None, "{}", response.body);
     }
     uids.dedup();
     assert_eq!(

@@ -195,10 +195,14 @@ pub fn serve() -> JailError {
     // SAFETY: setting a disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     let mut buffer = vec![0; MAX_REQUEST];
+    let mut last = 0;
     loop {
         let mut space =
             [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(Request::FDS))];
         let mut ancillary = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        // What an earlier call was sent (its environment, secrets included)
+        // is not left in the memory the next call's init starts with.
+        buffer[..last].fill(0);
         let received = match rustix::net::recvmsg(
             &control,
             &mut [IoSliceMut::new(&mut buffer)],
@@ -220,10 +224,23 @@ pub fn serve() -> JailError {
             // The node closed its end: it is stopping, or dropped the function.
             std::process::exit(0);
         }
+        last = received.bytes.min(buffer.len());
         let Ok(fds) = <[OwnedFd; Request::FDS]>::try_from(fds) else {
             continue;
         };
-        let Some(request) = Request::decode(&buffer[..received.bytes]) else {
+        let truncated = received
+            .flags
+            .intersects(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC);
+        // Only as the node sends it, and never as root: a request without a
+        // uid would run the function with the template's capabilities.
+        let request = Request::decode(&buffer[..last])
+            .filter(|request| !truncated && request.uid.is_some_and(|uid| uid != 0));
+        let Some(request) = request else {
+            report(
+                &fds[2],
+                "read the call's request",
+                &std::io::Error::from(std::io::ErrorKind::InvalidData),
+            );
             // Dropping the descriptors closes the status pipe: the node sees the call fail.
             continue;
         };
@@ -276,6 +293,11 @@ fn run_init(request: &Request, fds: [OwnedFd; Request::FDS]) -> ! {
             "watch the call's processes",
             std::io::Error::last_os_error(),
         );
+    }
+    // A session of its own: no controlling terminal of the node's to reach.
+    // SAFETY: setsid(2) has no preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        fail("start the call's session", std::io::Error::last_os_error());
     }
     if let Err(error) = private_mounts(request.tmp_size) {
         fail("mount the call's /tmp and /proc", error);

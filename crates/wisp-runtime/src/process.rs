@@ -308,15 +308,21 @@ impl ProcessFunction {
             wait,
             guard,
         } = match &self.warm {
-            Some(warm) => self
-                .start_warm(warm, request, meter)
-                .await
-                .map_err(|error| {
-                    InvokeError::Internal(format!(
-                        "start {} in its warm sandbox: {error}",
-                        self.program.program.display()
-                    ))
-                })?,
+            Some(warm) => {
+                let start = tokio::time::timeout_at(
+                    invocation.deadline,
+                    self.start_warm(warm, request, meter),
+                );
+                match start.await {
+                    Ok(started) => started.map_err(|error| {
+                        InvokeError::Internal(format!(
+                            "start {} in its warm sandbox: {error}",
+                            self.program.program.display()
+                        ))
+                    })?,
+                    Err(_) => return Err(InvokeError::Timeout(started.elapsed())),
+                }
+            }
             None => self.start_cold(request, invocation.depth, meter).await?,
         };
         let Invocation {

@@ -422,7 +422,8 @@ impl Jail {
         let mut network_fds = [None, None, None];
         let mut options = Options::default();
         options.args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"]);
-        options.args(["--unshare-cgroup-try", "--die-with-parent"]);
+        // A session of its own: the node's terminal, if it has one, is out of reach.
+        options.args(["--unshare-cgroup-try", "--die-with-parent", "--new-session"]);
         if lease.is_none() {
             // Not root: a user namespace is what lets bubblewrap make the
             // others; the sandbox may not make one of its own.
@@ -579,8 +580,10 @@ impl Jail {
     /// node's end of the socket it takes requests on. The template is in
     /// the sandbox's namespaces and view, without seccomp, rlimits or uid
     /// of its own: it applies them to each call's process. It is not killed
-    /// with the thread that spawned it, as a call's process is: it lives as
-    /// long as the function, and exits when the node closes the socket.
+    /// with the thread that spawned it, as a call's process is (neither by
+    /// bubblewrap's `--die-with-parent`): it lives as long as the function,
+    /// and exits when the node closes the socket, as it does when the node
+    /// dies. It leads a session of its own, away from the node's terminal.
     pub(crate) fn template(
         &self,
         dir: &Path,
@@ -596,7 +599,7 @@ impl Jail {
         let mut options = Options::default();
         options
             .args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"])
-            .args(["--unshare-cgroup-try", "--die-with-parent", "--unshare-net"]);
+            .args(["--unshare-cgroup-try", "--unshare-net", "--new-session"]);
         self.view(&mut options, dir, false, false);
         // The template's own processes are not the function's: the
         // function's process works in its directory, they in `/`.
@@ -871,6 +874,9 @@ const DENIED: &[i64] = &[
     libc::SYS_personality,
 ];
 
+/// The bit that marks a syscall number as the x32 ABI's.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
 /// `clone` flags that would make new namespaces.
 const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWUSER,
@@ -894,8 +900,8 @@ enum Filter {
     /// namespaces and mounts its `/tmp` and `/proc`, so `mount` and `clone`
     /// with those three flags pass the filter; a call's process, with no
     /// capabilities left, cannot use them anyway. Calls share the
-    /// template's network namespace, so no IP socket may be made: without a
-    /// network, all it could reach is another call's.
+    /// template's network namespace, so no socket but UNIX and netlink ones
+    /// may be made: without a network, all it could reach is another call's.
     Warm,
 }
 
@@ -937,15 +943,24 @@ fn filter(kind: Filter) -> Result<Vec<u8>, SandboxError> {
             }
         }
         Filter::Warm => {
-            let domains = [libc::AF_INET, libc::AF_INET6]
+            // Any family but UNIX and netlink sockets: IP, and the families
+            // that reach a peer on the same machine otherwise (SMC, TIPC,
+            // RDS, vsock). The domain is an `int`: its upper half is
+            // whatever the caller left there.
+            let other = [libc::AF_UNIX, libc::AF_NETLINK]
                 .into_iter()
                 .map(|domain| {
-                    // An `int`: its upper half is whatever the caller left there.
-                    first_argument(SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
+                    SeccompCondition::new(
+                        0,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::Ne,
+                        domain as u64,
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()
+                .and_then(SeccompRule::new)
                 .map_err(error)?;
-            rules.insert(libc::SYS_socket, domains);
+            rules.insert(libc::SYS_socket, vec![other]);
         }
     }
     compile(rules, libc::EPERM)
@@ -974,14 +989,57 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<Vec<u8>
     )
     .and_then(BpfProgram::try_from)
     .map_err(error)?;
-    Ok(program
+    // x32 syscalls (the x86-64 architecture, numbers from bit 30 on) would
+    // match no rule above, so they are refused first, whatever they are.
+    let x32: &[libc::sock_filter] = if cfg!(target_arch = "x86_64") {
+        &[
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | errno as u32,
+            },
+        ]
+    } else {
+        &[]
+    };
+    Ok(x32
         .iter()
-        .flat_map(|instruction| {
+        .copied()
+        .map(|instruction| {
+            (
+                instruction.code,
+                instruction.jt,
+                instruction.jf,
+                instruction.k,
+            )
+        })
+        .chain(program.iter().map(|instruction| {
+            (
+                instruction.code,
+                instruction.jt,
+                instruction.jf,
+                instruction.k,
+            )
+        }))
+        .flat_map(|(code, jt, jf, k)| {
             let mut bytes = [0u8; 8];
-            bytes[..2].copy_from_slice(&instruction.code.to_ne_bytes());
-            bytes[2] = instruction.jt;
-            bytes[3] = instruction.jf;
-            bytes[4..].copy_from_slice(&instruction.k.to_ne_bytes());
+            bytes[..2].copy_from_slice(&code.to_ne_bytes());
+            bytes[2] = jt;
+            bytes[3] = jf;
+            bytes[4..].copy_from_slice(&k.to_ne_bytes());
             bytes
         })
         .collect())

@@ -76,6 +76,19 @@ impl Warm {
         mut argv: Vec<OsString>,
         env: &[(String, String)],
     ) -> std::io::Result<Started> {
+        // NUL ends a field of the request: one inside a value would move
+        // the rest of it into another field (an argument into the environment).
+        let has_nul = |value: &[u8]| value.contains(&0);
+        if argv.iter().any(|arg| has_nul(arg.as_encoded_bytes()))
+            || env
+                .iter()
+                .any(|(name, value)| has_nul(name.as_bytes()) || has_nul(value.as_bytes()))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an argument or environment variable holds a NUL byte",
+            ));
+        }
         let lease = self.jail.lease()?;
         if let Some(program) = argv.first_mut() {
             *program = crate::sandbox::inside(&self.dir, std::path::Path::new(program)).into();
@@ -102,9 +115,10 @@ impl Warm {
                 .await;
             match sent {
                 Ok(()) => break,
-                // The template is gone (killed, or the machine ran out of
-                // something): a new one, once.
-                Err(_) if !retried => {
+                // The template is gone (killed, say): a new one, once. Any
+                // other error (a request too large for the socket) fails
+                // this call alone, and the calls in flight go on.
+                Err(error) if !retried && gone(&error) => {
                     retried = true;
                     self.forget(&template);
                 }
@@ -155,6 +169,14 @@ impl Warm {
             *slot = None;
         }
     }
+}
+
+/// Whether a send failed because the template's end of the socket is closed.
+fn gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ECONNREFUSED | libc::ENOTCONN)
+    )
 }
 
 /// Waits for a call's [`Outcome`]; `None` if its process could not be
