@@ -299,10 +299,13 @@ fn read_env() -> std::io::Result<Vec<(OsString, OsString)>> {
 
 /// The `NAME=VALUE` entries of NUL-terminated bytes; one without `=` is skipped.
 fn parse_env(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    bytes.split(|&byte| byte == 0).filter_map(|entry| {
-        let equals = entry.iter().position(|&byte| byte == b'=')?;
-        Some((&entry[..equals], &entry[equals + 1..]))
-    })
+    bytes.split(|&byte| byte == 0).filter_map(env_entry)
+}
+
+/// The name and value of one `NAME=VALUE` entry; `None` without `=`.
+fn env_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
+    let equals = entry.iter().position(|&byte| byte == b'=')?;
+    Some((&entry[..equals], &entry[equals + 1..]))
 }
 
 /// Becomes `uid` (and gid `uid`) with no supplementary groups and no

@@ -120,12 +120,12 @@ impl Request {
             return None;
         }
         let env = fields
-            .filter_map(|entry| {
-                let equals = entry.iter().position(|&byte| byte == b'=')?;
-                Some((
-                    OsString::from_vec(entry[..equals].to_vec()),
-                    OsString::from_vec(entry[equals + 1..].to_vec()),
-                ))
+            .filter_map(crate::env_entry)
+            .map(|(name, value)| {
+                (
+                    OsString::from_vec(name.to_vec()),
+                    OsString::from_vec(value.to_vec()),
+                )
             })
             .collect();
         Some(Self {
