@@ -708,11 +708,16 @@ impl Cluster {
             .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The revision the node's cache is done with, and so with every one before it.
+    pub fn last_processed(&self) -> u64 {
+        self.processed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until the node's cache is done with revision `revision` (and
     /// so every one before it), up to `within`; whether it is.
     pub async fn caught_up(&self, revision: u64, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        while self.processed.load(std::sync::atomic::Ordering::SeqCst) < revision {
+        while self.last_processed() < revision {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }

@@ -469,6 +469,9 @@ async fn follow(
                     let change = tokio::select! {
                         change = changes.next() => change,
                         _ = checks.tick() => {
+                            // Entries not the cache's are processed as read,
+                            // and the latest may be one.
+                            last = last.max(cluster.last_processed());
                             let latest = cluster.last_revision().await.unwrap_or(last);
                             if latest <= last {
                                 behind = None;

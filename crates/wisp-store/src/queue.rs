@@ -12,6 +12,8 @@
 //! function. So no caller can take an id another namespace uses, or one a
 //! JetStream message will get, and have that call dropped as a duplicate.
 
+use std::collections::HashSet;
+
 use rusqlite::{OptionalExtension as _, params};
 use wisp_core::CallState;
 
@@ -391,20 +393,26 @@ impl Store {
 
     /// At start-up: every call still to run, oldest first. Calls that were
     /// running when the node stopped are queued again (at-least-once); the
-    /// second value counts them.
-    pub fn recover_calls(&self) -> Result<(Vec<PendingCall>, u64), StoreError> {
-        let db = self.db();
-        let redelivered = db.execute(
+    /// second value holds their keys.
+    pub fn recover_calls(&self) -> Result<(Vec<PendingCall>, HashSet<String>), StoreError> {
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        let interrupted = transaction
+            .prepare("SELECT key FROM calls WHERE state = 'running'")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        transaction.execute(
             "UPDATE calls SET state = 'queued', due_at = started_at WHERE state = 'running'",
             [],
-        )? as u64;
+        )?;
+        transaction.commit()?;
         let mut statement = db.prepare(
             "SELECT key, namespace, function, due_at FROM calls WHERE state = 'queued' ORDER BY due_at",
         )?;
         let pending = statement
             .query_map([], pending_call)?
             .collect::<Result<_, _>>()?;
-        Ok((pending, redelivered))
+        Ok((pending, interrupted))
     }
 
     /// Finished calls whose callback has not been delivered yet.
@@ -684,9 +692,10 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let (pending, redelivered) = store.recover_calls().unwrap();
+        let (pending, interrupted) = store.recover_calls().unwrap();
         let keys: Vec<_> = pending.iter().map(|p| p.key.clone()).collect();
-        assert_eq!((keys, redelivered), (vec![key("a"), key("b")], 1));
+        assert_eq!(keys, vec![key("a"), key("b")]);
+        assert_eq!(interrupted, HashSet::from([key("b")]));
         let dead = store
             .calls(&CallFilter {
                 state: Some(CallState::Succeeded),

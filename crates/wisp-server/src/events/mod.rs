@@ -205,7 +205,7 @@ impl Queue {
             })
             .await
         };
-        let ((pending, redelivered), callbacks, backlog) = match recovered {
+        let ((pending, interrupted), callbacks, backlog) = match recovered {
             Ok(Ok(recovered)) => recovered,
             Ok(Err(error)) => {
                 tracing::error!(
@@ -224,6 +224,11 @@ impl Queue {
         if node.cluster.is_some() {
             tokio::spawn(handoff::rescue(Arc::downgrade(node)));
         }
+        // What the cluster saw finish before the stop does not run again.
+        let redelivered = pending
+            .iter()
+            .filter(|call| interrupted.contains(&call.key))
+            .count() as u64;
         queue
             .counters
             .redelivered
