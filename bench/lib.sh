@@ -29,6 +29,14 @@ start() { # name url command...
     echo "bench: $name did not answer at $url" >&2; cat "$work/$name.err" >&2; exit 1
 }
 
+# Stops the servers started so far and waits until they are gone, so the
+# next ones can take their ports.
+stop_servers() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
 # One wrk run: prints "rps p50_ms p99_ms", then "non2xx=N" and "errors=N" when there were any.
 load() { # url [script]
     nice -n -20 taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency "$@" 2>/dev/null | awk '

@@ -406,6 +406,59 @@ sleep 0.3
 }
 
 #[test]
+fn calls_in_flight_at_once_keep_their_own_input_output_and_status() {
+    let node = node();
+    attacker(
+        &node,
+        "many",
+        r#"#!/bin/sh
+body=$(cat)
+case "$body" in
+hang) sleep 30 ;;
+fail) echo "failing on purpose" >&2; exit 3 ;;
+esac
+sleep 0.5
+echo "$body"
+"#,
+        json!({}),
+    );
+    // Ten calls, one that fails and one past its deadline, all at once in
+    // one warm sandbox: each answer is its own call's.
+    let bodies: Vec<String> = (0..10)
+        .map(|index| format!("call-{index}"))
+        .chain(["fail".to_owned(), "hang".to_owned()])
+        .collect();
+    let responses: Vec<Response> = std::thread::scope(|scope| {
+        let calls: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                let node = &node;
+                scope.spawn(move || attack(node, "many", body.as_bytes()))
+            })
+            .collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    for (body, response) in bodies.iter().zip(&responses) {
+        match body.as_str() {
+            "fail" => {
+                assert_eq!(response.status, 502, "{}", response.body);
+                assert!(response.error().contains("status 3"), "{}", response.body);
+            }
+            "hang" => assert_eq!(response.status, 504, "{}", response.body),
+            _ => {
+                assert_eq!(response.status, 200, "{body}: {}", response.body);
+                assert_eq!(response.body.trim(), body);
+            }
+        }
+    }
+    assert!(
+        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
+        "left behind: {:?}",
+        processes_of(&node)
+    );
+}
+
+#[test]
 fn memory_disk_and_output_bombs_are_cut_off() {
     let node = node();
     attacker(

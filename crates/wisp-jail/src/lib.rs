@@ -318,21 +318,37 @@ fn drop_to(uid: u32) -> std::io::Result<()> {
             Err(std::io::Error::last_os_error())
         }
     };
+    // The bounding set needs CAP_SETPCAP, so it goes while this is root.
+    drop_bounding_set()?;
     // SAFETY: plain syscalls on integers, and a pointer that setgroups(2)
     // never reads with a count of 0.
     unsafe {
-        // The bounding set needs CAP_SETPCAP, so it goes while this is root;
-        // the loop ends at the first capability the kernel does not know.
-        let mut cap = 0;
-        while libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 {
-            cap += 1;
-        }
         check(libc::setgroups(0, std::ptr::null()))?;
         check(libc::setresgid(uid, uid, uid))?;
         // Leaving uid 0 clears the permitted, effective and ambient sets.
         check(libc::setresuid(uid, uid, uid))?;
     }
     clear_inheritable()
+}
+
+/// Empties the capability bounding set, which children inherit. The loop
+/// ends at the first capability the kernel does not know; one already gone
+/// (a warm sandbox's template empties the set once, for every call) costs
+/// no new credentials.
+pub(crate) fn drop_bounding_set() -> std::io::Result<()> {
+    for cap in 0.. {
+        // SAFETY: prctl(2) on integers.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
+            0 => {}
+            // SAFETY: as above.
+            1 if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 => {
+                return Err(std::io::Error::last_os_error());
+            }
+            1 => {}
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Empties the inheritable capability set, which changing uid leaves alone.

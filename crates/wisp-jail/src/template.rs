@@ -4,22 +4,24 @@
 //! call-independent work is done once: bubblewrap's namespaces and view of
 //! the filesystem, and loading the seccomp program, which then holds for the
 //! template and everything it starts. What must be fresh per call is made
-//! per call, in two steps:
+//! per call: the template clones the call's process straight into new
+//! mount, PID and IPC namespaces, as their PID 1. It mounts a private `/tmp`
+//! and a `/proc` showing only the call's processes, takes the call's STDIN,
+//! STDOUT and STDERR and rlimits, drops to the call's uid (no capabilities
+//! left), applies Landlock and executes the program.
 //!
-//! 1. the template clones the call's *init*, PID 1 of new mount, PID and IPC
-//!    namespaces, which mounts a private `/tmp` and a `/proc` showing only
-//!    the call's processes, and forks
-//! 2. the function's process, which takes the call's STDIN, STDOUT and
-//!    STDERR and rlimits, drops to the call's uid (no capabilities left),
-//!    applies Landlock and executes the program.
+//! When that process exits, the kernel ends every other process of its PID
+//! namespace, and the template reaps it and writes the [`Outcome`] to the
+//! call's status pipe: nothing a call starts outlives it, and no two calls
+//! share a `/tmp`, a process table or IPC objects. When the node closes the
+//! status pipe's other end (the call timed out or was cancelled), the
+//! template kills the call's PID 1 at once, with the same effect. When the
+//! node closes the control socket, the template exits, and bubblewrap's
+//! PID namespace ends with it every call still running.
 //!
-//! When the function's process exits, its init writes the [`Outcome`] to the
-//! call's status pipe and exits, which ends every process left in the call's
-//! PID namespace: nothing a call starts outlives it, and no two calls share
-//! a `/tmp`, a process table or IPC objects. When the node closes the status
-//! pipe's other end (the call timed out or was cancelled), the init exits at
-//! once, with the same effect. When the node closes the control socket, the
-//! template exits.
+//! As PID 1 of its namespace, the program ignores signals sent from inside
+//! the call for which it set no handler (SIGKILL included); a fault still
+//! kills it, and the node's deadline (SIGKILL from the template) always does.
 
 use std::{
     ffi::OsString,
@@ -176,6 +178,13 @@ impl Outcome {
     }
 }
 
+/// A call in flight: its process, PID 1 of the call's namespaces, and the
+/// write end of its status pipe until the node gives up on the call.
+struct Call {
+    pid: libc::pid_t,
+    status: Option<OwnedFd>,
+}
+
 /// Serves the node's requests until it closes the control socket; returns
 /// only on an error that leaves the template unable to serve.
 pub fn serve() -> JailError {
@@ -189,124 +198,190 @@ pub fn serve() -> JailError {
     {
         return JailError::Environment(error);
     }
+    // The template keeps its capabilities, but no program it starts can
+    // gain one: emptied once here instead of in every call's process.
+    if let Err(error) = crate::drop_bounding_set() {
+        return JailError::Environment(error);
+    }
     // SAFETY: the node handed this descriptor to this program alone.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
-    // Calls' inits are reaped by the kernel: nobody waits for them here.
-    // SAFETY: setting a disposition to SIG_IGN has no preconditions.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let children = match children() {
+        Ok(children) => children,
+        Err(error) => return JailError::Environment(error),
+    };
     let mut buffer = vec![0; MAX_REQUEST];
     let mut last = 0;
+    let mut calls: Vec<Call> = Vec::new();
     loop {
-        let mut space =
-            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(Request::FDS))];
-        let mut ancillary = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        // What an earlier call was sent (its environment, secrets included)
-        // is not left in the memory the next call's init starts with.
-        buffer[..last].fill(0);
-        let received = match rustix::net::recvmsg(
-            &control,
-            &mut [IoSliceMut::new(&mut buffer)],
-            &mut ancillary,
-            rustix::net::RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(received) => received,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(error) => return JailError::Environment(error.into()),
-        };
-        let fds: Vec<OwnedFd> = ancillary
-            .drain()
-            .flat_map(|message| match message {
-                rustix::net::RecvAncillaryMessage::ScmRights(fds) => fds.collect(),
-                _ => Vec::new(),
+        let mut polled: Vec<libc::pollfd> = [control.as_raw_fd(), children.as_raw_fd()]
+            .into_iter()
+            .map(|fd| (fd, libc::POLLIN))
+            // A pipe's write end reports POLLERR once its reader is gone.
+            .chain(
+                calls
+                    .iter()
+                    .filter_map(|call| call.status.as_ref().map(|status| (status.as_raw_fd(), 0))),
+            )
+            .map(|(fd, events)| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
             })
             .collect();
-        if received.bytes == 0 && fds.is_empty() {
-            // The node closed its end: it is stopping, or dropped the function.
-            std::process::exit(0);
+        // SAFETY: poll(2) on an array this function owns.
+        if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) } < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return JailError::Environment(error);
         }
-        last = received.bytes.min(buffer.len());
-        let Ok(fds) = <[OwnedFd; Request::FDS]>::try_from(fds) else {
-            continue;
-        };
-        let truncated = received
-            .flags
-            .intersects(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC);
-        // Only as the node sends it, and never as root: a request without a
-        // uid would run the function with the template's capabilities.
-        let request = Request::decode(&buffer[..last])
-            .filter(|request| !truncated && request.uid.is_some_and(|uid| uid != 0));
-        let Some(request) = request else {
-            report(
-                &fds[2],
-                "read the call's request",
-                &std::io::Error::from(std::io::ErrorKind::InvalidData),
-            );
-            // Dropping the descriptors closes the status pipe: the node sees the call fail.
-            continue;
-        };
-        // The call's init, straight into new mount, PID and IPC namespaces:
-        // clone(2) without a stack is fork(2) with flags.
-        let namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
-        // SAFETY: as fork(2); this program is single-threaded, so the child
-        // may do anything, allocating included.
-        let init =
-            unsafe { libc::syscall(libc::SYS_clone, namespaces | libc::SIGCHLD, 0, 0, 0, 0) };
-        match init {
-            0 => {
-                drop(control);
-                run_init(&request, fds)
+        // The node gave up on these calls (a deadline, a client gone):
+        // killing PID 1 ends every process of the call.
+        let mut gone = polled[2..].iter().map(|polled| polled.revents != 0);
+        for call in calls.iter_mut().filter(|call| call.status.is_some()) {
+            if gone.next() == Some(true) {
+                call.status = None;
+                // SAFETY: kill(2) of a child not yet reaped.
+                unsafe { libc::kill(call.pid, libc::SIGKILL) };
             }
-            -1 => {
-                let error = std::io::Error::last_os_error();
-                report(&fds[2], "start the call's init", &error);
+        }
+        if polled[1].revents != 0 {
+            reap(&children, &mut calls);
+        }
+        if polled[0].revents != 0 {
+            match receive(&control, &mut buffer, &mut last) {
+                Ok(Some((request, fds))) => calls.extend(start(&request, fds)),
+                Ok(None) => {}
+                Err(error) => return JailError::Environment(error),
             }
-            // The child has its own copies.
-            _ => drop(fds),
         }
     }
 }
 
-/// PID 1 of the call's namespaces: mounts its `/tmp` and `/proc`, runs the
-/// function's process and reports how it ended, or ends everything of the
-/// call as soon as the node gives up on it. Never returns.
-fn run_init(request: &Request, fds: [OwnedFd; Request::FDS]) -> ! {
-    let [stdin, stdout, stderr, status] = fds;
-    let fail = |step: &str, error: std::io::Error| -> ! {
-        report(&stderr, step, &error);
-        // SAFETY: _exit(2) ends this process at once.
-        unsafe { libc::_exit(126) }
-    };
-    // SAFETY: plain syscalls on integers and on a signal set this function owns.
-    let children = unsafe {
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        // Children's ends are read from a signalfd, so SIGCHLD is blocked
-        // here (and unblocked in the function's process).
+/// A signalfd for the template's children, whose SIGCHLD it blocks (the
+/// calls' processes unblock it before they execute their programs).
+fn children() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscalls on a signal set this function owns.
+    let fd = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     };
-    if children < 0 {
-        fail(
-            "watch the call's processes",
-            std::io::Error::last_os_error(),
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: signalfd(2) returned a descriptor no one else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reaps every call whose process has ended, with its PID namespace, and
+/// writes its [`Outcome`] unless the node gave up on it.
+fn reap(children: &OwnedFd, calls: &mut Vec<Call>) {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    // SAFETY: read(2) into a buffer this function owns; it only drains the signalfd.
+    while unsafe { libc::read(children.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
+    loop {
+        let mut wait_status = 0;
+        // SAFETY: all-zero is a valid rusage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4(2) with valid pointers.
+        let pid = unsafe { libc::wait4(-1, &mut wait_status, libc::WNOHANG, &mut usage) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(index) = calls.iter().position(|call| call.pid == pid) else {
+            continue;
+        };
+        if let Some(status) = calls.swap_remove(index).status {
+            let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
+            // The PID namespace's other processes were reaped into these
+            // figures before its PID 1 could be.
+            let bytes = Outcome {
+                status: wait_status,
+                cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
+                max_rss_kib: usage.ru_maxrss as u64,
+            }
+            .encode();
+            // SAFETY: write(2) of a buffer this function owns; the pipe
+            // takes it whole, and a reader gone is EPIPE (SIGPIPE is ignored).
+            unsafe { libc::write(status.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        }
+    }
+}
+
+/// Reads the node's next request and its descriptors, if one is there;
+/// exits when the node closed its end, and answers a request it cannot
+/// take with an error on the call's STDERR and a closed status pipe.
+fn receive(
+    control: &OwnedFd,
+    buffer: &mut [u8],
+    last: &mut usize,
+) -> std::io::Result<Option<(Request, [OwnedFd; Request::FDS])>> {
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(Request::FDS))];
+    let mut ancillary = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    // What an earlier call was sent (its environment, secrets included)
+    // is not left in the memory the next call's process starts with.
+    buffer[..*last].fill(0);
+    let received = match rustix::net::recvmsg(
+        control,
+        &mut [IoSliceMut::new(buffer)],
+        &mut ancillary,
+        rustix::net::RecvFlags::CMSG_CLOEXEC | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        Ok(received) => received,
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let fds: Vec<OwnedFd> = ancillary
+        .drain()
+        .flat_map(|message| match message {
+            rustix::net::RecvAncillaryMessage::ScmRights(fds) => fds.collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if received.bytes == 0 && fds.is_empty() {
+        // The node closed its end: it is stopping, or dropped the function.
+        // Leaving ends the sandbox, and every call in it.
+        std::process::exit(0);
+    }
+    *last = received.bytes.min(buffer.len());
+    let Ok(fds) = <[OwnedFd; Request::FDS]>::try_from(fds) else {
+        return Ok(None);
+    };
+    let truncated = received
+        .flags
+        .intersects(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC);
+    // Only as the node sends it, and never as root: a request without a
+    // uid would run the function with the template's capabilities.
+    let request = Request::decode(&buffer[..*last])
+        .filter(|request| !truncated && request.uid.is_some_and(|uid| uid != 0));
+    let Some(request) = request else {
+        report(
+            &fds[2],
+            "read the call's request",
+            &std::io::Error::from(std::io::ErrorKind::InvalidData),
         );
-    }
-    // A session of its own: no controlling terminal of the node's to reach.
-    // SAFETY: setsid(2) has no preconditions.
-    if unsafe { libc::setsid() } < 0 {
-        fail("start the call's session", std::io::Error::last_os_error());
-    }
-    if let Err(error) = private_mounts(request.tmp_size) {
-        fail("mount the call's /tmp and /proc", error);
-    }
-    // SAFETY: this process is single-threaded (a fork of one).
-    let process = match unsafe { libc::fork() } {
-        -1 => fail("start the process", std::io::Error::last_os_error()),
+        // Dropping the descriptors closes the status pipe: the node sees the call fail.
+        return Ok(None);
+    };
+    Ok(Some((request, fds)))
+}
+
+/// Starts a call's process as PID 1 of new mount, PID and IPC namespaces
+/// (clone(2) without a stack is fork(2) with flags); `None` when it could
+/// not be, the call's STDERR told why.
+fn start(request: &Request, fds: [OwnedFd; Request::FDS]) -> Option<Call> {
+    let [stdin, stdout, stderr, status] = fds;
+    let namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
+    // SAFETY: as fork(2); this program is single-threaded, so the child
+    // may do anything, allocating included.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, namespaces | libc::SIGCHLD, 0, 0, 0, 0) };
+    match pid {
         0 => {
-            let error = enter(request, [&stdin, &stdout, &stderr]);
+            let error = run(request, [&stdin, &stdout, &stderr]);
             let missing = matches!(
                 &error,
                 JailError::Exec { error, .. } if error.kind() == std::io::ErrorKind::NotFound
@@ -315,71 +390,44 @@ fn run_init(request: &Request, fds: [OwnedFd; Request::FDS]) -> ! {
             // SAFETY: _exit(2) ends this process at once.
             unsafe { libc::_exit(if missing { 127 } else { 126 }) }
         }
-        pid => pid,
-    };
-    drop((stdin, stdout, stderr));
-    let mut polled = [
-        libc::pollfd {
-            fd: children,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        // A pipe's write end reports POLLERR once its reader is gone.
-        libc::pollfd {
-            fd: status.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        },
-    ];
-    let outcome = 'call: loop {
-        // Reap every child that has ended: the process, and orphans of the
-        // call, which PID 1 inherits.
-        loop {
-            let mut wait_status = 0;
-            // SAFETY: all-zero is a valid rusage.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: wait4(2) with valid pointers.
-            let pid = unsafe { libc::wait4(-1, &mut wait_status, libc::WNOHANG, &mut usage) };
-            if pid == process {
-                let micros =
-                    |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
-                break 'call Some(Outcome {
-                    status: wait_status,
-                    cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
-                    max_rss_kib: usage.ru_maxrss as u64,
-                });
-            }
-            if pid <= 0 {
-                break;
-            }
+        -1 => {
+            report(
+                &stderr,
+                "start the call's process",
+                &std::io::Error::last_os_error(),
+            );
+            None
         }
-        // SAFETY: poll(2) on an array this function owns.
-        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
-        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            || polled[1].revents != 0
-        {
-            // The node gave up on the call.
-            break None;
-        }
-        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-        // SAFETY: read(2) into a buffer this function owns; it only drains the signalfd.
-        unsafe { libc::read(children, info.as_mut_ptr().cast(), info.len()) };
-    };
-    if let Some(outcome) = outcome {
-        let bytes = outcome.encode();
-        // SAFETY: write(2) of a buffer this function owns; the pipe takes it whole.
-        unsafe { libc::write(status.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        pid => Some(Call {
+            pid: pid as libc::pid_t,
+            status: Some(status),
+        }),
     }
-    // Leaving ends every process left in the call's PID namespace.
-    // SAFETY: _exit(2).
-    unsafe { libc::_exit(0) }
+}
+
+/// The call's process, PID 1 of its namespaces: a session of its own, a
+/// private `/tmp` and `/proc`, then the function's program (see [`enter`]);
+/// returns only on failure.
+fn run(request: &Request, stdio: [&OwnedFd; 3]) -> JailError {
+    // A session of its own: no controlling terminal of the node's to reach.
+    // SAFETY: setsid(2) has no preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        return JailError::Template(format!(
+            "start the call's session: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let Err(error) = private_mounts(request.tmp_size) {
+        return JailError::Template(format!("mount the call's /tmp and /proc: {error}"));
+    }
+    enter(request, stdio)
 }
 
 /// The function's process: its STDIO, rlimits, working directory (the
 /// function's files), uid, Landlock and seccomp, then the program; returns
 /// only on failure.
 fn enter(request: &Request, stdio: [&OwnedFd; 3]) -> JailError {
-    // SAFETY: an empty signal set; the init blocked SIGCHLD, the program must not inherit that.
+    // SAFETY: an empty signal set; the template blocks SIGCHLD, the program must not inherit that.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

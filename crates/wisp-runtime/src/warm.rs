@@ -2,7 +2,7 @@
 //! network keeps one sandbox, its template, started at its first call and
 //! kept while the function is deployed; each call asks it for a fresh
 //! process (see [`wisp_jail::template`] for what is fresh per call). A call
-//! then costs three forks inside the sandbox instead of a bubblewrap start,
+//! then costs one clone inside the sandbox instead of a bubblewrap start,
 //! with the same confinement: namespaces, a private `/tmp`, a uid of its
 //! own, rlimits, Landlock and seccomp.
 //!
