@@ -458,6 +458,76 @@ echo "$body"
     );
 }
 
+/// The warm sandboxes' templates (`wisp-jail --template`) that processes
+/// whose command line holds `marker` descend from.
+fn templates_running(marker: &str) -> Vec<u32> {
+    let cmdline = |pid: &str| {
+        let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).replace('\0', " ")
+    };
+    let parent = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let parent = status.lines().find_map(|line| line.strip_prefix("PPid:"))?;
+        Some(parent.trim().to_owned())
+    };
+    let mut templates: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.parse::<u32>().is_ok() && cmdline(pid).contains(marker))
+        .filter_map(|pid| {
+            std::iter::successors(parent(&pid), |pid| parent(pid))
+                .take(4)
+                .find(|pid| cmdline(pid).starts_with("/run/wisp-jail --template"))?
+                .parse()
+                .ok()
+        })
+        .collect();
+    templates.sort_unstable();
+    templates.dedup();
+    templates
+}
+
+#[test]
+fn no_call_outlives_its_warm_sandbox() {
+    let node = node();
+    attacker(
+        &node,
+        "stuck",
+        "#!/bin/sh\ncase \"$Http_Query\" in hang) sleep 31 & sleep 31 ;; esac\necho ok\n",
+        json!({ "timeout": "60s" }),
+    );
+    let call = node.get_in_background("/function/stuck.attackers?hang");
+    let mut templates = Vec::new();
+    assert!(
+        node.eventually(Duration::from_secs(20), || {
+            templates = templates_running("sleep 31");
+            !templates.is_empty()
+        }),
+        "the call never started"
+    );
+    // The template dies (as on a crash): the call's processes go with it,
+    // the call fails, and the next call gets a new sandbox.
+    for template in templates {
+        // SAFETY: kill(2) on a pid read from /proc.
+        unsafe { libc::kill(template as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(
+        node.eventually(Duration::from_secs(5), || processes_of(&node).is_empty()),
+        "left behind: {:?}",
+        processes_of(&node)
+    );
+    let failed = call.join().unwrap();
+    assert!(failed.status >= 500, "{}: {}", failed.status, failed.body);
+    let next = node.get("/function/stuck.attackers");
+    assert_eq!(
+        (next.status, next.body.trim()),
+        (200, "ok"),
+        "{}",
+        next.body
+    );
+}
+
 #[test]
 fn memory_disk_and_output_bombs_are_cut_off() {
     let node = node();

@@ -16,12 +16,16 @@
 //! share a `/tmp`, a process table or IPC objects. When the node closes the
 //! status pipe's other end (the call timed out or was cancelled), the
 //! template kills the call's PID 1 at once, with the same effect. When the
-//! node closes the control socket, the template exits, and bubblewrap's
-//! PID namespace ends with it every call still running.
+//! node closes the control socket, the template exits; it is PID 1 of the
+//! sandbox's own PID namespace (bubblewrap's `--as-pid-1`), so however it
+//! ends, every call still running ends with it.
 //!
 //! As PID 1 of its namespace, the program ignores signals sent from inside
-//! the call for which it set no handler (SIGKILL included); a fault still
-//! kills it, and the node's deadline (SIGKILL from the template) always does.
+//! the call for which it set no handler (SIGKILL included), and those the
+//! kernel sends it for its own doing (SIGPIPE: a write to a closed pipe
+//! fails with EPIPE instead); a fault still kills it, and so does the
+//! node's deadline (SIGKILL from the template). It inherits the call's
+//! orphans, which it should reap, as they count against its processes.
 
 use std::{
     ffi::OsString,
@@ -143,7 +147,7 @@ impl Request {
     }
 }
 
-/// How a call's process ended, as its init writes it to the status pipe.
+/// How a call's process ended, as the template writes it to the status pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     /// The wait status, as waitpid(2) reports it.
@@ -205,6 +209,15 @@ pub fn serve() -> JailError {
     }
     // SAFETY: the node handed this descriptor to this program alone.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    // Not for a call's process to keep (bubblewrap placed it with dup2(2));
+    // its children are reaped here, not by the kernel.
+    // SAFETY: fcntl(2) and signal(2) on integers.
+    if unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_ERR
+            || libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) != 0
+    } {
+        return JailError::Environment(std::io::Error::last_os_error());
+    }
     let children = match children() {
         Ok(children) => children,
         Err(error) => return JailError::Environment(error),
@@ -344,7 +357,7 @@ fn receive(
         .collect();
     if received.bytes == 0 && fds.is_empty() {
         // The node closed its end: it is stopping, or dropped the function.
-        // Leaving ends the sandbox, and every call in it.
+        // Leaving ends the sandbox's PID namespace, and every call in it.
         std::process::exit(0);
     }
     *last = received.bytes.min(buffer.len());

@@ -57,6 +57,9 @@ pub const MAX_REPLICA_TASKS: u64 = 1024;
 pub const NICENESS: libc::c_int = 10;
 /// The most files one process may have open.
 pub const MAX_OPEN_FILES: u64 = 256;
+/// The files a warm sandbox's template may hold open: one per call in
+/// flight, and what a request brings.
+const TEMPLATE_OPEN_FILES: u64 = 16_384;
 /// The descriptors a sandboxed process starts with: bubblewrap reads its two
 /// seccomp programs from the first two, its options from [`ARGS_FD`], and
 /// `wisp-jail` the function's environment from [`ENV_FD`]. A sandbox with a
@@ -111,6 +114,9 @@ pub struct Sandbox {
     /// When the node is root and slirp4netns is installed: how outbound
     /// processes and replicas get a network namespace of their own.
     net: Option<Arc<NetConfig>>,
+    /// Whether functions without a network get warm sandboxes: on a root
+    /// node whose kernel keeps their calls' abstract sockets apart.
+    warm_sandboxes: bool,
 }
 
 impl Sandbox {
@@ -154,6 +160,13 @@ impl Sandbox {
             }
             None => None,
         };
+        let warm_sandboxes = uids.is_some() && wisp_jail::scopes_abstract_sockets();
+        if uids.is_some() && !warm_sandboxes {
+            tracing::warn!(
+                "this kernel's Landlock cannot keep abstract sockets apart (Linux 6.12 or \
+                 later can): every process call gets a sandbox of its own, with no warm ones"
+            );
+        }
         let sandbox = Arc::new(Self {
             bwrap,
             jail,
@@ -163,6 +176,7 @@ impl Sandbox {
             warm: filter(Filter::Warm)?,
             uids,
             net,
+            warm_sandboxes,
         });
         sandbox.check()?;
         Ok(sandbox)
@@ -507,6 +521,7 @@ impl Jail {
         ];
         let limits = Limits {
             parent_death: true,
+            open_files: MAX_OPEN_FILES,
             memory: (!self.serves).then_some(self.memory),
             cpu_time: self.cpu_time.map(|time| time.as_secs().max(1) + 1),
             processes: root.then_some(if self.serves {
@@ -539,10 +554,11 @@ impl Jail {
     }
 
     /// Whether this function's processes start in a warm sandbox
-    /// ([`crate::warm`]): when the node is root, for processes without a
-    /// network that do not serve.
+    /// ([`crate::warm`]): when the node is root and its kernel's Landlock
+    /// keeps abstract sockets apart, for processes without a network that
+    /// do not serve.
     pub(crate) fn warms(&self) -> bool {
-        self.sandbox.uids.is_some() && self.network == Network::None && !self.serves
+        self.sandbox.warm_sandboxes && self.network == Network::None && !self.serves
     }
 
     /// A uid for one process, when the node is root.
@@ -583,7 +599,9 @@ impl Jail {
     /// with the thread that spawned it, as a call's process is (neither by
     /// bubblewrap's `--die-with-parent`): it lives as long as the function,
     /// and exits when the node closes the socket, as it does when the node
-    /// dies. It leads a session of its own, away from the node's terminal.
+    /// dies. It is PID 1 of the sandbox's PID namespace, so however it ends,
+    /// every call still running in the sandbox ends with it. It leads a
+    /// session of its own, away from the node's terminal.
     pub(crate) fn template(
         &self,
         dir: &Path,
@@ -598,7 +616,12 @@ impl Jail {
         rustix::io::ioctl_fionbio(&template, false)?;
         let mut options = Options::default();
         options
-            .args(["--unshare-ipc", "--unshare-pid", "--unshare-uts"])
+            .args([
+                "--unshare-ipc",
+                "--unshare-pid",
+                "--as-pid-1",
+                "--unshare-uts",
+            ])
             .args(["--unshare-cgroup-try", "--unshare-net", "--new-session"]);
         self.view(&mut options, dir, false, false);
         // The template's own processes are not the function's: the
@@ -628,6 +651,8 @@ impl Jail {
         ];
         let limits = Limits {
             parent_death: false,
+            // A status pipe for each call in flight.
+            open_files: TEMPLATE_OPEN_FILES,
             memory: None,
             cpu_time: None,
             processes: None,
@@ -729,6 +754,7 @@ impl Options {
 struct Limits {
     /// Killed with the thread that spawned it: a process of one call.
     parent_death: bool,
+    open_files: u64,
     memory: Option<u64>,
     cpu_time: Option<u64>,
     processes: Option<u64>,
@@ -777,7 +803,7 @@ impl Limits {
         if let Some(bytes) = self.memory {
             set(libc::RLIMIT_AS, bytes)?;
         }
-        set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
+        set(libc::RLIMIT_NOFILE, self.open_files)?;
         // Below the node's own threads, so busy processes cannot take the
         // gateway's CPU; and for good, as an unprivileged process cannot
         // raise it again.
