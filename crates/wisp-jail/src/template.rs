@@ -310,8 +310,8 @@ fn reap(children: &OwnedFd, calls: &mut Vec<Call>) {
         };
         if let Some(status) = calls.swap_remove(index).status {
             let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
-            // The PID namespace's other processes were reaped into these
-            // figures before its PID 1 could be.
+            // The PID 1 and the children it reaped; not the processes the
+            // kernel killed when it exited.
             let bytes = Outcome {
                 status: wait_status,
                 cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
