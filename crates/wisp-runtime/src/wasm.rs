@@ -72,6 +72,14 @@ use crate::{
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Bytes of each pooled fiber stack kept resident between instances.
 const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
+/// Bytes of each pooled linear memory, and of each table, that an instance
+/// may have written and that are put back in place (a copy of their first
+/// contents) rather than given back to the kernel, on a host without swap
+/// (see [`pool`]).
+const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+/// How often a node that resets memories in place looks for swap.
+const SWAP_WATCH: Duration = Duration::from_secs(1);
 /// The buffer between a streamed body and a `wasm-stdio` guest's STDIN.
 const STDIN_PIPE: usize = 64 << 10;
 /// The most a `wasm-stdio` guest may write to STDOUT (its response body).
@@ -434,8 +442,53 @@ impl<P: Clone + Send + Sync + 'static> Tiered<P> {
     }
 }
 
-/// The pool of instances `config` says.
-fn pool(config: &WasmConfig) -> PoolingAllocationConfig {
+/// Whether the host has swap on (or cannot tell): a device or file listed
+/// in `/proc/swaps` after its header.
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| lists_swap(&swaps))
+}
+
+fn lists_swap(swaps: &str) -> bool {
+    swaps.lines().skip(1).any(|line| !line.trim().is_empty())
+}
+
+/// Stops the node if swap is turned on while it resets memories in place:
+/// from then on a guest's page could be swapped out and read by the next
+/// instance in its slot ([`pool`]). Started again, the node gives pages back
+/// to the kernel instead. One watch serves every engine of the process.
+fn watch_swap() -> Result<(), PrepareError> {
+    static WATCHING: OnceLock<()> = OnceLock::new();
+    if WATCHING.set(()).is_err() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("wisp-swap-watch".into())
+        .spawn(|| {
+            while !swap_in_use() {
+                std::thread::sleep(SWAP_WATCH);
+            }
+            tracing::error!(
+                "swap was turned on: this node resets WebAssembly memories in place, which is \
+                 safe only without swap; it stops now, and resets them through the kernel once \
+                 started again"
+            );
+            std::process::exit(1);
+        })
+        .map(drop)
+        .map_err(|error| PrepareError::Internal(format!("swap watch: {error}")))
+}
+
+/// The pool of instances `config` says; `reset_in_place` to reset the pages
+/// an instance wrote by copying their first contents back, found with
+/// Linux's `PAGEMAP_SCAN`.
+///
+/// Giving them back to the kernel (`madvise`) instead flushes the TLB of
+/// every core the node runs on, and the next instance faults them in
+/// again: that was half of a hello request's time in the kernel. wasmtime's
+/// scan skips a written page that was swapped out, though, and the next
+/// instance in that slot would read it: so only a host without swap resets
+/// in place ([`swap_in_use`]).
+fn pool(config: &WasmConfig, reset_in_place: bool) -> PoolingAllocationConfig {
     let instances = config.max_instances;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
@@ -453,10 +506,15 @@ fn pool(config: &WasmConfig) -> PoolingAllocationConfig {
         .max_memory_size(config.max_memory as usize)
         // The top of a reused fiber stack stays resident: every call
         // touches it, and faulting it back in after a madvise cost a
-        // quarter of a hello request. Linear memories are reset with
-        // madvise instead: keeping even 256KiB of them resident (a memset
-        // per instance) measured slower than faulting their few pages in.
+        // quarter of a hello request. Of linear memories, only the pages an
+        // instance wrote are worth keeping: copying back the first 256KiB
+        // whatever was written measured slower than faulting pages in.
         .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
+    if reset_in_place {
+        pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+    }
     pool
 }
 
@@ -476,7 +534,14 @@ impl WasmEngine {
         // the pool would refuse is refused at deploy, and a function serving
         // Winch's code runs as many at once). Pools reserve address space,
         // not memory.
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(config)));
+        let reset_in_place = !swap_in_use();
+        if reset_in_place {
+            watch_swap()?;
+        }
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+            config,
+            reset_in_place,
+        )));
         let mut quick_config = wasm.clone();
         quick_config.strategy(Strategy::Winch);
         // Cranelift compiles in the background on one thread of lower
@@ -1241,6 +1306,19 @@ impl StdioFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_is_read_from_what_proc_swaps_lists() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!lists_swap(header));
+        assert!(!lists_swap(""));
+        assert!(lists_swap(&format!(
+            "{header}/dev/zram0                              partition\t8388604\t\t0\t\t100\n"
+        )));
+        assert!(lists_swap(&format!(
+            "{header}/swapfile                               file\t\t2097148\t\t0\t\t-2\n"
+        )));
+    }
 
     #[test]
     fn every_memory_and_table_of_a_store_counts_against_its_limit() {

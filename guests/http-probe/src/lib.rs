@@ -7,7 +7,9 @@
 //! and then send its body a line every `ms` milliseconds, `/linger?ms=` to
 //! answer at once with the time it started, then go on running for `ms`
 //! milliseconds and log the time it stopped to STDERR, `/copy` to stream the
-//! request body back as it arrives). With `PROBE_UPSTREAM` set to an
+//! request body back as it arrives, `/remember?secret=` to answer what an
+//! earlier instance left in this one's memory, then leave the secret in
+//! it). With `PROBE_UPSTREAM` set to an
 //! `http://` URL, `/` instead calls that URL and answers with its answer, so
 //! chains of functions can be built.
 
@@ -20,6 +22,11 @@ use wasip2::http::types::{
 };
 
 wasip2::http::proxy::export!(Probe);
+
+/// Where `/remember` leaves its secret: 2 MiB that start zeroed, and a page
+/// that starts as dots (from the component's data, not zeroed memory).
+static mut ZEROED: [u8; 2 << 20] = [0; 2 << 20];
+static mut DOTTED: [u8; 4096] = [b'.'; 4096];
 
 struct Probe;
 
@@ -59,6 +66,28 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 );
                 std::thread::sleep(std::time::Duration::from_millis(param("ms")));
                 eprintln!("lingered until {}", now_millis());
+            }
+            "/remember" => {
+                // SAFETY: an instance serves one request, on one thread, and
+                // nothing else refers to these two statics.
+                let (zeroed, dotted) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut((&raw mut ZEROED).cast::<u8>(), 2 << 20),
+                        std::slice::from_raw_parts_mut((&raw mut DOTTED).cast::<u8>(), 4096),
+                    )
+                };
+                let seen: Vec<u8> = (zeroed.iter().filter(|byte| **byte != 0))
+                    .chain(dotted.iter().filter(|byte| **byte != b'.'))
+                    .take(64)
+                    .copied()
+                    .collect();
+                let secret = text("secret");
+                let secret = &secret.as_bytes()[..secret.len().min(64)];
+                for page in zeroed.chunks_mut(4096).chain([&mut dotted[..]]) {
+                    page[..secret.len()].copy_from_slice(secret);
+                }
+                let seen = String::from_utf8_lossy(&seen);
+                respond(response_out, 200, format!("seen={seen}\n").as_bytes());
             }
             "/status" => respond(response_out, param("code") as u16, b"as asked\n"),
             "/big" => respond(response_out, 200, &vec![b'x'; param("bytes") as usize]),

@@ -1,7 +1,8 @@
-//! Items 8, 9 and 10: a component's memories count together against its
+//! Items 8, 9, 10 and 17: a component's memories count together against its
 //! `memory`, a streaming response keeps its concurrency slots until its body
-//! is done, and request bodies are bounded in size by the node and in time
-//! by `--body-read-timeout`.
+//! is done, request bodies are bounded in size by the node and in time by
+//! `--body-read-timeout`, and what an instance leaves in its memory no later
+//! instance reads.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -392,4 +393,48 @@ fn a_component_at_the_maxima_leaves_room_in_the_pool() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(active(&node), Some(4), "the hoarder's calls still run");
+}
+
+/// Item 17: what an instance leaves in its memory, no later instance in its
+/// pool slot reads, whoever's function that instance serves. The probe leaves
+/// a secret on every page of 2 MiB of zeroed memory (more than a slot's pages
+/// reset in place: the rest goes back to the kernel) and on a page of the
+/// component's data, and says what it found there first.
+#[test]
+fn what_an_instance_leaves_in_its_memory_no_later_instance_reads() {
+    let node = Node::start(WISP);
+    deploy_probe(&node, json!({}));
+    let digest = node.upload_file(wisp_testing::HTTP_PROBE);
+    node.deploy_ok(json!({
+        "service": "probe", "namespace": "others", "kind": "wasm-http", "image": digest,
+    }));
+    let remember = |function: &str, secret: &str| {
+        let response = node.get(&format!("/function/{function}/remember?secret={secret}"));
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.body
+    };
+    for round in 0..20 {
+        for function in ["probe", "probe.others"] {
+            assert_eq!(
+                remember(function, &format!("{function}-{round}")),
+                "seen=\n",
+                "round {round} of {function}"
+            );
+        }
+    }
+    // Instances in flight at once take several slots, and reuse them.
+    std::thread::scope(|scope| {
+        for client in 0..8 {
+            scope.spawn(move || {
+                let function = ["probe", "probe.others"][client % 2];
+                for round in 0..10 {
+                    assert_eq!(
+                        remember(function, &format!("client{client}-{round}")),
+                        "seen=\n",
+                        "client {client}, round {round} of {function}"
+                    );
+                }
+            });
+        }
+    });
 }
