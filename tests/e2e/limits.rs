@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wisp_testing::{Node, send};
 
-use crate::{WISP, node_with_probe, processes_of};
+use crate::{WISP, assert_none_left, node_with_probe};
 
 /// How far past its timeout an invocation may end.
 const SLACK: Duration = Duration::from_millis(100);
@@ -202,10 +202,10 @@ fn a_process_that_exits_non_zero_is_a_502_and_one_that_hangs_is_killed() {
     let started = Instant::now();
     assert_eq!(node.post("/function/hanging", b"").status, 504);
     assert!(started.elapsed() < Duration::from_millis(300) + SLACK);
-    assert!(
-        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
-        "the child was killed with it: {:?}",
-        processes_of(&node)
+    assert_none_left(
+        &node,
+        Duration::from_secs(2),
+        "the child was killed with it",
     );
 }
 

@@ -112,9 +112,22 @@ fn processes_of(node: &Node) -> Vec<String> {
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
         .filter(|entry| identity(&entry.path().join("cwd")).is_some_and(|cwd| dirs.contains(&cwd)))
-        .map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).replace('\0', " ")
-        })
+        .map(|entry| cmdline(&entry.file_name().to_string_lossy()))
         .collect()
+}
+
+/// Asserts that within `within` no process of `node`'s functions is left
+/// ([`processes_of`]); `what` says what should have ended them.
+fn assert_none_left(node: &Node, within: std::time::Duration, what: &str) {
+    assert!(
+        node.eventually(within, || processes_of(node).is_empty()),
+        "{what}: left behind: {:?}",
+        processes_of(node)
+    );
+}
+
+/// The command line of process `pid`, its arguments joined by spaces.
+fn cmdline(pid: &str) -> String {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).replace('\0', " ")
 }

@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Value, json};
 use wisp_testing::{Node, Response, send};
 
-use crate::{WISP, deploy_probe, merge, processes_of};
+use crate::{WISP, assert_none_left, cmdline, deploy_probe, merge, processes_of};
 
 /// How far past its timeout a contained call may end.
 const SLACK: Duration = Duration::from_millis(500);
@@ -267,11 +267,7 @@ fn a_fork_bomb_is_bounded_and_gone_at_the_deadline() {
         response.status,
         response.body
     );
-    assert!(
-        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
-        "left behind: {:?}",
-        processes_of(&node)
-    );
+    assert_none_left(&node, Duration::from_secs(2), "the calls are over");
 }
 
 #[test]
@@ -343,11 +339,7 @@ fn loops_and_sleepers_holding_children_are_killed_at_the_deadline() {
         attacker(&node, name, script, json!({}));
         let response = while_serving(&node, || attack(&node, name, b""));
         assert_eq!(response.status, 504, "{script}: {}", response.body);
-        assert!(
-            node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
-            "{script}: left behind: {:?}",
-            processes_of(&node)
-        );
+        assert_none_left(&node, Duration::from_secs(2), script);
     }
 }
 
@@ -398,11 +390,7 @@ sleep 0.3
         3,
         "each call runs as a uid of its own: {uids:?}"
     );
-    assert!(
-        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
-        "left behind: {:?}",
-        processes_of(&node)
-    );
+    assert_none_left(&node, Duration::from_secs(2), "the calls are over");
 }
 
 #[test]
@@ -451,20 +439,12 @@ echo "$body"
             }
         }
     }
-    assert!(
-        node.eventually(Duration::from_secs(2), || processes_of(&node).is_empty()),
-        "left behind: {:?}",
-        processes_of(&node)
-    );
+    assert_none_left(&node, Duration::from_secs(2), "the calls are over");
 }
 
 /// The warm sandboxes' templates (`wisp-jail --template`) that processes
 /// whose command line holds `marker` descend from.
 fn templates_running(marker: &str) -> Vec<u32> {
-    let cmdline = |pid: &str| {
-        let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).replace('\0', " ")
-    };
     let parent = |pid: &str| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let parent = status.lines().find_map(|line| line.strip_prefix("PPid:"))?;
@@ -512,11 +492,7 @@ fn no_call_outlives_its_warm_sandbox() {
         // SAFETY: kill(2) on a pid read from /proc.
         unsafe { libc::kill(template as libc::pid_t, libc::SIGKILL) };
     }
-    assert!(
-        node.eventually(Duration::from_secs(5), || processes_of(&node).is_empty()),
-        "left behind: {:?}",
-        processes_of(&node)
-    );
+    assert_none_left(&node, Duration::from_secs(5), "the template is gone");
     let failed = call.join().unwrap();
     assert!(failed.status >= 500, "{}: {}", failed.status, failed.body);
     let next = node.get("/function/stuck.attackers");
