@@ -27,7 +27,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use wisp_cluster::{Cluster, ClusterError};
-use wisp_core::CallState;
+use wisp_core::{CallState, events::CallResult};
 use wisp_store::{CallOrigin, NewCall, PendingCall};
 
 use super::{Queue, Write, Written};
@@ -54,8 +54,15 @@ enum Entry {
     /// Held by its node; `claimer` is taking it over.
     Held { call: Call, claimer: Option<String> },
     /// Its outcome is recorded by its node, which deletes the entry once
-    /// its own store has it.
-    Done { outcome: CallState },
+    /// its own store has it. The entry keeps the outcome whole, so a node
+    /// stopped before its store had it records it from here at start-up.
+    Done {
+        outcome: CallState,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        result: Option<CallResult>,
+    },
     /// Taken over by node `to`.
     Moved { to: String },
 }
@@ -127,6 +134,35 @@ impl Entry {
             claimer: None,
         };
         serde_json::to_vec(&entry).expect("an entry serializes")
+    }
+
+    /// A `Done` entry of this outcome, no larger than `limit`: a result
+    /// too large for one message keeps its status and headers, and its
+    /// body is marked cut.
+    fn done(
+        outcome: CallState,
+        error: Option<&str>,
+        result: Option<&CallResult>,
+        limit: usize,
+    ) -> Vec<u8> {
+        let mut entry = Self::Done {
+            outcome,
+            error: error.map(str::to_owned),
+            result: result.cloned(),
+        };
+        let value = entry.to_vec();
+        if value.len() <= limit {
+            return value;
+        }
+        if let Self::Done {
+            result: Some(result),
+            ..
+        } = &mut entry
+        {
+            result.body.clear();
+            result.truncated = true;
+        }
+        entry.to_vec()
     }
 
     fn to_vec(&self) -> Vec<u8> {
@@ -243,9 +279,16 @@ pub(crate) async fn hold_stored(node: &Arc<Node>, key: &str) {
 }
 
 /// Before this node records the outcome of the call with key `key`: marks
-/// its entry done. `false` if another node took the call over, which then
-/// records its outcome instead; until NATS answers, this waits.
-pub(crate) async fn settle(node: &Node, key: &str, outcome: CallState) -> bool {
+/// its entry done, with the outcome. `false` if another node took the call
+/// over, which then records its outcome instead; until NATS answers, this
+/// waits.
+pub(crate) async fn settle(
+    node: &Node,
+    key: &str,
+    outcome: CallState,
+    error: Option<&str>,
+    result: Option<&CallResult>,
+) -> bool {
     let Some(cluster) = &node.cluster else {
         return true;
     };
@@ -257,7 +300,7 @@ pub(crate) async fn settle(node: &Node, key: &str, outcome: CallState) -> bool {
         return true;
     }
     let name = entry_name(key);
-    let done = Entry::Done { outcome }.to_vec();
+    let done = Entry::done(outcome, error, result, cluster.max_sealed());
     let mut warned = false;
     loop {
         let marked = match revision {
@@ -427,14 +470,18 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
                     (None, None) => {}
                 }
             }
-            Entry::Done { outcome } => {
+            Entry::Done {
+                outcome,
+                error,
+                result,
+            } => {
                 if let Some(call) = local {
                     let finish = Write::Finish {
                         key: call.key.clone(),
                         state: outcome,
                         now: super::millis(chrono::Utc::now()),
-                        error: None,
-                        result: None,
+                        error,
+                        result: result.as_ref().map(super::to_json),
                     };
                     if let Err(error) = node.queue.write(finish).await {
                         tracing::error!("call {} could not be recorded: {error}", call.key);
@@ -763,5 +810,70 @@ async fn hold_taken(
             Ok(())
         }
         None => cluster.delete_call(&node.id, name, mine).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(body: &str) -> CallResult {
+        CallResult {
+            status: 200,
+            headers: [("content-type".to_owned(), "image/png".to_owned())].into(),
+            body: body.to_owned(),
+            truncated: false,
+        }
+    }
+
+    fn done(value: &[u8]) -> (CallState, Option<String>, Option<CallResult>) {
+        match serde_json::from_slice(value).expect("an entry") {
+            Entry::Done {
+                outcome,
+                error,
+                result,
+            } => (outcome, error, result),
+            _ => panic!("not a done entry"),
+        }
+    }
+
+    #[test]
+    fn a_done_entry_keeps_the_whole_outcome() {
+        let value = Entry::done(
+            CallState::Succeeded,
+            None,
+            Some(&result("thumbnail")),
+            1 << 20,
+        );
+        assert_eq!(
+            done(&value),
+            (CallState::Succeeded, None, Some(result("thumbnail")))
+        );
+        let value = Entry::done(CallState::Dead, Some("timed out"), None, 1 << 20);
+        assert_eq!(
+            done(&value),
+            (CallState::Dead, Some("timed out".to_owned()), None)
+        );
+    }
+
+    #[test]
+    fn a_result_too_large_for_a_message_keeps_its_status_and_headers_and_is_marked_cut() {
+        let body = "\u{1}".repeat(4096);
+        let value = Entry::done(CallState::Succeeded, None, Some(&result(&body)), 1024);
+        assert!(value.len() <= 1024);
+        let (outcome, _, kept) = done(&value);
+        assert_eq!(outcome, CallState::Succeeded);
+        let kept = kept.expect("a result");
+        assert_eq!(
+            (kept.status, kept.body.as_str(), kept.truncated),
+            (200, "", true)
+        );
+        assert_eq!(kept.headers, result("").headers);
+    }
+
+    #[test]
+    fn an_entry_from_a_node_of_an_earlier_version_is_read() {
+        let (outcome, error, result) = done(br#"{"state":"done","outcome":"failed"}"#);
+        assert_eq!((outcome, error, result), (CallState::Failed, None, None));
     }
 }

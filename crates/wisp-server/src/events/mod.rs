@@ -197,15 +197,11 @@ impl Queue {
         let recovered = {
             let store = node.store.clone();
             tokio::task::spawn_blocking(move || {
-                Ok::<_, wisp_store::StoreError>((
-                    store.recover_calls()?,
-                    store.pending_callbacks()?,
-                    store.queue_backlog()?,
-                ))
+                Ok::<_, wisp_store::StoreError>((store.recover_calls()?, store.queue_backlog()?))
             })
             .await
         };
-        let ((pending, interrupted), callbacks, backlog) = match recovered {
+        let ((pending, interrupted), backlog) = match recovered {
             Ok(Ok(recovered)) => recovered,
             Ok(Err(error)) => {
                 tracing::error!(
@@ -244,8 +240,19 @@ impl Queue {
             let delay = Duration::from_millis(call.due_at.saturating_sub(now).max(0) as u64);
             Self::schedule(node, call, delay);
         }
-        for row in callbacks {
-            callback::resume(node, row);
+        // Read after reconciling: a call the cluster saw finish has its callback to send.
+        let store = node.store.clone();
+        let callbacks = tokio::task::spawn_blocking(move || store.pending_callbacks())
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|read| read.map_err(|error| error.to_string()));
+        match callbacks {
+            Ok(callbacks) => {
+                for row in callbacks {
+                    callback::resume(node, row);
+                }
+            }
+            Err(error) => tracing::error!("pending callbacks could not be read: {error}"),
         }
         let node = Arc::downgrade(node);
         tokio::spawn(async move {
@@ -570,7 +577,7 @@ impl Queue {
             }
         };
         let id = started.id;
-        if !handoff::settle(node, &call_key, state).await {
+        if !handoff::settle(node, &call_key, state, error.as_deref(), result.as_ref()).await {
             // Another node took the call over: its outcome is recorded there.
             handoff::forget(node, &call_key, &key.0).await;
             return;
