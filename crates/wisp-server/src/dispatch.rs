@@ -44,7 +44,7 @@ pub async fn call_id(mut request: Request, next: Next) -> Response {
         .get(CALL_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
-    let id = given.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let id = given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let value = HeaderValue::from_str(&id).expect("call ids are visible ASCII");
     request.extensions_mut().insert(CallId(id));
     let mut response = next.run(request).await;

@@ -273,7 +273,7 @@ async fn call_internal(
     {
         return error.into_response();
     }
-    let call_id = uuid::Uuid::new_v4().to_string();
+    let call_id = uuid::Uuid::now_v7().to_string();
     let value = axum::http::HeaderValue::from_str(&call_id).expect("a uuid is a header value");
     let call = Call {
         call_id,

@@ -71,7 +71,7 @@ impl Source {
     /// Puts an event on the queue; the call's key (its id in the triggers'
     /// own space, which no caller can write to) and whether the call is new.
     pub async fn queue(&self, node: &Arc<Node>, event: Event) -> Result<(String, bool), String> {
-        let id = event.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = event.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let record = record::CloudEvent::trigger(
             id.clone(),
             format!("/triggers/{}/{}", self.namespace, self.function),
