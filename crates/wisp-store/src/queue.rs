@@ -121,7 +121,7 @@ impl NewCall {
 }
 
 /// A call a worker has just taken.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StartedCall {
     /// Its id, as users see it.
     pub id: String,
@@ -283,7 +283,9 @@ impl QueueBatch<'_> {
             .optional()?)
     }
 
-    /// Records a call's final state and its latest result.
+    /// Records a call's final state and its latest result. `unstarted`
+    /// is when the attempt began if its [`start`](Self::start) was not
+    /// written: the attempt is counted here.
     pub fn finish(
         &self,
         key: &str,
@@ -291,30 +293,36 @@ impl QueueBatch<'_> {
         now: i64,
         error: Option<&str>,
         result: Option<&str>,
+        unstarted: Option<i64>,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
                 "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4, result = ?5,
-                     callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END
+                     callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END,
+                     attempts = attempts + (?6 IS NOT NULL), started_at = coalesce(?6, started_at)
                  WHERE key = ?1",
             )?
-            .execute(params![key, state.as_str(), now, error, result])?;
+            .execute(params![key, state.as_str(), now, error, result, unstarted])?;
         Ok(())
     }
 
-    /// Puts a failed attempt's call back in the queue, due at `due_at`.
+    /// Puts a failed attempt's call back in the queue, due at `due_at`;
+    /// `unstarted` as in [`finish`](Self::finish).
     pub fn retry(
         &self,
         key: &str,
         due_at: i64,
         error: &str,
         result: Option<&str>,
+        unstarted: Option<i64>,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
-                "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4 WHERE key = ?1",
+                "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4,
+                     attempts = attempts + (?5 IS NOT NULL), started_at = coalesce(?5, started_at)
+                 WHERE key = ?1",
             )?
-            .execute(params![key, due_at, error, result])?;
+            .execute(params![key, due_at, error, result, unstarted])?;
         Ok(())
     }
 
@@ -613,7 +621,7 @@ mod tests {
                 .is_none()
         );
         store
-            .batch(|b| b.retry(&key("a"), 100, "502", None).unwrap())
+            .batch(|b| b.retry(&key("a"), 100, "502", None, None).unwrap())
             .unwrap();
         assert_eq!(
             store
@@ -625,7 +633,7 @@ mod tests {
         );
         store
             .batch(|b| {
-                b.finish(&key("a"), CallState::Dead, 200, Some("boom"), None)
+                b.finish(&key("a"), CallState::Dead, 200, Some("boom"), None, None)
                     .unwrap()
             })
             .unwrap();
@@ -637,6 +645,34 @@ mod tests {
         let requeued = store.batch(|b| b.requeue(&key("a"), 300).unwrap()).unwrap();
         assert_eq!(requeued.map(|p| p.due_at), Some(300));
         assert_eq!(store.call(&key("a")).unwrap().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn an_attempt_whose_start_was_not_written_is_counted_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .batch(|b| {
+                b.enqueue(&call("a", 1)).unwrap();
+                b.retry(&key("a"), 50, "502", None, Some(5)).unwrap();
+            })
+            .unwrap();
+        let row = store.call(&key("a")).unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.attempts, row.started_at),
+            (CallState::Queued, 1, Some(5))
+        );
+        store
+            .batch(|b| {
+                b.finish(&key("a"), CallState::Succeeded, 70, None, None, Some(60))
+                    .unwrap()
+            })
+            .unwrap();
+        let row = store.call(&key("a")).unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.attempts, row.started_at, row.finished_at),
+            (CallState::Succeeded, 2, Some(60), Some(70))
+        );
     }
 
     #[test]
@@ -652,7 +688,7 @@ mod tests {
                 b.enqueue(&call("a", 1)).unwrap();
                 b.enqueue(&fired).unwrap();
                 b.enqueue(&call("done", 2)).unwrap();
-                b.finish(&key("done"), CallState::Succeeded, 3, None, None)
+                b.finish(&key("done"), CallState::Succeeded, 3, None, None, None)
                     .unwrap();
             })
             .unwrap();
@@ -686,7 +722,7 @@ mod tests {
                     }
                     b.start(&key("b"), 10).unwrap();
                     b.start(&key("c"), 11).unwrap();
-                    b.finish(&key("c"), CallState::Succeeded, 12, None, None)
+                    b.finish(&key("c"), CallState::Succeeded, 12, None, None, None)
                         .unwrap();
                 })
                 .unwrap();

@@ -62,6 +62,9 @@ enum Entry {
         error: Option<String>,
         #[serde(default)]
         result: Option<CallResult>,
+        /// When the attempt began, if its start was not written.
+        #[serde(default)]
+        unstarted: Option<i64>,
     },
     /// Taken over by node `to`.
     Moved { to: String },
@@ -139,16 +142,12 @@ impl Entry {
     /// A `Done` entry of this outcome, no larger than `limit`: a result
     /// too large for one message keeps its status and headers, and its
     /// body is marked cut.
-    fn done(
-        outcome: CallState,
-        error: Option<&str>,
-        result: Option<&CallResult>,
-        limit: usize,
-    ) -> Vec<u8> {
+    fn done(outcome: &Outcome<'_>, limit: usize) -> Vec<u8> {
         let mut entry = Self::Done {
-            outcome,
-            error: error.map(str::to_owned),
-            result: result.cloned(),
+            outcome: outcome.state,
+            error: outcome.error.map(str::to_owned),
+            result: outcome.result.cloned(),
+            unstarted: outcome.unstarted,
         };
         let value = entry.to_vec();
         if value.len() <= limit {
@@ -278,17 +277,20 @@ pub(crate) async fn hold_stored(node: &Arc<Node>, key: &str) {
     }
 }
 
+/// A call's final outcome, as its node records it.
+pub(crate) struct Outcome<'a> {
+    pub state: CallState,
+    pub error: Option<&'a str>,
+    pub result: Option<&'a CallResult>,
+    /// When the last attempt began, if its start was not written.
+    pub unstarted: Option<i64>,
+}
+
 /// Before this node records the outcome of the call with key `key`: marks
 /// its entry done, with the outcome. `false` if another node took the call
 /// over, which then records its outcome instead; until NATS answers, this
 /// waits.
-pub(crate) async fn settle(
-    node: &Node,
-    key: &str,
-    outcome: CallState,
-    error: Option<&str>,
-    result: Option<&CallResult>,
-) -> bool {
+pub(crate) async fn settle(node: &Node, key: &str, outcome: Outcome<'_>) -> bool {
     let Some(cluster) = &node.cluster else {
         return true;
     };
@@ -300,7 +302,7 @@ pub(crate) async fn settle(
         return true;
     }
     let name = entry_name(key);
-    let done = Entry::done(outcome, error, result, cluster.max_sealed());
+    let done = Entry::done(&outcome, cluster.max_sealed());
     let mut warned = false;
     loop {
         let marked = match revision {
@@ -474,6 +476,7 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
                 outcome,
                 error,
                 result,
+                unstarted,
             } => {
                 if let Some(call) = local {
                     let finish = Write::Finish {
@@ -482,6 +485,7 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
                         now: super::millis(chrono::Utc::now()),
                         error,
                         result: result.as_ref().map(super::to_json),
+                        unstarted,
                     };
                     if let Err(error) = node.queue.write(finish).await {
                         tracing::error!("call {} could not be recorded: {error}", call.key);
@@ -826,42 +830,57 @@ mod tests {
         }
     }
 
-    fn done(value: &[u8]) -> (CallState, Option<String>, Option<CallResult>) {
+    type Done = (CallState, Option<String>, Option<CallResult>, Option<i64>);
+
+    fn done(value: &[u8]) -> Done {
         match serde_json::from_slice(value).expect("an entry") {
             Entry::Done {
                 outcome,
                 error,
                 result,
-            } => (outcome, error, result),
+                unstarted,
+            } => (outcome, error, result, unstarted),
             _ => panic!("not a done entry"),
+        }
+    }
+
+    fn outcome<'a>(
+        state: CallState,
+        error: Option<&'a str>,
+        result: Option<&'a CallResult>,
+    ) -> Outcome<'a> {
+        Outcome {
+            state,
+            error,
+            result,
+            unstarted: Some(7),
         }
     }
 
     #[test]
     fn a_done_entry_keeps_the_whole_outcome() {
+        let thumbnail = result("thumbnail");
         let value = Entry::done(
-            CallState::Succeeded,
-            None,
-            Some(&result("thumbnail")),
+            &outcome(CallState::Succeeded, None, Some(&thumbnail)),
             1 << 20,
         );
         assert_eq!(
             done(&value),
-            (CallState::Succeeded, None, Some(result("thumbnail")))
+            (CallState::Succeeded, None, Some(thumbnail), Some(7))
         );
-        let value = Entry::done(CallState::Dead, Some("timed out"), None, 1 << 20);
+        let value = Entry::done(&outcome(CallState::Dead, Some("timed out"), None), 1 << 20);
         assert_eq!(
             done(&value),
-            (CallState::Dead, Some("timed out".to_owned()), None)
+            (CallState::Dead, Some("timed out".to_owned()), None, Some(7))
         );
     }
 
     #[test]
     fn a_result_too_large_for_a_message_keeps_its_status_and_headers_and_is_marked_cut() {
-        let body = "\u{1}".repeat(4096);
-        let value = Entry::done(CallState::Succeeded, None, Some(&result(&body)), 1024);
+        let body = result(&"\u{1}".repeat(4096));
+        let value = Entry::done(&outcome(CallState::Succeeded, None, Some(&body)), 1024);
         assert!(value.len() <= 1024);
-        let (outcome, _, kept) = done(&value);
+        let (outcome, _, kept, _) = done(&value);
         assert_eq!(outcome, CallState::Succeeded);
         let kept = kept.expect("a result");
         assert_eq!(
@@ -873,7 +892,7 @@ mod tests {
 
     #[test]
     fn an_entry_from_a_node_of_an_earlier_version_is_read() {
-        let (outcome, error, result) = done(br#"{"state":"done","outcome":"failed"}"#);
-        assert_eq!((outcome, error, result), (CallState::Failed, None, None));
+        let read = done(br#"{"state":"done","outcome":"failed"}"#);
+        assert_eq!(read, (CallState::Failed, None, None, None));
     }
 }

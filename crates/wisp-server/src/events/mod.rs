@@ -5,10 +5,14 @@
 //! Every call is committed to the store before it is acknowledged
 //! ([`writer`]), so a crash loses nothing: at start-up, queued calls are
 //! scheduled again and calls that were running are run again (at-least-once).
-//! The scheduler keeps only ids in memory, one FIFO per function, and starts
+//! The scheduler keeps ids in memory, one FIFO per function, and starts
 //! calls round-robin across functions, within the node's worker pool and each
-//! function's `async_concurrency`. What each namespace may hold in the
-//! queue is bounded by its [`backlog`] quota.
+//! function's `async_concurrency`. A call this node has just accepted also
+//! keeps its event there (up to [`FRESH_MEMORY`]), so its first attempt
+//! starts without reading it back, and its start is written only once the
+//! attempt has run for [`START_AFTER`]: a quick call costs two writes, its
+//! acceptance and its outcome. What each namespace may hold in the queue is
+//! bounded by its [`backlog`] quota.
 
 mod amqp;
 mod backlog;
@@ -30,7 +34,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -43,7 +47,7 @@ use wisp_core::{
     telemetry::{CallSource, LogStream},
 };
 use wisp_runtime::{Executor, Invocation, InvokeError};
-use wisp_store::{NewCall, PendingCall, Store};
+use wisp_store::{NewCall, PendingCall, StartedCall, Store};
 
 use crate::{
     dispatch::{self, Active},
@@ -55,6 +59,13 @@ pub use writer::{Write, Writer, Written};
 pub const RESULT_LIMIT: usize = 256 << 10;
 /// How long succeeded and failed calls are kept; dead letters stay until retried.
 const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many bytes of the events of calls just accepted the scheduler keeps
+/// in memory for their first attempt; beyond, an attempt reads its call.
+const FRESH_MEMORY: usize = 64 << 20;
+/// How long the first attempt of a call just accepted runs before its start
+/// is written. A quicker one is recorded once, when it ends; one a stop
+/// interrupts sooner runs again as if it had not started.
+const START_AFTER: Duration = Duration::from_millis(200);
 
 /// A function's key: `(namespace, name)`.
 type Key = (String, String);
@@ -72,8 +83,36 @@ pub(crate) fn rfc3339(time: DateTime<Utc>) -> String {
 /// Calls waiting in memory for one function.
 #[derive(Default)]
 struct Waiting {
-    ids: VecDeque<String>,
+    ids: VecDeque<Queued>,
     running: u32,
+}
+
+/// A call waiting in memory to run.
+struct Queued {
+    key: String,
+    /// For a call this node has just accepted: what its first attempt
+    /// needs, so it starts without reading the call back.
+    fresh: Option<Fresh>,
+}
+
+/// What the first attempt of a call just accepted needs, counted against
+/// [`FRESH_MEMORY`] until it is taken or dropped.
+struct Fresh {
+    started: StartedCall,
+    size: usize,
+    kept: Arc<AtomicUsize>,
+}
+
+impl Fresh {
+    fn take(mut self) -> StartedCall {
+        std::mem::take(&mut self.started)
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.kept.fetch_sub(self.size, Ordering::Relaxed);
+    }
 }
 
 /// Which call runs next.
@@ -111,6 +150,8 @@ pub struct Queue {
     waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<CallState>>>>,
     /// In cluster mode, the entries of this node's unfinished calls.
     held: handoff::Held,
+    /// The bytes of events the scheduler keeps, against [`FRESH_MEMORY`].
+    fresh_bytes: Arc<AtomicUsize>,
 }
 
 /// How one attempt ended.
@@ -140,6 +181,7 @@ impl Queue {
             links: Mutex::default(),
             waiters: Mutex::default(),
             held: handoff::Held::default(),
+            fresh_bytes: Arc::default(),
         })
     }
 
@@ -301,6 +343,7 @@ impl Queue {
         };
         // What the cluster's entry of the call needs, in cluster mode.
         let shared = node.cluster.is_some().then(|| call.clone());
+        let fresh = node.queue.keep_fresh(&call);
         let write = match fired {
             Some((trigger, fired_at)) => Write::Fire {
                 call,
@@ -320,7 +363,7 @@ impl Queue {
                     handoff::hold(&node, &call).await;
                 }
                 node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-                Self::schedule(&node, pending, Duration::ZERO);
+                node.queue.push(&node, pending, fresh);
             }
             Ok(new)
         });
@@ -359,17 +402,38 @@ impl Queue {
     /// Holds a call until `delay` has passed, then lets it take its turn.
     pub(crate) fn schedule(node: &Arc<Node>, call: PendingCall, delay: Duration) {
         if delay.is_zero() {
-            node.queue.push(node, call);
+            node.queue.push(node, call, None);
             return;
         }
         let node = node.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            node.queue.push(&node, call);
+            node.queue.push(&node, call, None);
         });
     }
 
-    fn push(&self, node: &Arc<Node>, call: PendingCall) {
+    /// What the first attempt of `call`, being accepted, needs; `None`
+    /// when the scheduler already keeps [`FRESH_MEMORY`] of events.
+    fn keep_fresh(&self, call: &NewCall) -> Option<Fresh> {
+        let size = call.event.len();
+        self.fresh_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                (kept + size <= FRESH_MEMORY).then_some(kept + size)
+            })
+            .ok()?;
+        Some(Fresh {
+            started: StartedCall {
+                id: call.id.clone(),
+                event: call.event.clone(),
+                attempts: 1,
+                callback_url: call.callback_url.clone(),
+            },
+            size,
+            kept: self.fresh_bytes.clone(),
+        })
+    }
+
+    fn push(&self, node: &Arc<Node>, call: PendingCall, fresh: Option<Fresh>) {
         {
             let mut scheduler = self.scheduler.lock().expect("scheduler");
             let key = (call.namespace, call.function);
@@ -382,7 +446,10 @@ impl Queue {
                 .get_mut(&key)
                 .expect("just inserted")
                 .ids
-                .push_back(call.key);
+                .push_back(Queued {
+                    key: call.key,
+                    fresh,
+                });
         }
         self.pump(node);
     }
@@ -406,7 +473,7 @@ impl Queue {
                     skipped += 1;
                     continue;
                 }
-                let id = waiting.ids.pop_front().expect("a turn has calls");
+                let queued = waiting.ids.pop_front().expect("a turn has calls");
                 waiting.running += 1;
                 let more = !waiting.ids.is_empty();
                 scheduler.running += 1;
@@ -414,13 +481,13 @@ impl Queue {
                     scheduler.turn.push_back(key.clone());
                 }
                 skipped = 0;
-                starts.push((key, id));
+                starts.push((key, queued));
             }
         }
-        for (key, id) in starts {
+        for (key, queued) in starts {
             let node = node.clone();
             tokio::spawn(async move {
-                Self::run(&node, &key, id).await;
+                Self::run(&node, &key, queued).await;
                 {
                     let mut scheduler = node.queue.scheduler.lock().expect("scheduler");
                     scheduler.running -= 1;
@@ -436,10 +503,19 @@ impl Queue {
         }
     }
 
-    /// Runs one attempt of the call with key `call_key` and records what came of it.
-    async fn run(node: &Arc<Node>, key: &Key, call_key: String) {
+    /// Runs one attempt of a call and records what came of it.
+    async fn run(node: &Arc<Node>, key: &Key, queued: Queued) {
         let queue = &node.queue;
         let now = millis(Utc::now());
+        let call_key = queued.key;
+        if let Some(fresh) = queued.fresh {
+            let started = fresh.take();
+            queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let (attempt, unstarted) =
+                Self::first_attempt(node, key, &call_key, &started, now).await;
+            Self::settle(node, key, call_key, started, attempt, unstarted).await;
+            return;
+        }
         let started = match queue
             .write(Write::Start {
                 key: call_key.clone(),
@@ -463,7 +539,35 @@ impl Queue {
         };
         queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt = Self::attempt(node, key, &started.id, &started.event).await;
-        Self::settle(node, key, call_key, started, attempt).await;
+        Self::settle(node, key, call_key, started, attempt, None).await;
+    }
+
+    /// Runs the first attempt of a call this node has just accepted, begun
+    /// at `now`, without writing its start unless it runs for
+    /// [`START_AFTER`]. Answers how it ended and, if its start is still not
+    /// written, when it began.
+    async fn first_attempt(
+        node: &Arc<Node>,
+        key: &Key,
+        call_key: &str,
+        started: &StartedCall,
+        now: i64,
+    ) -> (Attempt, Option<i64>) {
+        let attempt = Self::attempt(node, key, &started.id, &started.event);
+        tokio::pin!(attempt);
+        tokio::select! {
+            biased;
+            ended = &mut attempt => (ended, Some(now)),
+            () = tokio::time::sleep(START_AFTER) => {
+                let start = node.queue.write(Write::Start {
+                    key: call_key.to_owned(),
+                    now,
+                });
+                let (ended, written) = tokio::join!(attempt, start);
+                let written = matches!(written, Ok(Written::Started(Some(_))));
+                (ended, (!written).then_some(now))
+            }
+        }
     }
 
     /// Runs a started call's request on its function.
@@ -523,8 +627,9 @@ impl Queue {
         node: &Arc<Node>,
         key: &Key,
         call_key: String,
-        started: wisp_store::StartedCall,
+        started: StartedCall,
         attempt: Attempt,
+        unstarted: Option<i64>,
     ) {
         let queue = &node.queue;
         let now = millis(Utc::now());
@@ -554,6 +659,7 @@ impl Queue {
                         due_at: now + delay.as_millis() as i64,
                         error: error.clone(),
                         result: result.as_ref().map(to_json),
+                        unstarted,
                     };
                     match queue.write(retry).await {
                         Ok(_) => {
@@ -577,7 +683,13 @@ impl Queue {
             }
         };
         let id = started.id;
-        if !handoff::settle(node, &call_key, state, error.as_deref(), result.as_ref()).await {
+        let outcome = handoff::Outcome {
+            state,
+            error: error.as_deref(),
+            result: result.as_ref(),
+            unstarted,
+        };
+        if !handoff::settle(node, &call_key, outcome).await {
             // Another node took the call over: its outcome is recorded there.
             handoff::forget(node, &call_key, &key.0).await;
             return;
@@ -588,6 +700,7 @@ impl Queue {
             now,
             error: error.clone(),
             result: result.as_ref().map(to_json),
+            unstarted,
         };
         if let Err(store) = queue.write(finish).await {
             tracing::error!("call {id} could not be recorded as {state}: {store}");

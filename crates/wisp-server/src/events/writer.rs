@@ -44,6 +44,8 @@ pub enum Write {
         error: Option<String>,
         /// The last result as JSON.
         result: Option<String>,
+        /// When the last attempt began, if its start was not written.
+        unstarted: Option<i64>,
     },
     /// Queue a failed attempt's call again.
     Retry {
@@ -55,6 +57,8 @@ pub enum Write {
         error: String,
         /// This attempt's result as JSON.
         result: Option<String>,
+        /// When this attempt began, if its start was not written.
+        unstarted: Option<i64>,
     },
     /// Queue a finished call again.
     Requeue {
@@ -116,8 +120,16 @@ impl Write {
                 now,
                 error,
                 result,
+                unstarted,
             } => {
-                batch.finish(key, *state, *now, error.as_deref(), result.as_deref())?;
+                batch.finish(
+                    key,
+                    *state,
+                    *now,
+                    error.as_deref(),
+                    result.as_deref(),
+                    *unstarted,
+                )?;
                 Written::Done
             }
             Self::Retry {
@@ -125,8 +137,9 @@ impl Write {
                 due_at,
                 error,
                 result,
+                unstarted,
             } => {
-                batch.retry(key, *due_at, error, result.as_deref())?;
+                batch.retry(key, *due_at, error, result.as_deref(), *unstarted)?;
                 Written::Done
             }
             Self::Requeue { key, now } => Written::Requeued(batch.requeue(key, *now)?),
