@@ -785,3 +785,70 @@ fn a_namespace_removed_and_made_again_at_once_is_there_to_use() {
         assert_eq!(removed.status, 204, "remove: {}", removed.body);
     }
 }
+
+#[test]
+fn calls_queued_in_a_removed_namespace_never_run_in_one_made_again_by_its_name() {
+    let node = Node::start(WISP);
+    let described = |node: &Node| {
+        call(
+            node,
+            Some(&node.token),
+            "GET",
+            "/system/function/p?namespace=team-a",
+            None,
+        )
+        .json()
+    };
+    create_namespace(&node, json!({ "name": "team-a" }));
+    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    // One call holds the function's only async slot; five more wait behind it.
+    for path in std::iter::once("/sleep?ms=3000").chain(["/echo?from=the-old-tenant"; 5]) {
+        let queued = call(
+            &node,
+            None,
+            "POST",
+            &format!("/async-function/p.team-a{path}"),
+            None,
+        );
+        assert_eq!(queued.status, 202, "{}", queued.body);
+    }
+    let running = || {
+        call(
+            &node,
+            Some(&node.token),
+            "GET",
+            "/system/calls?namespace=team-a&status=running",
+            None,
+        )
+        .json()["calls"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(node.eventually(Duration::from_secs(10), || running() == 1));
+    let function = json!({ "functionName": "p", "namespace": "team-a" });
+    for (path, body) in [
+        ("/system/functions", Some(&function)),
+        ("/system/namespaces/team-a", None),
+    ] {
+        let removed = call(&node, Some(&node.token), "DELETE", path, body);
+        assert!(removed.status < 300, "{path}: {}", removed.body);
+    }
+    create_namespace(&node, json!({ "name": "team-a" }));
+    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    // Long after the first call's slot is free again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        described(&node)["invocationCount"],
+        0,
+        "{}",
+        described(&node)
+    );
+    let listed = call(
+        &node,
+        Some(&node.token),
+        "GET",
+        "/system/calls?namespace=team-a",
+        None,
+    );
+    assert_eq!(listed.json()["calls"], json!([]), "{}", listed.body);
+}

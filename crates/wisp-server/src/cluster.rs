@@ -577,6 +577,7 @@ fn forget_namespace_data(node: &Node, namespace: &str) -> Result<(), ApiError> {
     node.telemetry.log().forget_namespace(namespace)?;
     node.store.forget_namespace_calls(namespace)?;
     node.queue.backlog.forget(namespace);
+    node.queue.forget_namespace(namespace);
     Ok(())
 }
 

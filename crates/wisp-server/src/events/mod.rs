@@ -208,9 +208,21 @@ impl Queue {
         }
     }
 
-    /// Lets go of whoever waits on the calls of a removed namespace: those
-    /// calls are gone, and will never be over.
-    pub(crate) fn forget_waiters(&self, namespace: &str) {
+    /// Lets go of the calls of a removed namespace, gone from the store:
+    /// those waiting in the scheduler (a call just accepted would otherwise
+    /// run from memory, perhaps on a function of a namespace made again by
+    /// the same name), and whoever waits for them, as they will never be over.
+    pub(crate) fn forget_namespace(&self, namespace: &str) {
+        {
+            let mut scheduler = self.scheduler.lock().expect("scheduler");
+            scheduler.turn.retain(|key| key.0 != namespace);
+            scheduler.functions.retain(|key, waiting| {
+                if key.0 == namespace {
+                    waiting.ids.clear();
+                }
+                waiting.running > 0 || !waiting.ids.is_empty()
+            });
+        }
         let prefixes = [
             format!("caller/{namespace}/"),
             format!("trigger/{namespace}/"),

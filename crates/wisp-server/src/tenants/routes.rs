@@ -228,7 +228,7 @@ async fn remove_namespace(
             // Its async calls went with it: so do their counts against its
             // queue quota, or a namespace of the same name would inherit them.
             node.queue.backlog.forget(&name);
-            node.queue.forget_waiters(&name);
+            node.queue.forget_namespace(&name);
             cluster::forget_generation(&node, &name);
             tracing::info!("removed namespace {name}");
             Ok(StatusCode::NO_CONTENT.into_response())
