@@ -141,7 +141,8 @@ impl Entry {
 
     /// A `Done` entry of this outcome, no larger than `limit`: a result
     /// too large for one message keeps its status and headers, and its
-    /// body is marked cut.
+    /// body is marked cut; if that is still too large, only the state, the
+    /// start and the error's first KiB are kept.
     fn done(outcome: &Outcome<'_>, limit: usize) -> Vec<u8> {
         let mut entry = Self::Done {
             outcome: outcome.state,
@@ -161,7 +162,24 @@ impl Entry {
             result.body.clear();
             result.truncated = true;
         }
-        entry.to_vec()
+        let value = entry.to_vec();
+        if value.len() <= limit {
+            return value;
+        }
+        let error = outcome.error.map(|error| {
+            let mut cut = error.len().min(1024);
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error[..cut].to_owned()
+        });
+        Self::Done {
+            outcome: outcome.state,
+            error,
+            result: None,
+            unstarted: outcome.unstarted,
+        }
+        .to_vec()
     }
 
     fn to_vec(&self) -> Vec<u8> {
@@ -232,9 +250,12 @@ async fn create(
 }
 
 /// After `call` is committed here: holds its entry in the cluster. An
-/// entry that cannot be written is tried again every [`RESCUE`].
-pub(crate) async fn hold(node: &Node, call: &NewCall) {
-    let Some(cluster) = &node.cluster else { return };
+/// entry that cannot be written is tried again every [`RESCUE`]. `false`
+/// if another node has taken the call over, and this one forgot it.
+pub(crate) async fn hold(node: &Node, call: &NewCall) -> bool {
+    let Some(cluster) = &node.cluster else {
+        return true;
+    };
     let key = call.key();
     let held = &node.queue.held;
     let entry = Entry::held(node, call);
@@ -243,13 +264,16 @@ pub(crate) async fn hold(node: &Node, call: &NewCall) {
             "call {} is larger than a NATS message: only this node keeps it",
             call.id
         );
-        return;
+        return true;
     }
     match create(cluster, &node.id, &entry_name(&key), &entry).await {
         Ok(Some(revision)) => {
             held.revisions.lock().expect("held").insert(key, revision);
         }
-        Ok(None) => forget(node, &key, &call.namespace).await,
+        Ok(None) => {
+            forget(node, &key, &call.namespace).await;
+            return false;
+        }
         Err(error) => {
             tracing::warn!(
                 "call {} is kept by this node only until the cluster takes it: {error}",
@@ -258,6 +282,7 @@ pub(crate) async fn hold(node: &Node, call: &NewCall) {
             held.unwritten.lock().expect("held").insert(key);
         }
     }
+    true
 }
 
 /// After the call with key `key` is queued again here: holds its entry.
@@ -266,7 +291,9 @@ pub(crate) async fn hold_stored(node: &Arc<Node>, key: &str) {
         return;
     }
     match node.store.unfinished_call(key) {
-        Ok(Some(call)) => hold(node, &call).await,
+        Ok(Some(call)) => {
+            hold(node, &call).await;
+        }
         Ok(None) => return,
         Err(error) => return tracing::warn!("call {key} cannot be read: {error}"),
     }
@@ -888,6 +915,23 @@ mod tests {
             (200, "", true)
         );
         assert_eq!(kept.headers, result("").headers);
+    }
+
+    #[test]
+    fn an_outcome_too_large_even_without_its_body_keeps_its_state_and_the_start_of_its_error() {
+        let many = result("");
+        let many = CallResult {
+            headers: (0..100)
+                .map(|n| (format!("x-{n}"), "v".repeat(100)))
+                .collect(),
+            ..many
+        };
+        let error = "é".repeat(2000);
+        let value = Entry::done(&outcome(CallState::Dead, Some(&error), Some(&many)), 4096);
+        assert!(value.len() <= 4096, "{}", value.len());
+        let (state, kept, result, unstarted) = done(&value);
+        assert_eq!((state, result, unstarted), (CallState::Dead, None, Some(7)));
+        assert!(error.starts_with(&kept.expect("an error")));
     }
 
     #[test]

@@ -101,6 +101,8 @@ struct Fresh {
     started: StartedCall,
     size: usize,
     kept: Arc<AtomicUsize>,
+    /// The node's namespace removals when the call was accepted.
+    removals: u64,
 }
 
 impl Fresh {
@@ -152,6 +154,8 @@ pub struct Queue {
     held: handoff::Held,
     /// The bytes of events the scheduler keeps, against [`FRESH_MEMORY`].
     fresh_bytes: Arc<AtomicUsize>,
+    /// Namespaces removed since the node started.
+    removals: AtomicU64,
 }
 
 /// How one attempt ended.
@@ -182,6 +186,7 @@ impl Queue {
             waiters: Mutex::default(),
             held: handoff::Held::default(),
             fresh_bytes: Arc::default(),
+            removals: AtomicU64::new(0),
         })
     }
 
@@ -208,21 +213,13 @@ impl Queue {
         }
     }
 
-    /// Lets go of the calls of a removed namespace, gone from the store:
-    /// those waiting in the scheduler (a call just accepted would otherwise
-    /// run from memory, perhaps on a function of a namespace made again by
-    /// the same name), and whoever waits for them, as they will never be over.
+    /// Once a namespace is removed, with its calls: no call accepted before
+    /// runs from memory any more (it might run on a function of a namespace
+    /// made again by the same name); each reads its call, if it is still
+    /// there. Whoever waits for the namespace's calls is let go, as they
+    /// will never be over.
     pub(crate) fn forget_namespace(&self, namespace: &str) {
-        {
-            let mut scheduler = self.scheduler.lock().expect("scheduler");
-            scheduler.turn.retain(|key| key.0 != namespace);
-            scheduler.functions.retain(|key, waiting| {
-                if key.0 == namespace {
-                    waiting.ids.clear();
-                }
-                waiting.running > 0 || !waiting.ids.is_empty()
-            });
-        }
+        self.removals.fetch_add(1, Ordering::SeqCst);
         let prefixes = [
             format!("caller/{namespace}/"),
             format!("trigger/{namespace}/"),
@@ -271,6 +268,14 @@ impl Queue {
         let queue = &node.queue;
         queue.backlog.load(backlog);
         let pending = handoff::reconcile(node, pending).await;
+        // Read after reconciling, as a call the cluster saw finish has its
+        // callback to send; and before any call runs, as one that finishes
+        // sends its own.
+        let store = node.store.clone();
+        let callbacks = tokio::task::spawn_blocking(move || store.pending_callbacks())
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|read| read.map_err(|error| error.to_string()));
         if node.cluster.is_some() {
             tokio::spawn(handoff::rescue(Arc::downgrade(node)));
         }
@@ -294,12 +299,6 @@ impl Queue {
             let delay = Duration::from_millis(call.due_at.saturating_sub(now).max(0) as u64);
             Self::schedule(node, call, delay);
         }
-        // Read after reconciling: a call the cluster saw finish has its callback to send.
-        let store = node.store.clone();
-        let callbacks = tokio::task::spawn_blocking(move || store.pending_callbacks())
-            .await
-            .map_err(|error| error.to_string())
-            .and_then(|read| read.map_err(|error| error.to_string()));
         match callbacks {
             Ok(callbacks) => {
                 for row in callbacks {
@@ -371,11 +370,14 @@ impl Queue {
             };
             if new {
                 reservation.keep();
-                if let Some(call) = shared {
-                    handoff::hold(&node, &call).await;
-                }
                 node.queue.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-                node.queue.push(&node, pending, fresh);
+                let held = match shared {
+                    Some(call) => handoff::hold(&node, &call).await,
+                    None => true,
+                };
+                if held {
+                    node.queue.push(&node, pending, fresh);
+                }
             }
             Ok(new)
         });
@@ -427,6 +429,7 @@ impl Queue {
     /// What the first attempt of `call`, being accepted, needs; `None`
     /// when the scheduler already keeps [`FRESH_MEMORY`] of events.
     fn keep_fresh(&self, call: &NewCall) -> Option<Fresh> {
+        let removals = self.removals.load(Ordering::SeqCst);
         let size = call.event.len();
         self.fresh_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
@@ -442,6 +445,7 @@ impl Queue {
             },
             size,
             kept: self.fresh_bytes.clone(),
+            removals,
         })
     }
 
@@ -520,7 +524,9 @@ impl Queue {
         let queue = &node.queue;
         let now = millis(Utc::now());
         let call_key = queued.key;
-        if let Some(fresh) = queued.fresh {
+        if let Some(fresh) = queued.fresh
+            && fresh.removals == queue.removals.load(Ordering::SeqCst)
+        {
             let started = fresh.take();
             queue.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let (attempt, unstarted) =
