@@ -852,3 +852,62 @@ fn calls_queued_in_a_removed_namespace_never_run_in_one_made_again_by_its_name()
     );
     assert_eq!(listed.json()["calls"], json!([]), "{}", listed.body);
 }
+
+#[test]
+fn an_attempt_of_a_removed_namespaces_call_records_nothing_on_a_new_call_of_its_id() {
+    let node = Node::start(WISP);
+    let enqueue = |id: &str, path: &str| {
+        let queued = send(
+            node.request("POST", &format!("/async-function/p.team-a{path}"))
+                .set("X-Call-Id", id),
+            None,
+        );
+        assert_eq!(queued.status, 202, "{}", queued.body);
+    };
+    let order = || {
+        call(
+            &node,
+            Some(&node.token),
+            "GET",
+            "/system/calls/order-1?namespace=team-a",
+            None,
+        )
+        .json()
+    };
+    create_namespace(&node, json!({ "name": "team-a" }));
+    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    let started = std::time::Instant::now();
+    enqueue("order-1", "/sleep?ms=2500");
+    assert!(node.eventually(Duration::from_secs(10), || order()["status"] == "running"));
+    let function = json!({ "functionName": "p", "namespace": "team-a" });
+    for (path, body) in [
+        ("/system/functions", Some(&function)),
+        ("/system/namespaces/team-a", None),
+    ] {
+        let removed = call(&node, Some(&node.token), "DELETE", path, body);
+        assert!(removed.status < 300, "{path}: {}", removed.body);
+    }
+    // Another tenant makes the namespace again and picks the same id, its
+    // call queued behind one of 4 s.
+    create_namespace(&node, json!({ "name": "team-a" }));
+    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    enqueue("blocker", "/sleep?ms=4000");
+    enqueue("order-1", "/?who=the-new-tenant");
+    // The old attempt ends at 2.5 s; the new call waits until about 6.5 s.
+    std::thread::sleep(Duration::from_millis(3500).saturating_sub(started.elapsed()));
+    let waiting = order();
+    assert_eq!(
+        (&waiting["status"], &waiting["result"]),
+        (&json!("queued"), &Value::Null),
+        "{waiting}"
+    );
+    assert!(node.eventually(Duration::from_secs(15), || order()["status"] == "succeeded"));
+    let finished = order();
+    assert_eq!(finished["attempts"], 1, "{finished}");
+    assert!(
+        finished["result"]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("who=the-new-tenant")),
+        "{finished}"
+    );
+}

@@ -28,8 +28,8 @@ pub use artifacts::ArtifactUpload;
 pub use kv::KvStore;
 pub use objects::{ObjectStore, Staging};
 pub use queue::{
-    CallFilter, CallOrigin, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts, StartedCall,
-    call_key,
+    Attempted, CallFilter, CallOrigin, CallRow, NewCall, PendingCall, QueueBatch, QueueCounts,
+    StartedCall, call_key,
 };
 pub use registry::{
     NamespaceContents, NamespaceRemoval, SecretWrite, StoredFunction, StoredNamespace,

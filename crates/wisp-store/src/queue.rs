@@ -120,11 +120,25 @@ impl NewCall {
     }
 }
 
+/// The call an attempt belongs to: its key and, when known, when it was
+/// accepted. What an attempt of a call since removed writes then never
+/// lands on a call accepted later under the same key (a namespace made
+/// again by the same name, a caller choosing the same id).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempted<'a> {
+    /// The call's key.
+    pub key: &'a str,
+    /// When it was accepted; `None` for whichever call has the key.
+    pub created_at: Option<i64>,
+}
+
 /// A call a worker has just taken.
 #[derive(Debug, Clone, Default)]
 pub struct StartedCall {
     /// Its id, as users see it.
     pub id: String,
+    /// When it was accepted.
+    pub created_at: i64,
     /// The encoded event.
     pub event: Vec<u8>,
     /// Attempts including this one.
@@ -264,20 +278,21 @@ impl QueueBatch<'_> {
     }
 
     /// Marks a queued call running and counts the attempt; `None` if it is not queued.
-    pub fn start(&self, key: &str, now: i64) -> Result<Option<StartedCall>, StoreError> {
+    pub fn start(&self, call: Attempted<'_>, now: i64) -> Result<Option<StartedCall>, StoreError> {
         Ok(self
             .0
             .prepare_cached(
                 "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = ?2
-                 WHERE key = ?1 AND state = 'queued'
-                 RETURNING id, event, attempts, callback_url",
+                 WHERE key = ?1 AND state = 'queued' AND (?3 IS NULL OR created_at = ?3)
+                 RETURNING id, created_at, event, attempts, callback_url",
             )?
-            .query_row(params![key, now], |row| {
+            .query_row(params![call.key, now, call.created_at], |row| {
                 Ok(StartedCall {
                     id: row.get(0)?,
-                    event: row.get(1)?,
-                    attempts: row.get(2)?,
-                    callback_url: row.get(3)?,
+                    created_at: row.get(1)?,
+                    event: row.get(2)?,
+                    attempts: row.get(3)?,
+                    callback_url: row.get(4)?,
                 })
             })
             .optional()?)
@@ -285,45 +300,62 @@ impl QueueBatch<'_> {
 
     /// Records a call's final state and its latest result. `unstarted`
     /// is when the attempt began if its [`start`](Self::start) was not
-    /// written: the attempt is counted here.
+    /// written: the attempt is counted here. `false` if the call is gone.
     pub fn finish(
         &self,
-        key: &str,
+        call: Attempted<'_>,
         state: CallState,
         now: i64,
         error: Option<&str>,
         result: Option<&str>,
         unstarted: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.0
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .0
             .prepare_cached(
                 "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4, result = ?5,
                      callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END,
                      attempts = attempts + (?6 IS NOT NULL), started_at = coalesce(?6, started_at)
-                 WHERE key = ?1",
+                 WHERE key = ?1 AND (?7 IS NULL OR created_at = ?7)",
             )?
-            .execute(params![key, state.as_str(), now, error, result, unstarted])?;
-        Ok(())
+            .execute(params![
+                call.key,
+                state.as_str(),
+                now,
+                error,
+                result,
+                unstarted,
+                call.created_at
+            ])?
+            == 1)
     }
 
     /// Puts a failed attempt's call back in the queue, due at `due_at`;
-    /// `unstarted` as in [`finish`](Self::finish).
+    /// `unstarted` as in [`finish`](Self::finish). `false` if the call is gone.
     pub fn retry(
         &self,
-        key: &str,
+        call: Attempted<'_>,
         due_at: i64,
         error: &str,
         result: Option<&str>,
         unstarted: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.0
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .0
             .prepare_cached(
                 "UPDATE calls SET state = 'queued', due_at = ?2, error = ?3, result = ?4,
                      attempts = attempts + (?5 IS NOT NULL), started_at = coalesce(?5, started_at)
-                 WHERE key = ?1",
+                 WHERE key = ?1 AND (?6 IS NULL OR created_at = ?6)",
             )?
-            .execute(params![key, due_at, error, result, unstarted])?;
-        Ok(())
+            .execute(params![
+                call.key,
+                due_at,
+                error,
+                result,
+                unstarted,
+                call.created_at
+            ])?
+            == 1)
     }
 
     /// Queues a finished call again with fresh attempts; `None` if it is not
@@ -596,6 +628,13 @@ mod tests {
         call_key(CallOrigin::Caller, "default", "f", id)
     }
 
+    fn any(key: &str) -> Attempted<'_> {
+        Attempted {
+            key,
+            created_at: None,
+        }
+    }
+
     #[test]
     fn a_call_goes_from_queued_to_running_to_finished() {
         let dir = tempfile::tempdir().unwrap();
@@ -610,22 +649,22 @@ mod tests {
             .unwrap();
         assert_eq!(inserted, [true, false]);
         let started = store
-            .batch(|b| b.start(&key("a"), 5).unwrap())
+            .batch(|b| b.start(any(&key("a")), 5).unwrap())
             .unwrap()
             .unwrap();
         assert_eq!((started.event, started.attempts), (vec![1, 2, 3], 1));
         assert!(
             store
-                .batch(|b| b.start(&key("a"), 6).unwrap())
+                .batch(|b| b.start(any(&key("a")), 6).unwrap())
                 .unwrap()
                 .is_none()
         );
         store
-            .batch(|b| b.retry(&key("a"), 100, "502", None, None).unwrap())
+            .batch(|b| b.retry(any(&key("a")), 100, "502", None, None).unwrap())
             .unwrap();
         assert_eq!(
             store
-                .batch(|b| b.start(&key("a"), 100).unwrap())
+                .batch(|b| b.start(any(&key("a")), 100).unwrap())
                 .unwrap()
                 .unwrap()
                 .attempts,
@@ -633,8 +672,15 @@ mod tests {
         );
         store
             .batch(|b| {
-                b.finish(&key("a"), CallState::Dead, 200, Some("boom"), None, None)
-                    .unwrap()
+                b.finish(
+                    any(&key("a")),
+                    CallState::Dead,
+                    200,
+                    Some("boom"),
+                    None,
+                    None,
+                )
+                .unwrap()
             })
             .unwrap();
         let row = store.call(&key("a")).unwrap().unwrap();
@@ -654,7 +700,7 @@ mod tests {
         store
             .batch(|b| {
                 b.enqueue(&call("a", 1)).unwrap();
-                b.retry(&key("a"), 50, "502", None, Some(5)).unwrap();
+                b.retry(any(&key("a")), 50, "502", None, Some(5)).unwrap();
             })
             .unwrap();
         let row = store.call(&key("a")).unwrap().unwrap();
@@ -664,8 +710,15 @@ mod tests {
         );
         store
             .batch(|b| {
-                b.finish(&key("a"), CallState::Succeeded, 70, None, None, Some(60))
-                    .unwrap()
+                b.finish(
+                    any(&key("a")),
+                    CallState::Succeeded,
+                    70,
+                    None,
+                    None,
+                    Some(60),
+                )
+                .unwrap()
             })
             .unwrap();
         let row = store.call(&key("a")).unwrap().unwrap();
@@ -673,6 +726,42 @@ mod tests {
             (row.state, row.attempts, row.started_at, row.finished_at),
             (CallState::Succeeded, 2, Some(60), Some(70))
         );
+    }
+
+    #[test]
+    fn an_attempt_of_a_call_since_removed_writes_nothing_on_a_later_call_of_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.batch(|b| b.enqueue(&call("a", 1)).unwrap()).unwrap();
+        // The call accepted at 1 was removed (with its namespace); the
+        // same key was accepted again at 2.
+        store.batch(|b| b.forget(&key("a")).unwrap()).unwrap();
+        store.batch(|b| b.enqueue(&call("a", 2)).unwrap()).unwrap();
+        let old = Attempted {
+            key: &key("a"),
+            created_at: Some(1),
+        };
+        store
+            .batch(|b| {
+                assert!(b.start(old, 5).unwrap().is_none());
+                assert!(!b.retry(old, 9, "502", Some("{}"), Some(5)).unwrap());
+                assert!(
+                    !b.finish(old, CallState::Succeeded, 9, None, Some("{}"), Some(5))
+                        .unwrap()
+                );
+            })
+            .unwrap();
+        let row = store.call(&key("a")).unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.attempts, row.result, row.created_at),
+            (CallState::Queued, 0, None, 2)
+        );
+        let new = Attempted {
+            created_at: Some(2),
+            ..old
+        };
+        let started = store.batch(|b| b.start(new, 5).unwrap()).unwrap();
+        assert_eq!(started.map(|started| started.created_at), Some(2));
     }
 
     #[test]
@@ -688,7 +777,7 @@ mod tests {
                 b.enqueue(&call("a", 1)).unwrap();
                 b.enqueue(&fired).unwrap();
                 b.enqueue(&call("done", 2)).unwrap();
-                b.finish(&key("done"), CallState::Succeeded, 3, None, None, None)
+                b.finish(any(&key("done")), CallState::Succeeded, 3, None, None, None)
                     .unwrap();
             })
             .unwrap();
@@ -720,9 +809,9 @@ mod tests {
                     for (id, at) in [("a", 1), ("b", 2), ("c", 3)] {
                         b.enqueue(&call(id, at)).unwrap();
                     }
-                    b.start(&key("b"), 10).unwrap();
-                    b.start(&key("c"), 11).unwrap();
-                    b.finish(&key("c"), CallState::Succeeded, 12, None, None, None)
+                    b.start(any(&key("b")), 10).unwrap();
+                    b.start(any(&key("c")), 11).unwrap();
+                    b.finish(any(&key("c")), CallState::Succeeded, 12, None, None, None)
                         .unwrap();
                 })
                 .unwrap();

@@ -506,8 +506,10 @@ pub(crate) async fn reconcile(node: &Arc<Node>, pending: Vec<PendingCall>) -> Ve
                 unstarted,
             } => {
                 if let Some(call) = local {
+                    // This node's own row of the call the entry is of.
                     let finish = Write::Finish {
                         key: call.key.clone(),
+                        created_at: None,
                         state: outcome,
                         now: super::millis(chrono::Utc::now()),
                         error,

@@ -439,6 +439,7 @@ impl Queue {
         Some(Fresh {
             started: StartedCall {
                 id: call.id.clone(),
+                created_at: call.created_at,
                 event: call.event.clone(),
                 attempts: 1,
                 callback_url: call.callback_url.clone(),
@@ -537,6 +538,7 @@ impl Queue {
         let started = match queue
             .write(Write::Start {
                 key: call_key.clone(),
+                created_at: None,
                 now,
             })
             .await
@@ -579,6 +581,7 @@ impl Queue {
             () = tokio::time::sleep(START_AFTER) => {
                 let start = node.queue.write(Write::Start {
                     key: call_key.to_owned(),
+                    created_at: Some(started.created_at),
                     now,
                 });
                 let (ended, written) = tokio::join!(attempt, start);
@@ -674,12 +677,14 @@ impl Queue {
                     let id = &started.id;
                     let retry = Write::Retry {
                         key: call_key.clone(),
+                        created_at: Some(started.created_at),
                         due_at: now + delay.as_millis() as i64,
                         error: error.clone(),
                         result: result.as_ref().map(to_json),
                         unstarted,
                     };
                     match queue.write(retry).await {
+                        Ok(Written::Recorded(false)) => gone(id),
                         Ok(_) => {
                             queue.counters.retries.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(target: "wisp::call", call_id = %id, attempt = started.attempts, "retrying in {}ms: {error}", delay.as_millis());
@@ -714,15 +719,23 @@ impl Queue {
         }
         let finish = Write::Finish {
             key: call_key.clone(),
+            created_at: Some(started.created_at),
             state,
             now,
             error: error.clone(),
             result: result.as_ref().map(to_json),
             unstarted,
         };
-        if let Err(store) = queue.write(finish).await {
-            tracing::error!("call {id} could not be recorded as {state}: {store}");
-            return;
+        match queue.write(finish).await {
+            Ok(Written::Recorded(false)) => {
+                handoff::release(node, &call_key);
+                return gone(&id);
+            }
+            Ok(_) => {}
+            Err(store) => {
+                tracing::error!("call {id} could not be recorded as {state}: {store}");
+                return;
+            }
         }
         handoff::release(node, &call_key);
         queue.backlog.release(&key.0, started.event.len() as u64);
@@ -755,6 +768,12 @@ impl Queue {
             trigger_firings: load(&counters.trigger_firings),
         })
     }
+}
+
+/// Says that the call with id `id` was removed while it ran (with its
+/// namespace): its outcome is not recorded, nor sent to its callback.
+fn gone(id: &str) {
+    tracing::info!(target: "wisp::call", call_id = %id, "the call was removed while it ran: its outcome is not recorded");
 }
 
 fn to_json(result: &CallResult) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use wisp_core::CallState;
-use wisp_store::{NewCall, PendingCall, QueueBatch, StartedCall, Store, StoreError};
+use wisp_store::{Attempted, NewCall, PendingCall, QueueBatch, StartedCall, Store, StoreError};
 
 /// The most writes committed together.
 const MAX_BATCH: usize = 1024;
@@ -29,6 +29,8 @@ pub enum Write {
     Start {
         /// The call's key.
         key: String,
+        /// When the call was accepted, if the attempt is of a known one.
+        created_at: Option<i64>,
         /// Now.
         now: i64,
     },
@@ -36,6 +38,8 @@ pub enum Write {
     Finish {
         /// The call's key.
         key: String,
+        /// When the call was accepted, if known.
+        created_at: Option<i64>,
         /// Succeeded, failed or dead.
         state: CallState,
         /// Now.
@@ -51,6 +55,8 @@ pub enum Write {
     Retry {
         /// The call's key.
         key: String,
+        /// When the call was accepted.
+        created_at: Option<i64>,
         /// When the next attempt is due.
         due_at: i64,
         /// Why this attempt failed.
@@ -96,6 +102,8 @@ pub enum Written {
     Requeued(Option<PendingCall>),
     /// `Forget`: whether the call was there, unfinished.
     Forgotten(bool),
+    /// `Finish` and `Retry`: whether the call was there.
+    Recorded(bool),
     /// Anything else.
     Done,
 }
@@ -113,35 +121,41 @@ impl Write {
                 batch.set_fired(&call.namespace, &call.function, trigger, *fired_at)?;
                 Written::Enqueued(new)
             }
-            Self::Start { key, now } => Written::Started(batch.start(key, *now)?),
+            Self::Start {
+                key,
+                created_at,
+                now,
+            } => Written::Started(batch.start(attempted(key, *created_at), *now)?),
             Self::Finish {
                 key,
+                created_at,
                 state,
                 now,
                 error,
                 result,
                 unstarted,
-            } => {
-                batch.finish(
-                    key,
-                    *state,
-                    *now,
-                    error.as_deref(),
-                    result.as_deref(),
-                    *unstarted,
-                )?;
-                Written::Done
-            }
+            } => Written::Recorded(batch.finish(
+                attempted(key, *created_at),
+                *state,
+                *now,
+                error.as_deref(),
+                result.as_deref(),
+                *unstarted,
+            )?),
             Self::Retry {
                 key,
+                created_at,
                 due_at,
                 error,
                 result,
                 unstarted,
-            } => {
-                batch.retry(key, *due_at, error, result.as_deref(), *unstarted)?;
-                Written::Done
-            }
+            } => Written::Recorded(batch.retry(
+                attempted(key, *created_at),
+                *due_at,
+                error,
+                result.as_deref(),
+                *unstarted,
+            )?),
             Self::Requeue { key, now } => Written::Requeued(batch.requeue(key, *now)?),
             Self::Callback { key, state } => {
                 batch.set_callback_state(key, state)?;
@@ -154,6 +168,10 @@ impl Write {
             }
         })
     }
+}
+
+fn attempted(key: &str, created_at: Option<i64>) -> Attempted<'_> {
+    Attempted { key, created_at }
 }
 
 type Reply = oneshot::Sender<Result<Written, String>>;
