@@ -786,6 +786,21 @@ fn a_namespace_removed_and_made_again_at_once_is_there_to_use() {
     }
 }
 
+/// Removes function `p` and namespace `team-a`, then makes both again, as
+/// another tenant taking the name would.
+fn remove_and_make_again(node: &Node) {
+    let function = json!({ "functionName": "p", "namespace": "team-a" });
+    for (path, body) in [
+        ("/system/functions", Some(&function)),
+        ("/system/namespaces/team-a", None),
+    ] {
+        let removed = call(node, Some(&node.token), "DELETE", path, body);
+        assert!(removed.status < 300, "{path}: {}", removed.body);
+    }
+    create_namespace(node, json!({ "name": "team-a" }));
+    deploy_probe(node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+}
+
 #[test]
 fn calls_queued_in_a_removed_namespace_never_run_in_one_made_again_by_its_name() {
     let node = Node::start(WISP);
@@ -825,16 +840,7 @@ fn calls_queued_in_a_removed_namespace_never_run_in_one_made_again_by_its_name()
             .map_or(0, Vec::len)
     };
     assert!(node.eventually(Duration::from_secs(10), || running() == 1));
-    let function = json!({ "functionName": "p", "namespace": "team-a" });
-    for (path, body) in [
-        ("/system/functions", Some(&function)),
-        ("/system/namespaces/team-a", None),
-    ] {
-        let removed = call(&node, Some(&node.token), "DELETE", path, body);
-        assert!(removed.status < 300, "{path}: {}", removed.body);
-    }
-    create_namespace(&node, json!({ "name": "team-a" }));
-    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    remove_and_make_again(&node);
     // Long after the first call's slot is free again.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
@@ -879,18 +885,9 @@ fn an_attempt_of_a_removed_namespaces_call_records_nothing_on_a_new_call_of_its_
     let started = std::time::Instant::now();
     enqueue("order-1", "/sleep?ms=2500");
     assert!(node.eventually(Duration::from_secs(10), || order()["status"] == "running"));
-    let function = json!({ "functionName": "p", "namespace": "team-a" });
-    for (path, body) in [
-        ("/system/functions", Some(&function)),
-        ("/system/namespaces/team-a", None),
-    ] {
-        let removed = call(&node, Some(&node.token), "DELETE", path, body);
-        assert!(removed.status < 300, "{path}: {}", removed.body);
-    }
     // Another tenant makes the namespace again and picks the same id, its
     // call queued behind one of 4 s.
-    create_namespace(&node, json!({ "name": "team-a" }));
-    deploy_probe(&node, "p", "team-a", json!({ "asyncConcurrency": 1 }));
+    remove_and_make_again(&node);
     enqueue("blocker", "/sleep?ms=4000");
     enqueue("order-1", "/?who=the-new-tenant");
     // The old attempt ends at 2.5 s; the new call waits until about 6.5 s.
